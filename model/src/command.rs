@@ -160,21 +160,13 @@ impl ClusterSpec {
                 delete(&mut self.listeners, name, |l| &l.name, ObjectKind::Listener)?
             }
             Command::PutRoute { listener, route } => {
-                let listener = find_mut(
-                    &mut self.listeners,
-                    listener,
-                    |l| &l.name,
-                    ObjectKind::Listener,
-                )?;
+                let listener =
+                    find_mut(&mut self.listeners, listener, |l| &l.name, ObjectKind::Listener)?;
                 put(&mut listener.routes, route.clone(), |r| &r.name);
             }
             Command::DeleteRoute { listener, route } => {
-                let listener = find_mut(
-                    &mut self.listeners,
-                    listener,
-                    |l| &l.name,
-                    ObjectKind::Listener,
-                )?;
+                let listener =
+                    find_mut(&mut self.listeners, listener, |l| &l.name, ObjectKind::Listener)?;
                 delete(&mut listener.routes, route, |r| &r.name, ObjectKind::Route)?;
             }
             Command::PutPool(pool) => put(&mut self.pools, pool.clone(), |p| &p.name),
@@ -196,20 +188,12 @@ impl ClusterSpec {
                 let index = backend_index(pool, *address)?;
                 pool.backends.remove(index);
             }
-            Command::SetBackendState {
-                pool,
-                address,
-                state,
-            } => {
+            Command::SetBackendState { pool, address, state } => {
                 let pool = find_mut(&mut self.pools, pool, |p| &p.name, ObjectKind::Pool)?;
                 let index = backend_index(pool, *address)?;
                 pool.backends[index].state = *state;
             }
-            Command::SetBackendWeight {
-                pool,
-                address,
-                weight,
-            } => {
+            Command::SetBackendWeight { pool, address, weight } => {
                 let pool = find_mut(&mut self.pools, pool, |p| &p.name, ObjectKind::Pool)?;
                 let index = backend_index(pool, *address)?;
                 pool.backends[index].weight = *weight;
@@ -217,12 +201,9 @@ impl ClusterSpec {
             Command::PutRateLimit(policy) => {
                 put(&mut self.rate_limits, policy.clone(), |p| &p.name)
             }
-            Command::DeleteRateLimit(name) => delete(
-                &mut self.rate_limits,
-                name,
-                |p| &p.name,
-                ObjectKind::RateLimit,
-            )?,
+            Command::DeleteRateLimit(name) => {
+                delete(&mut self.rate_limits, name, |p| &p.name, ObjectKind::RateLimit)?
+            }
         }
         Ok(())
     }
@@ -230,10 +211,7 @@ impl ClusterSpec {
 
 /// Replaces the item of the same name in place (keeping its position), or appends it.
 fn put<T>(items: &mut Vec<T>, item: T, name: impl Fn(&T) -> &Name) {
-    match items
-        .iter_mut()
-        .find(|existing| name(existing) == name(&item))
-    {
+    match items.iter_mut().find(|existing| name(existing) == name(&item)) {
         Some(existing) => *existing = item,
         None => items.push(item),
     }
@@ -248,10 +226,7 @@ fn find_mut<'a, T>(
     items
         .iter_mut()
         .find(|item| name(item) == wanted)
-        .ok_or_else(|| ApplyError::NotFound {
-            kind,
-            name: wanted.to_string(),
-        })
+        .ok_or_else(|| ApplyError::NotFound { kind, name: wanted.to_string() })
 }
 
 fn delete<T>(
@@ -263,20 +238,14 @@ fn delete<T>(
     let before = items.len();
     items.retain(|item| name(item) != wanted);
     if items.len() == before {
-        return Err(ApplyError::NotFound {
-            kind,
-            name: wanted.to_string(),
-        });
+        return Err(ApplyError::NotFound { kind, name: wanted.to_string() });
     }
     Ok(())
 }
 
 fn backend_index(pool: &Pool, address: SocketAddr) -> Result<usize, ApplyError> {
-    pool.backends
-        .iter()
-        .position(|b| b.address == address)
-        .ok_or_else(|| ApplyError::NotFound {
-            kind: ObjectKind::Backend,
-            name: format!("{}/{}", pool.name, address),
-        })
+    pool.backends.iter().position(|b| b.address == address).ok_or_else(|| ApplyError::NotFound {
+        kind: ObjectKind::Backend,
+        name: format!("{}/{}", pool.name, address),
+    })
 }

@@ -200,12 +200,7 @@ fn default_weight() -> u32 {
 impl Backend {
     /// An active backend of weight 1.
     pub fn new(address: SocketAddr) -> Backend {
-        Backend {
-            address,
-            weight: 1,
-            state: AdminState::Active,
-            max_connections: None,
-        }
+        Backend { address, weight: 1, state: AdminState::Active, max_connections: None }
     }
 }
 
@@ -327,12 +322,7 @@ impl<'de> Deserialize<'de> for Algorithm {
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<AlgorithmSpec, E> {
                 let kind = AlgorithmKind::deserialize(de::value::StrDeserializer::<E>::new(name))?;
-                Ok(AlgorithmSpec {
-                    kind,
-                    key: None,
-                    table_size: None,
-                    decay: None,
-                })
+                Ok(AlgorithmSpec { kind, key: None, table_size: None, decay: None })
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<AlgorithmSpec, A::Error> {
                 AlgorithmSpec::deserialize(de::value::MapAccessDeserializer::new(map))
@@ -367,12 +357,7 @@ impl TryFrom<AlgorithmSpec> for Algorithm {
 
     fn try_from(spec: AlgorithmSpec) -> Result<Algorithm, String> {
         use AlgorithmKind as K;
-        let AlgorithmSpec {
-            kind,
-            key,
-            table_size,
-            decay,
-        } = spec;
+        let AlgorithmSpec { kind, key, table_size, decay } = spec;
         let unexpected = [
             ("key", key.is_some()),
             ("table_size", table_size.is_some()),
@@ -383,14 +368,8 @@ impl TryFrom<AlgorithmSpec> for Algorithm {
             K::PeakEwma => &["decay"],
             _ => &[],
         };
-        if let Some((param, _)) = unexpected
-            .iter()
-            .find(|(p, set)| *set && !allowed.contains(p))
-        {
-            return Err(format!(
-                "unknown parameter `{param}` for algorithm {}",
-                kind.as_str()
-            ));
+        if let Some((param, _)) = unexpected.iter().find(|(p, set)| *set && !allowed.contains(p)) {
+            return Err(format!("unknown parameter `{param}` for algorithm {}", kind.as_str()));
         }
         Ok(match kind {
             K::RoundRobin => Algorithm::RoundRobin,
@@ -405,21 +384,14 @@ impl TryFrom<AlgorithmSpec> for Algorithm {
                     .ok_or("algorithm consistent_hash needs a `key`, e.g. \"header:x-user\"")?,
                 table_size: table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
             },
-            K::PeakEwma => Algorithm::PeakEwma {
-                decay: decay.unwrap_or(DEFAULT_EWMA_DECAY),
-            },
+            K::PeakEwma => Algorithm::PeakEwma { decay: decay.unwrap_or(DEFAULT_EWMA_DECAY) },
         })
     }
 }
 
 impl From<Algorithm> for AlgorithmSpec {
     fn from(algorithm: Algorithm) -> AlgorithmSpec {
-        let plain = |kind| AlgorithmSpec {
-            kind,
-            key: None,
-            table_size: None,
-            decay: None,
-        };
+        let plain = |kind| AlgorithmSpec { kind, key: None, table_size: None, decay: None };
         match algorithm {
             Algorithm::RoundRobin => plain(AlgorithmKind::RoundRobin),
             Algorithm::WeightedRoundRobin => plain(AlgorithmKind::WeightedRoundRobin),
@@ -433,10 +405,9 @@ impl From<Algorithm> for AlgorithmSpec {
                 table_size: Some(table_size),
                 ..plain(AlgorithmKind::ConsistentHash)
             },
-            Algorithm::PeakEwma { decay } => AlgorithmSpec {
-                decay: Some(decay),
-                ..plain(AlgorithmKind::PeakEwma)
-            },
+            Algorithm::PeakEwma { decay } => {
+                AlgorithmSpec { decay: Some(decay), ..plain(AlgorithmKind::PeakEwma) }
+            }
         }
     }
 }
@@ -502,9 +473,7 @@ impl From<HashKey> for String {
 /// True for a valid HTTP token (RFC 9110 §5.6.2): header names and cookie names.
 pub fn is_http_token(text: &str) -> bool {
     !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// An active health check, run by every node against every backend of a pool.
@@ -879,11 +848,7 @@ impl TryFrom<RateLimitSpec> for RateLimitPolicy {
                 }
             }
         };
-        Ok(RateLimitPolicy {
-            name: spec.name,
-            key: spec.key,
-            limit,
-        })
+        Ok(RateLimitPolicy { name: spec.name, key: spec.key, limit })
     }
 }
 
@@ -899,10 +864,7 @@ impl From<RateLimitPolicy> for RateLimitSpec {
             window: None,
         };
         match policy.limit {
-            RateLimit::TokenBucket {
-                capacity,
-                refill_per_second,
-            } => RateLimitSpec {
+            RateLimit::TokenBucket { capacity, refill_per_second } => RateLimitSpec {
                 capacity: Some(capacity),
                 refill_per_second: Some(refill_per_second),
                 ..base

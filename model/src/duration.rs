@@ -32,9 +32,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("invalid duration {text:?}: {e} (write e.g. \"500ms\", \"2s\")"))?;
     if d.subsec_nanos() % 1_000_000 != 0 {
-        return Err(format!(
-            "invalid duration {text:?}: the resolution is one millisecond"
-        ));
+        return Err(format!("invalid duration {text:?}: the resolution is one millisecond"));
     }
     Ok(d)
 }

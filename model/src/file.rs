@@ -35,11 +35,7 @@ pub enum FileError {
 }
 
 fn field_prefix(field: &str) -> String {
-    if field.is_empty() {
-        String::new()
-    } else {
-        format!("field `{field}`: ")
-    }
+    if field.is_empty() { String::new() } else { format!("field `{field}`: ") }
 }
 
 /// Parses and validates a cluster file.
@@ -85,38 +81,22 @@ fn describe(text: &str, path: &serde_path_to_error::Path, error: &toml::de::Erro
                         continue;
                     }
                 };
-                let id = cursor
-                    .as_ref()
-                    .and_then(|v| v.get(identity))
-                    .and_then(|v| v.as_str());
+                let id = cursor.as_ref().and_then(|v| v.get(identity)).and_then(|v| v.as_str());
                 let this = match id {
                     Some(id) => format!("{kind} '{id}'"),
                     None => format!("{kind} #{}", index + 1),
                 };
-                object = if object == "cluster file" {
-                    this
-                } else {
-                    format!("{object} {this}")
-                };
+                object = if object == "cluster file" { this } else { format!("{object} {this}") };
                 field.clear();
             }
             Segment::Enum { variant } => field.push(variant.clone()),
             Segment::Unknown => {}
         }
     }
-    let line = error
-        .span()
-        .map(|span| line_of(text, span.start))
-        .unwrap_or(1);
-    FileError::Field {
-        object,
-        field: field.join("."),
-        line,
-        problem: error.message().to_owned(),
-    }
+    let line = error.span().map(|span| line_of(text, span.start)).unwrap_or(1);
+    FileError::Field { object, field: field.join("."), line, problem: error.message().to_owned() }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(1, |before| before.matches('\n').count() + 1)
+    text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
 }

@@ -35,12 +35,7 @@ impl TryFrom<String> for Name {
     type Error = InvalidName;
 
     fn try_from(text: String) -> Result<Self, InvalidName> {
-        let fail = |reason| {
-            Err(InvalidName {
-                text: text.clone(),
-                reason,
-            })
-        };
+        let fail = |reason| Err(InvalidName { text: text.clone(), reason });
         let Some(first) = text.chars().next() else {
             return fail("a name cannot be empty");
         };

@@ -29,11 +29,7 @@ pub struct Violation {
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: field `{}`: {}",
-            self.object, self.field, self.problem
-        )
+        write!(f, "{}: field `{}`: {}", self.object, self.field, self.problem)
     }
 }
 
@@ -70,11 +66,7 @@ impl ClusterSpec {
         for policy in &self.rate_limits {
             check.rate_limit(policy);
         }
-        if check.found.is_empty() {
-            Ok(())
-        } else {
-            Err(Violations(check.found))
-        }
+        if check.found.is_empty() { Ok(()) } else { Err(Violations(check.found)) }
     }
 }
 
@@ -115,9 +107,7 @@ impl Checker {
         let mut by_port: BTreeMap<u16, Vec<&Listener>> = BTreeMap::new();
         for listener in listeners {
             let others = by_port.entry(listener.bind.port()).or_default();
-            let clash = others
-                .iter()
-                .find(|other| binds_overlap(other.bind, listener.bind));
+            let clash = others.iter().find(|other| binds_overlap(other.bind, listener.bind));
             if let Some(other) = clash {
                 self.report(
                     format!("listener '{}'", listener.name),
@@ -149,10 +139,7 @@ impl Checker {
             (Protocol::Tcp | Protocol::Http, Some(_)) => self.report(
                 &object,
                 "tls",
-                format!(
-                    "`tls` applies to https listeners only, this one is {}",
-                    listener.protocol
-                ),
+                format!("`tls` applies to https listeners only, this one is {}", listener.protocol),
             ),
             _ => {}
         }
@@ -165,11 +152,7 @@ impl Checker {
                 );
             }
             if listener.default_pool.is_none() {
-                self.report(
-                    &object,
-                    "default_pool",
-                    "a tcp listener needs a `default_pool`",
-                );
+                self.report(&object, "default_pool", "a tcp listener needs a `default_pool`");
             }
         } else if listener.default_pool.is_none() && listener.routes.is_empty() {
             self.report(
@@ -191,10 +174,7 @@ impl Checker {
         if let Some(policy) = &listener.rate_limit {
             self.rate_limit_exists(spec, &object, "rate_limit", policy);
         }
-        self.unique_names(
-            &format!("{object} route"),
-            listener.routes.iter().map(|r| &r.name),
-        );
+        self.unique_names(&format!("{object} route"), listener.routes.iter().map(|r| &r.name));
         for route in &listener.routes {
             self.route(spec, &format!("{object} route '{}'", route.name), route);
         }
@@ -224,9 +204,7 @@ impl Checker {
         let matcher = &route.matcher;
         if let Some(host) = &matcher.host {
             if host.is_empty()
-                || !host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
+                || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
             {
                 self.report(object, "host", format!("{host:?} is not a host name"));
             }
@@ -259,11 +237,7 @@ impl Checker {
         }
         if let Some(rewrite) = &route.rewrite_prefix {
             if !matches!(matcher.path, Some(PathMatch::Prefix(_))) {
-                self.report(
-                    object,
-                    "rewrite_prefix",
-                    "a rewrite needs a `path_prefix` to replace",
-                );
+                self.report(object, "rewrite_prefix", "a rewrite needs a `path_prefix` to replace");
             } else if !rewrite.starts_with('/') {
                 self.report(
                     object,
@@ -322,10 +296,7 @@ impl Checker {
                 self.report(
                     &object,
                     format!("backends[{i}].weight"),
-                    format!(
-                        "{} is above the maximum weight {MAX_WEIGHT}",
-                        backend.weight
-                    ),
+                    format!("{} is above the maximum weight {MAX_WEIGHT}", backend.weight),
                 );
             }
             if backend.max_connections == Some(0) {
@@ -356,11 +327,7 @@ impl Checker {
                 }
             }
             Algorithm::PeakEwma { decay } if decay.is_zero() => {
-                self.report(
-                    &object,
-                    "algorithm.decay",
-                    "a decay of 0 keeps no latency history",
-                );
+                self.report(&object, "algorithm.decay", "a decay of 0 keeps no latency history");
             }
             _ => {}
         }
@@ -373,11 +340,7 @@ impl Checker {
                 );
             }
             if check.timeout.is_zero() {
-                self.report(
-                    &object,
-                    "health_check.timeout",
-                    "a timeout of 0 fails every check",
-                );
+                self.report(&object, "health_check.timeout", "a timeout of 0 fails every check");
             } else if !check.interval.is_zero() && check.timeout > check.interval {
                 self.report(
                     &object,
@@ -417,10 +380,7 @@ impl Checker {
     fn rate_limit(&mut self, policy: &RateLimitPolicy) {
         let object = format!("rate limit '{}'", policy.name);
         match &policy.limit {
-            RateLimit::TokenBucket {
-                capacity,
-                refill_per_second,
-            } => {
+            RateLimit::TokenBucket { capacity, refill_per_second } => {
                 if *capacity == 0 {
                     self.report(&object, "capacity", "a capacity of 0 refuses every request");
                 }
@@ -447,11 +407,7 @@ impl Checker {
 
     fn rate_limit_exists(&mut self, spec: &ClusterSpec, object: &str, field: &str, policy: &Name) {
         if spec.rate_limit(policy.as_str()).is_none() {
-            self.report(
-                object,
-                field,
-                format!("rate limit '{policy}' does not exist"),
-            );
+            self.report(object, field, format!("rate limit '{policy}' does not exist"));
         }
     }
 }
@@ -463,8 +419,5 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2
-        && (2..)
-            .take_while(|d: &u32| d.saturating_mul(*d) <= n)
-            .all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| n % d != 0)
 }

@@ -31,19 +31,11 @@ fn json_round_trip_is_identity() {
 
 #[test]
 fn binary_round_trip_is_identity_and_compact() {
-    let config = Config {
-        revision: 42,
-        spec: example(),
-    };
+    let config = Config { revision: 42, spec: example() };
     let bytes = codec::encode(&config).unwrap();
     assert_eq!(codec::decode::<Config>(&bytes).unwrap(), config);
     let json = serde_json::to_vec(&config).unwrap();
-    assert!(
-        bytes.len() * 2 < json.len(),
-        "binary {} bytes vs JSON {}",
-        bytes.len(),
-        json.len()
-    );
+    assert!(bytes.len() * 2 < json.len(), "binary {} bytes vs JSON {}", bytes.len(), json.len());
 }
 
 #[test]
@@ -51,30 +43,14 @@ fn binary_rejects_wrong_version_trailing_bytes_and_truncation() {
     let bytes = codec::encode(&Config::default()).unwrap();
     let mut wrong_version = bytes.clone();
     wrong_version[0] = 9;
-    assert!(matches!(
-        codec::decode::<Config>(&wrong_version),
-        Err(codec::CodecError::Version(9))
-    ));
+    assert!(matches!(codec::decode::<Config>(&wrong_version), Err(codec::CodecError::Version(9))));
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert!(matches!(
-        codec::decode::<Config>(&trailing),
-        Err(codec::CodecError::Trailing(1))
-    ));
-    assert!(matches!(
-        codec::decode::<Config>(&[]),
-        Err(codec::CodecError::Empty)
-    ));
-    let full = codec::encode(&Config {
-        revision: 1,
-        spec: example(),
-    })
-    .unwrap();
+    assert!(matches!(codec::decode::<Config>(&trailing), Err(codec::CodecError::Trailing(1))));
+    assert!(matches!(codec::decode::<Config>(&[]), Err(codec::CodecError::Empty)));
+    let full = codec::encode(&Config { revision: 1, spec: example() }).unwrap();
     for cut in 1..full.len() {
-        assert!(
-            codec::decode::<Config>(&full[..cut]).is_err(),
-            "cut at {cut} decoded"
-        );
+        assert!(codec::decode::<Config>(&full[..cut]).is_err(), "cut at {cut} decoded");
     }
 }
 
@@ -87,12 +63,7 @@ fn binary_refuses_a_huge_claimed_length_without_allocating_it() {
 
 fn field_error(text: &str) -> (String, String, usize, String) {
     match file::parse(text) {
-        Err(FileError::Field {
-            object,
-            field,
-            line,
-            problem,
-        }) => (object, field, line, problem),
+        Err(FileError::Field { object, field, line, problem }) => (object, field, line, problem),
         other => panic!("expected a field error, got {other:?}"),
     }
 }
@@ -112,10 +83,7 @@ algorithm = { kind = "round_robin", table_size = 7 }
     assert_eq!(object, "pool 'api'");
     assert_eq!(field, "algorithm");
     assert_eq!(line, 7);
-    assert!(
-        problem.contains("unknown parameter `table_size`"),
-        "{problem}"
-    );
+    assert!(problem.contains("unknown parameter `table_size`"), "{problem}");
 }
 
 #[test]
@@ -142,10 +110,7 @@ bind = "198.18.0.300:80"
 protocol = "http"
 "#,
     );
-    assert_eq!(
-        (object.as_str(), field.as_str(), line),
-        ("listener 'public'", "bind", 4)
-    );
+    assert_eq!((object.as_str(), field.as_str(), line), ("listener 'public'", "bind", 4));
     assert!(problem.contains("invalid socket address"), "{problem}");
 }
 
@@ -164,19 +129,13 @@ split = [{ pool = "web", weight = 1 }]
 "#,
     );
     assert_eq!(object, "listener 'public' route 'both'");
-    assert!(
-        problem.contains("exactly one of `pool` or `split`"),
-        "{problem}"
-    );
+    assert!(problem.contains("exactly one of `pool` or `split`"), "{problem}");
 }
 
 #[test]
 fn bad_name_and_bad_key_are_shape_errors() {
     let (object, field, _, problem) = field_error("[[pools]]\nname = \"Web Pool\"\n");
-    assert_eq!(
-        (object.as_str(), field.as_str()),
-        ("pool 'Web Pool'", "name")
-    );
+    assert_eq!((object.as_str(), field.as_str()), ("pool 'Web Pool'", "name"));
     assert!(problem.contains("lowercase"), "{problem}");
 
     let (object, field, _, problem) = field_error(

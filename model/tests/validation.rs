@@ -57,15 +57,9 @@ fn name(text: &str) -> Name {
 
 /// Asserts that `spec` has exactly one violation, on `object` and `field`.
 fn only_violation(spec: &ClusterSpec, object: &str, field: &str) -> String {
-    let violations = spec
-        .validate()
-        .expect_err("the configuration must be rejected")
-        .0;
+    let violations = spec.validate().expect_err("the configuration must be rejected").0;
     assert_eq!(violations.len(), 1, "{violations:#?}");
-    assert_eq!(
-        (violations[0].object.as_str(), violations[0].field.as_str()),
-        (object, field)
-    );
+    assert_eq!((violations[0].object.as_str(), violations[0].field.as_str()), (object, field));
     violations[0].to_string()
 }
 
@@ -86,14 +80,8 @@ fn route_to_missing_pool() {
 fn split_to_missing_pool() {
     let mut spec = base();
     spec.listeners[0].routes[0].action = RouteAction::Split(vec![
-        SplitTarget {
-            pool: name("web"),
-            weight: 95,
-        },
-        SplitTarget {
-            pool: name("canary"),
-            weight: 5,
-        },
+        SplitTarget { pool: name("web"), weight: 95 },
+        SplitTarget { pool: name("canary"), weight: 5 },
     ]);
     only_violation(&spec, "listener 'public' route 'api'", "split[1].pool");
 }
@@ -101,10 +89,8 @@ fn split_to_missing_pool() {
 #[test]
 fn split_with_all_weights_zero() {
     let mut spec = base();
-    spec.listeners[0].routes[0].action = RouteAction::Split(vec![SplitTarget {
-        pool: name("web"),
-        weight: 0,
-    }]);
+    spec.listeners[0].routes[0].action =
+        RouteAction::Split(vec![SplitTarget { pool: name("web"), weight: 0 }]);
     only_violation(&spec, "listener 'public' route 'api'", "split");
 }
 
@@ -212,10 +198,7 @@ fn listener_on_port_zero() {
 #[test]
 fn zero_refill_rate() {
     let mut spec = base();
-    spec.rate_limits[0].limit = RateLimit::TokenBucket {
-        capacity: 10,
-        refill_per_second: 0.0,
-    };
+    spec.rate_limits[0].limit = RateLimit::TokenBucket { capacity: 10, refill_per_second: 0.0 };
     let message = only_violation(&spec, "rate limit 'per-client'", "refill_per_second");
     assert!(message.contains("never refills"), "{message}");
 }
@@ -223,35 +206,25 @@ fn zero_refill_rate() {
 #[test]
 fn non_finite_refill_rate() {
     let mut spec = base();
-    spec.rate_limits[0].limit = RateLimit::TokenBucket {
-        capacity: 10,
-        refill_per_second: f64::NAN,
-    };
+    spec.rate_limits[0].limit =
+        RateLimit::TokenBucket { capacity: 10, refill_per_second: f64::NAN };
     only_violation(&spec, "rate limit 'per-client'", "refill_per_second");
 }
 
 #[test]
 fn zero_capacity() {
     let mut spec = base();
-    spec.rate_limits[0].limit = RateLimit::TokenBucket {
-        capacity: 0,
-        refill_per_second: 1.0,
-    };
+    spec.rate_limits[0].limit = RateLimit::TokenBucket { capacity: 0, refill_per_second: 1.0 };
     only_violation(&spec, "rate limit 'per-client'", "capacity");
 }
 
 #[test]
 fn sliding_window_zero_limit_and_window() {
     let mut spec = base();
-    spec.rate_limits[0].limit = RateLimit::SlidingWindow {
-        limit: 0,
-        window: Duration::from_secs(1),
-    };
+    spec.rate_limits[0].limit =
+        RateLimit::SlidingWindow { limit: 0, window: Duration::from_secs(1) };
     only_violation(&spec, "rate limit 'per-client'", "limit");
-    spec.rate_limits[0].limit = RateLimit::SlidingWindow {
-        limit: 5,
-        window: Duration::ZERO,
-    };
+    spec.rate_limits[0].limit = RateLimit::SlidingWindow { limit: 5, window: Duration::ZERO };
     only_violation(&spec, "rate limit 'per-client'", "window");
 }
 
@@ -283,21 +256,15 @@ fn https_listener_without_certificates() {
     let mut spec = base();
     spec.listeners[0].protocol = Protocol::Https;
     only_violation(&spec, "listener 'public'", "tls");
-    spec.listeners[0].tls = Some(Tls {
-        certificates: vec![],
-    });
+    spec.listeners[0].tls = Some(Tls { certificates: vec![] });
     only_violation(&spec, "listener 'public'", "tls.certificates");
 }
 
 #[test]
 fn tls_on_a_plain_listener() {
     let mut spec = base();
-    spec.listeners[0].tls = Some(Tls {
-        certificates: vec![Certificate {
-            cert: "a.pem".into(),
-            key: "a.key".into(),
-        }],
-    });
+    spec.listeners[0].tls =
+        Some(Tls { certificates: vec![Certificate { cert: "a.pem".into(), key: "a.key".into() }] });
     only_violation(&spec, "listener 'public'", "tls");
 }
 
@@ -330,71 +297,39 @@ fn health_check_timing() {
 #[test]
 fn health_check_http_path_and_status() {
     let mut spec = base();
-    spec.pools[0]
-        .health_check
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .path = "health".into();
+    spec.pools[0].health_check.as_mut().unwrap().http.as_mut().unwrap().path = "health".into();
     only_violation(&spec, "pool 'web'", "health_check.http.path");
     let mut spec = base();
-    spec.pools[0]
-        .health_check
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .expect_status = 42;
+    spec.pools[0].health_check.as_mut().unwrap().http.as_mut().unwrap().expect_status = 42;
     only_violation(&spec, "pool 'web'", "health_check.http.expect_status");
 }
 
 #[test]
 fn maglev_table_not_prime_or_too_small() {
     let mut spec = base();
-    spec.pools[0].algorithm = Algorithm::ConsistentHash {
-        key: HashKey::SourceIp,
-        table_size: 65_536,
-    };
+    spec.pools[0].algorithm =
+        Algorithm::ConsistentHash { key: HashKey::SourceIp, table_size: 65_536 };
     only_violation(&spec, "pool 'web'", "algorithm.table_size");
-    spec.pools[0].algorithm = Algorithm::ConsistentHash {
-        key: HashKey::SourceIp,
-        table_size: 101,
-    };
+    spec.pools[0].algorithm = Algorithm::ConsistentHash { key: HashKey::SourceIp, table_size: 101 };
     only_violation(&spec, "pool 'web'", "algorithm.table_size");
 }
 
 #[test]
 fn peak_ewma_zero_decay() {
     let mut spec = base();
-    spec.pools[0].algorithm = Algorithm::PeakEwma {
-        decay: Duration::ZERO,
-    };
+    spec.pools[0].algorithm = Algorithm::PeakEwma { decay: Duration::ZERO };
     only_violation(&spec, "pool 'web'", "algorithm.decay");
 }
 
 #[test]
 fn route_match_values() {
     let cases: [(Breaker<Route>, &str); 6] = [
-        (
-            |r| r.matcher.path = Some(PathMatch::Prefix("api".into())),
-            "path_prefix",
-        ),
-        (
-            |r| r.matcher.path = Some(PathMatch::Exact("x".into())),
-            "path",
-        ),
+        (|r| r.matcher.path = Some(PathMatch::Prefix("api".into())), "path_prefix"),
+        (|r| r.matcher.path = Some(PathMatch::Exact("x".into())), "path"),
         (|r| r.matcher.host = Some("bad host".into()), "host"),
         (|r| r.matcher.method = Some("get".into()), "method"),
         (
-            |r| {
-                r.matcher.headers = vec![HeaderMatch {
-                    name: "x y".into(),
-                    value: "1".into(),
-                }]
-            },
+            |r| r.matcher.headers = vec![HeaderMatch { name: "x y".into(), value: "1".into() }],
             "headers[0].name",
         ),
         (|r| r.rewrite_prefix = Some("v2/".into()), "rewrite_prefix"),
@@ -418,15 +353,10 @@ fn rewrite_without_prefix_match() {
 #[test]
 fn sticky_cookie_values() {
     let mut spec = base();
-    spec.listeners[0].routes[0].sticky = Some(StickyCookie {
-        cookie: "a b".into(),
-        ttl: None,
-    });
+    spec.listeners[0].routes[0].sticky = Some(StickyCookie { cookie: "a b".into(), ttl: None });
     only_violation(&spec, "listener 'public' route 'api'", "sticky.cookie");
-    spec.listeners[0].routes[0].sticky = Some(StickyCookie {
-        cookie: "pin".into(),
-        ttl: Some(Duration::ZERO),
-    });
+    spec.listeners[0].routes[0].sticky =
+        Some(StickyCookie { cookie: "pin".into(), ttl: Some(Duration::ZERO) });
     only_violation(&spec, "listener 'public' route 'api'", "sticky.ttl");
 }
 
@@ -434,9 +364,6 @@ fn sticky_cookie_values() {
 fn every_problem_is_reported_at_once() {
     let mut spec = base();
     spec.listeners[1].default_pool = Some(name("gone"));
-    spec.rate_limits[0].limit = RateLimit::TokenBucket {
-        capacity: 0,
-        refill_per_second: 0.0,
-    };
+    spec.rate_limits[0].limit = RateLimit::TokenBucket { capacity: 0, refill_per_second: 0.0 };
     assert_eq!(spec.validate().unwrap_err().0.len(), 3);
 }

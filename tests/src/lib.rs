@@ -1,1 +1,22 @@
-//! placeholder
+//! fulcrum-lab: a small virtual network on one Linux host, for Fulcrum's end-to-end tests.
+//!
+//! It owns the lab topology (network namespaces, veth pairs, one bridge), the processes it
+//! starts inside it, the lab backends (HTTP/1.1, h2c and TCP echo) and the client prober. It
+//! never touches the host's own network: every namespace, link and address it makes carries
+//! a per-run prefix and comes from 198.18.0.0/24, and it stops only processes it started.
+//!
+//! # Layout
+//! - [`netns`]: creating, entering and deleting namespaces through iproute2.
+//! - [`process`]: processes started inside a namespace, awaited by their output, stopped by PID.
+//! - [`topology`]: the [`Lab`] guard: hosts on a bridge, torn down on drop, recorded on disk so
+//!   `fulcrum-lab down` can remove a lab whose test was killed.
+//! - [`backend`]: the lab's HTTP and TCP echo backend server.
+//! - [`probe`]: the prober that measures successes, failures and outages from the client.
+
+pub mod backend;
+pub mod netns;
+pub mod probe;
+pub mod process;
+pub mod topology;
+
+pub use topology::{Host, HostRole, Lab, LabError, Topology};

@@ -1,1 +1,181 @@
-fn main() {}
+//! `fulcrum-lab`: bring the lab up and down, and run its backends and prober.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fulcrum_lab::backend::Backend;
+use fulcrum_lab::probe::{self, ProbeArgs};
+use fulcrum_lab::topology::{self, Lab, Topology};
+use tokio::net::TcpListener;
+
+/// Fulcrum's network-namespace lab: load balancers, backends and a client on one bridge.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a lab and leave it running (needs root); prints its hosts.
+    ///
+    /// Example: fulcrum-lab up --load-balancers 3 --backends 2
+    Up {
+        /// Load-balancer hosts (1 to 9): lb1 = 198.18.0.11, …
+        #[arg(long, default_value_t = 3)]
+        load_balancers: usize,
+        /// Backend hosts (0 to 9): be1 = 198.18.0.21, …
+        #[arg(long, default_value_t = 2)]
+        backends: usize,
+        /// Name prefix (2 to 12 of a-z0-9); a fresh one by default.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Do not start a lab backend on the backend hosts.
+        #[arg(long)]
+        no_backends: bool,
+    },
+    /// Remove a lab: stop its processes, delete its namespaces.
+    Down {
+        /// The lab to remove.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        prefix: Option<String>,
+        /// Remove every lab recorded on this host.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the labs recorded on this host.
+    Status,
+    /// Run a lab backend (inside a backend host).
+    Backend {
+        /// The name it answers with.
+        #[arg(long)]
+        name: String,
+        /// Address of the HTTP/1.1 and h2c server.
+        #[arg(long)]
+        http: SocketAddr,
+        /// Address of the TCP echo server.
+        #[arg(long)]
+        tcp_echo: Option<SocketAddr>,
+    },
+    /// Probe a target repeatedly and print a JSON report (inside the client host).
+    Probe(ProbeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fulcrum-lab: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { load_balancers, backends, prefix, no_backends } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let topology = Topology { load_balancers, backends, prefix };
+            let lab = Lab::up(&topology, exe).context("cannot build the lab")?;
+            if !no_backends {
+                for process in lab.start_backends().context("cannot start the lab backends")? {
+                    process.detach();
+                }
+            }
+            let prefix = lab.prefix();
+            lab.keep();
+            print!("{}", topology::describe_recorded(&prefix)?);
+            println!("remove it with: fulcrum-lab down --prefix {prefix}");
+            Ok(())
+        }
+        Command::Down { prefix, all } => {
+            let prefixes =
+                if all { topology::recorded_labs()? } else { prefix.into_iter().collect() };
+            for prefix in prefixes {
+                topology::remove_recorded(&prefix)
+                    .with_context(|| format!("cannot remove lab {prefix}"))?;
+                println!("removed lab {prefix}");
+            }
+            Ok(())
+        }
+        Command::Status => {
+            let labs = topology::recorded_labs()?;
+            if labs.is_empty() {
+                println!("no lab is recorded in {}", topology::STATE_DIR);
+            }
+            for prefix in labs {
+                print!("{}", topology::describe_recorded(&prefix)?);
+            }
+            Ok(())
+        }
+        Command::Backend { name, http, tcp_echo } => runtime()?.block_on(async {
+            let backend = Backend::new(&name);
+            let http_listener = TcpListener::bind(http)
+                .await
+                .with_context(|| format!("cannot listen on {http}"))?;
+            let echo_listener = match tcp_echo {
+                Some(address) => Some(
+                    TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("cannot listen on {address}"))?,
+                ),
+                None => None,
+            };
+            // The lab waits for this line; nothing else goes to standard output.
+            println!("ready {name} http {http} echo {tcp_echo:?}");
+            let echo = async {
+                match echo_listener {
+                    Some(listener) => Backend::serve_echo(listener).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = backend.serve_http(http_listener) => result.context("HTTP server failed"),
+                result = echo => result.context("echo server failed"),
+                _ = terminated() => Ok(()),
+            }
+        }),
+        Command::Probe(args) => runtime()?.block_on(async {
+            println!("probing {}", args.target);
+            let report = probe::run(&args).await;
+            if args.text {
+                println!("{report}");
+            } else {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs Fulcrum's whole test suite, the lab tests on real network namespaces included.
+# Needs root (the lab creates namespaces); installs what it needs first.
+#   scripts/test.sh              everything: format, lints, all tests
+#   scripts/test.sh -E 'test(x)' extra arguments go to cargo nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the lab tests create network namespaces and need root." >&2
+    echo "Run it as root, e.g.: sudo -E env \"PATH=\$PATH\" scripts/test.sh" >&2
+    exit 1
+fi
+
+# Debian packages the tests use, by the command that shows each is there.
+declare -A packages=([ip]=iproute2)
+missing=()
+for command in "${!packages[@]}"; do
+    command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked --no-fail-fast "$@"
