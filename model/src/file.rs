@@ -97,6 +97,7 @@ fn describe(text: &str, path: &serde_path_to_error::Path, error: &toml::de::Erro
     FileError::Field { object, field: field.join("."), line, problem: error.message().to_owned() }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line of byte `offset` in `text`, for errors that point into a TOML file.
+pub fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset).map_or(1, |before| before.matches('\n').count() + 1)
 }

@@ -59,6 +59,9 @@ enum Command {
         /// Address of the TCP echo server.
         #[arg(long)]
         tcp_echo: Option<SocketAddr>,
+        /// Bind even if the address is not (yet) on this host: for serving on a VIP.
+        #[arg(long)]
+        freebind: bool,
     },
     /// Probe a target repeatedly and print a JSON report (inside the client host).
     Probe(ProbeArgs),
@@ -118,19 +121,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Backend { name, http, tcp_echo } => runtime()?.block_on(async {
+        Command::Backend { name, http, tcp_echo, freebind } => runtime()?.block_on(async {
             let backend = Backend::new(&name);
-            let http_listener = TcpListener::bind(http)
-                .await
-                .with_context(|| format!("cannot listen on {http}"))?;
-            let echo_listener = match tcp_echo {
-                Some(address) => Some(
-                    TcpListener::bind(address)
-                        .await
-                        .with_context(|| format!("cannot listen on {address}"))?,
-                ),
-                None => None,
-            };
+            let http_listener = listen(http, freebind)?;
+            let echo_listener = tcp_echo.map(|address| listen(address, freebind)).transpose()?;
             // The lab waits for this line; nothing else goes to standard output.
             println!("ready {name} http {http} echo {tcp_echo:?}");
             let echo = async {
@@ -156,6 +150,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+/// A listening socket on `address`; with `freebind`, also for an address not on this host.
+fn listen(address: SocketAddr, freebind: bool) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_freebind_v4(freebind)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&address.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().with_context(|| format!("cannot listen on {address}"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

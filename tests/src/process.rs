@@ -6,7 +6,7 @@
 //! reused PID is never signalled.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -58,7 +58,7 @@ impl LabProcess {
         args: &[String],
         log: &Path,
     ) -> Result<LabProcess, LabError> {
-        let log_file = File::create(log)
+        let mut log_file = File::create(log)
             .map_err(|source| LabError::Io { what: format!("create {}", log.display()), source })?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", namespace])
@@ -66,19 +66,31 @@ impl LabProcess {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log_file)
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| LabError::Spawn { what: label.to_owned(), source })?;
         let pid = child.id();
         // `ip netns exec` execs the program, so the PID is the program's own.
         let start_time = start_time(pid).unwrap_or(0);
         let (sender, lines) = mpsc::channel();
+        // Both streams feed one channel of lines, so a test can await a log line as easily as
+        // a line of output; standard error is also kept in the log file.
         if let Some(stdout) = child.stdout.take() {
+            let sender = sender.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if sender.send(line).is_err() {
                         break;
                     }
+                }
+            });
+        }
+        if let Some(stderr) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = writeln!(log_file, "{line}");
+                    // The process may outlive its handle (`detach`): keep draining its output.
+                    let _ = sender.send(line);
                 }
             });
         }
@@ -110,23 +122,37 @@ impl LabProcess {
 
     /// Waits until the process prints a line starting with `prefix`, and returns that line.
     pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String, LabError> {
+        self.wait_for(
+            &format!("a line starting {prefix:?}"),
+            |line| line.starts_with(prefix),
+            timeout,
+        )
+    }
+
+    /// Waits until the process prints (on stdout or stderr) a line that `matches`, and returns
+    /// it. Only lines printed after the previous wait are considered.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String, LabError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.seen.push(line.clone());
-                    if line.starts_with(prefix) {
+                    if matches(&line) {
                         return Ok(line);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    return Err(self
-                        .error(format!("printed no line starting {prefix:?} within {timeout:?}")));
+                    return Err(self.error(format!("printed no {what} within {timeout:?}")));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                    return Err(self.error(format!("exited ({status}) before printing {prefix:?}")));
+                    return Err(self.error(format!("exited ({status}) before printing {what}")));
                 }
             }
         }

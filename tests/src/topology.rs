@@ -43,7 +43,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum LabError {
     /// Network namespaces need root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
     #[error(
-        "the lab needs root to create network namespaces (running as uid {0}); run the tests as root, e.g. `sudo scripts/test.sh`"
+        "the lab needs root to create network namespaces (running as uid {0}); run the tests as root: see scripts/test.sh"
     )]
     NotRoot(u32),
     /// A topology or name the lab does not accept.
@@ -289,17 +289,41 @@ impl Lab {
     /// Starts a lab backend (HTTP on port 8080, TCP echo on 9000) on `host` and waits until
     /// it is serving.
     pub fn start_backend(&self, host: &Host) -> Result<LabProcess, LabError> {
-        let args = vec![
-            "backend".to_owned(),
-            "--name".to_owned(),
+        self.start_server(host, host.http_address(), Some(host.echo_address()), false)
+    }
+
+    /// Starts a lab backend answering with `host`'s name on `vip`, bound whether or not the
+    /// host holds the VIP: the prober then sees which load balancer answers.
+    pub fn start_vip_responder(
+        &self,
+        host: &Host,
+        vip: SocketAddr,
+    ) -> Result<LabProcess, LabError> {
+        self.start_server(host, vip, None, true)
+    }
+
+    fn start_server(
+        &self,
+        host: &Host,
+        http: SocketAddr,
+        echo: Option<SocketAddr>,
+        freebind: bool,
+    ) -> Result<LabProcess, LabError> {
+        let mut args = vec![
+            "backend".into(),
+            "--name".into(),
             host.name.clone(),
-            "--http".to_owned(),
-            host.http_address().to_string(),
-            "--tcp-echo".to_owned(),
-            host.echo_address().to_string(),
+            "--http".into(),
+            http.to_string(),
         ];
-        let mut process =
-            self.spawn(host, &format!("backend {}", host.name), &self.lab_binary, &args)?;
+        if let Some(echo) = echo {
+            args.extend(["--tcp-echo".into(), echo.to_string()]);
+        }
+        if freebind {
+            args.push("--freebind".into());
+        }
+        let label = format!("backend {} on {http}", host.name);
+        let mut process = self.spawn(host, &label, &self.lab_binary, &args)?;
         process.wait_for_line("ready", READY_TIMEOUT)?;
         Ok(process)
     }

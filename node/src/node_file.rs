@@ -1,0 +1,313 @@
+//! The node file: what belongs to one node and is not replicated — its identity, logging,
+//! and its VRRP instances (`[[vrrp]]`).
+//!
+//! Parsing names the field at fault (`vrrp[1].priority`) and the line; checks that need the
+//! VRRP state machine's rules are left to the VRRP driver, which reports them at start.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use fulcrum_model::file::line_of;
+use fulcrum_vrrp::driver::{GarpSettings, InstanceSettings};
+use fulcrum_vrrp::machine::InstanceConfig;
+use fulcrum_vrrp::socket::Destination;
+use fulcrum_vrrp::wire::ChecksumForm;
+use serde::Deserialize;
+
+/// The node file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id in the cluster, unique among its peers.
+    pub node_id: u64,
+    /// Where logs go and how much.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Virtual routers this node takes part in.
+    #[serde(default)]
+    pub vrrp: Vec<VrrpInstance>,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log collectors.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `fulcrum_vrrp=debug,info`, …
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings { format: LogFormat::default(), level: default_level() }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One `[[vrrp]]` instance.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpInstance {
+    /// The link, e.g. `eth0`.
+    pub interface: String,
+    /// Virtual router id, 1 to 255, the same on every node of this virtual router.
+    pub vrid: u8,
+    /// 1 to 254 (higher wins), or 255 for the owner of the addresses.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// How often the master advertises: 10ms to 40.95s, in whole centiseconds.
+    #[serde(default = "default_advert_interval", with = "fulcrum_model::duration")]
+    pub advert_interval: Duration,
+    /// The virtual IPs.
+    pub vips: Vec<Ipv4Addr>,
+    /// Whether a higher-priority backup takes over from a live master.
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// How long after start a backup holds back from preempting.
+    #[serde(default, with = "fulcrum_model::duration")]
+    pub preempt_delay: Duration,
+    /// This node's address on the link; the interface's first IPv4 address by default.
+    #[serde(default)]
+    pub primary_address: Option<Ipv4Addr>,
+    /// Advertise to these peers by unicast instead of multicast, and hear only them.
+    #[serde(default)]
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// Gratuitous ARP frames per VIP on becoming master.
+    #[serde(default = "default_garp_repeat")]
+    pub garp_repeat: u32,
+    /// Time between those frames.
+    #[serde(default = "default_garp_spacing", with = "fulcrum_model::duration")]
+    pub garp_spacing: Duration,
+    /// While master, announce again this often (`"0s"` never).
+    #[serde(default = "default_garp_refresh", with = "fulcrum_model::duration")]
+    pub garp_refresh: Duration,
+    /// Checksum of transmitted adverts: `pseudo_header` (RFC 9568, keepalived's default)
+    /// or `message_only`. Both forms are accepted on receive.
+    #[serde(default)]
+    pub checksum: ChecksumChoice,
+}
+
+/// The transmit checksum form, as written in the node file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumChoice {
+    /// Over the IPv4 pseudo-header and the message.
+    #[default]
+    PseudoHeader,
+    /// Over the message alone.
+    MessageOnly,
+}
+
+fn default_priority() -> u8 {
+    fulcrum_vrrp::machine::DEFAULT_PRIORITY
+}
+fn default_advert_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_true() -> bool {
+    true
+}
+fn default_garp_repeat() -> u32 {
+    GarpSettings::default().repeat
+}
+fn default_garp_spacing() -> Duration {
+    GarpSettings::default().spacing
+}
+fn default_garp_refresh() -> Duration {
+    GarpSettings::default().refresh.unwrap_or(Duration::ZERO)
+}
+
+/// Why a node file was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFileError {
+    /// The file could not be read.
+    #[error("cannot read node file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The text is not TOML.
+    #[error("{0}")]
+    Syntax(String),
+    /// A value has the wrong shape or type.
+    #[error("field `{field}` (line {line}): {problem}")]
+    Field {
+        /// The field at fault, e.g. `vrrp[1].priority`.
+        field: String,
+        /// The 1-based line where the problem is.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A VRRP instance has no virtual IP.
+    #[error("field `vrrp[{index}].vips`: a VRRP instance needs at least one VIP")]
+    NoVips {
+        /// The instance's position in the file, from 0.
+        index: usize,
+    },
+    /// The primary address is not given and the interface has none to offer.
+    #[error(
+        "VRID {vrid}: interface {interface} has no IPv4 address (or does not exist); \
+         give primary_address or configure the interface"
+    )]
+    NoPrimaryAddress {
+        /// The virtual router.
+        vrid: u8,
+        /// Its interface.
+        interface: String,
+    },
+    /// An error of the file at `path`.
+    #[error("node file {path}: {source}")]
+    In {
+        /// The file.
+        path: String,
+        /// What is wrong in it.
+        source: Box<NodeFileError>,
+    },
+}
+
+impl NodeFile {
+    /// Reads and parses the node file at `path`.
+    pub fn load(path: &Path) -> Result<NodeFile, NodeFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| NodeFileError::Read { path: shown.clone(), source })?;
+        NodeFile::parse(&text)
+            .map_err(|source| NodeFileError::In { path: shown, source: Box::new(source) })
+    }
+
+    /// Parses a node file's text; the error names the field and the line.
+    pub fn parse(text: &str) -> Result<NodeFile, NodeFileError> {
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|error| NodeFileError::Syntax(error.to_string()))?;
+        let file: NodeFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            NodeFileError::Field {
+                field: error.path().to_string(),
+                line: error.inner().span().map_or(1, |span| line_of(text, span.start)),
+                problem: error.inner().message().to_owned(),
+            }
+        })?;
+        if let Some(index) = file.vrrp.iter().position(|instance| instance.vips.is_empty()) {
+            return Err(NodeFileError::NoVips { index });
+        }
+        Ok(file)
+    }
+}
+
+impl VrrpInstance {
+    /// The driver's settings for this instance; `interface_address` supplies the primary
+    /// address when the file does not.
+    pub fn settings(
+        &self,
+        interface_address: impl FnOnce(&str) -> Option<Ipv4Addr>,
+    ) -> Result<InstanceSettings, NodeFileError> {
+        let primary_address = match self.primary_address {
+            Some(address) => address,
+            None => interface_address(&self.interface).ok_or_else(|| {
+                NodeFileError::NoPrimaryAddress {
+                    vrid: self.vrid,
+                    interface: self.interface.clone(),
+                }
+            })?,
+        };
+        let mut router = InstanceConfig::new(self.vrid, primary_address, self.vips.clone());
+        router.priority = self.priority;
+        router.advert_interval = self.advert_interval;
+        router.preempt = self.preempt;
+        router.preempt_delay = self.preempt_delay;
+        Ok(InstanceSettings {
+            interface: self.interface.clone(),
+            router,
+            destination: if self.unicast_peers.is_empty() {
+                Destination::Multicast
+            } else {
+                Destination::Unicast(self.unicast_peers.clone())
+            },
+            checksum: match self.checksum {
+                ChecksumChoice::PseudoHeader => ChecksumForm::PseudoHeader,
+                ChecksumChoice::MessageOnly => ChecksumForm::MessageOnly,
+            },
+            garp: GarpSettings {
+                repeat: self.garp_repeat,
+                spacing: self.garp_spacing,
+                refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_instance_parses_with_defaults() {
+        let file = NodeFile::parse(
+            r#"
+node_id = 1
+[log]
+format = "json"
+[[vrrp]]
+interface = "eth0"
+vrid = 51
+priority = 150
+advert_interval = "100ms"
+vips = ["198.18.0.100"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(file.log.format, LogFormat::Json);
+        let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        assert_eq!(settings.router.priority, 150);
+        assert_eq!(settings.router.advert_interval, Duration::from_millis(100));
+        assert_eq!(settings.router.primary_address, Ipv4Addr::new(198, 18, 0, 11));
+        assert!(settings.router.preempt);
+        assert_eq!(settings.destination, Destination::Multicast);
+        assert_eq!(settings.checksum, ChecksumForm::PseudoHeader);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let err =
+            NodeFile::parse("node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 300\nvips = []\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("vrrp[0].vrid") && err.contains("line 4"), "{err}");
+        let err =
+            NodeFile::parse("node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 3\nvips = []\n")
+                .unwrap_err();
+        assert!(matches!(err, NodeFileError::NoVips { index: 0 }), "{err}");
+        let err = NodeFile::parse("node_id = 1\nbogus = 2\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn unicast_peers_switch_the_destination() {
+        let file = NodeFile::parse(
+            "node_id = 2\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 7\nvips = [\"198.18.0.100\"]\nunicast_peers = [\"198.18.0.12\"]\nprimary_address = \"198.18.0.11\"\n",
+        )
+        .unwrap();
+        let settings = file.vrrp[0].settings(|_| None).unwrap();
+        assert_eq!(settings.destination, Destination::Unicast(vec![Ipv4Addr::new(198, 18, 0, 12)]));
+    }
+}

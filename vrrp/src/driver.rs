@@ -1,0 +1,659 @@
+//! The driver: runs virtual routers on real links, on an OS thread and runtime of its own so
+//! that no data-plane load can delay an advertisement.
+//!
+//! One task per interface owns that link's raw socket, its VIP manager, its gratuitous-ARP
+//! sender and every [`Router`] on it; it feeds the routers packets, timer expiries and
+//! control messages with the current time, and carries out the actions they return. The
+//! routers decide; this module only does what they say.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::garp::GarpSender;
+use crate::machine::{Action, ConfigError, InstanceConfig, Router, State, Timestamp};
+use crate::socket::{AdvertSocket, Destination};
+use crate::vip::VipManager;
+use crate::wire::{ChecksumForm, DropCounters, Packet, check_received};
+
+/// Why the driver could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The interface does not exist.
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    /// The interface has no MAC address to announce VIPs with.
+    #[error("interface {0} has no Ethernet address")]
+    NoMac(String),
+    /// An instance's configuration is invalid.
+    #[error("VRRP instance VRID {vrid}: {source}")]
+    Config {
+        /// The instance.
+        vrid: u8,
+        /// What is wrong.
+        source: ConfigError,
+    },
+    /// Two instances on one interface have the same VRID.
+    #[error("VRID {vrid} is configured twice on {interface}")]
+    DuplicateVrid {
+        /// The VRID.
+        vrid: u8,
+        /// The interface.
+        interface: String,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("netlink: {0}")]
+    Netlink(String),
+}
+
+/// How a router announces its VIPs with gratuitous ARP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GarpSettings {
+    /// Frames per VIP on becoming master.
+    pub repeat: u32,
+    /// Time between those frames.
+    pub spacing: Duration,
+    /// While master, announce again this often; `None` never.
+    pub refresh: Option<Duration>,
+}
+
+impl Default for GarpSettings {
+    fn default() -> GarpSettings {
+        GarpSettings {
+            repeat: 3,
+            spacing: Duration::from_millis(100),
+            refresh: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// One virtual router on one interface.
+#[derive(Clone, Debug)]
+pub struct InstanceSettings {
+    /// The link.
+    pub interface: String,
+    /// The state machine's configuration.
+    pub router: InstanceConfig,
+    /// Multicast, or unicast to listed peers.
+    pub destination: Destination,
+    /// How transmitted advertisements are checksummed.
+    pub checksum: ChecksumForm,
+    /// Gratuitous ARP behaviour.
+    pub garp: GarpSettings,
+}
+
+/// What one virtual router is doing, for logs, the admin API and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    /// The link.
+    pub interface: String,
+    /// The VRID.
+    pub vrid: u8,
+    /// Initialize, Backup or Master.
+    #[serde(serialize_with = "state_name")]
+    pub state: State,
+    /// The priority advertised now (after penalties).
+    pub priority: u8,
+    /// The master last heard from, while backup.
+    pub master: Option<Ipv4Addr>,
+    /// Advertisements sent.
+    pub adverts_sent: u64,
+    /// Advertisements accepted for this VRID.
+    pub adverts_received: u64,
+    /// State changes since start.
+    pub transitions: u64,
+}
+
+/// Packets one link dropped, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    /// The link.
+    pub interface: String,
+    /// Drops by the receive checks of RFC 9568 §7.1.
+    #[serde(serialize_with = "drop_counts")]
+    pub drops: DropCounters,
+    /// Advertisements from a source that is not a configured unicast peer.
+    pub unknown_peer: u64,
+}
+
+/// Everything the driver reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Each virtual router.
+    pub instances: Vec<InstanceStatus>,
+    /// Each link.
+    pub links: Vec<LinkStatus>,
+}
+
+fn state_name<S: serde::Serializer>(state: &State, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(match state {
+        State::Initialize => "initialize",
+        State::Backup => "backup",
+        State::Master => "master",
+    })
+}
+
+fn drop_counts<S: serde::Serializer>(
+    drops: &DropCounters,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(drops.iter())
+}
+
+#[derive(Clone, Debug)]
+enum Control {
+    Penalty { vrid: u8, penalty: u32 },
+    Shutdown,
+}
+
+/// The running VRRP driver.
+pub struct Vrrp {
+    control: broadcast::Sender<Control>,
+    status: watch::Receiver<Status>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long startup (sockets, netlink, datalink channels) may take before it is reported failed.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Vrrp {
+    /// Checks the instances, opens every link and starts the routers. Errors (an unknown
+    /// interface, a missing capability, an invalid instance) are reported before anything runs.
+    pub fn start(instances: Vec<InstanceSettings>) -> Result<Vrrp, DriverError> {
+        let mut links: Vec<(String, Vec<InstanceSettings>)> = Vec::new();
+        for settings in instances {
+            Router::new(settings.router.clone())
+                .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
+            match links.iter_mut().find(|(name, _)| *name == settings.interface) {
+                Some((_, list)) if list.iter().any(|s| s.router.vrid == settings.router.vrid) => {
+                    return Err(DriverError::DuplicateVrid {
+                        vrid: settings.router.vrid,
+                        interface: settings.interface,
+                    });
+                }
+                Some((_, list)) => list.push(settings),
+                None => links.push((settings.interface.clone(), vec![settings])),
+            }
+        }
+        let initial = Status {
+            instances: links
+                .iter()
+                .flat_map(|(_, list)| list)
+                .map(|s| InstanceStatus {
+                    interface: s.interface.clone(),
+                    vrid: s.router.vrid,
+                    state: State::Initialize,
+                    priority: s.router.priority,
+                    master: None,
+                    adverts_sent: 0,
+                    adverts_received: 0,
+                    transitions: 0,
+                })
+                .collect(),
+            links: links
+                .iter()
+                .map(|(name, _)| LinkStatus { interface: name.clone(), ..LinkStatus::default() })
+                .collect(),
+        };
+        let (status_sender, status) = watch::channel(initial);
+        let (control, _) = broadcast::channel(64);
+        let control_for_thread = control.clone();
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("vrrp".into())
+            .spawn(move || {
+                let runtime =
+                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(runtime) => runtime,
+                        Err(source) => {
+                            let _ = ready_sender
+                                .send(Err(DriverError::Io { what: "VRRP runtime".into(), source }));
+                            return;
+                        }
+                    };
+                runtime.block_on(run(
+                    links,
+                    control_for_thread,
+                    Arc::new(status_sender),
+                    ready_sender,
+                ));
+            })
+            .map_err(|source| DriverError::Io { what: "VRRP thread".into(), source })?;
+        match ready.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Ok(())) => Ok(Vrrp { control, status, thread: Some(thread) }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(DriverError::Io {
+                what: "VRRP startup".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "links did not open in time",
+                ),
+            }),
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Lowers `vrid`'s priority by `penalty` (the sum of failing tracked weights; 0 restores it).
+    pub fn set_penalty(&self, vrid: u8, penalty: u32) {
+        let _ = self.control.send(Control::Penalty { vrid, penalty });
+    }
+
+    /// Steps down: every master advertises priority 0 and removes its VIPs; then the thread
+    /// ends. Returns once that is done.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.control.send(Control::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Vrrp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn run(
+    links: Vec<(String, Vec<InstanceSettings>)>,
+    control: broadcast::Sender<Control>,
+    status: Arc<watch::Sender<Status>>,
+    ready: std::sync::mpsc::Sender<Result<(), DriverError>>,
+) {
+    let origin = Instant::now();
+    let mut opened = Vec::new();
+    for (interface, instances) in links {
+        match Link::open(interface, instances, origin, Arc::clone(&status)) {
+            Ok(link) => opened.push(link),
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
+        }
+    }
+    let tasks: Vec<JoinHandle<()>> =
+        opened.into_iter().map(|link| tokio::spawn(link.run(control.subscribe()))).collect();
+    let _ = ready.send(Ok(()));
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+struct Instance {
+    router: Router,
+    settings: InstanceSettings,
+    /// The gratuitous ARP burst in progress, aborted when mastership is lost.
+    garp_burst: Option<JoinHandle<()>>,
+    next_garp_refresh: Option<Instant>,
+    master: Option<Ipv4Addr>,
+    adverts_sent: u64,
+    adverts_received: u64,
+    transitions: u64,
+}
+
+struct Link {
+    interface: String,
+    socket: AdvertSocket,
+    vips: VipManager,
+    garp: Arc<Mutex<GarpSender>>,
+    instances: Vec<Instance>,
+    drops: DropCounters,
+    unknown_peer: u64,
+    /// When a drop was last logged: drops are logged at most once a second.
+    drop_logged: Option<Instant>,
+    origin: Instant,
+    status: Arc<watch::Sender<Status>>,
+}
+
+/// The largest datagram read: an IPv4 header with options and 255 addresses fit many times.
+const RECEIVE_BUFFER: usize = 2048;
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Link {
+    fn open(
+        interface: String,
+        settings: Vec<InstanceSettings>,
+        origin: Instant,
+        status: Arc<watch::Sender<Status>>,
+    ) -> Result<Link, DriverError> {
+        let first = settings.first().ok_or_else(|| DriverError::NoInterface(interface.clone()))?;
+        let socket =
+            AdvertSocket::open(&interface, first.router.primary_address, &first.destination)?;
+        let vips = VipManager::open(&interface)?;
+        let garp = Arc::new(Mutex::new(GarpSender::open(&interface)?));
+        let instances = settings
+            .into_iter()
+            .map(|settings| {
+                let router = Router::new(settings.router.clone())
+                    .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
+                Ok(Instance {
+                    router,
+                    settings,
+                    garp_burst: None,
+                    next_garp_refresh: None,
+                    master: None,
+                    adverts_sent: 0,
+                    adverts_received: 0,
+                    transitions: 0,
+                })
+            })
+            .collect::<Result<_, DriverError>>()?;
+        Ok(Link {
+            interface,
+            socket,
+            vips,
+            garp,
+            instances,
+            drops: DropCounters::default(),
+            unknown_peer: 0,
+            drop_logged: None,
+            origin,
+            status,
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::after_origin(self.origin.elapsed())
+    }
+
+    fn instant_of(&self, timestamp: Timestamp) -> Instant {
+        self.origin + timestamp.since_origin()
+    }
+
+    async fn run(mut self, mut control: broadcast::Receiver<Control>) {
+        // A node that crashed as master left its VIPs behind; it starts holding none.
+        let stale: Vec<Ipv4Addr> =
+            self.instances.iter().flat_map(|i| i.router.config().vips.clone()).collect();
+        for vip in stale {
+            if let Err(e) = self.vips.remove(vip).await {
+                tracing::error!(interface = %self.interface, "cannot clear stale VIP: {e}");
+            }
+        }
+        let now = self.now();
+        for index in 0..self.instances.len() {
+            self.instances[index].router.handle_startup(now);
+            self.carry_out(index).await;
+        }
+        self.publish();
+        let mut buffer = vec![0u8; RECEIVE_BUFFER];
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                message = control.recv() => match message {
+                    Ok(Control::Penalty { vrid, penalty }) => {
+                        let now = self.now();
+                        if let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) {
+                            self.instances[index].router.set_priority_penalty(now, penalty);
+                            self.carry_out(index).await;
+                        }
+                    }
+                    // A closed or lagging channel means the owner is gone or flooding: step down.
+                    Ok(Control::Shutdown) | Err(_) => {
+                        for index in 0..self.instances.len() {
+                            self.instances[index].router.handle_shutdown();
+                            self.carry_out(index).await;
+                        }
+                        self.publish();
+                        tracing::info!(interface = %self.interface, "VRRP stopped");
+                        return;
+                    }
+                },
+                received = self.socket.recv(&mut buffer) => match received {
+                    Ok(length) => {
+                        let datagram = buffer.get(..length).unwrap_or_default().to_vec();
+                        self.on_datagram(&datagram).await;
+                    }
+                    Err(error) => tracing::warn!(interface = %self.interface, "VRRP receive failed: {error}"),
+                },
+                _ = sleep_until(deadline) => self.on_timer().await,
+            }
+            self.publish();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.instances
+            .iter()
+            .flat_map(|i| {
+                [i.router.poll_timeout().map(|t| self.instant_of(t)), i.next_garp_refresh]
+            })
+            .flatten()
+            .min()
+    }
+
+    async fn on_timer(&mut self) {
+        let now = self.now();
+        let wall = Instant::now();
+        for index in 0..self.instances.len() {
+            if self.instances[index].router.poll_timeout().is_some_and(|t| t <= now) {
+                self.instances[index].router.handle_timeout(now);
+                self.carry_out(index).await;
+            }
+            let instance = &mut self.instances[index];
+            if instance.next_garp_refresh.is_some_and(|at| at <= wall) {
+                instance.next_garp_refresh =
+                    instance.settings.garp.refresh.map(|every| wall + every);
+                self.announce(index, 1);
+            }
+        }
+    }
+
+    async fn on_datagram(&mut self, datagram: &[u8]) {
+        let instances = &self.instances;
+        let checked = check_received(datagram, |vrid| {
+            instances.iter().find(|i| i.router.config().vrid == vrid).map(|i| i.router.local_vrid())
+        });
+        let received = match checked {
+            Ok(received) => received,
+            Err(reason) => {
+                self.drops.record(reason);
+                self.log_drop(&reason.to_string());
+                return;
+            }
+        };
+        let vrid = received.advertisement.vrid;
+        let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) else {
+            return;
+        };
+        if !self.instances[index].settings.destination.accepts_from(received.src) {
+            self.unknown_peer += 1;
+            self.log_drop(&format!(
+                "advertisement from {}, not a configured unicast peer",
+                received.src
+            ));
+            return;
+        }
+        if !received.addresses_match {
+            tracing::warn!(
+                interface = %self.interface, vrid, source = %received.src,
+                advertised = ?received.advertisement.addresses,
+                "advertised VIPs differ from the configured ones (accepted, RFC 9568 §7.1)"
+            );
+        }
+        let now = self.now();
+        let instance = &mut self.instances[index];
+        instance.adverts_received += 1;
+        if received.advertisement.priority > 0 {
+            instance.master = Some(received.src);
+        }
+        instance.router.handle_advert(now, received.src, &received.advertisement);
+        self.carry_out(index).await;
+    }
+
+    fn log_drop(&mut self, what: &str) {
+        let now = Instant::now();
+        if self.drop_logged.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
+            return;
+        }
+        self.drop_logged = Some(now);
+        let totals: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect();
+        tracing::warn!(
+            interface = %self.interface,
+            drops = %totals.join(" "),
+            unknown_peer = self.unknown_peer,
+            "VRRP packet dropped: {what}"
+        );
+    }
+
+    /// Carries out what router `index` asks for, in order.
+    async fn carry_out(&mut self, index: usize) {
+        while let Some(action) = self.instances[index].router.poll_action() {
+            let instance = &mut self.instances[index];
+            let vrid = instance.router.config().vrid;
+            match action {
+                Action::SendAdvert { priority } => {
+                    let advertisement = instance.router.advertisement(priority);
+                    let source = instance.router.config().primary_address;
+                    let checksum = instance.settings.checksum;
+                    for target in instance.settings.destination.targets() {
+                        let mut bytes = vec![0u8; advertisement.buffer_len()];
+                        let emitted = advertisement.emit(
+                            &mut Packet::new_unchecked(&mut bytes),
+                            source,
+                            target,
+                            checksum,
+                        );
+                        let sent = match emitted {
+                            Ok(()) => self.socket.send_to(&bytes, target).await,
+                            Err(e) => Err(std::io::Error::other(e)),
+                        };
+                        match sent {
+                            Ok(()) => self.instances[index].adverts_sent += 1,
+                            Err(e) => {
+                                tracing::warn!(interface = %self.interface, vrid, "advertisement to {target} not sent: {e}")
+                            }
+                        }
+                    }
+                }
+                Action::AddVips => {
+                    for vip in instance.router.config().vips.clone() {
+                        if let Err(e) = self.vips.add(vip).await {
+                            tracing::error!(vrid, "{e}");
+                        }
+                    }
+                }
+                Action::RemoveVips => {
+                    if let Some(burst) = instance.garp_burst.take() {
+                        burst.abort();
+                    }
+                    instance.next_garp_refresh = None;
+                    for vip in instance.router.config().vips.clone() {
+                        if let Err(e) = self.vips.remove(vip).await {
+                            tracing::error!(vrid, "{e}");
+                        }
+                    }
+                }
+                Action::SendGratuitousArp => {
+                    let repeat = instance.settings.garp.repeat;
+                    instance.next_garp_refresh =
+                        instance.settings.garp.refresh.map(|every| Instant::now() + every);
+                    self.announce(index, repeat);
+                }
+                Action::StateChanged { from, to } => {
+                    instance.transitions += 1;
+                    if to == State::Master {
+                        instance.master = Some(instance.router.config().primary_address);
+                    }
+                    tracing::info!(
+                        interface = %self.interface, vrid, priority = instance.router.priority(),
+                        from = ?from, to = ?to, "VRRP state changed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sends `repeat` rounds of gratuitous ARP for every VIP of router `index`, spaced out,
+    /// in the background.
+    fn announce(&mut self, index: usize, repeat: u32) {
+        let instance = &mut self.instances[index];
+        let vips = instance.router.config().vips.clone();
+        let spacing = instance.settings.garp.spacing;
+        let garp = Arc::clone(&self.garp);
+        let interface = self.interface.clone();
+        if let Some(previous) = instance.garp_burst.take() {
+            previous.abort();
+        }
+        instance.garp_burst = Some(tokio::spawn(async move {
+            for round in 0..repeat {
+                if round > 0 {
+                    tokio::time::sleep(spacing).await;
+                }
+                for vip in &vips {
+                    let sent = garp
+                        .lock()
+                        .map_err(|_| "GARP sender poisoned".to_owned())
+                        .and_then(|mut g| g.announce(*vip).map_err(|e| e.to_string()));
+                    if let Err(e) = sent {
+                        tracing::warn!(%interface, "gratuitous ARP for {vip} not sent: {e}");
+                    }
+                }
+            }
+        }));
+    }
+
+    fn publish(&self) {
+        self.status.send_modify(|status| {
+            for instance in &self.instances {
+                let vrid = instance.router.config().vrid;
+                let entry = status
+                    .instances
+                    .iter_mut()
+                    .find(|s| s.interface == self.interface && s.vrid == vrid);
+                if let Some(entry) = entry {
+                    entry.state = instance.router.state();
+                    entry.priority = instance.router.priority();
+                    entry.master = match instance.router.state() {
+                        State::Initialize => None,
+                        _ => instance.master,
+                    };
+                    entry.adverts_sent = instance.adverts_sent;
+                    entry.adverts_received = instance.adverts_received;
+                    entry.transitions = instance.transitions;
+                }
+            }
+            if let Some(link) = status.links.iter_mut().find(|l| l.interface == self.interface) {
+                link.drops = self.drops;
+                link.unknown_peer = self.unknown_peer;
+            }
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
