@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use, by the command that shows each is there.
-declare -A packages=([ip]=iproute2)
+declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived)
 missing=()
 for command in "${!packages[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")

@@ -12,11 +12,14 @@
 //!   `fulcrum-lab down` can remove a lab whose test was killed.
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
+//! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
+//!   holds a VIP.
 
 pub mod backend;
 pub mod netns;
 pub mod probe;
 pub mod process;
+pub mod routers;
 pub mod topology;
 
 pub use topology::{Host, HostRole, Lab, LabError, Topology};

@@ -7,12 +7,13 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +68,9 @@ impl LabProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so a crash can be simulated for the whole of a daemon
+            // that forks (keepalived's VRRP child) with one signal.
+            .process_group(0)
             .spawn()
             .map_err(|source| LabError::Spawn { what: label.to_owned(), source })?;
         let pid = child.id();
@@ -194,6 +198,17 @@ impl LabProcess {
             what: format!("signal {signal} to {}", self.label),
             source: e.into(),
         })
+    }
+
+    /// Kills the process and every process it forked at once with SIGKILL, as a crash would,
+    /// and reaps it.
+    pub fn crash(&mut self) -> Result<ExitStatus, LabError> {
+        if self.child.try_wait().ok().flatten().is_none() {
+            killpg(Pid::from_raw(self.record.pid as i32), Signal::SIGKILL).map_err(|e| {
+                LabError::Io { what: format!("SIGKILL to {}", self.label), source: e.into() }
+            })?;
+        }
+        self.child.wait().map_err(|source| LabError::Io { what: self.label.clone(), source })
     }
 
     /// Stops the process: SIGTERM, then SIGKILL if it has not exited after a grace period.

@@ -1,0 +1,385 @@
+//! VRRP routers in the lab: `fulcrumd` and keepalived started on load-balancer hosts from one
+//! description of their instances, so tests and the failover benchmark treat both alike, and
+//! the observations they need: who holds a VIP, whose MAC the client has for it.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::process::LabProcess;
+use crate::topology::{Host, Lab, LabError};
+
+/// The lab's link on every host.
+const INTERFACE: &str = "eth0";
+
+/// How long a router gets to start.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which VRRP implementation a router runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Implementation {
+    /// Fulcrum's own, `fulcrumd`.
+    Fulcrumd,
+    /// keepalived, as Debian ships it.
+    Keepalived,
+}
+
+impl std::fmt::Display for Implementation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Implementation::Fulcrumd => "fulcrumd",
+            Implementation::Keepalived => "keepalived",
+        })
+    }
+}
+
+/// One VRRP instance of a router, in the terms both implementations share.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    /// Virtual router id.
+    pub vrid: u8,
+    /// 1 to 254.
+    pub priority: u8,
+    /// How often a master advertises.
+    pub advert_interval: Duration,
+    /// The virtual IPs.
+    pub vips: Vec<Ipv4Addr>,
+    /// Whether a higher priority takes over from a live master.
+    pub preempt: bool,
+    /// How long after start a router holds back from preempting.
+    pub preempt_delay: Duration,
+    /// Unicast peers instead of multicast, when not empty.
+    pub unicast_peers: Vec<Ipv4Addr>,
+}
+
+impl Instance {
+    /// An instance with preemption on and no delay, over multicast.
+    pub fn new(vrid: u8, priority: u8, advert_interval: Duration, vips: &[Ipv4Addr]) -> Instance {
+        Instance {
+            vrid,
+            priority,
+            advert_interval,
+            vips: vips.to_vec(),
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            unicast_peers: Vec::new(),
+        }
+    }
+}
+
+/// The `fulcrumd` executable: `$FULCRUMD`, or the one built next to this program (a test or
+/// `fulcrum-lab` itself, in `target/<profile>/` or its `deps/`).
+pub fn fulcrumd_binary() -> Result<PathBuf, LabError> {
+    if let Some(path) = std::env::var_os("FULCRUMD") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|source| LabError::Io { what: "find the running executable".into(), source })?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("fulcrumd"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            LabError::Invalid(format!(
+                "no fulcrumd next to {}: build it with `cargo build -p fulcrum-node` \
+                 (or set FULCRUMD to its path)",
+                exe.display()
+            ))
+        })
+}
+
+/// The node file `fulcrumd` reads, with one `[[vrrp]]` per instance. Logs are JSON, so the
+/// lab can read the status fulcrumd logs on SIGUSR1.
+pub fn fulcrumd_node_file(node_id: u64, instances: &[Instance]) -> String {
+    let mut file = format!("node_id = {node_id}\n\n[log]\nformat = \"json\"\nlevel = \"info\"\n");
+    for instance in instances {
+        let _ = write!(
+            file,
+            "\n[[vrrp]]\ninterface = \"{INTERFACE}\"\nvrid = {}\npriority = {}\n\
+             advert_interval = \"{}ms\"\nvips = {}\npreempt = {}\npreempt_delay = \"{}ms\"\n\
+             unicast_peers = {}\n",
+            instance.vrid,
+            instance.priority,
+            instance.advert_interval.as_millis(),
+            quoted_list(&instance.vips),
+            instance.preempt,
+            instance.preempt_delay.as_millis(),
+            quoted_list(&instance.unicast_peers),
+        );
+    }
+    file
+}
+
+fn quoted_list(addresses: &[Ipv4Addr]) -> String {
+    let quoted: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// keepalived's configuration for the same instances, speaking VRRPv3.
+pub fn keepalived_config(host: &Host, instances: &[Instance]) -> String {
+    let mut config = format!(
+        "global_defs {{\n    router_id {}\n    vrrp_version 3\n    vrrp_garp_master_delay 0\n}}\n",
+        host.name
+    );
+    for instance in instances {
+        let interval = instance.advert_interval.as_secs_f64();
+        let _ = write!(
+            config,
+            "\nvrrp_instance VI_{vrid} {{\n    state BACKUP\n    interface {INTERFACE}\n    \
+             virtual_router_id {vrid}\n    priority {}\n    advert_int {interval}\n    \
+             accept\n",
+            instance.priority,
+            vrid = instance.vrid,
+        );
+        if instance.preempt {
+            let delay = instance.preempt_delay.as_secs();
+            let _ = writeln!(config, "    preempt_delay {delay}");
+        } else {
+            config.push_str("    nopreempt\n");
+        }
+        if !instance.unicast_peers.is_empty() {
+            let _ = writeln!(config, "    unicast_src_ip {}", host.address);
+            config.push_str("    unicast_peer {\n");
+            for peer in &instance.unicast_peers {
+                let _ = writeln!(config, "        {peer}");
+            }
+            config.push_str("    }\n");
+        }
+        config.push_str("    virtual_ipaddress {\n");
+        for vip in &instance.vips {
+            let _ = writeln!(config, "        {vip}/32 dev {INTERFACE}");
+        }
+        config.push_str("    }\n}\n");
+    }
+    config
+}
+
+impl Lab {
+    /// Starts a VRRP router of `implementation` on `host` with `instances`, and waits until it
+    /// has started (fulcrumd: running; keepalived: its instances entered a state).
+    pub fn start_router(
+        &self,
+        host: &Host,
+        implementation: Implementation,
+        instances: &[Instance],
+    ) -> Result<LabProcess, LabError> {
+        let dir = self.log_dir();
+        let label = format!("{implementation} on {}", host.name);
+        let write = |name: &str, text: String| -> Result<PathBuf, LabError> {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| LabError::Io {
+                what: format!("write {}", path.display()),
+                source,
+            })?;
+            Ok(path)
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| LabError::Io { what: format!("create {}", dir.display()), source })?;
+        match implementation {
+            Implementation::Fulcrumd => {
+                let node_id = u64::from(host.address.octets()[3]);
+                let config = write(
+                    &format!("{}-node.toml", host.name),
+                    fulcrumd_node_file(node_id, instances),
+                )?;
+                let args = vec!["--config".to_owned(), config.display().to_string()];
+                let mut process = self.spawn(host, &label, &fulcrumd_binary()?, &args)?;
+                process.wait_for(
+                    "its start message",
+                    |line| line.contains("fulcrumd running"),
+                    START_TIMEOUT,
+                )?;
+                Ok(process)
+            }
+            Implementation::Keepalived => {
+                let config = write(
+                    &format!("{}-keepalived.conf", host.name),
+                    keepalived_config(host, instances),
+                )?;
+                let path = |suffix: &str| dir.join(format!("{}-{suffix}", host.name));
+                let args = [
+                    "--dont-fork".to_owned(),
+                    "--log-console".to_owned(),
+                    "--log-detail".to_owned(),
+                    "--vrrp".to_owned(),
+                    format!("--use-file={}", config.display()),
+                    format!("--pid={}", path("keepalived.pid").display()),
+                    format!("--vrrp_pid={}", path("keepalived-vrrp.pid").display()),
+                ];
+                let program = PathBuf::from("/usr/sbin/keepalived");
+                if !program.is_file() {
+                    return Err(LabError::Invalid(
+                        "keepalived is not installed: apt-get install keepalived \
+                         (scripts/test.sh does this)"
+                            .into(),
+                    ));
+                }
+                let mut process = self.spawn(host, &label, &program, &args)?;
+                for _ in instances {
+                    process.wait_for(
+                        "an instance entering a state",
+                        |line| line.contains("Entering"),
+                        START_TIMEOUT,
+                    )?;
+                }
+                Ok(process)
+            }
+        }
+    }
+
+    /// Whether `host` has `vip` on its link (and the link is up).
+    pub fn holds(&self, host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
+        let output =
+            self.exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE, "up"])?;
+        let needle = format!(" {vip}/");
+        Ok(output.contains(&needle))
+    }
+
+    /// Those of `hosts` that hold `vip`.
+    pub fn holders(&self, hosts: &[Host], vip: Ipv4Addr) -> Result<Vec<String>, LabError> {
+        let mut holders = Vec::new();
+        for host in hosts {
+            if self.holds(host, vip)? {
+                holders.push(host.name.clone());
+            }
+        }
+        Ok(holders)
+    }
+
+    /// The MAC address of `host`'s link.
+    pub fn mac(&self, host: &Host) -> Result<String, LabError> {
+        let output = self.exec(host, "ip", &["-o", "link", "show", "dev", INTERFACE])?;
+        output
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .ok_or_else(|| LabError::Invalid(format!("no MAC in {output:?}")))
+    }
+
+    /// The MAC address `host` has in its ARP cache for `address`, if any (in any state but
+    /// FAILED or INCOMPLETE).
+    pub fn arp_entry(&self, host: &Host, address: Ipv4Addr) -> Result<Option<String>, LabError> {
+        let output = self.exec(
+            host,
+            "ip",
+            &["-4", "neigh", "show", &address.to_string(), "dev", INTERFACE],
+        )?;
+        Ok(output.split_whitespace().skip_while(|word| *word != "lladdr").nth(1).map(str::to_owned))
+    }
+
+    /// Takes `host` off the link or puts it back, as a power cut or a cable would.
+    pub fn set_link(&self, host: &Host, up: bool) -> Result<(), LabError> {
+        let state = if up { "up" } else { "down" };
+        self.exec(host, "ip", &["link", "set", "dev", INTERFACE, state]).map(drop)
+    }
+
+    /// Removes `address` from `host`'s link if it is there, as a reboot of the host would.
+    pub fn forget_address(&self, host: &Host, address: Ipv4Addr) -> Result<(), LabError> {
+        if self
+            .exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE])?
+            .contains(&format!(" {address}/"))
+        {
+            self.exec(host, "ip", &["addr", "del", &format!("{address}/32"), "dev", INTERFACE])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until exactly `host` of `hosts` holds `vip`, polling every 20 ms; returns how
+    /// long that took.
+    pub fn wait_for_holder(
+        &self,
+        hosts: &[Host],
+        host: &Host,
+        vip: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<Duration, LabError> {
+        let start = Instant::now();
+        loop {
+            let holders = self.holders(hosts, vip)?;
+            if holders == [host.name.clone()] {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(LabError::Invalid(format!(
+                    "{vip} is held by {holders:?}, not only {}, after {timeout:?}",
+                    host.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Asks a running `fulcrumd` for its VRRP status (SIGUSR1) and returns it as JSON: instances
+/// with state, priority and counters, and per-link drops by reason.
+pub fn fulcrumd_status(process: &mut LabProcess) -> Result<serde_json::Value, LabError> {
+    process.signal(nix::sys::signal::Signal::SIGUSR1)?;
+    let line = process.wait_for(
+        "its VRRP status",
+        |line| line.contains("\"VRRP status\""),
+        START_TIMEOUT,
+    )?;
+    let bad =
+        |problem: String| LabError::Invalid(format!("fulcrumd status line {line:?}: {problem}"));
+    let event: serde_json::Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+    let status = event["status"].as_str().ok_or_else(|| bad("no status field".into()))?;
+    serde_json::from_str(status).map_err(|e| bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::HostRole;
+
+    fn lb1() -> Host {
+        Host {
+            name: "lb1".into(),
+            namespace: "flx-lb1".into(),
+            address: Ipv4Addr::new(198, 18, 0, 11),
+            role: HostRole::LoadBalancer,
+        }
+    }
+
+    #[test]
+    fn node_file_carries_every_instance_setting() {
+        let mut instance =
+            Instance::new(51, 150, Duration::from_millis(100), &[Ipv4Addr::new(198, 18, 0, 100)]);
+        instance.preempt = false;
+        instance.unicast_peers = vec![Ipv4Addr::new(198, 18, 0, 12)];
+        let file = fulcrumd_node_file(11, &[instance]);
+        for expected in [
+            "vrid = 51",
+            "priority = 150",
+            "advert_interval = \"100ms\"",
+            "vips = [\"198.18.0.100\"]",
+            "preempt = false",
+            "unicast_peers = [\"198.18.0.12\"]",
+        ] {
+            assert!(file.contains(expected), "{expected:?} missing from\n{file}");
+        }
+    }
+
+    #[test]
+    fn keepalived_config_speaks_vrrpv3_with_the_same_settings() {
+        let mut instance =
+            Instance::new(7, 120, Duration::from_millis(100), &[Ipv4Addr::new(198, 18, 0, 101)]);
+        instance.preempt_delay = Duration::from_secs(2);
+        instance.unicast_peers = vec![Ipv4Addr::new(198, 18, 0, 12)];
+        let config = keepalived_config(&lb1(), &[instance]);
+        for expected in [
+            "vrrp_version 3",
+            "virtual_router_id 7",
+            "priority 120",
+            "advert_int 0.1",
+            "preempt_delay 2",
+            "unicast_src_ip 198.18.0.11",
+            "198.18.0.101/32 dev eth0",
+        ] {
+            assert!(config.contains(expected), "{expected:?} missing from\n{config}");
+        }
+        assert!(!config.contains("nopreempt"));
+    }
+}

@@ -1,0 +1,473 @@
+//! VRRP on real namespaces with real `fulcrumd` processes, and keepalived in the same virtual
+//! router: election, crash and graceful handover, preemption, unicast mode, two VRIDs, and
+//! malformed advertisements from the client host.
+//!
+//! A crash is SIGKILL plus the host's link going down, as when a machine loses power: a
+//! daemon that is merely killed leaves its VIP configured, and the kernel would go on
+//! answering ARP for it. A host "reboots" by losing that address and coming back on the link.
+//!
+//! These tests need root; without it they fail with a message that says so.
+
+#![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
+use fulcrum_lab::process::LabProcess;
+use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status};
+use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip};
+use fulcrum_lab::{Host, HostRole, Lab, Topology};
+use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, MULTICAST_GROUP, Packet, Version};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
+const INTERVAL: Duration = Duration::from_millis(100);
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A lab of load balancers, each answering HTTP on the first two VIPs with its own name (if
+/// it holds them), and the client that probes them.
+struct Cluster {
+    lab: Lab,
+    lbs: Vec<Host>,
+    client: Host,
+    _responders: Vec<LabProcess>,
+}
+
+fn cluster(load_balancers: usize) -> Cluster {
+    let lab = Lab::up(&Topology { load_balancers, backends: 0, prefix: None }, LAB_BINARY)
+        .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let lbs = lab.hosts_of(HostRole::LoadBalancer);
+    let mut responders = Vec::new();
+    for lb in &lbs {
+        for n in [1, 2] {
+            let address = SocketAddr::from((vip(n), BACKEND_HTTP_PORT));
+            responders.push(lab.start_vip_responder(lb, address).unwrap());
+        }
+    }
+    let client = lab.host("client").unwrap();
+    Cluster { lab, lbs, client, _responders: responders }
+}
+
+impl Cluster {
+    fn start(
+        &self,
+        lb: usize,
+        implementation: Implementation,
+        instances: &[Instance],
+    ) -> LabProcess {
+        self.lab.start_router(&self.lbs[lb], implementation, instances).unwrap()
+    }
+
+    fn wait_for_holder(&self, lb: usize, vip: Ipv4Addr) {
+        self.lab.wait_for_holder(&self.lbs, &self.lbs[lb], vip, SETTLE).unwrap();
+    }
+
+    /// SIGKILL and off the link, as a power cut.
+    fn crash(&self, lb: usize, router: &mut LabProcess) {
+        router.crash().unwrap();
+        self.lab.set_link(&self.lbs[lb], false).unwrap();
+    }
+
+    /// Back on the link after a reboot, which lost the VIPs the crash left configured.
+    fn reboot(&self, lb: usize, vips: &[Ipv4Addr]) {
+        for vip in vips {
+            self.lab.forget_address(&self.lbs[lb], *vip).unwrap();
+        }
+        self.lab.set_link(&self.lbs[lb], true).unwrap();
+    }
+
+    fn start_probe(
+        &self,
+        vip: Ipv4Addr,
+        duration: Duration,
+    ) -> fulcrum_lab::topology::RunningProbe {
+        let target = ProbeTarget::Http {
+            address: SocketAddr::from((vip, BACKEND_HTTP_PORT)),
+            path: "/".into(),
+        };
+        let mut args = ProbeArgs::new(target, Duration::from_millis(10), duration);
+        args.timeout = Duration::from_millis(200);
+        self.lab.start_probe(&self.client, &args).unwrap()
+    }
+
+    fn probe(&self, vip: Ipv4Addr, attempts: u64) -> ProbeReport {
+        let target = ProbeTarget::Http {
+            address: SocketAddr::from((vip, BACKEND_HTTP_PORT)),
+            path: "/".into(),
+        };
+        let mut args = ProbeArgs::new(target, Duration::from_millis(10), Duration::from_secs(5));
+        args.max_attempts = Some(attempts);
+        self.lab.probe(&self.client, &args).unwrap()
+    }
+
+    fn client_arp_entry(&self, vip: Ipv4Addr) -> Option<String> {
+        self.lab.arp_entry(&self.client, vip).unwrap()
+    }
+
+    fn mac(&self, lb: usize) -> String {
+        self.lab.mac(&self.lbs[lb]).unwrap()
+    }
+}
+
+fn instance(vrid: u8, priority: u8, vips: &[Ipv4Addr]) -> Instance {
+    Instance::new(vrid, priority, INTERVAL, vips)
+}
+
+/// RFC 9568's Master_Down_Interval for a backup of `priority` at [`INTERVAL`].
+fn master_down_interval(priority: u8) -> Duration {
+    INTERVAL * 3 + INTERVAL * (256 - u32::from(priority)) / 256
+}
+
+#[test]
+fn three_nodes_elect_the_highest_and_the_client_reaches_it() {
+    let cluster = cluster(3);
+    let vips = [vip(1)];
+    let _routers: Vec<LabProcess> = [150, 120, 100]
+        .iter()
+        .enumerate()
+        .map(|(lb, &priority)| {
+            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &vips)])
+        })
+        .collect();
+
+    cluster.wait_for_holder(0, vip(1));
+    let report = cluster.probe(vip(1), 10);
+    assert_eq!(report.answers.get("lb1"), Some(&10), "{report}");
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(0)));
+    // Still exactly one holder after many advertisement intervals.
+    std::thread::sleep(INTERVAL * 10);
+    assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb1"]);
+}
+
+#[test]
+fn a_crashed_master_is_replaced_by_the_next_priority_and_the_client_follows() {
+    let cluster = cluster(3);
+    let vips = [vip(1)];
+    let mut routers: Vec<LabProcess> = [150, 120, 100]
+        .iter()
+        .enumerate()
+        .map(|(lb, &priority)| {
+            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &vips)])
+        })
+        .collect();
+    cluster.wait_for_holder(0, vip(1));
+    assert_eq!(cluster.probe(vip(1), 3).answers.get("lb1"), Some(&3));
+
+    let probe = cluster.start_probe(vip(1), Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.crash(0, &mut routers[0]);
+    cluster.wait_for_holder(1, vip(1));
+    let report = probe.finish().unwrap();
+
+    assert_eq!(report.switches.len(), 1, "{report}");
+    assert_eq!((report.switches[0].from.as_str(), report.switches[0].to.as_str()), ("lb1", "lb2"));
+    assert!(report.outages >= 1 && report.longest_outage_ms > 0, "no outage reported: {report}");
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(1)));
+    assert!(!cluster.lab.holds(&cluster.lbs[2], vip(1)).unwrap());
+}
+
+/// The longest outage the client sees while `disrupt` takes lb1 (priority 150) out and lb2
+/// (120) takes over.
+fn outage_while(cluster: &Cluster, disrupt: impl FnOnce()) -> Duration {
+    let probe = cluster.start_probe(vip(1), Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+    disrupt();
+    cluster.wait_for_holder(1, vip(1));
+    let report = probe.finish().unwrap();
+    assert_eq!(report.answers.keys().collect::<Vec<_>>(), ["lb1", "lb2"], "{report}");
+    Duration::from_millis(report.longest_outage_ms)
+}
+
+#[test]
+fn a_stopped_master_hands_over_with_priority_zero_faster_than_a_crash() {
+    let cluster = cluster(2);
+    let vips = [vip(1)];
+    let high = [instance(51, 150, &vips)];
+    let _backup = cluster.start(1, Implementation::Fulcrumd, &[instance(51, 120, &vips)]);
+
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &high);
+    cluster.wait_for_holder(0, vip(1));
+    let graceful = outage_while(&cluster, || {
+        master.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    });
+    assert!(master.wait(Duration::from_secs(5)).unwrap().success());
+    assert!(!cluster.lab.holds(&cluster.lbs[0], vip(1)).unwrap(), "a stopped master keeps its VIP");
+
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &high);
+    cluster.wait_for_holder(0, vip(1));
+    let crash = outage_while(&cluster, || cluster.crash(0, &mut master));
+
+    eprintln!("outage: graceful {graceful:?}, crash {crash:?}");
+    assert!(graceful < crash, "graceful handover {graceful:?} not shorter than crash {crash:?}");
+}
+
+#[test]
+fn a_returning_master_preempts_after_its_delay_and_not_at_all_without_preemption() {
+    let cluster = cluster(2);
+    let vips = [vip(1)];
+    let _backup = cluster.start(1, Implementation::Fulcrumd, &[instance(51, 120, &vips)]);
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &[instance(51, 150, &vips)]);
+    cluster.wait_for_holder(0, vip(1));
+    cluster.crash(0, &mut master);
+    cluster.wait_for_holder(1, vip(1));
+
+    // Without preemption the returning node stays backup.
+    cluster.reboot(0, &vips);
+    let mut patient = instance(51, 150, &vips);
+    patient.preempt = false;
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &[patient]);
+    std::thread::sleep(master_down_interval(150) * 5);
+    assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb2"]);
+    cluster.crash(0, &mut master);
+
+    // With preemption it takes the VIP back, but not before its preempt delay.
+    cluster.reboot(0, &vips);
+    let mut eager = instance(51, 150, &vips);
+    eager.preempt_delay = Duration::from_secs(1);
+    let started = Instant::now();
+    let _master = cluster.start(0, Implementation::Fulcrumd, &[eager]);
+    cluster.wait_for_holder(0, vip(1));
+    assert!(started.elapsed() >= Duration::from_secs(1), "preempted after {:?}", started.elapsed());
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(0)));
+}
+
+#[test]
+fn unicast_peers_elect_and_fail_over_with_multicast_dropped_on_the_bridge() {
+    let cluster = cluster(2);
+    let switch = cluster.lab.switch_namespace();
+    let rules = "table bridge lab_vrrp {
+        chain forward {
+            type filter hook forward priority 0;
+            ip daddr 224.0.0.18 counter drop
+            ip protocol 112 counter
+        }
+    }";
+    let rules_file = cluster.lab.log_dir().join("unicast.nft");
+    std::fs::write(&rules_file, rules).unwrap();
+    fulcrum_lab::netns::exec(&switch, "nft", &["-f", &rules_file.display().to_string()])
+        .unwrap_or_else(|e| panic!("cannot load nftables rules (is nftables installed?): {e}"));
+
+    let vips = [vip(1)];
+    let addresses: Vec<Ipv4Addr> = cluster.lbs.iter().map(|lb| lb.address).collect();
+    let unicast = |priority: u8, me: usize| {
+        let mut instance = instance(51, priority, &vips);
+        instance.unicast_peers =
+            addresses.iter().copied().filter(|a| *a != addresses[me]).collect();
+        instance
+    };
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &[unicast(150, 0)]);
+    let _backup = cluster.start(1, Implementation::Fulcrumd, &[unicast(120, 1)]);
+    cluster.wait_for_holder(0, vip(1));
+    std::thread::sleep(master_down_interval(120) * 3);
+    assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb1"], "backup took over");
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+
+    cluster.crash(0, &mut master);
+    cluster.wait_for_holder(1, vip(1));
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(1)));
+
+    let counters =
+        fulcrum_lab::netns::exec(&switch, "nft", &["list", "table", "bridge", "lab_vrrp"]).unwrap();
+    let packets = |rule: &str| -> u64 {
+        counters
+            .lines()
+            .find(|line| line.contains(rule))
+            .and_then(|line| line.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter for {rule:?} in\n{counters}"))
+    };
+    assert!(packets("ip protocol") > 5, "adverts did not cross the bridge by unicast:\n{counters}");
+    assert_eq!(packets("224.0.0.18"), 0, "adverts were sent to the group:\n{counters}");
+}
+
+#[test]
+fn two_vrids_elect_two_different_masters() {
+    let cluster = cluster(2);
+    let (first, second) = ([vip(1)], [vip(2)]);
+    let _lb1 = cluster.start(
+        0,
+        Implementation::Fulcrumd,
+        &[instance(51, 150, &first), instance(52, 100, &second)],
+    );
+    let _lb2 = cluster.start(
+        1,
+        Implementation::Fulcrumd,
+        &[instance(51, 100, &first), instance(52, 150, &second)],
+    );
+
+    cluster.wait_for_holder(0, vip(1));
+    cluster.wait_for_holder(1, vip(2));
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+    assert_eq!(cluster.probe(vip(2), 5).answers.get("lb2"), Some(&5));
+}
+
+/// Samples who holds a VIP among the hosts on the link, every 20 ms, and keeps the longest
+/// time two or more held it at once.
+struct OverlapWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Duration>,
+}
+
+impl OverlapWatch {
+    fn start(cluster: &Cluster, vip: Ipv4Addr) -> OverlapWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let hosts = cluster.lbs.clone();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut longest = Duration::ZERO;
+            let mut since: Option<Instant> = None;
+            // Bounded: at most five minutes of samples.
+            let limit = Instant::now() + Duration::from_secs(300);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < limit {
+                let holders = hosts
+                    .iter()
+                    .filter(|host| {
+                        fulcrum_lab::netns::exec(
+                            &host.namespace,
+                            "ip",
+                            &["-o", "-4", "addr", "show", "dev", "eth0", "up"],
+                        )
+                        .is_ok_and(|out| out.contains(&format!(" {vip}/")))
+                    })
+                    .count();
+                match (holders > 1, since) {
+                    (true, None) => since = Some(Instant::now()),
+                    (false, Some(start)) => {
+                        longest = longest.max(start.elapsed());
+                        since = None;
+                    }
+                    _ => {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            longest.max(since.map_or(Duration::ZERO, |start| start.elapsed()))
+        });
+        OverlapWatch { stop, thread }
+    }
+
+    fn finish(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// One fulcrumd and one keepalived in one VRID: `high` has priority 150, the other 120. They
+/// elect `high`, hand over on SIGTERM and on a crash, and the VIP is never held twice for
+/// longer than one Master_Down_Interval.
+fn interop(high: Implementation, low: Implementation) {
+    let cluster = cluster(2);
+    let vips = [vip(1)];
+    let watch = OverlapWatch::start(&cluster, vip(1));
+    let _backup = cluster.start(1, low, &[instance(51, 120, &vips)]);
+    let mut master = cluster.start(0, high, &[instance(51, 150, &vips)]);
+    cluster.wait_for_holder(0, vip(1));
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(0)));
+
+    master.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    cluster.wait_for_holder(1, vip(1));
+    master.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb2"), Some(&5));
+
+    let mut master = cluster.start(0, high, &[instance(51, 150, &vips)]);
+    cluster.wait_for_holder(0, vip(1));
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+
+    cluster.crash(0, &mut master);
+    cluster.wait_for_holder(1, vip(1));
+    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb2"), Some(&5));
+    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(1)));
+
+    let overlap = watch.finish();
+    assert!(
+        overlap <= master_down_interval(120),
+        "both held {} for {overlap:?}, more than one Master_Down_Interval",
+        vip(1)
+    );
+}
+
+#[test]
+fn fulcrumd_master_and_keepalived_backup_interoperate() {
+    interop(Implementation::Fulcrumd, Implementation::Keepalived);
+}
+
+#[test]
+fn keepalived_master_and_fulcrumd_backup_interoperate() {
+    interop(Implementation::Keepalived, Implementation::Fulcrumd);
+}
+
+/// Sends `message` from the client to the VRRP group with `ttl`.
+fn inject(cluster: &Cluster, message: Vec<u8>, ttl: u32) {
+    let client = cluster.client.clone();
+    cluster
+        .lab
+        .run_in(&cluster.client, move || {
+            let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
+            socket.set_multicast_ttl_v4(ttl).unwrap();
+            socket.set_multicast_if_v4(&client.address).unwrap();
+            socket.send_to(&message, &SocketAddrV4::new(MULTICAST_GROUP, 0).into()).unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+fn malformed_advertisements_change_nothing_and_are_counted() {
+    let cluster = cluster(2);
+    let vips = [vip(1)];
+    let mut master = cluster.start(0, Implementation::Fulcrumd, &[instance(51, 150, &vips)]);
+    let mut backup = cluster.start(1, Implementation::Fulcrumd, &[instance(51, 120, &vips)]);
+    cluster.wait_for_holder(0, vip(1));
+    let before = fulcrumd_status(&mut backup).unwrap();
+
+    // Each would make the client master of VRID 51 at priority 254, were it accepted.
+    let source = cluster.client.address;
+    let good = || {
+        let advertisement = Advertisement {
+            vrid: 51,
+            priority: 254,
+            max_advert_interval_cs: 10,
+            addresses: vips.to_vec(),
+        };
+        let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()]);
+        advertisement
+            .emit(&mut packet, source, MULTICAST_GROUP, ChecksumForm::PseudoHeader)
+            .unwrap();
+        packet
+    };
+    let mut bad_checksum = good();
+    bad_checksum.set_checksum(bad_checksum.checksum() ^ 0x5a5a);
+    let mut wrong_version = good();
+    wrong_version.set_version(Version::V2);
+    wrong_version.fill_checksum(source, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+    let truncated = good().into_inner()[..6].to_vec();
+    let mut count_mismatch = good();
+    count_mismatch.set_address_count(0);
+    count_mismatch.fill_checksum(source, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+    let rounds = 3;
+    for _ in 0..rounds {
+        inject(&cluster, bad_checksum.clone().into_inner(), 255);
+        inject(&cluster, good().into_inner(), 64);
+        inject(&cluster, wrong_version.clone().into_inner(), 255);
+        inject(&cluster, truncated.clone(), 255);
+        inject(&cluster, count_mismatch.clone().into_inner(), 255);
+    }
+    std::thread::sleep(INTERVAL * 5);
+
+    for (router, name) in [(&mut master, "master"), (&mut backup, "backup")] {
+        let status = fulcrumd_status(router).unwrap();
+        let drops = &status["links"][0]["drops"];
+        for reason in ["bad_checksum", "ttl_not_255", "wrong_version", "truncated", "bad_length"] {
+            assert_eq!(drops[reason].as_u64(), Some(rounds), "{name}: {reason} in {status}");
+        }
+        assert_eq!(status["instances"][0]["master"], "198.18.0.11", "{name}: {status}");
+    }
+    assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb1"]);
+    let after = fulcrumd_status(&mut backup).unwrap();
+    assert_eq!(after["instances"][0]["transitions"], before["instances"][0]["transitions"]);
+    assert_eq!(after["instances"][0]["state"], "backup");
+}
