@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A first look at Fulcrum on one Linux host (needs root): builds the lab, starts two backends,
-# probes them from the client host, and tears everything down again.
+# A first look at Fulcrum on one Linux host (needs root): builds the lab, runs fulcrumd's VRRP
+# on three load-balancer hosts for the VIP 198.18.0.100, probes the VIP from the client host,
+# stops the master and shows the backup taking over, then tears everything down again.
 #   scripts/demo.sh          run the demo and clean up
 #   scripts/demo.sh --keep   leave the lab up to explore; remove it with `fulcrum-lab down`
 #
-# Today this shows the lab that Fulcrum's cluster will run in: three load-balancer hosts, two
-# backends and a client on one bridge, all inside network namespaces. fulcrumd joins it as
-# the node, VRRP and data plane land (see ARCHITECTURE.md).
+# The data plane, the Raft store and fulcrumctl join the demo as they land (see
+# ARCHITECTURE.md); today each load balancer answers on the VIP with its own name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,9 +24,10 @@ fi
 command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
 
 step() { printf '\n==> %s\n' "$*"; }
-step "building fulcrum-lab"
-cargo build --release --locked -p fulcrum-lab
+step "building fulcrum-lab and fulcrumd"
+cargo build --release --locked -p fulcrum-lab -p fulcrum-node
 lab=target/release/fulcrum-lab
+vip=198.18.0.100
 
 prefix="demo$(printf '%04x' $((RANDOM % 65536)))"
 cleanup() {
@@ -37,18 +38,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "bringing up lab $prefix: 3 load balancers, 2 backends, 1 client"
-"$lab" up --load-balancers 3 --backends 2 --prefix "$prefix"
+step "bringing up lab $prefix: 3 load balancers running fulcrumd (VRRP priorities 150, 140, 130), 2 backends, 1 client"
+"$lab" up --load-balancers 3 --backends 2 --prefix "$prefix" --vrrp
+probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:8080/" --interval 10ms --timeout 100ms --text "$@"; }
 
-for backend in 198.18.0.21 198.18.0.22; do
-    step "probing backend $backend from the client for 1 s (a request every 10 ms)"
-    ip netns exec "$prefix-client" "$lab" probe "http://$backend:8080/" --duration 1s --interval 10ms --text
+sleep 1
+step "the VIP $vip answers from its VRRP master, lb1"
+probe --duration 1s
+
+step "stopping lb1's fulcrumd (SIGTERM) while probing for 2 s: it advertises priority 0 and lb2 takes over"
+master=$("$lab" status --prefix "$prefix" | awk '/process fulcrumd on lb1 pid/ {print $6}')
+probe --duration 2s &
+prober=$!
+sleep 0.5
+kill -TERM "$master"
+wait "$prober"
+
+for host in lb1 lb2 lb3; do
+    printf '%s holds: %s\n' "$host" "$(ip netns exec "$prefix-$host" ip -o -4 addr show dev eth0 | awk '{print $4}' | tr '\n' ' ')"
 done
 
 if [ "$keep" = true ]; then
     step "the lab stays up; try:"
-    echo "  ip netns exec $prefix-client $lab probe http://198.18.0.21:8080/ --max-attempts 1 --text"
-    echo "  ip netns exec $prefix-client $lab probe http://198.18.0.22:8080/slow?secs=2 --duration 3s --text"
-    echo "  $lab status"
+    echo "  ip netns exec $prefix-client $lab probe http://$vip:8080/ --duration 1s --text"
+    echo "  ip netns exec $prefix-client $lab probe http://198.18.0.21:8080/slow?secs=2 --duration 3s --text"
+    echo "  $lab status --prefix $prefix"
     echo "  $lab down --prefix $prefix"
 fi

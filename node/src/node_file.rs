@@ -302,6 +302,14 @@ vips = ["198.18.0.100"]
     }
 
     #[test]
+    fn the_example_node_file_parses() {
+        let file = NodeFile::parse(include_str!("../../examples/node.toml")).unwrap();
+        let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
+        assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
     fn unicast_peers_switch_the_destination() {
         let file = NodeFile::parse(
             "node_id = 2\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 7\nvips = [\"198.18.0.100\"]\nunicast_peers = [\"198.18.0.12\"]\nprimary_address = \"198.18.0.11\"\n",

@@ -12,10 +12,12 @@
 //!   `fulcrum-lab down` can remove a lab whose test was killed.
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
+//! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
 pub mod backend;
+pub mod bench;
 pub mod netns;
 pub mod probe;
 pub mod process;

@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum_lab::backend::Backend;
 use fulcrum_lab::probe::{self, ProbeArgs};
-use fulcrum_lab::topology::{self, Lab, Topology};
+use fulcrum_lab::routers::{Implementation, Instance};
+use fulcrum_lab::topology::{self, HostRole, Lab, Topology};
 use tokio::net::TcpListener;
 
 /// Fulcrum's network-namespace lab: load balancers, backends and a client on one bridge.
@@ -36,6 +38,11 @@ enum Command {
         /// Do not start a lab backend on the backend hosts.
         #[arg(long)]
         no_backends: bool,
+        /// Run fulcrumd's VRRP on every load balancer for VIP 198.18.0.100 (VRID 51, every
+        /// 100 ms; priorities 150, 140, … from lb1), each answering HTTP on the VIP's port
+        /// 8080 with its name.
+        #[arg(long)]
+        vrrp: bool,
     },
     /// Remove a lab: stop its processes, delete its namespaces.
     Down {
@@ -46,8 +53,12 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Show the labs recorded on this host.
-    Status,
+    /// Show the labs recorded on this host: hosts, and processes with their PIDs.
+    Status {
+        /// Show only this lab.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
     /// Run a lab backend (inside a backend host).
     Backend {
         /// The name it answers with.
@@ -65,6 +76,18 @@ enum Command {
     },
     /// Probe a target repeatedly and print a JSON report (inside the client host).
     Probe(ProbeArgs),
+    /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
+    /// root and keepalived); prints a Markdown table.
+    ///
+    /// Example: fulcrum-lab bench-failover --runs 5 --interval 1s --interval 100ms
+    BenchFailover {
+        /// Runs per configuration.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+        runs: u64,
+        /// Advertisement intervals to measure (repeatable).
+        #[arg(long = "interval", default_values = ["1s", "100ms"], value_parser = parse_interval)]
+        intervals: Vec<Duration>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,7 +109,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { load_balancers, backends, prefix, no_backends } => {
+        Command::Up { load_balancers, backends, prefix, no_backends, vrrp } => {
             let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
             let topology = Topology { load_balancers, backends, prefix };
             let lab = Lab::up(&topology, exe).context("cannot build the lab")?;
@@ -94,6 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for process in lab.start_backends().context("cannot start the lab backends")? {
                     process.detach();
                 }
+            }
+            if vrrp {
+                start_vrrp(&lab).context("cannot start VRRP on the load balancers")?;
             }
             let prefix = lab.prefix();
             lab.keep();
@@ -111,8 +137,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status => {
-            let labs = topology::recorded_labs()?;
+        Command::Status { prefix } => {
+            let labs = match prefix {
+                Some(prefix) => vec![prefix],
+                None => topology::recorded_labs()?,
+            };
             if labs.is_empty() {
                 println!("no lab is recorded in {}", topology::STATE_DIR);
             }
@@ -139,6 +168,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = terminated() => Ok(()),
             }
         }),
+        Command::BenchFailover { runs, intervals } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let runs = usize::try_from(runs).context("too many runs")?;
+            let series = fulcrum_lab::bench::failover(&exe, &intervals, runs)
+                .context("the failover benchmark failed")?;
+            print!("{}", fulcrum_lab::bench::report(&series));
+            Ok(())
+        }
         Command::Probe(args) => runtime()?.block_on(async {
             println!("probing {}", args.target);
             let report = probe::run(&args).await;
@@ -150,6 +187,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
     }
+}
+
+/// fulcrumd on every load balancer for the lab's first VIP, and a server answering on it.
+fn start_vrrp(lab: &Lab) -> anyhow::Result<()> {
+    let the_vip = topology::vip(1);
+    for (n, lb) in lab.hosts_of(HostRole::LoadBalancer).iter().enumerate() {
+        let priority = u8::try_from(150 - 10 * n).context("too many load balancers")?;
+        let instance = Instance::new(51, priority, Duration::from_millis(100), &[the_vip]);
+        let address = SocketAddr::from((the_vip, topology::BACKEND_HTTP_PORT));
+        lab.start_vip_responder(lb, address)?.detach();
+        lab.start_router(lb, Implementation::Fulcrumd, &[instance])?.detach();
+    }
+    Ok(())
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = fulcrum_model::duration::parse(text)?;
+    if interval < Duration::from_millis(10) || interval > Duration::from_secs(40) {
+        return Err(format!("{text:?} is outside VRRP's 10ms..40s"));
+    }
+    Ok(interval)
 }
 
 /// A listening socket on `address`; with `freebind`, also for an address not on this host.

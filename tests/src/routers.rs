@@ -229,19 +229,11 @@ impl Lab {
         }
     }
 
-    /// Whether `host` has `vip` on its link (and the link is up).
-    pub fn holds(&self, host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
-        let output =
-            self.exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE, "up"])?;
-        let needle = format!(" {vip}/");
-        Ok(output.contains(&needle))
-    }
-
     /// Those of `hosts` that hold `vip`.
     pub fn holders(&self, hosts: &[Host], vip: Ipv4Addr) -> Result<Vec<String>, LabError> {
         let mut holders = Vec::new();
         for host in hosts {
-            if self.holds(host, vip)? {
+            if holds(host, vip)? {
                 holders.push(host.name.clone());
             }
         }
@@ -270,21 +262,31 @@ impl Lab {
         Ok(output.split_whitespace().skip_while(|word| *word != "lladdr").nth(1).map(str::to_owned))
     }
 
-    /// Takes `host` off the link or puts it back, as a power cut or a cable would.
-    pub fn set_link(&self, host: &Host, up: bool) -> Result<(), LabError> {
-        let state = if up { "up" } else { "down" };
-        self.exec(host, "ip", &["link", "set", "dev", INTERFACE, state]).map(drop)
+    /// Crashes `host` as a power cut would: its router is killed with SIGKILL (no priority-0
+    /// advertisement, no cleanup) and the host drops off the link. Only killing the daemon
+    /// would leave its VIPs configured, and the kernel answering ARP for them.
+    pub fn crash(&self, host: &Host, router: &mut LabProcess) -> Result<(), LabError> {
+        router.crash()?;
+        self.set_link(host, false)
     }
 
-    /// Removes `address` from `host`'s link if it is there, as a reboot of the host would.
-    pub fn forget_address(&self, host: &Host, address: Ipv4Addr) -> Result<(), LabError> {
-        if self
-            .exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE])?
-            .contains(&format!(" {address}/"))
-        {
-            self.exec(host, "ip", &["addr", "del", &format!("{address}/32"), "dev", INTERFACE])?;
+    /// Brings a crashed `host` back on the link as after a reboot, which lost the `vips` the
+    /// crash left configured.
+    pub fn reboot(&self, host: &Host, vips: &[Ipv4Addr]) -> Result<(), LabError> {
+        for vip in vips {
+            let configured = self
+                .exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE])?
+                .contains(&format!(" {vip}/"));
+            if configured {
+                self.exec(host, "ip", &["addr", "del", &format!("{vip}/32"), "dev", INTERFACE])?;
+            }
         }
-        Ok(())
+        self.set_link(host, true)
+    }
+
+    fn set_link(&self, host: &Host, up: bool) -> Result<(), LabError> {
+        let state = if up { "up" } else { "down" };
+        self.exec(host, "ip", &["link", "set", "dev", INTERFACE, state]).map(drop)
     }
 
     /// Waits until exactly `host` of `hosts` holds `vip`, polling every 20 ms; returns how
@@ -311,6 +313,12 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Whether `host` has `vip` on its link (and the link is up).
+pub fn holds(host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
+    let show = ["-o", "-4", "addr", "show", "dev", INTERFACE, "up"];
+    Ok(crate::netns::exec(&host.namespace, "ip", &show)?.contains(&format!(" {vip}/")))
 }
 
 /// Asks a running `fulcrumd` for its VRRP status (SIGUSR1) and returns it as JSON: instances

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
-use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status};
+use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status, holds};
 use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, MULTICAST_GROUP, Packet, Version};
@@ -66,18 +66,12 @@ impl Cluster {
         self.lab.wait_for_holder(&self.lbs, &self.lbs[lb], vip, SETTLE).unwrap();
     }
 
-    /// SIGKILL and off the link, as a power cut.
     fn crash(&self, lb: usize, router: &mut LabProcess) {
-        router.crash().unwrap();
-        self.lab.set_link(&self.lbs[lb], false).unwrap();
+        self.lab.crash(&self.lbs[lb], router).unwrap();
     }
 
-    /// Back on the link after a reboot, which lost the VIPs the crash left configured.
     fn reboot(&self, lb: usize, vips: &[Ipv4Addr]) {
-        for vip in vips {
-            self.lab.forget_address(&self.lbs[lb], *vip).unwrap();
-        }
-        self.lab.set_link(&self.lbs[lb], true).unwrap();
+        self.lab.reboot(&self.lbs[lb], vips).unwrap();
     }
 
     fn start_probe(
@@ -122,17 +116,21 @@ fn master_down_interval(priority: u8) -> Duration {
     INTERVAL * 3 + INTERVAL * (256 - u32::from(priority)) / 256
 }
 
-#[test]
-fn three_nodes_elect_the_highest_and_the_client_reaches_it() {
-    let cluster = cluster(3);
-    let vips = [vip(1)];
-    let _routers: Vec<LabProcess> = [150, 120, 100]
+/// fulcrumd on lb1, lb2 and lb3 with priorities 150, 120 and 100 for VRID 51 and the first VIP.
+fn three_fulcrumds(cluster: &Cluster) -> Vec<LabProcess> {
+    [150, 120, 100]
         .iter()
         .enumerate()
         .map(|(lb, &priority)| {
-            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &vips)])
+            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &[vip(1)])])
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn three_nodes_elect_the_highest_and_the_client_reaches_it() {
+    let cluster = cluster(3);
+    let _routers = three_fulcrumds(&cluster);
 
     cluster.wait_for_holder(0, vip(1));
     let report = cluster.probe(vip(1), 10);
@@ -146,14 +144,7 @@ fn three_nodes_elect_the_highest_and_the_client_reaches_it() {
 #[test]
 fn a_crashed_master_is_replaced_by_the_next_priority_and_the_client_follows() {
     let cluster = cluster(3);
-    let vips = [vip(1)];
-    let mut routers: Vec<LabProcess> = [150, 120, 100]
-        .iter()
-        .enumerate()
-        .map(|(lb, &priority)| {
-            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &vips)])
-        })
-        .collect();
+    let mut routers = three_fulcrumds(&cluster);
     cluster.wait_for_holder(0, vip(1));
     assert_eq!(cluster.probe(vip(1), 3).answers.get("lb1"), Some(&3));
 
@@ -167,7 +158,7 @@ fn a_crashed_master_is_replaced_by_the_next_priority_and_the_client_follows() {
     assert_eq!((report.switches[0].from.as_str(), report.switches[0].to.as_str()), ("lb1", "lb2"));
     assert!(report.outages >= 1 && report.longest_outage_ms > 0, "no outage reported: {report}");
     assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(1)));
-    assert!(!cluster.lab.holds(&cluster.lbs[2], vip(1)).unwrap());
+    assert!(!holds(&cluster.lbs[2], vip(1)).unwrap());
 }
 
 /// The longest outage the client sees while `disrupt` takes lb1 (priority 150) out and lb2
@@ -195,7 +186,7 @@ fn a_stopped_master_hands_over_with_priority_zero_faster_than_a_crash() {
         master.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
     });
     assert!(master.wait(Duration::from_secs(5)).unwrap().success());
-    assert!(!cluster.lab.holds(&cluster.lbs[0], vip(1)).unwrap(), "a stopped master keeps its VIP");
+    assert!(!holds(&cluster.lbs[0], vip(1)).unwrap(), "a stopped master keeps its VIP");
 
     let mut master = cluster.start(0, Implementation::Fulcrumd, &high);
     cluster.wait_for_holder(0, vip(1));
@@ -324,17 +315,7 @@ impl OverlapWatch {
             // Bounded: at most five minutes of samples.
             let limit = Instant::now() + Duration::from_secs(300);
             while !flag.load(Ordering::Relaxed) && Instant::now() < limit {
-                let holders = hosts
-                    .iter()
-                    .filter(|host| {
-                        fulcrum_lab::netns::exec(
-                            &host.namespace,
-                            "ip",
-                            &["-o", "-4", "addr", "show", "dev", "eth0", "up"],
-                        )
-                        .is_ok_and(|out| out.contains(&format!(" {vip}/")))
-                    })
-                    .count();
+                let holders = hosts.iter().filter(|host| holds(host, vip).unwrap()).count();
                 match (holders > 1, since) {
                     (true, None) => since = Some(Instant::now()),
                     (false, Some(start)) => {
