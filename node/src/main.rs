@@ -67,6 +67,9 @@ fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Otherwise a failed write to a closed stderr is reported with eprintln!, which
+        // panics, and would take the VRRP thread with it.
+        .log_internal_errors(false)
         .with_env_filter(filter);
     match settings.format {
         LogFormat::Text => builder.init(),
@@ -82,10 +85,22 @@ async fn serve_signals(vrrp: Option<&Vrrp>) -> anyhow::Result<&'static str> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut status = vrrp.map(Vrrp::subscribe);
+    let vrrp_ended = async {
+        match status.as_mut() {
+            // The status channel closes only when the VRRP thread has ended.
+            Some(status) => while status.changed().await.is_ok() {},
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(vrrp_ended);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok("SIGTERM"),
             _ = int.recv() => return Ok("SIGINT"),
+            _ = &mut vrrp_ended => {
+                anyhow::bail!("VRRP stopped unexpectedly (its VIPs were released); see the log above")
+            }
             _ = usr1.recv() => {
                 if let Some(vrrp) = vrrp {
                     let status = serde_json::to_string(&vrrp.status()).unwrap_or_default();

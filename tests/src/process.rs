@@ -6,7 +6,7 @@
 //! reused PID is never signalled.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,6 +18,9 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::topology::LabError;
+
+/// How often a process's log file is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(5);
 
 /// How long a stopped process gets to exit on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -59,15 +62,17 @@ impl LabProcess {
         args: &[String],
         log: &Path,
     ) -> Result<LabProcess, LabError> {
-        let mut log_file = File::create(log)
+        let log_file = File::create(log)
             .map_err(|source| LabError::Io { what: format!("create {}", log.display()), source })?;
+        // Standard error goes straight to the log file, so a process that outlives this handle
+        // (`detach`) keeps logging; a thread follows the file for `wait_for`.
         let mut child = Command::new("ip")
             .args(["netns", "exec", namespace])
             .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(log_file)
             // Its own process group, so a crash can be simulated for the whole of a daemon
             // that forks (keepalived's VRRP child) with one signal.
             .process_group(0)
@@ -75,10 +80,14 @@ impl LabProcess {
             .map_err(|source| LabError::Spawn { what: label.to_owned(), source })?;
         let pid = child.id();
         // `ip netns exec` execs the program, so the PID is the program's own.
-        let start_time = start_time(pid).unwrap_or(0);
+        let record = ProcessRecord {
+            label: label.to_owned(),
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+        };
         let (sender, lines) = mpsc::channel();
         // Both streams feed one channel of lines, so a test can await a log line as easily as
-        // a line of output; standard error is also kept in the log file.
+        // a line of output.
         if let Some(stdout) = child.stdout.take() {
             let sender = sender.clone();
             std::thread::spawn(move || {
@@ -89,19 +98,14 @@ impl LabProcess {
                 }
             });
         }
-        if let Some(stderr) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = writeln!(log_file, "{line}");
-                    // The process may outlive its handle (`detach`): keep draining its output.
-                    let _ = sender.send(line);
-                }
-            });
-        }
+        let followed = File::open(log)
+            .map_err(|source| LabError::Io { what: format!("open {}", log.display()), source })?;
+        let running = record.clone();
+        std::thread::spawn(move || follow(followed, &running, &sender));
         Ok(LabProcess {
             label: label.to_owned(),
             child,
-            record: ProcessRecord { label: label.to_owned(), pid, start_time },
+            record,
             log: log.to_owned(),
             lines,
             seen: Vec::new(),
@@ -251,6 +255,28 @@ impl Drop for LabProcess {
         }
         if let Err(e) = self.stop() {
             eprintln!("fulcrum-lab: stopping {}: {e}", self.label);
+        }
+    }
+}
+
+/// Sends each line appended to `log` until the process has exited and the file is read to
+/// its end, or nobody listens any more.
+fn follow(log: File, process: &ProcessRecord, lines: &mpsc::Sender<String>) {
+    let mut reader = BufReader::new(log);
+    let mut line = String::new();
+    loop {
+        let exited = !is_running(process);
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) if exited => return,
+            Ok(0) | Err(_) => std::thread::sleep(FOLLOW_POLL),
+            // A line still being written has no newline yet: wait for the rest of it.
+            Ok(_) if !line.ends_with('\n') && !exited => {}
+            Ok(_) => {
+                if lines.send(line.trim_end_matches('\n').to_owned()).is_err() {
+                    return;
+                }
+                line.clear();
+            }
         }
     }
 }

@@ -452,3 +452,83 @@ fn malformed_advertisements_change_nothing_and_are_counted() {
     assert_eq!(after["instances"][0]["transitions"], before["instances"][0]["transitions"]);
     assert_eq!(after["instances"][0]["state"], "backup");
 }
+
+/// Removes a lab made by `fulcrum-lab up` when dropped, also when the test fails.
+struct LabLeftUp(String);
+
+impl Drop for LabLeftUp {
+    fn drop(&mut self) {
+        let down =
+            std::process::Command::new(LAB_BINARY).args(["down", "--prefix", &self.0]).output();
+        if !down.is_ok_and(|out| out.status.success()) {
+            eprintln!("cannot remove lab {}: run fulcrum-lab down --all", self.0);
+        }
+    }
+}
+
+#[test]
+fn fulcrumd_left_running_by_lab_up_keeps_electing_after_the_command_exits() {
+    // Once `up` exits nobody reads the routers' output: they must go on regardless.
+    let prefix = format!("fv{:x}", std::process::id());
+    let up = std::process::Command::new(LAB_BINARY)
+        .args(["up", "--load-balancers", "3", "--backends", "0", "--vrrp", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    let _lab = LabLeftUp(prefix.clone());
+    assert!(up.status.success(), "up failed: {}", String::from_utf8_lossy(&up.stderr));
+    let lbs: Vec<Host> = (1..=3)
+        .map(|n| Host {
+            name: format!("lb{n}"),
+            namespace: format!("{prefix}-lb{n}"),
+            address: Ipv4Addr::new(198, 18, 0, 10 + n),
+            role: HostRole::LoadBalancer,
+        })
+        .collect();
+    let holders = || -> Vec<&str> {
+        lbs.iter().filter(|lb| holds(lb, vip(1)).unwrap()).map(|lb| lb.name.as_str()).collect()
+    };
+    let deadline = Instant::now() + SETTLE;
+    while holders() != ["lb1"] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..10 {
+        assert_eq!(holders(), ["lb1"]);
+        std::thread::sleep(INTERVAL * 2);
+    }
+}
+
+/// A child killed and reaped when dropped, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn fulcrumd_keeps_its_vip_and_runs_when_nobody_reads_its_log() {
+    let cluster = cluster(1);
+    let node_file = cluster.lab.log_dir().join("closed-stderr.toml");
+    let instance = instance(51, 150, &[vip(1)]);
+    std::fs::write(&node_file, fulcrum_lab::routers::fulcrumd_node_file(1, &[instance])).unwrap();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &cluster.lbs[0].namespace])
+        .arg(fulcrum_lab::routers::fulcrumd_binary().unwrap())
+        .arg("--config")
+        .arg(&node_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every log line from now on is written to a pipe with no reader.
+    drop(child.stderr.take());
+    let mut fulcrumd = KillOnDrop(child);
+
+    cluster.wait_for_holder(0, vip(1));
+    std::thread::sleep(INTERVAL * 10);
+    assert!(fulcrumd.0.try_wait().unwrap().is_none(), "fulcrumd exited");
+    assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb1"]);
+}

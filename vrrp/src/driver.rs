@@ -297,11 +297,44 @@ async fn run(
             }
         }
     }
-    let tasks: Vec<JoinHandle<()>> =
-        opened.into_iter().map(|link| tokio::spawn(link.run(control.subscribe()))).collect();
+    let supervised: Vec<_> = opened
+        .into_iter()
+        .map(|link| {
+            let interface = link.interface.clone();
+            let vips: Vec<Ipv4Addr> =
+                link.instances.iter().flat_map(|i| i.router.config().vips.clone()).collect();
+            let task = tokio::spawn(link.run(control.subscribe()));
+            async move {
+                if let Err(failure) = task.await {
+                    release_after_failure(&interface, &vips, failure).await;
+                }
+            }
+        })
+        .collect();
     let _ = ready.send(Ok(()));
-    for task in tasks {
-        let _ = task.await;
+    futures_util::future::join_all(supervised).await;
+}
+
+/// A link task that died (a bug: it panicked) can no longer advertise, so it must not go on
+/// holding VIPs a backup is about to take: release them, as keepalived's parent does for a
+/// dead VRRP child. The thread then ends, which the node sees as the status channel closing.
+async fn release_after_failure(
+    interface: &str,
+    vips: &[Ipv4Addr],
+    failure: tokio::task::JoinError,
+) {
+    tracing::error!(%interface, "VRRP stopped on this link after a failure: {failure}");
+    let manager = match VipManager::open(interface) {
+        Ok(manager) => manager,
+        Err(error) => {
+            tracing::error!(%interface, "cannot release the VIPs: {error}");
+            return;
+        }
+    };
+    for vip in vips {
+        if let Err(error) = manager.remove(*vip).await {
+            tracing::error!(%interface, %vip, "cannot release VIP: {error}");
+        }
     }
 }
 
@@ -327,6 +360,8 @@ struct Link {
     unknown_peer: u64,
     /// When a drop was last logged: drops are logged at most once a second.
     drop_logged: Option<Instant>,
+    /// When a receive error was last logged, likewise.
+    receive_error_logged: Option<Instant>,
     origin: Instant,
     status: Arc<watch::Sender<Status>>,
 }
@@ -334,6 +369,7 @@ struct Link {
 /// The largest datagram read: an IPv4 header with options and 255 addresses fit many times.
 const RECEIVE_BUFFER: usize = 2048;
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(5);
 
 impl Link {
     fn open(
@@ -373,6 +409,7 @@ impl Link {
             drops: DropCounters::default(),
             unknown_peer: 0,
             drop_logged: None,
+            receive_error_logged: None,
             origin,
             status,
         })
@@ -429,7 +466,12 @@ impl Link {
                         let datagram = buffer.get(..length).unwrap_or_default().to_vec();
                         self.on_datagram(&datagram).await;
                     }
-                    Err(error) => tracing::warn!(interface = %self.interface, "VRRP receive failed: {error}"),
+                    Err(error) => {
+                        self.log_receive_error(&error);
+                        // An error that repeats at once must not spin the thread; timers
+                        // stay within a few milliseconds.
+                        tokio::time::sleep(RECEIVE_ERROR_PAUSE).await;
+                    }
                 },
                 _ = sleep_until(deadline) => self.on_timer().await,
             }
@@ -504,6 +546,15 @@ impl Link {
         }
         instance.router.handle_advert(now, received.src, &received.advertisement);
         self.carry_out(index).await;
+    }
+
+    fn log_receive_error(&mut self, error: &std::io::Error) {
+        let now = Instant::now();
+        if self.receive_error_logged.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
+            return;
+        }
+        self.receive_error_logged = Some(now);
+        tracing::warn!(interface = %self.interface, "VRRP receive failed: {error}");
     }
 
     fn log_drop(&mut self, what: &str) {
