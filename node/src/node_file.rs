@@ -1,14 +1,17 @@
 //! The node file: what belongs to one node and is not replicated — its identity, logging,
-//! and its VRRP instances (`[[vrrp]]`).
+//! its VRRP instances (`[[vrrp]]`) and its part in the configuration store (`[raft]`).
 //!
 //! Parsing names the field at fault (`vrrp[1].priority`) and the line; checks that need the
 //! VRRP state machine's rules are left to the VRRP driver, which reports them at start.
 
-use std::net::Ipv4Addr;
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fulcrum_model::file::line_of;
+use fulcrum_raft_store::rpc::MIN_SECRET_BYTES;
+use fulcrum_raft_store::{RaftTiming, StoreSettings};
 use fulcrum_vrrp::driver::{GarpSettings, InstanceSettings};
 use fulcrum_vrrp::machine::InstanceConfig;
 use fulcrum_vrrp::socket::Destination;
@@ -27,6 +30,66 @@ pub struct NodeFile {
     /// Virtual routers this node takes part in.
     #[serde(default)]
     pub vrrp: Vec<VrrpInstance>,
+    /// This node's part in the replicated configuration store; none runs without it.
+    #[serde(default)]
+    pub raft: Option<RaftSection>,
+}
+
+/// The `[raft]` section: where this node's store listens and keeps its data, and which
+/// cluster it belongs to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSection {
+    /// Where the Raft RPC server listens, e.g. `198.18.0.11:7000`.
+    pub listen: SocketAddr,
+    /// The address peers reach it at; `listen` by default.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The directory of the log and state machine.
+    pub data_dir: PathBuf,
+    /// The cluster's name; nodes of another cluster are refused.
+    pub cluster_name: String,
+    /// A file holding the cluster secret (at least 16 bytes), the same on every node.
+    pub secret_file: PathBuf,
+    /// The members of a brand-new cluster; the one with the lowest id initializes it. Leave
+    /// empty on a node that will be added to an existing cluster.
+    #[serde(default)]
+    pub initial_members: Vec<Member>,
+    /// How often the leader sends heartbeats.
+    #[serde(default = "default_heartbeat", with = "fulcrum_model::duration")]
+    pub heartbeat: Duration,
+    /// The shortest time without a leader before an election.
+    #[serde(default = "default_election_min", with = "fulcrum_model::duration")]
+    pub election_timeout_min: Duration,
+    /// The longest.
+    #[serde(default = "default_election_max", with = "fulcrum_model::duration")]
+    pub election_timeout_max: Duration,
+    /// Entries between snapshots.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+}
+
+/// One member of a new cluster.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Its node id.
+    pub id: u64,
+    /// Its Raft address.
+    pub address: String,
+}
+
+fn default_heartbeat() -> Duration {
+    RaftTiming::default().heartbeat
+}
+fn default_election_min() -> Duration {
+    RaftTiming::default().election_timeout.0
+}
+fn default_election_max() -> Duration {
+    RaftTiming::default().election_timeout.1
+}
+fn default_snapshot_every() -> u64 {
+    RaftTiming::default().snapshot_every
 }
 
 /// Logging.
@@ -165,6 +228,17 @@ pub enum NodeFileError {
         /// The instance's position in the file, from 0.
         index: usize,
     },
+    /// The cluster secret could not be read.
+    #[error("cannot read the cluster secret {path}: {source}")]
+    Secret {
+        /// The secret file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The `[raft]` section is inconsistent.
+    #[error("[raft]: {0}")]
+    Raft(String),
     /// The primary address is not given and the interface has none to offer.
     #[error(
         "VRID {vrid}: interface {interface} has no IPv4 address (or does not exist); \
@@ -211,6 +285,60 @@ impl NodeFile {
             return Err(NodeFileError::NoVips { index });
         }
         Ok(file)
+    }
+}
+
+impl RaftSection {
+    /// The store's settings for node `node_id`, with the secret read from its file.
+    pub fn settings(&self, node_id: u64) -> Result<StoreSettings, NodeFileError> {
+        let shown = self.secret_file.display().to_string();
+        let secret = std::fs::read(&self.secret_file)
+            .map_err(|source| NodeFileError::Secret { path: shown.clone(), source })?;
+        // A trailing newline from `echo` or an editor is not part of the secret.
+        let secret = secret.trim_ascii_end().to_vec();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(NodeFileError::Raft(format!(
+                "the secret in {shown} has {} bytes, it needs at least {MIN_SECRET_BYTES}; \
+                 make one with: head -c 32 /dev/urandom | base64 > {shown}",
+                secret.len()
+            )));
+        }
+        if self.election_timeout_min <= self.heartbeat
+            || self.election_timeout_max <= self.election_timeout_min
+        {
+            return Err(NodeFileError::Raft(
+                "need heartbeat < election_timeout_min < election_timeout_max".into(),
+            ));
+        }
+        let mut initial_members = BTreeMap::new();
+        for member in &self.initial_members {
+            if initial_members.insert(member.id, member.address.clone()).is_some() {
+                return Err(NodeFileError::Raft(format!(
+                    "initial member {} is listed twice",
+                    member.id
+                )));
+            }
+        }
+        if !initial_members.is_empty() && !initial_members.contains_key(&node_id) {
+            return Err(NodeFileError::Raft(format!(
+                "initial_members must include this node ({node_id}) or be empty"
+            )));
+        }
+        Ok(StoreSettings {
+            node_id,
+            listen: self.listen,
+            advertise: self.advertise.clone().unwrap_or_else(|| self.listen.to_string()),
+            data_dir: self.data_dir.clone(),
+            cluster_name: self.cluster_name.clone(),
+            secret,
+            initial_members,
+            timing: RaftTiming {
+                heartbeat: self.heartbeat,
+                election_timeout: (self.election_timeout_min, self.election_timeout_max),
+                snapshot_every: self.snapshot_every,
+                ..RaftTiming::default()
+            },
+        })
     }
 }
 
@@ -307,6 +435,42 @@ vips = ["198.18.0.100"]
         let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
+    }
+
+    fn raft_file(secret: &str, members: &str) -> (tempfile::TempDir, NodeFile) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, secret).unwrap();
+        let text = format!(
+            "node_id = 2\n[raft]\nlisten = \"198.18.0.12:7000\"\ndata_dir = \"/var/lib/fulcrum\"\n\
+             cluster_name = \"lab\"\nsecret_file = {:?}\nelection_timeout_min = \"500ms\"\n{members}",
+            secret_file.display().to_string()
+        );
+        (dir, NodeFile::parse(&text).unwrap())
+    }
+
+    #[test]
+    fn the_raft_section_becomes_store_settings() {
+        let members = "[[raft.initial_members]]\nid = 1\naddress = \"198.18.0.11:7000\"\n\
+                       [[raft.initial_members]]\nid = 2\naddress = \"198.18.0.12:7000\"\n";
+        let (_dir, file) = raft_file("0123456789abcdef0123\n", members);
+        let settings = file.raft.unwrap().settings(2).unwrap();
+        assert_eq!(settings.secret, b"0123456789abcdef0123");
+        assert_eq!(settings.advertise, "198.18.0.12:7000");
+        assert_eq!(settings.initial_members.len(), 2);
+        assert_eq!(settings.timing.election_timeout.0, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn raft_settings_refuse_weak_secrets_and_foreign_member_lists() {
+        let (_dir, file) = raft_file("short\n", "");
+        let err = file.raft.unwrap().settings(2).unwrap_err().to_string();
+        assert!(err.contains("at least 16") && err.contains("/dev/urandom"), "{err}");
+
+        let only_one = "[[raft.initial_members]]\nid = 1\naddress = \"198.18.0.11:7000\"\n";
+        let (_dir, file) = raft_file("0123456789abcdef0123", only_one);
+        let err = file.raft.unwrap().settings(2).unwrap_err().to_string();
+        assert!(err.contains("must include this node (2)"), "{err}");
     }
 
     #[test]

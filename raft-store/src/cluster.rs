@@ -1,0 +1,569 @@
+//! One node of the configuration store: its Raft, its RPC server, and what the rest of the
+//! node asks of it — write a command (from any node), read the applied configuration (local,
+//! or linearizable), watch it change, change the membership, and report metrics.
+//!
+//! A follower forwards a write to the leader; every write carries an idempotency key (the
+//! caller's, or one made here), so a write retried across a timeout or a leader change
+//! applies once. Commands are validated against the local configuration before they are
+//! proposed; applying stays the authority, and stays deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fulcrum_model::{ApplyError, Config, Revision};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::network::{CallError, Network, RpcClient};
+use crate::rpc::{AuthCounters, AuthCounts, ClusterAuth, PATH_READ, PATH_WRITE, WeakSecret};
+use crate::state_machine::StateMachineStore;
+use crate::{Applied, IdempotencyKey, NodeId, Raft, Request, Response};
+
+/// How a node takes part in the store.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// This node's id, unique in the cluster.
+    pub node_id: NodeId,
+    /// Where the Raft RPC server listens.
+    pub listen: SocketAddr,
+    /// The address peers reach it at (usually `listen`).
+    pub advertise: String,
+    /// Where the log and state machine live.
+    pub data_dir: PathBuf,
+    /// The cluster's name: requests from another cluster are refused.
+    pub cluster_name: String,
+    /// The cluster secret (at least 16 bytes) that signs every RPC.
+    pub secret: Vec<u8>,
+    /// The members a brand-new cluster starts with (id → address). The member with the lowest
+    /// id initializes the cluster, once; a node with data never initializes again. Empty for
+    /// a node that joins an existing cluster.
+    pub initial_members: BTreeMap<NodeId, String>,
+    /// Raft timing and snapshots.
+    pub timing: RaftTiming,
+}
+
+/// Raft timing; the defaults suit one LAN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout: (Duration, Duration),
+    /// A snapshot is taken after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, for followers that are only a little behind;
+    /// one further behind gets the snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// How long an RPC to a peer may take before it counts as unreachable.
+    pub rpc_timeout: Duration,
+}
+
+impl Default for RaftTiming {
+    fn default() -> RaftTiming {
+        RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_every: 5000,
+            logs_kept_after_snapshot: 1000,
+            rpc_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The secret is too short.
+    #[error(transparent)]
+    Secret(#[from] WeakSecret),
+    /// The Raft settings are inconsistent.
+    #[error("invalid Raft settings: {0}")]
+    Settings(#[from] openraft::ConfigError),
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    /// The RPC address could not be bound.
+    #[error("cannot listen for Raft RPCs on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// openraft refused to start or to initialize.
+    #[error("Raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write did not happen. Nothing changed, except perhaps for
+/// [`WriteError::Unavailable`] and [`WriteError::Timeout`], where a retry with the same
+/// idempotency key tells.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// The model rejected the command.
+    #[error(transparent)]
+    Rejected(#[from] ApplyError),
+    /// No leader could take the write in time.
+    #[error("no leader accepted the write within {0:?}; retry it with the same idempotency key")]
+    Timeout(Duration),
+    /// The store is shutting down or failed.
+    #[error("the configuration store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a linearizable read did not happen.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReadError {
+    /// No leader confirmed its leadership in time.
+    #[error("no leader confirmed a read within {0:?}")]
+    Timeout(Duration),
+    /// The store is shutting down or failed.
+    #[error("the configuration store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a membership change did not happen.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MembershipError {
+    /// Membership is changed on the leader; this node is not it.
+    #[error("node {this} is not the leader; ask node {leader:?}")]
+    NotLeader {
+        /// This node.
+        this: NodeId,
+        /// The leader, if known.
+        leader: Option<NodeId>,
+    },
+    /// The learner did not catch up in time.
+    #[error("node {node} did not catch up within {timeout:?}")]
+    NotCaughtUp {
+        /// The learner.
+        node: NodeId,
+        /// How long it was given.
+        timeout: Duration,
+    },
+    /// openraft refused the change.
+    #[error("membership change refused: {0}")]
+    Refused(String),
+}
+
+/// What a leader answers a forwarded write or read with, when it cannot serve it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Redirect {
+    /// It is not (or no longer) the leader; the leader it knows of, if any.
+    NotLeader(Option<(NodeId, String)>),
+    /// It failed for good.
+    Failed(String),
+}
+
+/// How long a write or a linearizable read may look for a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The state the RPC server shares with the store.
+pub(crate) struct Shared {
+    pub(crate) node_id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) auth: ClusterAuth,
+    pub(crate) auth_counters: AuthCounters,
+    state_machine: StateMachineStore,
+    commit_latency: LatencyHistogram,
+}
+
+/// A running node of the configuration store.
+pub struct ConfigStore {
+    shared: Arc<Shared>,
+    client: RpcClient,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    log_store: crate::log_store::LogStore,
+    next_key: AtomicU64,
+}
+
+impl ConfigStore {
+    /// Opens the data directory, starts the RPC server and Raft, and initializes a brand-new
+    /// cluster if this node is its first initial member.
+    pub async fn start(settings: StoreSettings) -> Result<ConfigStore, StartError> {
+        let auth = ClusterAuth::new(&settings.cluster_name, &settings.secret)?;
+        let timing = &settings.timing;
+        let config = openraft::Config {
+            cluster_name: settings.cluster_name.clone(),
+            heartbeat_interval: millis(timing.heartbeat),
+            election_timeout_min: millis(timing.election_timeout.0),
+            election_timeout_max: millis(timing.election_timeout.1),
+            install_snapshot_timeout: millis(timing.rpc_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
+            max_in_snapshot_log_to_keep: timing.logs_kept_after_snapshot,
+            ..openraft::Config::default()
+        }
+        .validate()?;
+        let (log_store, state_machine) = crate::open(&settings.data_dir)?;
+        let client = RpcClient::new(auth.clone());
+        let raft = Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network::new(client.clone()),
+            log_store.clone(),
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Listen { address: settings.listen, source })?;
+        let shared = Arc::new(Shared {
+            node_id: settings.node_id,
+            raft: raft.clone(),
+            auth,
+            auth_counters: AuthCounters::default(),
+            state_machine,
+            commit_latency: LatencyHistogram::default(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&shared), stopped));
+        let store =
+            ConfigStore { shared, client, stop, server, log_store, next_key: AtomicU64::new(0) };
+        store.bootstrap(&settings).await?;
+        Ok(store)
+    }
+
+    async fn bootstrap(&self, settings: &StoreSettings) -> Result<(), StartError> {
+        let raft = &self.shared.raft;
+        let first = settings.initial_members.keys().next().copied();
+        if first != Some(settings.node_id) {
+            return Ok(());
+        }
+        if raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))? {
+            tracing::info!(node_id = settings.node_id, "Raft data found: not initializing again");
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, BasicNode> = settings
+            .initial_members
+            .iter()
+            .map(|(id, address)| (*id, BasicNode::new(address)))
+            .collect();
+        tracing::info!(?members, "initializing a new cluster");
+        raft.initialize(members).await.map_err(|e| StartError::Raft(e.to_string()))
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    /// The Raft handle, for what this API does not cover.
+    pub fn raft(&self) -> &Raft {
+        &self.shared.raft
+    }
+
+    /// The configuration this node has applied: what its data plane serves. It may trail the
+    /// leader by a heartbeat.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.state_machine.config()
+    }
+
+    /// Fires with (revision, config) after every apply and snapshot install.
+    pub fn watch(&self) -> watch::Receiver<Applied> {
+        self.shared.state_machine.watch()
+    }
+
+    /// Applies `command` through Raft from any node, and returns the new revision. A request
+    /// without an idempotency key gets one, so the retries made here apply it once.
+    pub async fn write(&self, mut request: Request) -> Result<Revision, WriteError> {
+        // Rejected here, before it costs a log entry; applying checks again.
+        self.config().spec.with(&request.command)?;
+        request.idempotency_key.get_or_insert_with(|| self.fresh_key());
+        let deadline = Instant::now() + LEADER_WAIT;
+        let started = Instant::now();
+        loop {
+            let leader = match self.shared.write_as_leader(request.clone()).await {
+                Ok(response) => {
+                    self.shared.commit_latency.record(started.elapsed());
+                    return Ok(response.result?);
+                }
+                Err(Redirect::Failed(problem)) => return Err(WriteError::Unavailable(problem)),
+                Err(Redirect::NotLeader(leader)) => leader,
+            };
+            if let Some((id, address)) = leader.filter(|(id, _)| *id != self.node_id()) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let answer: Result<Result<Response, Redirect>, CallError> =
+                    self.client.call(id, &address, PATH_WRITE, &request, remaining).await;
+                match answer {
+                    Ok(Ok(response)) => {
+                        self.shared.commit_latency.record(started.elapsed());
+                        return Ok(response.result?);
+                    }
+                    Ok(Err(Redirect::Failed(problem))) => {
+                        return Err(WriteError::Unavailable(problem));
+                    }
+                    Ok(Err(Redirect::NotLeader(_))) => {}
+                    Err(error) => tracing::debug!("forwarding a write: {error}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteError::Timeout(LEADER_WAIT));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// The configuration as of now, cluster-wide: confirmed by the leader with a quorum
+    /// (openraft's `ensure_linearizable`), asked of the leader if this node is not it.
+    pub async fn linearizable_config(&self) -> Result<Arc<Config>, ReadError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let leader = match self.shared.read_as_leader().await {
+                Ok(config) => return Ok(Arc::new(config)),
+                Err(Redirect::Failed(problem)) => return Err(ReadError::Unavailable(problem)),
+                Err(Redirect::NotLeader(leader)) => leader,
+            };
+            if let Some((id, address)) = leader.filter(|(id, _)| *id != self.node_id()) {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let answer: Result<Result<Config, Redirect>, CallError> =
+                    self.client.call(id, &address, PATH_READ, &(), remaining).await;
+                match answer {
+                    Ok(Ok(config)) => return Ok(Arc::new(config)),
+                    Ok(Err(Redirect::Failed(problem))) => {
+                        return Err(ReadError::Unavailable(problem));
+                    }
+                    Ok(Err(Redirect::NotLeader(_))) => {}
+                    Err(error) => tracing::debug!("forwarding a read: {error}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ReadError::Timeout(LEADER_WAIT));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Adds node `id` at `address`: as a learner first, then, once it has caught up with the
+    /// leader's log (within `catch_up`), as a voter. Run it on the leader.
+    pub async fn add_node(
+        &self,
+        id: NodeId,
+        address: &str,
+        catch_up: Duration,
+    ) -> Result<(), MembershipError> {
+        self.add_learner(id, address).await?;
+        self.wait_caught_up(id, catch_up).await?;
+        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Adds node `id` at `address` as a learner: it receives the log but does not vote.
+    pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<(), MembershipError> {
+        self.shared
+            .raft
+            .add_learner(id, BasicNode::new(address), false)
+            .await
+            .map(drop)
+            .map_err(|e| self.membership_error(e))
+    }
+
+    /// Removes node `id` from the cluster, voter or learner. Run it on the leader.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), MembershipError> {
+        let voters = self
+            .shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<BTreeSet<_>>();
+        if voters.contains(&id) {
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+        }
+        self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+    }
+
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<(), MembershipError> {
+        self.shared
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(drop)
+            .map_err(|e| self.membership_error(e))
+    }
+
+    fn membership_error(
+        &self,
+        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> MembershipError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                MembershipError::NotLeader { this: self.node_id(), leader: forward.leader_id }
+            }
+            other => MembershipError::Refused(other.to_string()),
+        }
+    }
+
+    /// Waits until the leader has replicated its whole log to `id`.
+    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        let mut metrics = self.shared.raft.metrics();
+        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+            matched.map(|log_id| log_id.index) >= m.last_log_index
+        };
+        tokio::time::timeout(timeout, metrics.wait_for(caught_up))
+            .await
+            .map_err(|_| MembershipError::NotCaughtUp { node: id, timeout })?
+            .map(drop)
+            .map_err(|_| MembershipError::Refused("Raft stopped".into()))
+    }
+
+    /// Leader, term, log and apply positions, replication lag, commit latency, size on disk,
+    /// refused RPCs.
+    pub fn metrics(&self) -> StoreMetrics {
+        let raft = self.shared.raft.metrics().borrow().clone();
+        let last_log_index = raft.last_log_index.unwrap_or(0);
+        let replication_lag = raft
+            .replication
+            .iter()
+            .flatten()
+            .map(|(id, matched)| {
+                (*id, last_log_index.saturating_sub(matched.map_or(0, |m| m.index)))
+            })
+            .collect();
+        StoreMetrics {
+            node_id: self.node_id(),
+            state: format!("{:?}", raft.state),
+            leader: raft.current_leader,
+            term: raft.current_term,
+            last_log_index,
+            applied_index: raft.last_applied.map_or(0, |log_id| log_id.index),
+            revision: self.config().revision,
+            replication_lag,
+            commit_latency: self.shared.commit_latency.snapshot(),
+            size_on_disk_bytes: self.log_store.size_on_disk(),
+            refused_rpcs: self.shared.auth_counters.snapshot(),
+        }
+    }
+
+    /// Stops Raft and the RPC server.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(error) = self.shared.raft.shutdown().await {
+            tracing::warn!("Raft did not stop cleanly: {error}");
+        }
+        let _ = self.server.await;
+    }
+
+    fn fresh_key(&self) -> IdempotencyKey {
+        // Unique per node and write: the node id, the time, and a counter.
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let count = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.node_id().to_be_bytes());
+        key[8..].copy_from_slice(&(nanos ^ count.rotate_left(48)).to_be_bytes());
+        IdempotencyKey(key)
+    }
+}
+
+impl Shared {
+    /// Proposes `request` on this node, which must be the leader.
+    pub(crate) async fn write_as_leader(&self, request: Request) -> Result<Response, Redirect> {
+        match self.raft.client_write(request).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Redirect::NotLeader(leader_of(forward)))
+            }
+            Err(other) => Err(Redirect::Failed(other.to_string())),
+        }
+    }
+
+    /// The configuration, once this node has confirmed it leads and applied everything
+    /// committed before the read.
+    pub(crate) async fn read_as_leader(&self) -> Result<Config, Redirect> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(Config::clone(&self.state_machine.config())),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(Redirect::NotLeader(leader_of(forward)))
+            }
+            // No quorum answered: maybe an election is under way; the caller retries.
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(Redirect::NotLeader(None))
+            }
+            Err(other) => Err(Redirect::Failed(other.to_string())),
+        }
+    }
+}
+
+fn leader_of(forward: ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    forward.leader_id.zip(forward.leader_node.map(|node| node.addr))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A point-in-time view of a node of the store.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreMetrics {
+    /// This node.
+    pub node_id: NodeId,
+    /// Leader, Follower, Candidate or Learner.
+    pub state: String,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// The index of the last entry in this node's log.
+    pub last_log_index: u64,
+    /// The index of the last entry applied here.
+    pub applied_index: u64,
+    /// The revision of the applied configuration.
+    pub revision: Revision,
+    /// On the leader: how many entries each peer is behind.
+    pub replication_lag: BTreeMap<NodeId, u64>,
+    /// Writes made through this node, by commit latency.
+    pub commit_latency: LatencyCounts,
+    /// The sled database's size on disk.
+    pub size_on_disk_bytes: u64,
+    /// RPCs refused by reason.
+    pub refused_rpcs: AuthCounts,
+}
+
+/// Upper bounds of the commit-latency buckets, in milliseconds; the last bucket is unbounded.
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+
+/// A commit-latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    counts: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+}
+
+impl LatencyHistogram {
+    fn record(&self, latency: Duration) {
+        let ms = millis(latency);
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|bound| ms <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        if let Some(count) = self.counts.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> LatencyCounts {
+        LatencyCounts { counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect() }
+    }
+}
+
+/// Counts per bucket of [`LATENCY_BUCKETS_MS`], then one for anything slower.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LatencyCounts {
+    /// Writes per bucket.
+    pub counts: Vec<u64>,
+}

@@ -1,0 +1,332 @@
+//! The Raft log and the Raft metadata (vote, committed log id, last purged log id) in sled.
+//!
+//! Entries live in one tree keyed by their index in big-endian, so sled's byte order is log
+//! order; the metadata lives in a second tree. Every value goes through
+//! [`fulcrum_model::codec`]. Every write is flushed to disk before openraft is told it is done:
+//! a vote or an entry acknowledged to a peer must survive a crash.
+
+// openraft's `StorageError` is large, and its traits return it: the helpers do too.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use fulcrum_model::codec;
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::Failure;
+use crate::types::{NodeId, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// The tree of log entries.
+pub(crate) const LOG_TREE: &str = "raft_log";
+/// The tree of the vote, the committed log id and the last purged log id.
+pub(crate) const META_TREE: &str = "raft_log_meta";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log and vote of one node. Clones share the same trees: openraft's replication
+/// tasks read through clones while the Raft core writes.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No counts: sled counts by scanning the whole tree.
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens the log in `db` and finishes a purge a crash interrupted.
+    pub(crate) fn load(db: &sled::Db) -> Result<LogStore, Failure> {
+        let log = db.open_tree(LOG_TREE).map_err(|e| Failure::Sled("open the log tree", e))?;
+        let meta =
+            db.open_tree(META_TREE).map_err(|e| Failure::Sled("open the log metadata tree", e))?;
+        let store = LogStore { db: db.clone(), log, meta };
+        let last_purged: Option<LogId<NodeId>> = match store.meta.get(KEY_LAST_PURGED) {
+            Ok(Some(bytes)) => {
+                codec::decode(&bytes).map_err(|e| Failure::Corrupt("the last purged log id", e))?
+            }
+            Ok(None) => None,
+            Err(e) => return Err(Failure::Sled("read the last purged log id", e)),
+        };
+        // `purge` records the purged id before it deletes: a crash in between leaves entries
+        // that no longer count. Delete them now so readers never see them.
+        if let Some(purged) = last_purged {
+            store
+                .remove_range(..=index_key(purged.index))
+                .map_err(|e| Failure::Sled("finish an interrupted purge", e))?;
+        }
+        Ok(store)
+    }
+
+    /// Bytes the whole store directory (log and state machine) takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+        subject: ErrorSubject<NodeId>,
+    ) -> StorageResult<Option<T>> {
+        let read = |e: &(dyn std::error::Error + 'static)| {
+            StorageIOError::new(subject.clone(), ErrorVerb::Read, AnyError::from_dyn(e, None))
+        };
+        let bytes = self.meta.get(key).map_err(|e| read(&e))?;
+        Ok(bytes.map(|bytes| codec::decode(&bytes)).transpose().map_err(|e| read(&e))?)
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+    ) -> StorageResult<()> {
+        let write = |e: &(dyn std::error::Error + 'static)| {
+            StorageIOError::new(subject.clone(), ErrorVerb::Write, AnyError::from_dyn(e, None))
+        };
+        let bytes = codec::encode(value).map_err(|e| write(&e))?;
+        self.meta.insert(key, bytes).map_err(|e| write(&e))?;
+        self.flush(subject).await
+    }
+
+    async fn flush(&self, subject: ErrorSubject<NodeId>) -> StorageResult<()> {
+        match self.db.flush_async().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StorageIOError::new(subject, ErrorVerb::Write, &e).into()),
+        }
+    }
+
+    /// Removes the entries whose keys fall in `range`, atomically.
+    fn remove_range<R: RangeBounds<[u8; 8]>>(&self, range: R) -> sled::Result<()> {
+        let mut batch = sled::Batch::default();
+        for item in self.log.range(range) {
+            let (key, _) = item?;
+            batch.remove(key);
+        }
+        self.log.apply_batch(batch)
+    }
+
+    fn last_entry_id(&self) -> StorageResult<Option<LogId<NodeId>>> {
+        match self.log.last() {
+            Ok(Some((key, bytes))) => decode_entry(&key, &bytes).map(|entry| Some(entry.log_id)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StorageIOError::read_logs(AnyError::new(&e)).into()),
+        }
+    }
+}
+
+/// The sled key of log index `index`: big-endian, so byte order is index order.
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Decodes the entry stored under `key`, and checks it is the entry for that index.
+fn decode_entry(key: &[u8], bytes: &[u8]) -> StorageResult<Entry> {
+    let index = <[u8; 8]>::try_from(key).map(u64::from_be_bytes).map_err(|_| {
+        StorageIOError::read_logs(AnyError::error(format!("log key of {} bytes", key.len())))
+    })?;
+    let entry: Entry =
+        codec::decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+    if entry.log_id.index != index {
+        let problem = format!("entry {} stored under index {index}", entry.log_id);
+        return Err(StorageIOError::read_log_at_index(index, AnyError::error(problem)).into());
+    }
+    Ok(entry)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(&start) => start,
+            Bound::Excluded(&start) => match start.checked_add(1) {
+                Some(start) => start,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        // `None`: no upper bound.
+        let end = match range.end_bound() {
+            Bound::Included(&end) => end.checked_add(1),
+            Bound::Excluded(&end) => Some(end),
+            Bound::Unbounded => None,
+        };
+        let items = match end {
+            Some(end) if end <= start => return Ok(Vec::new()),
+            Some(end) => self.log.range(index_key(start)..index_key(end)),
+            None => self.log.range(index_key(start)..),
+        };
+        items
+            .map(|item| {
+                let (key, bytes) =
+                    item.map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
+                decode_entry(&key, &bytes)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?.flatten();
+        let last_entry = self.last_entry_id()?;
+        // No entry at all (or none past the purge point): the last log id is the purged one.
+        let last_log_id = last_entry.max(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote).await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.write_meta(KEY_COMMITTED, &committed, ErrorSubject::Store).await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.read_meta(KEY_COMMITTED, ErrorSubject::Store)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // One batch: a crash keeps all of the entries or none, never a hole.
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        // The entries are readable now; they count as appended only once on disk.
+        let flushed = self.db.flush_async().await.map(drop).map_err(io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Atomic (one batch), so no hole even if the process dies half-way.
+        self.remove_range(index_key(log_id.index)..).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush(ErrorSubject::Logs).await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // The purge point first and durably: after a crash the log must not claim entries
+        // it has started to delete. `load` finishes the deletion.
+        self.write_meta(KEY_LAST_PURGED, &Some(log_id), ErrorSubject::Logs).await?;
+        self.remove_range(..=index_key(log_id.index))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flush(ErrorSubject::Logs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn blank(index: u64) -> Entry {
+        Entry { log_id: log_id(index), payload: EntryPayload::Blank }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_entry_is_a_storage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = crate::open(dir.path()).unwrap();
+        log.blocking_append((1..=3).map(blank)).await.unwrap();
+        log.log.insert(index_key(2), &b"\x01garbage"[..]).unwrap();
+        log.log.insert(index_key(4), codec::encode(&blank(5)).unwrap()).unwrap();
+
+        assert!(log.try_get_log_entries(1..=2).await.is_err());
+        assert!(log.try_get_log_entries(4..5).await.is_err(), "entry 5 stored under index 4");
+        assert!(log.get_log_state().await.is_err(), "the last entry is the misplaced one");
+        assert_eq!(log.try_get_log_entries(1..2).await.unwrap(), vec![blank(1)]);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_purge_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = crate::open(dir.path()).unwrap();
+            log.blocking_append((1..=5).map(blank)).await.unwrap();
+            // What a crash between recording the purge and deleting leaves.
+            log.meta.insert(KEY_LAST_PURGED, codec::encode(&Some(log_id(3))).unwrap()).unwrap();
+            log.db.flush_async().await.unwrap();
+        }
+        let (mut log, _) = crate::open(dir.path()).unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), vec![blank(4), blank(5)]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(3)));
+        assert_eq!(state.last_log_id, Some(log_id(5)));
+    }
+
+    #[tokio::test]
+    async fn odd_ranges_read_nothing_rather_than_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = crate::open(dir.path()).unwrap();
+        log.blocking_append((1..=3).map(blank)).await.unwrap();
+        let (from, to) = (3, 1);
+        assert!(log.try_get_log_entries(from..to).await.unwrap().is_empty());
+        assert!(log.try_get_log_entries(2..2).await.unwrap().is_empty());
+        assert_eq!(log.try_get_log_entries(3..=u64::MAX).await.unwrap(), vec![blank(3)]);
+        let after_max = (std::ops::Bound::Excluded(u64::MAX), std::ops::Bound::Unbounded);
+        assert!(log.try_get_log_entries(after_max).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn committed_and_vote_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = crate::open(dir.path()).unwrap();
+            assert_eq!(log.read_vote().await.unwrap(), None);
+            assert_eq!(log.read_committed().await.unwrap(), None);
+            log.save_vote(&Vote::new(4, 2)).await.unwrap();
+            log.save_committed(Some(log_id(7))).await.unwrap();
+        }
+        let (mut log, _) = crate::open(dir.path()).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(7)));
+        assert!(log.size_on_disk() > 0);
+    }
+}

@@ -1,0 +1,325 @@
+//! Clusters of real store nodes in one process, talking over real sockets on 127.0.0.x:
+//! replication to every watch, forwarding from followers, leader failure, restart, membership
+//! changes, snapshots to a lagging follower, and refused RPCs.
+
+#![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fulcrum_model::{ApplyError, Command, Name, Pool, Revision};
+use fulcrum_raft_store::cluster::{RaftTiming, WriteError};
+use fulcrum_raft_store::network::{CallError, RpcClient};
+use fulcrum_raft_store::rpc::{ClusterAuth, PATH_VOTE};
+use fulcrum_raft_store::{ConfigStore, IdempotencyKey, NodeId, Request, StoreSettings};
+use tempfile::TempDir;
+
+const SECRET: &[u8] = b"a cluster secret of enough bytes";
+const CLUSTER: &str = "test";
+
+fn timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat: Duration::from_millis(50),
+        election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+        ..RaftTiming::default()
+    }
+}
+
+/// A free port on 127.0.0.`id`.
+fn address(id: NodeId) -> SocketAddr {
+    let ip = Ipv4Addr::new(127, 0, 0, u8::try_from(id).unwrap());
+    let probe = std::net::TcpListener::bind((ip, 0)).unwrap();
+    probe.local_addr().unwrap()
+}
+
+struct Cluster {
+    dirs: BTreeMap<NodeId, TempDir>,
+    addresses: BTreeMap<NodeId, SocketAddr>,
+    nodes: BTreeMap<NodeId, ConfigStore>,
+    timing: RaftTiming,
+}
+
+impl Cluster {
+    /// Nodes 1..=n, initialized as one cluster.
+    async fn start(n: NodeId, timing: RaftTiming) -> Cluster {
+        let addresses: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|id| (id, address(id))).collect();
+        let mut cluster =
+            Cluster { dirs: BTreeMap::new(), addresses, nodes: BTreeMap::new(), timing };
+        let initial: BTreeMap<NodeId, String> =
+            cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        for id in 1..=n {
+            cluster.dirs.insert(id, TempDir::new().unwrap());
+            cluster.boot(id, initial.clone()).await;
+        }
+        cluster.wait_for_leader(Duration::from_secs(10)).await;
+        cluster
+    }
+
+    async fn boot(&mut self, id: NodeId, initial_members: BTreeMap<NodeId, String>) {
+        let address = *self.addresses.entry(id).or_insert_with(|| address(id));
+        let dir = self.dirs.entry(id).or_insert_with(|| TempDir::new().unwrap());
+        let settings = StoreSettings {
+            node_id: id,
+            listen: address,
+            advertise: address.to_string(),
+            data_dir: dir.path().to_owned(),
+            cluster_name: CLUSTER.into(),
+            secret: SECRET.to_vec(),
+            initial_members,
+            timing: self.timing.clone(),
+        };
+        self.nodes.insert(id, ConfigStore::start(settings).await.unwrap());
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        self.nodes.remove(&id).unwrap().shutdown().await;
+    }
+
+    fn node(&self, id: NodeId) -> &ConfigStore {
+        &self.nodes[&id]
+    }
+
+    /// The leader all running nodes agree on, waiting up to `timeout` for one.
+    async fn wait_for_leader(&self, timeout: Duration) -> NodeId {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<NodeId>> =
+                self.nodes.values().map(|node| node.metrics().leader).collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if self.nodes.contains_key(leader) && leaders.iter().all(|l| l == &Some(*leader)) {
+                    return *leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn follower(&self, leader: NodeId) -> NodeId {
+        *self.nodes.keys().find(|id| **id != leader).unwrap()
+    }
+
+    /// Waits until every running node has applied `revision`.
+    async fn wait_applied_everywhere(&self, revision: Revision) {
+        for (id, node) in &self.nodes {
+            let mut watch = node.watch();
+            tokio::time::timeout(Duration::from_secs(10), watch.wait_for(|(r, _)| *r >= revision))
+                .await
+                .unwrap_or_else(|_| panic!("node {id} did not apply revision {revision}"))
+                .unwrap();
+        }
+    }
+}
+
+fn put_pool(name: &str) -> Request {
+    Request {
+        idempotency_key: None,
+        command: Command::PutPool(Pool::new(name.parse::<Name>().unwrap())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_any_node_commit_and_reach_every_watch() {
+    let cluster = Cluster::start(3, timing()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let follower = cluster.follower(leader);
+
+    let first = cluster.node(follower).write(put_pool("web")).await.unwrap();
+    let second = cluster.node(leader).write(put_pool("api")).await.unwrap();
+    assert_eq!(second, first + 1);
+    cluster.wait_applied_everywhere(second).await;
+    for node in cluster.nodes.values() {
+        let config = node.config();
+        assert!(config.spec.pool("web").is_some() && config.spec.pool("api").is_some());
+        assert_eq!(node.watch().borrow().0, second);
+    }
+
+    // An invalid command is refused with the model's error and changes nothing.
+    let delete_missing = Request {
+        idempotency_key: None,
+        command: Command::DeletePool("nope".parse::<Name>().unwrap()),
+    };
+    let refused = cluster.node(follower).write(delete_missing).await.unwrap_err();
+    assert!(matches!(refused, WriteError::Rejected(ApplyError::NotFound { .. })), "{refused}");
+    assert_eq!(cluster.node(leader).linearizable_config().await.unwrap().revision, second);
+
+    // A retried write (same idempotency key) applies once.
+    let mut retried = put_pool("cache");
+    retried.idempotency_key = Some(IdempotencyKey([7; 16]));
+    let once = cluster.node(follower).write(retried.clone()).await.unwrap();
+    let again = cluster.node(leader).write(retried).await.unwrap();
+    assert_eq!(once, again);
+    let read = cluster.node(follower).linearizable_config().await.unwrap();
+    assert_eq!(read.revision, once, "the retry must not make a new revision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_elected_when_the_leader_stops_and_writes_continue() {
+    let mut cluster = Cluster::start(3, timing()).await;
+    let old = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let writer_node = cluster.follower(old);
+    cluster.node(writer_node).write(put_pool("before")).await.unwrap();
+
+    let stopped = Instant::now();
+    cluster.stop(old).await;
+    let new = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let elected_after = stopped.elapsed();
+    assert_ne!(new, old);
+    // Followers start an election at most one election timeout after the last heartbeat; a
+    // split vote costs one more timeout. Measured here only to catch a stuck election.
+    eprintln!("new leader {new} after {elected_after:?}");
+    let bound = cluster.timing.election_timeout.1 * 2 + Duration::from_millis(500);
+    assert!(elected_after <= bound, "new leader after {elected_after:?}, more than {bound:?}");
+
+    for n in 0..20 {
+        cluster.node(writer_node).write(put_pool(&format!("after{n}"))).await.unwrap();
+    }
+    let config = cluster.node(new).linearizable_config().await.unwrap();
+    assert!(config.spec.pool("before").is_some() && config.spec.pool("after19").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_catches_up_from_its_own_data() {
+    let mut cluster = Cluster::start(3, timing()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let follower = cluster.follower(leader);
+    cluster.node(leader).write(put_pool("early")).await.unwrap();
+    cluster.stop(follower).await;
+
+    let mut last = 0;
+    for n in 0..10 {
+        last = cluster.node(leader).write(put_pool(&format!("p{n}"))).await.unwrap();
+    }
+    // Restarted with the same initial members: it has data, so it must not initialize again.
+    let initial = cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
+    cluster.boot(follower, initial).await;
+    cluster.wait_applied_everywhere(last).await;
+    assert!(cluster.node(follower).config().spec.pool("p9").is_some());
+    assert_eq!(cluster.wait_for_leader(Duration::from_secs(5)).await, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_and_wiped_node_rejoins_as_learner_then_voter() {
+    let mut cluster = Cluster::start(3, timing()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let leaving = cluster.follower(leader);
+    cluster.node(leader).write(put_pool("kept")).await.unwrap();
+
+    cluster.node(leader).remove_node(leaving).await.unwrap();
+    cluster.stop(leaving).await;
+    cluster.dirs.remove(&leaving); // wiped
+    let voters = |c: &Cluster| {
+        c.node(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>()
+    };
+    assert!(!voters(&cluster).contains(&leaving));
+    let revision = cluster.node(leader).write(put_pool("while-away")).await.unwrap();
+
+    cluster.boot(leaving, BTreeMap::new()).await;
+    let address = cluster.addresses[&leaving].to_string();
+    cluster.node(leader).add_node(leaving, &address, Duration::from_secs(10)).await.unwrap();
+    assert!(voters(&cluster).contains(&leaving));
+    cluster.wait_applied_everywhere(revision).await;
+    assert!(cluster.node(leaving).config().spec.pool("while-away").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_is_added_and_removed() {
+    let mut cluster = Cluster::start(3, timing()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let revision = cluster.node(leader).write(put_pool("web")).await.unwrap();
+
+    cluster.boot(4, BTreeMap::new()).await;
+    let address = cluster.addresses[&4].to_string();
+    cluster.node(leader).add_node(4, &address, Duration::from_secs(10)).await.unwrap();
+    cluster.wait_applied_everywhere(revision).await;
+    let membership = || {
+        cluster
+            .node(leader)
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+    };
+    assert_eq!(membership(), 4);
+    // A write through the new node commits.
+    let written = cluster.node(4).write(put_pool("via-four")).await.unwrap();
+    assert_eq!(cluster.node(leader).linearizable_config().await.unwrap().revision, written);
+
+    cluster.node(leader).remove_node(4).await.unwrap();
+    assert_eq!(membership(), 3);
+    cluster.stop(4).await;
+    cluster.node(leader).write(put_pool("after-four")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_brought_up_to_date_by_a_snapshot() {
+    let timing = RaftTiming { snapshot_every: 10, logs_kept_after_snapshot: 0, ..timing() };
+    let mut cluster = Cluster::start(3, timing).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let lagging = cluster.follower(leader);
+    cluster.stop(lagging).await;
+
+    let mut last = 0;
+    for n in 0..40 {
+        last = cluster.node(leader).write(put_pool(&format!("p{n}"))).await.unwrap();
+    }
+    // The leader has snapshotted and purged the entries the lagging node lacks.
+    let mut metrics = cluster.node(leader).raft().metrics();
+    tokio::time::timeout(Duration::from_secs(10), metrics.wait_for(|m| m.purged.is_some()))
+        .await
+        .expect("the leader never purged its log")
+        .unwrap();
+
+    let initial = cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
+    cluster.boot(lagging, initial).await;
+    cluster.wait_applied_everywhere(last).await;
+    let follower = cluster.node(lagging).raft().metrics().borrow().clone();
+    assert!(follower.snapshot.is_some(), "caught up without a snapshot: {follower}");
+    assert_eq!(cluster.node(lagging).config().spec.pools.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_with_a_wrong_secret_cluster_or_target_are_refused_and_counted() {
+    let cluster = Cluster::start(1, timing()).await;
+    let node = cluster.node(1);
+    let term = node.metrics().term;
+    let address = cluster.addresses[&1].to_string();
+    let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(term + 5, 9), None);
+    let send = |auth: ClusterAuth, target: NodeId| {
+        let address = address.clone();
+        let vote = vote.clone();
+        async move {
+            let client = RpcClient::new(auth);
+            let answer: Result<
+                Result<openraft::raft::VoteResponse<NodeId>, openraft::error::RaftError<NodeId>>,
+                CallError,
+            > = client.call(target, &address, PATH_VOTE, &vote, Duration::from_secs(2)).await;
+            match answer {
+                Err(CallError::Refused { status, .. }) => status,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    assert_eq!(
+        send(ClusterAuth::new(CLUSTER, b"the wrong secret, long enough").unwrap(), 1).await,
+        401
+    );
+    assert_eq!(send(ClusterAuth::new("other", SECRET).unwrap(), 1).await, 403);
+    assert_eq!(send(ClusterAuth::new(CLUSTER, SECRET).unwrap(), 2).await, 421);
+
+    let refused = node.metrics().refused_rpcs;
+    assert_eq!((refused.bad_signature, refused.wrong_cluster, refused.wrong_target), (1, 1, 1));
+    assert_eq!(node.metrics().term, term, "a refused vote request must change nothing");
+    assert_eq!(node.metrics().leader, Some(1));
+}
