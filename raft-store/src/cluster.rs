@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fulcrum_model::{ApplyError, Config, Revision};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -281,65 +282,64 @@ impl ConfigStore {
         // Rejected here, before it costs a log entry; applying checks again.
         self.config().spec.with(&request.command)?;
         request.idempotency_key.get_or_insert_with(|| self.fresh_key());
-        let deadline = Instant::now() + LEADER_WAIT;
         let started = Instant::now();
-        loop {
-            let leader = match self.shared.write_as_leader(request.clone()).await {
-                Ok(response) => {
-                    self.shared.commit_latency.record(started.elapsed());
-                    return Ok(response.result?);
-                }
-                Err(Redirect::Failed(problem)) => return Err(WriteError::Unavailable(problem)),
-                Err(Redirect::NotLeader(leader)) => leader,
-            };
-            if let Some((id, address)) = leader.filter(|(id, _)| *id != self.node_id()) {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let answer: Result<Result<Response, Redirect>, CallError> =
-                    self.client.call(id, &address, PATH_WRITE, &request, remaining).await;
-                match answer {
-                    Ok(Ok(response)) => {
-                        self.shared.commit_latency.record(started.elapsed());
-                        return Ok(response.result?);
-                    }
-                    Ok(Err(Redirect::Failed(problem))) => {
-                        return Err(WriteError::Unavailable(problem));
-                    }
-                    Ok(Err(Redirect::NotLeader(_))) => {}
-                    Err(error) => tracing::debug!("forwarding a write: {error}"),
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(WriteError::Timeout(LEADER_WAIT));
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
+        let response = self
+            .through_leader(PATH_WRITE, &request, || self.shared.write_as_leader(request.clone()))
+            .await
+            .map_err(|failure| match failure {
+                None => WriteError::Timeout(LEADER_WAIT),
+                Some(problem) => WriteError::Unavailable(problem),
+            })?;
+        self.shared.commit_latency.record(started.elapsed());
+        Ok(response.result?)
     }
 
     /// The configuration as of now, cluster-wide: confirmed by the leader with a quorum
     /// (openraft's `ensure_linearizable`), asked of the leader if this node is not it.
     pub async fn linearizable_config(&self) -> Result<Arc<Config>, ReadError> {
+        self.through_leader(PATH_READ, &(), || self.shared.read_as_leader())
+            .await
+            .map(Arc::new)
+            .map_err(|failure| match failure {
+                None => ReadError::Timeout(LEADER_WAIT),
+                Some(problem) => ReadError::Unavailable(problem),
+            })
+    }
+
+    /// Serves a request here if this node leads (`here`), else at the leader through `path`,
+    /// following the leader as it changes, for up to [`LEADER_WAIT`]. The error is `None` when
+    /// no leader served it in time, and the reason when one failed for good.
+    async fn through_leader<T, Req, Fut>(
+        &self,
+        path: &'static str,
+        request: &Req,
+        here: impl Fn() -> Fut,
+    ) -> Result<T, Option<String>>
+    where
+        T: DeserializeOwned,
+        Req: Serialize,
+        Fut: Future<Output = Result<T, Redirect>>,
+    {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let leader = match self.shared.read_as_leader().await {
-                Ok(config) => return Ok(Arc::new(config)),
-                Err(Redirect::Failed(problem)) => return Err(ReadError::Unavailable(problem)),
+            let leader = match here().await {
+                Ok(answer) => return Ok(answer),
+                Err(Redirect::Failed(problem)) => return Err(Some(problem)),
                 Err(Redirect::NotLeader(leader)) => leader,
             };
             if let Some((id, address)) = leader.filter(|(id, _)| *id != self.node_id()) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let answer: Result<Result<Config, Redirect>, CallError> =
-                    self.client.call(id, &address, PATH_READ, &(), remaining).await;
+                let answer: Result<Result<T, Redirect>, CallError> =
+                    self.client.call(id, &address, path, request, remaining).await;
                 match answer {
-                    Ok(Ok(config)) => return Ok(Arc::new(config)),
-                    Ok(Err(Redirect::Failed(problem))) => {
-                        return Err(ReadError::Unavailable(problem));
-                    }
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(Redirect::Failed(problem))) => return Err(Some(problem)),
                     Ok(Err(Redirect::NotLeader(_))) => {}
-                    Err(error) => tracing::debug!("forwarding a read: {error}"),
+                    Err(error) => tracing::debug!(path, "forwarding to the leader: {error}"),
                 }
             }
             if Instant::now() >= deadline {
-                return Err(ReadError::Timeout(LEADER_WAIT));
+                return Err(None);
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
