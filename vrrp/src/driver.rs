@@ -297,13 +297,20 @@ async fn run(
             }
         }
     }
-    let supervised: Vec<_> = opened
+    // Subscribed before `start` returns, so no control message sent after it can be missed.
+    let subscribed: Vec<_> = opened.into_iter().map(|link| (link, control.subscribe())).collect();
+    if ready.send(Ok(())).is_err() {
+        // `start` gave up waiting and reported failure: this late start must not run.
+        tracing::error!("VRRP links opened after startup timed out; not starting them");
+        return;
+    }
+    let supervised: Vec<_> = subscribed
         .into_iter()
-        .map(|link| {
+        .map(|(link, control)| {
             let interface = link.interface.clone();
             let vips: Vec<Ipv4Addr> =
                 link.instances.iter().flat_map(|i| i.router.config().vips.clone()).collect();
-            let task = tokio::spawn(link.run(control.subscribe()));
+            let task = tokio::spawn(link.run(control));
             async move {
                 if let Err(failure) = task.await {
                     release_after_failure(&interface, &vips, failure).await;
@@ -311,7 +318,6 @@ async fn run(
             }
         })
         .collect();
-    let _ = ready.send(Ok(()));
     futures_util::future::join_all(supervised).await;
 }
 
@@ -358,10 +364,12 @@ struct Link {
     instances: Vec<Instance>,
     drops: DropCounters,
     unknown_peer: u64,
-    /// When a drop was last logged: drops are logged at most once a second.
-    drop_logged: Option<Instant>,
-    /// When a receive error was last logged, likewise.
-    receive_error_logged: Option<Instant>,
+    /// Drops, receive errors, send errors and VIP-list mismatches are each logged at most once
+    /// a second.
+    drop_log: LogLimiter,
+    receive_error_log: LogLimiter,
+    send_error_log: LogLimiter,
+    mismatch_log: LogLimiter,
     origin: Instant,
     status: Arc<watch::Sender<Status>>,
 }
@@ -408,8 +416,10 @@ impl Link {
             instances,
             drops: DropCounters::default(),
             unknown_peer: 0,
-            drop_logged: None,
-            receive_error_logged: None,
+            drop_log: LogLimiter::default(),
+            receive_error_log: LogLimiter::default(),
+            send_error_log: LogLimiter::default(),
+            mismatch_log: LogLimiter::default(),
             origin,
             status,
         })
@@ -450,8 +460,12 @@ impl Link {
                             self.carry_out(index).await;
                         }
                     }
-                    // A closed or lagging channel means the owner is gone or flooding: step down.
-                    Ok(Control::Shutdown) | Err(_) => {
+                    // Missed penalties are superseded by the ones still queued.
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(interface = %self.interface, missed, "VRRP control messages skipped");
+                    }
+                    // A closed channel means the owner is gone: step down.
+                    Ok(Control::Shutdown) | Err(broadcast::error::RecvError::Closed) => {
                         for index in 0..self.instances.len() {
                             self.instances[index].router.handle_shutdown();
                             self.carry_out(index).await;
@@ -500,7 +514,7 @@ impl Link {
             let instance = &mut self.instances[index];
             if instance.next_garp_refresh.is_some_and(|at| at <= wall) {
                 instance.next_garp_refresh =
-                    instance.settings.garp.refresh.map(|every| wall + every);
+                    instance.settings.garp.refresh.and_then(|every| wall.checked_add(every));
                 self.announce(index, 1);
             }
         }
@@ -531,7 +545,7 @@ impl Link {
             ));
             return;
         }
-        if !received.addresses_match {
+        if !received.addresses_match && self.mismatch_log.allow() {
             tracing::warn!(
                 interface = %self.interface, vrid, source = %received.src,
                 advertised = ?received.advertisement.addresses,
@@ -541,28 +555,26 @@ impl Link {
         let now = self.now();
         let instance = &mut self.instances[index];
         instance.adverts_received += 1;
-        if received.advertisement.priority > 0 {
+        instance.router.handle_advert(now, received.src, &received.advertisement);
+        // Only a sender this router now follows is the master, not one it is about to preempt.
+        if instance.router.state() == State::Backup
+            && received.advertisement.priority >= instance.router.priority()
+        {
             instance.master = Some(received.src);
         }
-        instance.router.handle_advert(now, received.src, &received.advertisement);
         self.carry_out(index).await;
     }
 
     fn log_receive_error(&mut self, error: &std::io::Error) {
-        let now = Instant::now();
-        if self.receive_error_logged.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
-            return;
+        if self.receive_error_log.allow() {
+            tracing::warn!(interface = %self.interface, "VRRP receive failed: {error}");
         }
-        self.receive_error_logged = Some(now);
-        tracing::warn!(interface = %self.interface, "VRRP receive failed: {error}");
     }
 
     fn log_drop(&mut self, what: &str) {
-        let now = Instant::now();
-        if self.drop_logged.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
+        if !self.drop_log.allow() {
             return;
         }
-        self.drop_logged = Some(now);
         let totals: Vec<String> = self
             .drops
             .iter()
@@ -601,9 +613,10 @@ impl Link {
                         };
                         match sent {
                             Ok(()) => self.instances[index].adverts_sent += 1,
-                            Err(e) => {
+                            Err(e) if self.send_error_log.allow() => {
                                 tracing::warn!(interface = %self.interface, vrid, "advertisement to {target} not sent: {e}")
                             }
+                            Err(_) => {}
                         }
                     }
                 }
@@ -627,8 +640,11 @@ impl Link {
                 }
                 Action::SendGratuitousArp => {
                     let repeat = instance.settings.garp.repeat;
-                    instance.next_garp_refresh =
-                        instance.settings.garp.refresh.map(|every| Instant::now() + every);
+                    instance.next_garp_refresh = instance
+                        .settings
+                        .garp
+                        .refresh
+                        .and_then(|every| Instant::now().checked_add(every));
                     self.announce(index, repeat);
                 }
                 Action::StateChanged { from, to } => {
@@ -699,6 +715,23 @@ impl Link {
                 link.unknown_peer = self.unknown_peer;
             }
         });
+    }
+}
+
+/// Lets a repeated log line through at most once per [`DROP_LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+}
+
+impl LogLimiter {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self.last.is_some_and(|at| now.duration_since(at) < DROP_LOG_INTERVAL) {
+            return false;
+        }
+        self.last = Some(now);
+        true
     }
 }
 

@@ -63,18 +63,24 @@ impl AdvertSocket {
                 .map_err(io("open raw socket (needs CAP_NET_RAW)"))?;
         socket.bind_device(Some(interface.as_bytes())).map_err(io("bind to device"))?;
         socket.set_nonblocking(true).map_err(io("set non-blocking"))?;
+        // TTL 255 either way: receivers drop anything else (RFC 9568 §7.1).
+        socket.set_ttl_v4(u32::from(TTL)).map_err(io("set TTL"))?;
+        socket.set_multicast_ttl_v4(u32::from(TTL)).map_err(io("set multicast TTL"))?;
         match destination {
             Destination::Multicast => {
                 socket
                     .join_multicast_v4_n(&MULTICAST_GROUP, &InterfaceIndexOrAddress::Index(index))
                     .map_err(io("join 224.0.0.18"))?;
                 socket.set_multicast_if_v4(&source).map_err(io("set multicast interface"))?;
-                socket.set_multicast_ttl_v4(u32::from(TTL)).map_err(io("set multicast TTL"))?;
                 socket.set_multicast_loop_v4(false).map_err(io("disable multicast loop"))?;
                 // Without this, a socket receives every group any socket on the host joined.
                 socket.set_multicast_all_v4(false).map_err(io("disable IP_MULTICAST_ALL"))?;
             }
-            Destination::Unicast(_) => socket.set_ttl_v4(u32::from(TTL)).map_err(io("set TTL"))?,
+            // Bound to the primary address, so adverts leave from the address their checksum
+            // and the tie-break use (and only adverts sent to it are read).
+            Destination::Unicast(_) => socket
+                .bind(&SocketAddrV4::new(source, 0).into())
+                .map_err(io("bind to the primary address (is it on the interface?)"))?,
         }
         // SAFETY: the AsyncFd takes ownership of the socket, so its descriptor stays open and
         // unchanged for exactly as long as it is registered.
