@@ -75,7 +75,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let signal = runtime.block_on(serve_signals(vrrp.as_ref(), store.as_ref()))?;
-    tracing::info!(signal, "stopping: stepping down from VRRP");
+    tracing::info!(signal, "stopping");
     // VRRP first: the VIP moves to a backup at once, whatever the store does next.
     if let Some(vrrp) = vrrp {
         vrrp.shutdown();

@@ -435,6 +435,8 @@ vips = ["198.18.0.100"]
         let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
+        let raft = file.raft.unwrap();
+        assert_eq!((raft.cluster_name.as_str(), raft.initial_members.len()), ("demo", 3));
     }
 
     fn raft_file(secret: &str, members: &str) -> (tempfile::TempDir, NodeFile) {

@@ -13,11 +13,13 @@
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
+//! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
 pub mod backend;
 pub mod bench;
+pub mod bench_raft;
 pub mod netns;
 pub mod probe;
 pub mod process;

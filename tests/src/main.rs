@@ -76,6 +76,15 @@ enum Command {
     },
     /// Probe a target repeatedly and print a JSON report (inside the client host).
     Probe(ProbeArgs),
+    /// Measure configuration-write commit latency and time to apply on all three nodes,
+    /// Fulcrum's Raft store against etcd 3.4 (needs root and etcd-server); prints a table.
+    ///
+    /// Example: fulcrum-lab bench-raft --writes 500
+    BenchRaft {
+        /// Sequential writes to each cluster.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        writes: u64,
+    },
     /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
     /// root and keepalived); prints a Markdown table.
     ///
@@ -174,6 +183,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let series = fulcrum_lab::bench::failover(&exe, &intervals, runs)
                 .context("the failover benchmark failed")?;
             print!("{}", fulcrum_lab::bench::report(&series));
+            Ok(())
+        }
+        Command::BenchRaft { writes } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let writes = usize::try_from(writes).context("too many writes")?;
+            let (fulcrum, etcd) = fulcrum_lab::bench_raft::commit_latency(&exe, writes)
+                .context("the Raft benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_raft::report(&fulcrum, &etcd));
             Ok(())
         }
         Command::Probe(args) => runtime()?.block_on(async {
