@@ -180,18 +180,7 @@ impl Lab {
         match implementation {
             Implementation::Fulcrumd => {
                 let node_id = u64::from(host.address.octets()[3]);
-                let config = write(
-                    &format!("{}-node.toml", host.name),
-                    fulcrumd_node_file(node_id, instances),
-                )?;
-                let args = vec!["--config".to_owned(), config.display().to_string()];
-                let mut process = self.spawn(host, &label, &fulcrumd_binary()?, &args)?;
-                process.wait_for(
-                    "its start message",
-                    |line| line.contains("fulcrumd running"),
-                    START_TIMEOUT,
-                )?;
-                Ok(process)
+                self.start_fulcrumd(host, &fulcrumd_node_file(node_id, instances))
             }
             Implementation::Keepalived => {
                 let config = write(
@@ -227,6 +216,25 @@ impl Lab {
                 Ok(process)
             }
         }
+    }
+
+    /// Starts `fulcrumd` on `host` with the node file `node_file` (written to the lab's log
+    /// directory as `<host>-node.toml`) and waits until it runs.
+    pub fn start_fulcrumd(&self, host: &Host, node_file: &str) -> Result<LabProcess, LabError> {
+        let dir = self.log_dir();
+        let path = dir.join(format!("{}-node.toml", host.name));
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, node_file))
+            .map_err(|source| LabError::Io { what: format!("write {}", path.display()), source })?;
+        let args = vec!["--config".to_owned(), path.display().to_string()];
+        let label = format!("fulcrumd on {}", host.name);
+        let mut process = self.spawn(host, &label, &fulcrumd_binary()?, &args)?;
+        process.wait_for(
+            "its start message",
+            |line| line.contains("fulcrumd running"),
+            START_TIMEOUT,
+        )?;
+        Ok(process)
     }
 
     /// Those of `hosts` that hold `vip`.
