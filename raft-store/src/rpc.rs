@@ -123,7 +123,8 @@ pub struct WeakSecret(pub usize);
 #[derive(Clone)]
 pub struct ClusterAuth {
     cluster: Arc<str>,
-    secret: Arc<[u8]>,
+    /// Keyed once; each request clones it rather than keying again.
+    keyed: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for ClusterAuth {
@@ -139,7 +140,9 @@ impl ClusterAuth {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(WeakSecret(secret.len()));
         }
-        Ok(ClusterAuth { cluster: cluster.into(), secret: secret.into() })
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| WeakSecret(secret.len()))?;
+        Ok(ClusterAuth { cluster: cluster.into(), keyed })
     }
 
     /// The cluster's name.
@@ -183,9 +186,7 @@ impl ClusterAuth {
     }
 
     fn mac(&self, cluster: &str, target: &str, path: &str, body: &[u8]) -> Hmac<Sha256> {
-        // Any key length is valid for HMAC, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut mac = self.keyed.clone();
         // Lengths first, so no two different tuples sign the same bytes.
         for part in [cluster.as_bytes(), target.as_bytes(), path.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());

@@ -46,14 +46,18 @@ impl Cluster {
         let addresses: BTreeMap<NodeId, SocketAddr> = (1..=n).map(|id| (id, address(id))).collect();
         let mut cluster =
             Cluster { dirs: BTreeMap::new(), addresses, nodes: BTreeMap::new(), timing };
-        let initial: BTreeMap<NodeId, String> =
-            cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let initial = cluster.initial_members();
         for id in 1..=n {
             cluster.dirs.insert(id, TempDir::new().unwrap());
             cluster.boot(id, initial.clone()).await;
         }
         cluster.wait_for_leader(Duration::from_secs(10)).await;
         cluster
+    }
+
+    /// The running cluster's members as a node file lists them.
+    fn initial_members(&self) -> BTreeMap<NodeId, String> {
+        self.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect()
     }
 
     async fn boot(&mut self, id: NodeId, initial_members: BTreeMap<NodeId, String>) {
@@ -112,6 +116,14 @@ impl Cluster {
     }
 }
 
+/// Three nodes with test timing, their leader, and one follower.
+async fn three_nodes() -> (Cluster, NodeId, NodeId) {
+    let cluster = Cluster::start(3, timing()).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let follower = cluster.follower(leader);
+    (cluster, leader, follower)
+}
+
 fn put_pool(name: &str) -> Request {
     Request {
         idempotency_key: None,
@@ -121,9 +133,7 @@ fn put_pool(name: &str) -> Request {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_from_any_node_commit_and_reach_every_watch() {
-    let cluster = Cluster::start(3, timing()).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let follower = cluster.follower(leader);
+    let (cluster, leader, follower) = three_nodes().await;
 
     let first = cluster.node(follower).write(put_pool("web")).await.unwrap();
     let second = cluster.node(leader).write(put_pool("api")).await.unwrap();
@@ -156,9 +166,7 @@ async fn writes_from_any_node_commit_and_reach_every_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_is_elected_when_the_leader_stops_and_writes_continue() {
-    let mut cluster = Cluster::start(3, timing()).await;
-    let old = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let writer_node = cluster.follower(old);
+    let (mut cluster, old, writer_node) = three_nodes().await;
     cluster.node(writer_node).write(put_pool("before")).await.unwrap();
 
     let stopped = Instant::now();
@@ -181,9 +189,7 @@ async fn a_new_leader_is_elected_when_the_leader_stops_and_writes_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_follower_catches_up_from_its_own_data() {
-    let mut cluster = Cluster::start(3, timing()).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let follower = cluster.follower(leader);
+    let (mut cluster, leader, follower) = three_nodes().await;
     cluster.node(leader).write(put_pool("early")).await.unwrap();
     cluster.stop(follower).await;
 
@@ -192,8 +198,7 @@ async fn a_restarted_follower_catches_up_from_its_own_data() {
         last = cluster.node(leader).write(put_pool(&format!("p{n}"))).await.unwrap();
     }
     // Restarted with the same initial members: it has data, so it must not initialize again.
-    let initial = cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
-    cluster.boot(follower, initial).await;
+    cluster.boot(follower, cluster.initial_members()).await;
     cluster.wait_applied_everywhere(last).await;
     assert!(cluster.node(follower).config().spec.pool("p9").is_some());
     assert_eq!(cluster.wait_for_leader(Duration::from_secs(5)).await, leader);
@@ -201,9 +206,7 @@ async fn a_restarted_follower_catches_up_from_its_own_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_and_wiped_node_rejoins_as_learner_then_voter() {
-    let mut cluster = Cluster::start(3, timing()).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let leaving = cluster.follower(leader);
+    let (mut cluster, leader, leaving) = three_nodes().await;
     cluster.node(leader).write(put_pool("kept")).await.unwrap();
 
     cluster.node(leader).remove_node(leaving).await.unwrap();
@@ -232,8 +235,7 @@ async fn a_removed_and_wiped_node_rejoins_as_learner_then_voter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_is_added_and_removed() {
-    let mut cluster = Cluster::start(3, timing()).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let (mut cluster, leader, _) = three_nodes().await;
     let revision = cluster.node(leader).write(put_pool("web")).await.unwrap();
 
     cluster.boot(4, BTreeMap::new()).await;
@@ -281,8 +283,7 @@ async fn a_lagging_follower_is_brought_up_to_date_by_a_snapshot() {
         .expect("the leader never purged its log")
         .unwrap();
 
-    let initial = cluster.addresses.iter().map(|(id, a)| (*id, a.to_string())).collect();
-    cluster.boot(lagging, initial).await;
+    cluster.boot(lagging, cluster.initial_members()).await;
     cluster.wait_applied_everywhere(last).await;
     let follower = cluster.node(lagging).raft().metrics().borrow().clone();
     assert!(follower.snapshot.is_some(), "caught up without a snapshot: {follower}");

@@ -477,8 +477,7 @@ impl Link {
                 },
                 received = self.socket.recv(&mut buffer) => match received {
                     Ok(length) => {
-                        let datagram = buffer.get(..length).unwrap_or_default().to_vec();
-                        self.on_datagram(&datagram).await;
+                        self.on_datagram(buffer.get(..length).unwrap_or_default()).await;
                     }
                     Err(error) => {
                         self.log_receive_error(&error);
