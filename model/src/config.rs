@@ -89,6 +89,31 @@ pub struct Listener {
     /// At most this many client connections at once; further ones wait in the backlog.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// A connection with no bytes moving either way for this long is closed.
+    #[serde(default = "default_idle_timeout", with = "crate::duration")]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Listener {
+    /// A listener with defaults for everything but its name, address, protocol and pool.
+    pub fn new(name: Name, bind: SocketAddr, protocol: Protocol, default_pool: Name) -> Listener {
+        Listener {
+            name,
+            bind,
+            protocol,
+            tls: None,
+            default_pool: Some(default_pool),
+            routes: Vec::new(),
+            rate_limit: None,
+            proxy_protocol: false,
+            max_connections: None,
+            idle_timeout: default_idle_timeout(),
+        }
+    }
 }
 
 /// What a listener speaks.
@@ -149,10 +174,17 @@ pub struct Pool {
     /// How long in-flight work on a draining or removed backend may run before it is closed.
     #[serde(default = "default_drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
+    /// How long a connection to a backend may take before the next backend is tried.
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
+    pub connect_timeout: Duration,
 }
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Pool {
@@ -164,6 +196,7 @@ impl Pool {
             backends: Vec::new(),
             health_check: None,
             drain_timeout: default_drain_timeout(),
+            connect_timeout: default_connect_timeout(),
         }
     }
 

@@ -127,6 +127,9 @@ impl Checker {
         if listener.bind.port() == 0 {
             self.report(&object, "bind", "port 0 is not a port a client can reach");
         }
+        if listener.idle_timeout.is_zero() {
+            self.report(&object, "idle_timeout", "0 would close every connection at once");
+        }
         match (listener.protocol, &listener.tls) {
             (Protocol::Https, None) => {
                 self.report(&object, "tls", "an https listener needs `tls.certificates`")
@@ -306,6 +309,9 @@ impl Checker {
                     "0 would refuse every connection; omit it for no limit",
                 );
             }
+        }
+        if pool.connect_timeout.is_zero() {
+            self.report(&object, "connect_timeout", "0 would fail every connection attempt");
         }
         if !pool.backends.is_empty() && pool.backends.iter().all(|b| b.weight == 0) {
             self.report(

@@ -26,17 +26,7 @@ fn pool(pool_name: &str, backends: &[&str]) -> Pool {
 }
 
 fn tcp_listener(listener_name: &str, bind: &str, pool_name: &str) -> Listener {
-    Listener {
-        name: name(listener_name),
-        bind: addr(bind),
-        protocol: Protocol::Tcp,
-        tls: None,
-        default_pool: Some(name(pool_name)),
-        routes: vec![],
-        rate_limit: None,
-        proxy_protocol: false,
-        max_connections: None,
-    }
+    Listener::new(name(listener_name), addr(bind), Protocol::Tcp, name(pool_name))
 }
 
 #[test]

@@ -1,7 +1,20 @@
 //! A Fulcrum cluster node: the wiring of the Raft store, VRRP and the data plane.
 //!
-//! It will own the data plane (listeners, L4 and L7 forwarding, balancing, health checks, rate
-//! limiting, draining), the admin API and metrics. It never defines persisted state (that is
-//! fulcrum-model and fulcrum-raft-store) and never speaks VRRP itself (fulcrum-vrrp does).
+//! It owns the data plane (`dataplane`: listeners, L4 forwarding, draining, metrics; `balance`:
+//! the balancing algorithms; `health`: health checks) and the node file. It never defines
+//! persisted state (that is fulcrum-model and fulcrum-raft-store) and never speaks VRRP itself
+//! (fulcrum-vrrp does).
 
+pub mod balance;
+pub mod dataplane;
+pub mod health;
+pub mod metrics_endpoint;
 pub mod node_file;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks a mutex whose data stays consistent even if a holder panicked: every critical
+/// section in this crate is a few assignments, never left half done.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

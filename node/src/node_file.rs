@@ -33,6 +33,16 @@ pub struct NodeFile {
     /// This node's part in the replicated configuration store; none runs without it.
     #[serde(default)]
     pub raft: Option<RaftSection>,
+    /// Where `/metrics` (Prometheus text format) is served, e.g. `198.18.0.11:9100`.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// On shutdown, how long open connections may finish before they are closed.
+    #[serde(default = "default_shutdown_drain", with = "fulcrum_model::duration")]
+    pub shutdown_drain: Duration,
+}
+
+fn default_shutdown_drain() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The `[raft]` section: where this node's store listens and keeps its data, and which

@@ -14,6 +14,8 @@
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
 //! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
+//! - [`serving`]: `fulcrumd` serving a cluster file, its metrics, and checked `/slow`
+//!   downloads through it.
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
@@ -24,6 +26,7 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod routers;
+pub mod serving;
 pub mod topology;
 
 pub use topology::{Host, HostRole, Lab, LabError, Topology};

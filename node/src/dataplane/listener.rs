@@ -1,0 +1,168 @@
+//! Listening sockets: binding (IP_FREEBIND, so a VIP this node does not hold yet can be
+//! bound), the accept loop with its connection limit, and stopping to accept when a listener
+//! is removed or the node drains.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use fulcrum_model::{Listener, Name};
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::metrics::TrafficStats;
+use super::{PoolMap, l4};
+
+/// Connections waiting to be accepted.
+const BACKLOG: i32 = 1024;
+
+/// One configured listener while it runs (and, once removed, while its connections drain).
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    name: Name,
+    /// The listener as configured now; connections read it when they start.
+    spec: ArcSwap<Listener>,
+    stats: TrafficStats,
+    /// Its open connections, so a drain can wait for them and count what remains.
+    connections: TaskTracker,
+    /// Cancelled to stop accepting.
+    stop_accepting: CancellationToken,
+    /// Cancelled to close every connection still open.
+    close: CancellationToken,
+    /// Bounds open client connections when the listener has `max_connections`.
+    limit: ArcSwap<Option<Arc<Semaphore>>>,
+}
+
+impl ListenerRuntime {
+    /// The listener's name.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// The listener as configured now.
+    pub fn spec(&self) -> Arc<Listener> {
+        self.spec.load_full()
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &TrafficStats {
+        &self.stats
+    }
+
+    /// Client connections open now.
+    pub fn active(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Resolves when its connections must close.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
+    /// Takes a new configuration of the same socket (same address and protocol).
+    pub fn update(&self, spec: &Listener) {
+        if self.spec.load().max_connections != spec.max_connections {
+            self.limit.store(Arc::new(limit_for(spec)));
+        }
+        self.spec.store(Arc::new(spec.clone()));
+    }
+
+    /// Stops accepting; open connections go on.
+    pub fn stop_accepting(&self) {
+        self.stop_accepting.cancel();
+    }
+
+    /// Stops accepting and waits for open connections up to `deadline`, then closes what is
+    /// left; returns how many connections had to be closed.
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        self.stop_accepting();
+        self.connections.close();
+        if tokio::time::timeout_at(deadline, self.connections.wait()).await.is_ok() {
+            return 0;
+        }
+        let remaining = self.connections.len();
+        self.close.cancel();
+        self.connections.wait().await;
+        remaining
+    }
+}
+
+fn limit_for(spec: &Listener) -> Option<Arc<Semaphore>> {
+    spec.max_connections.map(|max| Arc::new(Semaphore::new(max as usize)))
+}
+
+/// Binds `spec.bind` and starts accepting; connections are forwarded with the pools current
+/// at the time they arrive. The task handle ends when the socket is closed.
+pub fn start(
+    spec: &Listener,
+    pools: Arc<ArcSwap<PoolMap>>,
+) -> io::Result<(Arc<ListenerRuntime>, tokio::task::JoinHandle<()>)> {
+    let socket = bind(spec.bind)?;
+    let runtime = Arc::new(ListenerRuntime {
+        name: spec.name.clone(),
+        spec: ArcSwap::from_pointee(spec.clone()),
+        stats: TrafficStats::default(),
+        connections: TaskTracker::new(),
+        stop_accepting: CancellationToken::new(),
+        close: CancellationToken::new(),
+        limit: ArcSwap::from_pointee(limit_for(spec)),
+    });
+    let accepting = tokio::spawn(accept_loop(socket, Arc::clone(&runtime), pools));
+    Ok((runtime, accepting))
+}
+
+/// A listening socket on `address`; the address need not be local yet (IP_FREEBIND), so every
+/// node binds the VIPs and a takeover needs no rebind.
+fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    match address {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Arc<ListenerRuntime>,
+    pools: Arc<ArcSwap<PoolMap>>,
+) {
+    loop {
+        // A listener at its limit leaves further clients in the kernel's backlog.
+        let permit = match listener.limit.load_full().as_ref() {
+            Some(limit) => tokio::select! {
+                permit = Arc::clone(limit).acquire_owned() => permit.ok(),
+                _ = listener.stop_accepting.cancelled() => break,
+            },
+            None => None,
+        };
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = listener.stop_accepting.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(listener = %listener.name, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let connection = Arc::clone(&listener);
+        let pools = Arc::clone(&pools);
+        listener.connections.spawn(async move {
+            l4::serve(stream, peer, &connection, &pools).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!(listener = %listener.name, "stopped accepting");
+}

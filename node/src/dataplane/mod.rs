@@ -1,0 +1,261 @@
+//! The data plane: listeners, L4 forwarding, pools with their balancers and health checks,
+//! draining, and the counters behind `/metrics`.
+//!
+//! It is driven by whole [`Config`]s: [`DataPlane::apply`] diffs each one against what runs.
+//! Unchanged listeners keep their sockets and connections, removed ones stop accepting and
+//! drain, new ones start; pools and backends keep their counters and health across changes.
+//! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
+//! takes a lock or waits on the configuration store or the disk.
+
+pub mod l4;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod splice;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use fulcrum_model::{Config, Listener, Name, Protocol};
+use tokio::task::JoinHandle;
+
+use listener::ListenerRuntime;
+use pool::PoolRuntime;
+
+/// The pools by name, as the data path sees them.
+pub type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
+
+/// How long a removed listener's connections may run when its pool is gone too.
+const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
+
+/// A listener that could not be started; the rest of the configuration still applies.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The socket could not be bound.
+    #[error("listener '{name}' cannot listen on {bind}: {source}")]
+    Bind {
+        /// The listener.
+        name: Name,
+        /// Its address.
+        bind: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// HTTP listeners come with the L7 data plane.
+    #[error("listener '{name}' speaks {protocol}, which this build does not serve yet")]
+    Unsupported {
+        /// The listener.
+        name: Name,
+        /// Its protocol.
+        protocol: Protocol,
+    },
+}
+
+/// What a node drain left behind.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open at the deadline (and then closed), per listener.
+    pub closed_at_deadline: Vec<(Name, usize)>,
+}
+
+impl DrainReport {
+    /// Connections closed at the deadline, over all listeners.
+    pub fn total(&self) -> usize {
+        self.closed_at_deadline.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// A running listener and the task accepting on its socket.
+#[derive(Debug)]
+struct Running {
+    runtime: Arc<ListenerRuntime>,
+    accepting: JoinHandle<()>,
+}
+
+/// What `apply` changes; one apply at a time.
+#[derive(Debug, Default)]
+struct Control {
+    listeners: HashMap<Name, Running>,
+    /// Set by a node drain: nothing new starts afterwards.
+    drained: bool,
+}
+
+/// One node's data plane.
+#[derive(Debug, Default)]
+pub struct DataPlane {
+    pools: Arc<ArcSwap<PoolMap>>,
+    control: tokio::sync::Mutex<Control>,
+    /// Removed listeners whose connections are still draining, for metrics and node drain.
+    retired: Arc<Mutex<Vec<Arc<ListenerRuntime>>>>,
+}
+
+impl DataPlane {
+    /// A data plane serving nothing yet.
+    pub fn new() -> DataPlane {
+        DataPlane::default()
+    }
+
+    /// Makes the running data plane match `config`. A listener that cannot start is reported
+    /// and the rest still applies: the configuration is already agreed by the cluster.
+    pub async fn apply(&self, config: &Config) -> Vec<ListenerError> {
+        let mut control = self.control.lock().await;
+        if control.drained {
+            return Vec::new();
+        }
+        let spec = &config.spec;
+        let old_pools = self.pools.load_full();
+        let mut pools = PoolMap::with_capacity(spec.pools.len());
+        for pool in &spec.pools {
+            let runtime = match old_pools.get(&pool.name) {
+                Some(runtime) => {
+                    if *runtime.spec() != *pool {
+                        runtime.update(pool);
+                    }
+                    Arc::clone(runtime)
+                }
+                None => {
+                    tracing::info!(pool = %pool.name, backends = pool.backends.len(), "pool added");
+                    let runtime = PoolRuntime::new(pool);
+                    runtime.start_checks();
+                    runtime
+                }
+            };
+            pools.insert(pool.name.clone(), runtime);
+        }
+        for (name, runtime) in old_pools.iter().filter(|(name, _)| !pools.contains_key(*name)) {
+            tracing::info!(pool = %name, "pool removed");
+            runtime.retire();
+        }
+        self.pools.store(Arc::new(pools));
+
+        // Stop what goes away first, so its address is free for whatever replaces it.
+        let leaving: Vec<Name> = control
+            .listeners
+            .iter()
+            .filter(|(name, running)| match spec.listener(name.as_str()) {
+                Some(next) => !same_socket(&running.runtime.spec(), next),
+                None => true,
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in leaving {
+            if let Some(running) = control.listeners.remove(&name) {
+                self.retire_listener(running, &old_pools).await;
+            }
+        }
+        let mut errors = Vec::new();
+        for listener in &spec.listeners {
+            if let Some(running) = control.listeners.get(&listener.name) {
+                running.runtime.update(listener);
+                continue;
+            }
+            if listener.protocol != Protocol::Tcp {
+                errors.push(ListenerError::Unsupported {
+                    name: listener.name.clone(),
+                    protocol: listener.protocol,
+                });
+                continue;
+            }
+            match listener::start(listener, Arc::clone(&self.pools)) {
+                Ok((runtime, accepting)) => {
+                    tracing::info!(listener = %listener.name, bind = %listener.bind, "listener started");
+                    control.listeners.insert(listener.name.clone(), Running { runtime, accepting });
+                }
+                Err(source) => errors.push(ListenerError::Bind {
+                    name: listener.name.clone(),
+                    bind: listener.bind,
+                    source,
+                }),
+            }
+        }
+        errors
+    }
+
+    /// Stops a listener accepting (its socket closed once this returns) and lets its
+    /// connections drain in the background for its pool's drain timeout.
+    async fn retire_listener(&self, running: Running, pools: &PoolMap) {
+        let Running { runtime, accepting } = running;
+        let spec = runtime.spec();
+        tracing::info!(listener = %spec.name, bind = %spec.bind, open = runtime.active(), "listener removed: draining");
+        runtime.stop_accepting();
+        let _ = accepting.await;
+        let timeout = spec
+            .default_pool
+            .as_ref()
+            .and_then(|name| pools.get(name))
+            .map_or(FALLBACK_DRAIN, |pool| pool.spec().drain_timeout);
+        crate::lock(&self.retired).push(Arc::clone(&runtime));
+        let retired = Arc::clone(&self.retired);
+        tokio::spawn(async move {
+            let closed = runtime.drain(tokio::time::Instant::now() + timeout).await;
+            if closed > 0 {
+                tracing::warn!(listener = %runtime.name(), closed, "drain timeout: closed the removed listener's remaining connections");
+            }
+            crate::lock(&retired).retain(|r| !Arc::ptr_eq(r, &runtime));
+        });
+    }
+
+    /// Node drain: stops accepting on every listener, lets open connections finish until
+    /// `timeout`, closes what remains and reports it. Nothing starts afterwards.
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        let mut control = self.control.lock().await;
+        control.drained = true;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut listeners: Vec<_> =
+            control.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
+        listeners.extend(crate::lock(&self.retired).iter().cloned());
+        tracing::info!(
+            listeners = listeners.len(),
+            open = listeners.iter().map(|l| l.active()).sum::<usize>(),
+            ?timeout,
+            "draining the node"
+        );
+        let mut drains = tokio::task::JoinSet::new();
+        for listener in listeners {
+            drains.spawn(async move {
+                let closed = listener.drain(deadline).await;
+                (listener.name().clone(), closed)
+            });
+        }
+        let mut report = DrainReport::default();
+        while let Some(result) = drains.join_next().await {
+            if let Ok((name, closed)) = result
+                && closed > 0
+            {
+                report.closed_at_deadline.push((name, closed));
+            }
+        }
+        report.closed_at_deadline.sort();
+        report
+    }
+
+    /// The pool called `name`, as it runs now.
+    pub fn pool(&self, name: &str) -> Option<Arc<PoolRuntime>> {
+        self.pools.load().get(name).cloned()
+    }
+
+    /// The running listener called `name`.
+    pub async fn listener(&self, name: &str) -> Option<Arc<ListenerRuntime>> {
+        self.control.lock().await.listeners.get(name).map(|r| Arc::clone(&r.runtime))
+    }
+
+    /// Every metric, in the Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let mut listeners: Vec<_> =
+            self.control.lock().await.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
+        listeners.extend(crate::lock(&self.retired).iter().cloned());
+        listeners.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut pools: Vec<_> = self.pools.load().values().cloned().collect();
+        pools.sort_by(|a, b| a.name().cmp(b.name()));
+        metrics::render(&listeners, &pools)
+    }
+}
+
+/// Whether `next` can keep the socket `current` runs on.
+fn same_socket(current: &Listener, next: &Listener) -> bool {
+    current.bind == next.bind && current.protocol == next.protocol
+}

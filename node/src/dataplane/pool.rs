@@ -1,0 +1,386 @@
+//! Pools and backends at run time: what the configuration says of them, what health checks
+//! and passive failures say, and the balancer over the backends that may take traffic now.
+//!
+//! A [`PoolRuntime`] lives as long as its pool is configured and a [`BackendRuntime`] as long
+//! as its backend is (and then until its last connection ends), so counters, health and
+//! balancer state survive configuration changes. The data path reads a pool's
+//! [`Selection`] through an `ArcSwap`; every change that alters who may take traffic builds
+//! a new one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use fulcrum_model::{AdminState, Backend, Name, Pool};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::TrafficStats;
+use crate::balance::{Balancer, Load, Member};
+use crate::health::{self, Health, Hysteresis, PassiveEjection};
+use crate::lock;
+
+/// One backend of one pool.
+#[derive(Debug)]
+pub struct BackendRuntime {
+    address: SocketAddr,
+    pool: Name,
+    /// What the configuration says of it; replaced on every change.
+    spec: ArcSwap<Backend>,
+    load: Arc<Load>,
+    stats: TrafficStats,
+    hysteresis: Mutex<Hysteresis>,
+    passive: Mutex<PassiveEjection>,
+    checks_passed: AtomicU64,
+    checks_failed: AtomicU64,
+    ejections: AtomicU64,
+    /// Set once it left the configuration; it stays alive while connections hold it.
+    removed: AtomicBool,
+    /// Cancelled when its remaining connections must close (drain deadline, disabled).
+    close: CancellationToken,
+    /// The pending close of a drain and when it fires; aborted if the backend becomes active
+    /// again, replaced if a shorter drain timeout arrives.
+    drain_deadline: Mutex<Option<(tokio::time::Instant, AbortHandle)>>,
+}
+
+impl BackendRuntime {
+    fn new(pool: &Pool, spec: Backend) -> BackendRuntime {
+        let check = pool.health_check.clone().unwrap_or_default();
+        BackendRuntime {
+            address: spec.address,
+            pool: pool.name.clone(),
+            spec: ArcSwap::from_pointee(spec),
+            load: Arc::default(),
+            stats: TrafficStats::default(),
+            hysteresis: Mutex::new(Hysteresis::new(check.rise, check.fall)),
+            passive: Mutex::default(),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            drain_deadline: Mutex::new(None),
+        }
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its in-flight count and balancer state.
+    pub fn load(&self) -> &Arc<Load> {
+        &self.load
+    }
+
+    /// Its traffic counters.
+    pub fn stats(&self) -> &TrafficStats {
+        &self.stats
+    }
+
+    /// Its configured connection limit.
+    pub fn max_connections(&self) -> Option<u32> {
+        self.spec.load().max_connections
+    }
+
+    /// What active checks say.
+    pub fn health(&self) -> Health {
+        lock(&self.hysteresis).state()
+    }
+
+    /// Active checks passed and failed so far.
+    pub fn check_results(&self) -> (u64, u64) {
+        (self.checks_passed.load(Ordering::Relaxed), self.checks_failed.load(Ordering::Relaxed))
+    }
+
+    /// Passive ejections so far.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when its connections must close.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
+    /// Whether it takes no new traffic but still has connections to finish.
+    pub fn is_draining(&self) -> bool {
+        let leaving =
+            self.removed.load(Ordering::Relaxed) || self.spec.load().state != AdminState::Active;
+        leaving && !self.close.is_cancelled() && self.load.active() > 0
+    }
+
+    /// Whether new traffic may go to it now.
+    pub fn is_selectable(&self) -> bool {
+        let spec = self.spec.load();
+        !self.removed.load(Ordering::Relaxed)
+            && spec.state == AdminState::Active
+            && spec.weight > 0
+            && self.health().takes_traffic()
+            && !lock(&self.passive).is_ejected(Instant::now())
+    }
+
+    /// Takes a connection outcome from the data path; true when it ejected the backend.
+    pub fn record_connect(&self, succeeded: bool, now: Instant) -> Option<Duration> {
+        let mut passive = lock(&self.passive);
+        if succeeded {
+            passive.record_success();
+            return None;
+        }
+        let period = passive.record_failure(now)?;
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        Some(period)
+    }
+
+    /// Takes an active check result; returns the new state when it flipped.
+    fn record_check(&self, passed: bool) -> Option<Health> {
+        let counter = if passed { &self.checks_passed } else { &self.checks_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let change = lock(&self.hysteresis).record(passed);
+        if change == Some(Health::Up) {
+            // Checks have seen it come back: it returns after `rise` checks, not after
+            // whatever is left of a passive ejection from while it was down.
+            lock(&self.passive).clear();
+        }
+        change
+    }
+
+    /// Starts or stops its drain after a configuration change: `Draining` or removed closes
+    /// what remains after `timeout`, `Disabled` closes it now, `Active` calls a drain off.
+    fn follow_admin_state(self: &Arc<Self>, timeout: Duration) {
+        let leaving = self.removed.load(Ordering::Relaxed);
+        let state = if leaving { AdminState::Draining } else { self.spec.load().state };
+        let mut pending = lock(&self.drain_deadline);
+        match state {
+            AdminState::Active => {
+                if let Some((_, handle)) = pending.take() {
+                    handle.abort();
+                }
+            }
+            AdminState::Disabled => self.close.cancel(),
+            AdminState::Draining => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                if self.close.is_cancelled()
+                    || pending.as_ref().is_some_and(|(at, _)| *at <= deadline)
+                {
+                    return;
+                }
+                if let Some((_, earlier)) = pending.take() {
+                    earlier.abort();
+                }
+                tracing::info!(pool = %self.pool, backend = %self.address, remaining = self.load.active(), ?timeout, "backend draining");
+                let backend = Arc::clone(self);
+                let task = tokio::spawn(async move {
+                    tokio::time::sleep_until(deadline).await;
+                    let remaining = backend.load.active();
+                    if remaining > 0 {
+                        tracing::warn!(pool = %backend.pool, backend = %backend.address, remaining, "drain timeout: closing the backend's remaining connections");
+                    }
+                    backend.close.cancel();
+                });
+                *pending = Some((deadline, task.abort_handle()));
+            }
+        }
+    }
+}
+
+/// Who may take new traffic in a pool now, with the balancer over them.
+#[derive(Debug)]
+pub struct Selection {
+    /// Index-aligned with the balancer's members.
+    pub backends: Vec<Arc<BackendRuntime>>,
+    /// The pool's algorithm over `backends`.
+    pub balancer: Balancer,
+}
+
+/// One pool.
+#[derive(Debug)]
+pub struct PoolRuntime {
+    name: Name,
+    spec: ArcSwap<Pool>,
+    /// Every configured backend, whatever its state.
+    backends: ArcSwap<Vec<Arc<BackendRuntime>>>,
+    selection: ArcSwap<Selection>,
+    /// Round-robin position, kept across rebuilds so a change does not restart at the first.
+    cursor: Arc<AtomicU64>,
+    /// Serializes rebuilds of `selection` so a stale one never replaces a newer one.
+    rebuild: Mutex<()>,
+    /// The active-check tasks of the current health-check settings; each holds the pool, so
+    /// [`PoolRuntime::retire`] stops them.
+    checks: Mutex<Vec<AbortHandle>>,
+}
+
+impl PoolRuntime {
+    /// A pool as configured; its health checks start with [`PoolRuntime::start_checks`].
+    pub fn new(spec: &Pool) -> Arc<PoolRuntime> {
+        let backends: Vec<_> =
+            spec.backends.iter().map(|b| Arc::new(BackendRuntime::new(spec, b.clone()))).collect();
+        let cursor = Arc::new(AtomicU64::new(0));
+        let pool = Arc::new(PoolRuntime {
+            name: spec.name.clone(),
+            spec: ArcSwap::from_pointee(spec.clone()),
+            backends: ArcSwap::from_pointee(backends),
+            selection: ArcSwap::from_pointee(Selection {
+                backends: Vec::new(),
+                balancer: Balancer::new(&spec.algorithm, Vec::new(), Arc::clone(&cursor)),
+            }),
+            cursor,
+            rebuild: Mutex::new(()),
+            checks: Mutex::new(Vec::new()),
+        });
+        pool.rebuild_selection();
+        pool
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+
+    /// The pool as configured now.
+    pub fn spec(&self) -> Arc<Pool> {
+        self.spec.load_full()
+    }
+
+    /// Who may take new traffic now.
+    pub fn selection(&self) -> Arc<Selection> {
+        self.selection.load_full()
+    }
+
+    /// Every configured backend.
+    pub fn all_backends(&self) -> Vec<Arc<BackendRuntime>> {
+        self.backends.load().as_ref().clone()
+    }
+
+    /// Applies a new configuration of this pool: backends kept by address (with their
+    /// counters and health), new ones added, removed ones drained.
+    pub fn update(self: &Arc<Self>, spec: &Pool) {
+        let old_spec = self.spec.load_full();
+        let old = self.backends.load_full();
+        let mut next = Vec::with_capacity(spec.backends.len());
+        for backend in &spec.backends {
+            match old.iter().find(|b| b.address == backend.address) {
+                Some(runtime) => {
+                    runtime.spec.store(Arc::new(backend.clone()));
+                    next.push(Arc::clone(runtime));
+                }
+                None => {
+                    tracing::info!(pool = %self.name, backend = %backend.address, "backend added");
+                    next.push(Arc::new(BackendRuntime::new(spec, backend.clone())));
+                }
+            }
+        }
+        for gone in old.iter().filter(|b| spec.backend(b.address).is_none()) {
+            tracing::info!(pool = %self.name, backend = %gone.address, remaining = gone.load.active(), "backend removed");
+            gone.removed.store(true, Ordering::Relaxed);
+        }
+        self.spec.store(Arc::new(spec.clone()));
+        self.backends.store(Arc::new(next));
+        for backend in old.iter().chain(self.backends.load().iter()) {
+            backend.follow_admin_state(spec.drain_timeout);
+        }
+        self.rebuild_selection();
+        let checks_changed = old_spec.health_check != spec.health_check
+            || old.len() != spec.backends.len()
+            || old.iter().any(|b| spec.backend(b.address).is_none());
+        if checks_changed {
+            self.start_checks();
+        }
+    }
+
+    /// The pool left the configuration: it takes nothing new, its checks stop, and its
+    /// backends drain.
+    pub fn retire(&self) {
+        self.stop_checks();
+        let timeout = self.spec.load().drain_timeout;
+        for backend in self.backends.load().iter() {
+            backend.removed.store(true, Ordering::Relaxed);
+            backend.follow_admin_state(timeout);
+        }
+        self.rebuild_selection();
+    }
+
+    /// Builds the selection anew from every backend's current state.
+    pub fn rebuild_selection(&self) {
+        let _serialized = lock(&self.rebuild);
+        let spec = self.spec.load();
+        let backends: Vec<_> =
+            self.backends.load().iter().filter(|b| b.is_selectable()).cloned().collect();
+        let members = backends
+            .iter()
+            .map(|b| Member {
+                address: b.address,
+                weight: b.spec.load().weight,
+                load: Arc::clone(&b.load),
+            })
+            .collect();
+        let balancer = Balancer::new(&spec.algorithm, members, Arc::clone(&self.cursor));
+        self.selection.store(Arc::new(Selection { backends, balancer }));
+    }
+
+    /// A connection to `backend` failed or succeeded; a failure streak ejects it for a while.
+    pub fn record_connect(self: &Arc<Self>, backend: &BackendRuntime, succeeded: bool) {
+        let Some(period) = backend.record_connect(succeeded, Instant::now()) else {
+            return;
+        };
+        tracing::warn!(pool = %self.name, backend = %backend.address, ejected_for = ?period, "backend ejected after consecutive connection failures");
+        self.rebuild_selection();
+        let pool = Arc::clone(self);
+        let address = backend.address;
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            tracing::info!(pool = %pool.name, backend = %address, "ejection over: backend may take traffic again");
+            pool.rebuild_selection();
+        });
+    }
+
+    /// (Re)starts one active-check task per backend under the current settings.
+    pub fn start_checks(self: &Arc<Self>) {
+        self.stop_checks();
+        let Some(check) = self.spec.load().health_check.clone() else {
+            // Without active checks, no earlier verdict may keep a backend out.
+            for backend in self.backends.load().iter() {
+                *lock(&backend.hysteresis) = Hysteresis::new(1, 1);
+            }
+            self.rebuild_selection();
+            return;
+        };
+        let mut tasks = lock(&self.checks);
+        for backend in self.backends.load().iter() {
+            lock(&backend.hysteresis).retune(check.rise, check.fall);
+        }
+        for backend in self.backends.load().iter() {
+            let pool = Arc::clone(self);
+            let backend = Arc::clone(backend);
+            let check = check.clone();
+            let task = tokio::spawn(async move {
+                let mut rng = fastrand::Rng::new();
+                // The first check runs at once, so an unknown backend is decided quickly.
+                loop {
+                    let result = health::probe(backend.address, &check).await;
+                    if let Some(state) = backend.record_check(result.is_ok()) {
+                        match &result {
+                            Ok(()) => {
+                                tracing::info!(pool = %pool.name, backend = %backend.address, %state, "backend health changed: check passed")
+                            }
+                            Err(reason) => {
+                                tracing::warn!(pool = %pool.name, backend = %backend.address, %state, %reason, "backend health changed: check failed")
+                            }
+                        }
+                        pool.rebuild_selection();
+                    }
+                    tokio::time::sleep(health::next_check_in(check.interval, &mut rng)).await;
+                }
+            });
+            tasks.push(task.abort_handle());
+        }
+    }
+
+    fn stop_checks(&self) {
+        for task in lock(&self.checks).drain(..) {
+            task.abort();
+        }
+    }
+}

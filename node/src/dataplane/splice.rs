@@ -1,0 +1,205 @@
+//! Zero-copy forwarding between two TCP sockets: splice(2) from one socket into a pipe and
+//! from the pipe into the other, one pipe per direction, so payload bytes never enter user
+//! space. A direction that reaches end of stream half-closes its destination and the other
+//! direction runs on, as TCP allows.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// The most bytes moved by one splice call: the default pipe capacity.
+const PIPE_CHUNK: usize = 64 * 1024;
+
+/// When bytes last moved in either direction, for the idle timeout.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Activity starting now.
+    pub fn new() -> Activity {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity::new()
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = last.elapsed();
+            if quiet >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
+    }
+}
+
+/// Which way bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the backend.
+    ToBackend,
+    /// From the backend to the client.
+    ToClient,
+}
+
+/// Forwards both ways until both directions have ended; `counted` is told of every chunk.
+/// An error in either direction ends both (dropping the sockets resets what is left).
+pub async fn forward(
+    client: &TcpStream,
+    backend: &TcpStream,
+    activity: &Activity,
+    counted: &(dyn Fn(Direction, u64) + Sync),
+) -> io::Result<()> {
+    tokio::try_join!(
+        pump(client, backend, activity, Direction::ToBackend, counted),
+        pump(backend, client, activity, Direction::ToClient, counted),
+    )?;
+    Ok(())
+}
+
+/// Moves bytes from `from` to `to` until `from` ends, then half-closes `to`.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity,
+    direction: Direction,
+    counted: &(dyn Fn(Direction, u64) + Sync),
+) -> io::Result<()> {
+    let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    loop {
+        let moved = fill(from, &pipe_in).await?;
+        if moved == 0 {
+            // End of stream: pass the FIN on; the other direction may still be sending.
+            return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                _ => Ok(()),
+            };
+        }
+        drain(&pipe_out, to, moved).await?;
+        counted(direction, moved as u64);
+        activity.touch();
+    }
+}
+
+/// Splices what `from` has (up to a pipe's worth) into the pipe; 0 at end of stream.
+async fn fill(from: &TcpStream, pipe_in: &OwnedFd) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    loop {
+        from.readable().await?;
+        match from.try_io(Interest::READABLE, || {
+            splice(from, None, pipe_in, None, PIPE_CHUNK, flags).map_err(io::Error::from)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Splices exactly `len` bytes from the pipe into `to`: the pipe is emptied before the next
+/// fill, so a fill never finds it full.
+async fn drain(pipe_out: &OwnedFd, to: &TcpStream, mut len: usize) -> io::Result<()> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    while len > 0 {
+        to.writable().await?;
+        match to.try_io(Interest::WRITABLE, || {
+            splice(pipe_out, None, to, None, len, flags).map_err(io::Error::from)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => len -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected pairs: (outside client, proxy's client side), (proxy's backend side,
+    /// outside backend).
+    async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let (a, b) = tokio::join!(TcpStream::connect(address), listener.accept());
+            (a.expect("connect"), b.expect("accept").0)
+        }
+        (pair().await, pair().await)
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_both_ways_and_half_close_passes_through() {
+        let ((mut client, proxy_client), (proxy_backend, mut backend)) = pairs().await;
+        let moved = std::sync::Mutex::new((0u64, 0u64));
+        let activity = Activity::new();
+        let proxy = async {
+            forward(&proxy_client, &proxy_backend, &activity, &|direction, n| {
+                let mut moved = moved.lock().expect("lock");
+                match direction {
+                    Direction::ToBackend => moved.0 += n,
+                    Direction::ToClient => moved.1 += n,
+                }
+            })
+            .await
+        };
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let ends = async {
+            client.write_all(&payload).await.expect("client writes");
+            // Half-close: the backend must see the end and may still answer.
+            client.shutdown().await.expect("client half-closes");
+            let mut received = Vec::new();
+            backend.read_to_end(&mut received).await.expect("backend reads");
+            assert_eq!(received, payload);
+            backend.write_all(b"answer after the client's FIN").await.expect("backend answers");
+            backend.shutdown().await.expect("backend closes");
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.expect("client reads");
+            assert_eq!(answer, b"answer after the client's FIN");
+        };
+        let (result, ()) = tokio::join!(proxy, ends);
+        result.expect("forwarding ends cleanly");
+        assert_eq!(*moved.lock().expect("lock"), (3_000_000, 29));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_for_counts_from_the_last_activity() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        let idle = activity.idle_for(Duration::from_secs(5));
+        tokio::pin!(idle);
+        tokio::select! {
+            _ = &mut idle => panic!("idle before any time passed"),
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        activity.touch();
+        idle.await;
+        assert_eq!(started.elapsed(), Duration::from_secs(8), "5 s after the touch at 3 s");
+    }
+}

@@ -1,0 +1,173 @@
+//! fulcrumd serving traffic in the lab: a node started with a cluster file (re-read on
+//! SIGHUP), its `/metrics` read from inside the lab, and a `/slow` download through it
+//! checked byte for byte.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::Signal;
+use tokio::net::TcpStream;
+
+use crate::backend::{SLOW_CHUNKS_PER_SECOND, slow_chunk};
+use crate::process::LabProcess;
+use crate::routers::fulcrumd_binary;
+use crate::{Host, Lab, LabError};
+
+/// Port of each serving node's metrics endpoint.
+pub const METRICS_PORT: u16 = 9100;
+/// How long a node may take to apply a re-read cluster file.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fulcrumd serving a cluster file.
+pub struct ServingNode {
+    /// The process.
+    pub process: LabProcess,
+    /// The host it runs on.
+    pub host: Host,
+    cluster_file: PathBuf,
+}
+
+impl Lab {
+    /// Starts fulcrumd on `host` serving `cluster_file` (TOML), with metrics on
+    /// [`METRICS_PORT`], and waits until it has applied the file.
+    pub fn start_serving_node(
+        &self,
+        host: &Host,
+        cluster_file: &str,
+    ) -> Result<ServingNode, LabError> {
+        let dir = self.log_dir();
+        let write = |name: String, text: &str| -> Result<PathBuf, LabError> {
+            let path = dir.join(name);
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)).map_err(
+                |source| LabError::Io { what: format!("write {}", path.display()), source },
+            )?;
+            Ok(path)
+        };
+        let node_file = format!(
+            "node_id = {}\nmetrics_listen = \"{}:{METRICS_PORT}\"\nshutdown_drain = \"5s\"\n[log]\nlevel = \"info\"\n",
+            host.address.octets()[3],
+            host.address
+        );
+        let node_path = write(format!("{}-node.toml", host.name), &node_file)?;
+        let cluster_path = write(format!("{}-cluster.toml", host.name), cluster_file)?;
+        let args = vec![
+            "--config".to_owned(),
+            node_path.display().to_string(),
+            "--cluster-file".to_owned(),
+            cluster_path.display().to_string(),
+        ];
+        let label = format!("fulcrumd on {}", host.name);
+        let mut process = self.spawn(host, &label, &fulcrumd_binary()?, &args)?;
+        process.wait_for(
+            "its start message",
+            |line| line.contains("fulcrumd running"),
+            APPLY_TIMEOUT,
+        )?;
+        Ok(ServingNode { process, host: host.clone(), cluster_file: cluster_path })
+    }
+}
+
+impl ServingNode {
+    /// Replaces the cluster file, sends SIGHUP and waits until the node has applied it.
+    pub fn reload(&mut self, cluster_file: &str) -> Result<(), LabError> {
+        std::fs::write(&self.cluster_file, cluster_file).map_err(|source| LabError::Io {
+            what: format!("write {}", self.cluster_file.display()),
+            source,
+        })?;
+        self.process.signal(Signal::SIGHUP)?;
+        self.process.wait_for(
+            "a new configuration applied",
+            |line| line.contains("configuration applied") || line.contains("unchanged"),
+            APPLY_TIMEOUT,
+        )?;
+        Ok(())
+    }
+
+    /// The node's metrics, read from inside its namespace.
+    pub fn metrics(&self) -> Result<String, LabError> {
+        let address = SocketAddr::from((self.host.address, METRICS_PORT));
+        crate::netns::run_in(&self.host.namespace, || fetch_metrics(address))?.map_err(|source| {
+            LabError::Io { what: format!("GET http://{address}/metrics"), source }
+        })
+    }
+}
+
+fn fetch_metrics(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.to_owned())
+        }
+        _ => Err(std::io::Error::other(format!("unexpected answer: {response:.200}"))),
+    }
+}
+
+/// The value of the sample `name{labels}` in a metrics text, when present.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|line| line.strip_prefix(&key)).and_then(|value| value.parse().ok())
+}
+
+/// What a `/slow` download received.
+#[derive(Debug)]
+pub struct Download {
+    /// The backend that served it (its `x-backend` header).
+    pub backend: String,
+    /// Bytes received, every one as the backend sent it.
+    pub bytes: usize,
+}
+
+/// Downloads `/slow?secs=N` from `address` and checks every byte against what the backend
+/// named in `x-backend` sends; an error says what differed or failed.
+pub async fn download_slow(address: SocketAddr, secs: u64) -> Result<Download, String> {
+    let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("/slow?secs={secs}"))
+        .header(hyper::header::HOST, address.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+    let backend = response
+        .headers()
+        .get("x-backend")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no x-backend header")?
+        .to_owned();
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("body cut after {} bytes: {e}", received.len()))?;
+        if let Ok(data) = frame.into_data() {
+            received.extend_from_slice(&data);
+        }
+    }
+    let expected: Vec<u8> =
+        (0..secs * SLOW_CHUNKS_PER_SECOND).flat_map(|i| slow_chunk(&backend, i)).collect();
+    if received != expected {
+        let at = received
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(received.len().min(expected.len()));
+        return Err(format!(
+            "{} bytes received, {} expected; first difference at byte {at}",
+            received.len(),
+            expected.len()
+        ));
+    }
+    Ok(Download { backend, bytes: received.len() })
+}
