@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# A first look at Fulcrum on one Linux host (needs root): builds the lab, runs fulcrumd's VRRP
-# on three load-balancer hosts for the VIP 198.18.0.100, probes the VIP from the client host,
-# stops the master and shows the backup taking over, then tears everything down again.
+# A first look at Fulcrum on one Linux host (needs root): builds the lab, runs fulcrumd on three
+# load-balancer hosts (VRRP for the VIP 198.18.0.100, and an L4 listener on the VIP's port 80
+# balancing over two backends), probes the VIP from the client host, stops the master and shows
+# the backup taking over, then tears everything down again.
 #   scripts/demo.sh          run the demo and clean up
 #   scripts/demo.sh --keep   leave the lab up to explore; remove it with `fulcrum-lab down`
 #
-# The data plane, the Raft store and fulcrumctl join the demo as they land (see
-# ARCHITECTURE.md); today each load balancer answers on the VIP with its own name.
+# The Raft store and fulcrumctl join the demo as they land (see ARCHITECTURE.md); today every
+# node serves the same cluster file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,15 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "bringing up lab $prefix: 3 load balancers running fulcrumd (VRRP priorities 150, 140, 130), 2 backends, 1 client"
+step "bringing up lab $prefix: 3 load balancers running fulcrumd (VRRP priorities 150, 140, 130; $vip:80 -> be1, be2), 2 backends, 1 client"
 "$lab" up --load-balancers 3 --backends 2 --prefix "$prefix" --vrrp
-probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:8080/" --interval 10ms --timeout 100ms --text "$@"; }
+probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:80/" --interval 10ms --timeout 100ms --text "$@"; }
 
 sleep 1
-step "the VIP $vip answers from its VRRP master, lb1"
+step "lb1, the VRRP master, balances the VIP $vip round robin over be1 and be2"
 probe --duration 1s
 
-step "stopping lb1's fulcrumd (SIGTERM) while probing for 2 s: it advertises priority 0 and lb2 takes over"
+step "stopping lb1's fulcrumd (SIGTERM) while probing for 2 s: it advertises priority 0, lb2 takes over the VIP and keeps balancing"
 master=$("$lab" status --prefix "$prefix" | awk '/process fulcrumd on lb1 pid/ {print $6}')
 probe --duration 2s &
 prober=$!
@@ -60,7 +61,8 @@ done
 
 if [ "$keep" = true ]; then
     step "the lab stays up; try:"
-    echo "  ip netns exec $prefix-client $lab probe http://$vip:8080/ --duration 1s --text"
+    echo "  ip netns exec $prefix-client $lab probe http://$vip:80/ --duration 1s --text"
+    echo "  ip netns exec $prefix-lb2 curl -s http://198.18.0.12:9100/metrics | grep fulcrum_backend"
     echo "  ip netns exec $prefix-client $lab probe http://198.18.0.21:8080/slow?secs=2 --duration 3s --text"
     echo "  $lab status --prefix $prefix"
     echo "  $lab down --prefix $prefix"

@@ -13,6 +13,7 @@
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
+//! - [`bench_l4`]: the L4 benchmark, fulcrumd against HAProxy and a direct connection.
 //! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
 //! - [`serving`]: `fulcrumd` serving a cluster file, its metrics, and checked `/slow`
 //!   downloads through it.
@@ -21,6 +22,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_l4;
 pub mod bench_raft;
 pub mod netns;
 pub mod probe;

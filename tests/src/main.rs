@@ -8,9 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum_lab::backend::Backend;
 use fulcrum_lab::probe::{self, ProbeArgs};
-use fulcrum_lab::routers::{Implementation, Instance};
+use fulcrum_lab::routers::Instance;
 use fulcrum_lab::topology::{self, HostRole, Lab, Topology};
 use tokio::net::TcpListener;
+
+/// The port `up --vrrp` serves on the VIP.
+const DEMO_PORT: u16 = 80;
 
 /// Fulcrum's network-namespace lab: load balancers, backends and a client on one bridge.
 #[derive(Parser)]
@@ -38,9 +41,9 @@ enum Command {
         /// Do not start a lab backend on the backend hosts.
         #[arg(long)]
         no_backends: bool,
-        /// Run fulcrumd's VRRP on every load balancer for VIP 198.18.0.100 (VRID 51, every
-        /// 100 ms; priorities 150, 140, … from lb1), each answering HTTP on the VIP's port
-        /// 8080 with its name.
+        /// Run fulcrumd on every load balancer: VRRP for VIP 198.18.0.100 (VRID 51, every
+        /// 100 ms; priorities 150, 140, … from lb1) and a TCP listener on the VIP's port 80
+        /// forwarding round robin to the backends' HTTP servers, with health checks.
         #[arg(long)]
         vrrp: bool,
     },
@@ -84,6 +87,21 @@ enum Command {
         /// Sequential writes to each cluster.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         writes: u64,
+    },
+    /// Measure L4 bulk throughput and new-connection rate through fulcrumd, through HAProxy
+    /// 2.6 in TCP mode and straight to the backend (needs root and haproxy); prints a table.
+    ///
+    /// Example: fulcrum-lab bench-l4 --runs 5
+    BenchL4 {
+        /// Runs per path; medians are reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=50))]
+        runs: u64,
+        /// MiB per bulk download.
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        bulk_mib: u64,
+        /// How long each connection-rate run lasts.
+        #[arg(long, default_value = "2s", value_parser = parse_run_time)]
+        connection_time: Duration,
     },
     /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
     /// root and keepalived); prints a Markdown table.
@@ -185,6 +203,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", fulcrum_lab::bench::report(&series));
             Ok(())
         }
+        Command::BenchL4 { runs, bulk_mib, connection_time } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let settings = fulcrum_lab::bench_l4::Settings {
+                runs: usize::try_from(runs).context("too many runs")?,
+                bulk_bytes: bulk_mib << 20,
+                connection_time,
+            };
+            let figures =
+                fulcrum_lab::bench_l4::l4(&exe, settings).context("the L4 benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_l4::report(&figures, &settings));
+            Ok(())
+        }
         Command::BenchRaft { writes } => {
             let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
             let writes = usize::try_from(writes).context("too many writes")?;
@@ -209,12 +239,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// fulcrumd on every load balancer for the lab's first VIP, and a server answering on it.
 fn start_vrrp(lab: &Lab) -> anyhow::Result<()> {
     let the_vip = topology::vip(1);
+    let backends: Vec<String> = lab
+        .hosts_of(HostRole::Backend)
+        .iter()
+        .map(|b| format!("{{ address = \"{}\" }}", b.http_address()))
+        .collect();
+    let cluster_file = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"{the_vip}:{DEMO_PORT}\"\nprotocol = \"tcp\"\ndefault_pool = \"web\"\n\n\
+         [[pools]]\nname = \"web\"\nbackends = [{}]\n\
+         health_check = {{ interval = \"500ms\", timeout = \"250ms\", rise = 2, fall = 2, http = {{ path = \"/health\" }} }}\n",
+        backends.join(", ")
+    );
     for (n, lb) in lab.hosts_of(HostRole::LoadBalancer).iter().enumerate() {
         let priority = u8::try_from(150 - 10 * n).context("too many load balancers")?;
         let instance = Instance::new(51, priority, Duration::from_millis(100), &[the_vip]);
-        let address = SocketAddr::from((the_vip, topology::BACKEND_HTTP_PORT));
-        lab.start_vip_responder(lb, address)?.detach();
-        lab.start_router(lb, Implementation::Fulcrumd, &[instance])?.detach();
+        lab.start_serving_node(lb, &cluster_file, &[instance])?.process.detach();
     }
     Ok(())
 }
@@ -225,6 +264,14 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is outside VRRP's 10ms..40s"));
     }
     Ok(interval)
+}
+
+fn parse_run_time(text: &str) -> Result<Duration, String> {
+    let time = fulcrum_model::duration::parse(text)?;
+    if time < Duration::from_millis(100) || time > Duration::from_secs(60) {
+        return Err(format!("{text:?} is outside 100ms..60s"));
+    }
+    Ok(time)
 }
 
 /// A listening socket on `address`; with `freebind`, also for an address not on this host.

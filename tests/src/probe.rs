@@ -168,8 +168,13 @@ impl fmt::Display for ProbeReport {
         for (kind, count) in &self.failure_kinds {
             write!(f, "\n  failed with {kind}: {count}")?;
         }
-        for switch in &self.switches {
+        // Round robin switches on every answer; the first few say enough.
+        const SHOWN: usize = 6;
+        for switch in self.switches.iter().take(SHOWN) {
             write!(f, "\n  at {} ms: {} -> {}", switch.at_ms, switch.from, switch.to)?;
+        }
+        if self.switches.len() > SHOWN {
+            write!(f, "\n  … and {} more changes of answering host", self.switches.len() - SHOWN)?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! fulcrumd serving traffic in the lab: a node started with a cluster file (re-read on
-//! SIGHUP), its `/metrics` read from inside the lab, and a `/slow` download through it
-//! checked byte for byte.
+//! SIGHUP) and optionally VRRP, its `/metrics` read from inside the lab, and a `/slow`
+//! download through it checked byte for byte.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::backend::{SLOW_CHUNKS_PER_SECOND, slow_chunk};
 use crate::process::LabProcess;
-use crate::routers::fulcrumd_binary;
+use crate::routers::{Instance, fulcrumd_binary, fulcrumd_node_file};
 use crate::{Host, Lab, LabError};
 
 /// Port of each serving node's metrics endpoint.
@@ -33,12 +33,13 @@ pub struct ServingNode {
 }
 
 impl Lab {
-    /// Starts fulcrumd on `host` serving `cluster_file` (TOML), with metrics on
-    /// [`METRICS_PORT`], and waits until it has applied the file.
+    /// Starts fulcrumd on `host` serving `cluster_file` (TOML) and running the VRRP
+    /// `instances`, with metrics on [`METRICS_PORT`], and waits until it has applied the file.
     pub fn start_serving_node(
         &self,
         host: &Host,
         cluster_file: &str,
+        instances: &[Instance],
     ) -> Result<ServingNode, LabError> {
         let dir = self.log_dir();
         let write = |name: String, text: &str| -> Result<PathBuf, LabError> {
@@ -49,9 +50,9 @@ impl Lab {
             Ok(path)
         };
         let node_file = format!(
-            "node_id = {}\nmetrics_listen = \"{}:{METRICS_PORT}\"\nshutdown_drain = \"5s\"\n[log]\nlevel = \"info\"\n",
-            host.address.octets()[3],
-            host.address
+            "metrics_listen = \"{}:{METRICS_PORT}\"\nshutdown_drain = \"5s\"\n{}",
+            host.address,
+            fulcrumd_node_file(u64::from(host.address.octets()[3]), instances)
         );
         let node_path = write(format!("{}-node.toml", host.name), &node_file)?;
         let cluster_path = write(format!("{}-cluster.toml", host.name), cluster_file)?;

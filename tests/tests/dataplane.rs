@@ -52,7 +52,7 @@ fn setup(pool_extra: &str) -> Setup {
     let backend_processes = lab.start_backends().unwrap();
     let lb = lab.host("lb1").unwrap();
     let all: Vec<_> = backends.iter().map(|b| (b, "")).collect();
-    let node = lab.start_serving_node(&lb, &cluster_file(&lb, &all, pool_extra)).unwrap();
+    let node = lab.start_serving_node(&lb, &cluster_file(&lb, &all, pool_extra), &[]).unwrap();
     let client = lab.host("client").unwrap();
     Setup { lab, node, backends, backend_processes, client }
 }

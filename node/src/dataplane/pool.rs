@@ -33,6 +33,8 @@ pub struct BackendRuntime {
     stats: TrafficStats,
     hysteresis: Mutex<Hysteresis>,
     passive: Mutex<PassiveEjection>,
+    /// Set while `passive` has failures to forget, so a success needs no lock otherwise.
+    failing: AtomicBool,
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
     ejections: AtomicU64,
@@ -56,6 +58,7 @@ impl BackendRuntime {
             stats: TrafficStats::default(),
             hysteresis: Mutex::new(Hysteresis::new(check.rise, check.fall)),
             passive: Mutex::default(),
+            failing: AtomicBool::new(false),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
@@ -122,9 +125,14 @@ impl BackendRuntime {
             && !lock(&self.passive).is_ejected(Instant::now())
     }
 
-    /// Takes a connection outcome from the data path; true when it ejected the backend.
+    /// Takes a connection outcome from the data path; returns the ejection period when this
+    /// failure ejected the backend.
     pub fn record_connect(&self, succeeded: bool, now: Instant) -> Option<Duration> {
+        if succeeded && !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut passive = lock(&self.passive);
+        self.failing.store(!succeeded, Ordering::Relaxed);
         if succeeded {
             passive.record_success();
             return None;

@@ -1,7 +1,9 @@
-//! Zero-copy forwarding between two TCP sockets: splice(2) from one socket into a pipe and
-//! from the pipe into the other, one pipe per direction, so payload bytes never enter user
-//! space. A direction that reaches end of stream half-closes its destination and the other
-//! direction runs on, as TCP allows.
+//! Forwarding between two TCP sockets, zero-copy where it pays: each direction starts by
+//! copying through a small buffer, and once a read fills that buffer (a bulk transfer) it
+//! switches to splice(2) from the socket into a pipe and from the pipe into the other socket,
+//! so payload bytes no longer enter user space. Short exchanges never pay for a pipe's
+//! creation (HAProxy's `splice-auto` makes the same bet). A direction that reaches end of
+//! stream half-closes its destination and the other direction runs on, as TCP allows.
 
 use std::io;
 use std::net::Shutdown;
@@ -17,6 +19,8 @@ use tokio::net::TcpStream;
 
 /// The most bytes moved by one splice call: the default pipe capacity.
 const PIPE_CHUNK: usize = 64 * 1024;
+/// The copy buffer of a direction before it turns to splice; a read that fills it switches.
+const COPY_BUFFER: usize = 16 * 1024;
 
 /// When bytes last moved in either direction, for the idle timeout.
 #[derive(Debug)]
@@ -88,9 +92,24 @@ async fn pump(
     direction: Direction,
     counted: &(dyn Fn(Direction, u64) + Sync),
 ) -> io::Result<()> {
-    let (pipe_out, pipe_in) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let mut buffer = vec![0; COPY_BUFFER];
+    let mut pipe = None;
     loop {
-        let moved = fill(from, &pipe_in).await?;
+        let moved = match &pipe {
+            None => {
+                let moved = read(from, &mut buffer).await?;
+                write_all(to, &buffer[..moved]).await?;
+                if moved == buffer.len() {
+                    pipe = Some(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?);
+                }
+                moved
+            }
+            Some((pipe_out, pipe_in)) => {
+                let moved = fill(from, pipe_in).await?;
+                drain(pipe_out, to, moved).await?;
+                moved
+            }
+        };
         if moved == 0 {
             // End of stream: pass the FIN on; the other direction may still be sending.
             return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
@@ -98,10 +117,34 @@ async fn pump(
                 _ => Ok(()),
             };
         }
-        drain(&pipe_out, to, moved).await?;
         counted(direction, moved as u64);
         activity.touch();
     }
+}
+
+/// Reads what `from` has into `buffer`; 0 at end of stream.
+async fn read(from: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read(buffer) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Writes all of `bytes` to `to`.
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Splices what `from` has (up to a pipe's worth) into the pipe; 0 at end of stream.
