@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use fulcrum_model::{Config, file};
-use fulcrum_node::dataplane::DataPlane;
+use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::metrics_endpoint;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
 use fulcrum_raft_store::ConfigStore;
@@ -88,7 +88,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
-    let plane = Arc::new(DataPlane::new());
+    let plane = Arc::new(
+        DataPlane::with_workers(node.workers.map_or_else(workers::default_count, |n| n.get()))
+            .context("cannot start the data plane's worker threads")?,
+    );
     match (&store, &args.cluster_file) {
         (Some(store), _) => {
             // The last applied configuration is served at once, leader or not.

@@ -36,6 +36,9 @@ pub struct NodeFile {
     /// Where `/metrics` (Prometheus text format) is served, e.g. `198.18.0.11:9100`.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Data-plane worker threads; one per core by default.
+    #[serde(default)]
+    pub workers: Option<std::num::NonZeroUsize>,
     /// On shutdown, how long open connections may finish before they are closed.
     #[serde(default = "default_shutdown_drain", with = "fulcrum_model::duration")]
     pub shutdown_drain: Duration,

@@ -86,7 +86,7 @@ fn tcp_listener(bind: SocketAddr, pool_name: &str) -> Listener {
 
 /// A data plane with one TCP listener on `front` to the pool `web`.
 async fn serve(front: SocketAddr, web: Pool) -> DataPlane {
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![tcp_listener(front, "web")], vec![web])).await;
     plane
 }
@@ -176,7 +176,7 @@ async fn round_robin_spreads_connections_evenly() {
         TestBackend::start("c").await,
     ];
     let front = free_port();
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     let refs: Vec<_> = backends.iter().collect();
     apply(
         &plane,
@@ -206,7 +206,7 @@ async fn least_connections_avoids_the_busy_backend() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let front = free_port();
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     apply(
         &plane,
         &config(
@@ -251,7 +251,7 @@ async fn config_changes_under_load_lose_no_connection() {
         TestBackend::start("c").await,
     ];
     let front = free_port();
-    let plane = Arc::new(DataPlane::new());
+    let plane = Arc::new(DataPlane::new().expect("workers start"));
     let all: Vec<_> = backends.iter().collect();
     apply(
         &plane,
@@ -443,7 +443,7 @@ async fn proxy_protocol_v2_tells_the_backend_who_the_client_is() {
     listener.proxy_protocol = true;
     let mut web = Pool::new(name("web"));
     web.backends.push(Backend::new(backend_address));
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![listener], vec![web])).await;
 
     let mut client = TcpStream::connect(front).await.expect("connect");
@@ -475,7 +475,7 @@ async fn idle_connections_are_closed() {
     let front = free_port();
     let mut listener = tcp_listener(front, "web");
     listener.idle_timeout = Duration::from_millis(300);
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![listener], vec![pool("web", Algorithm::RoundRobin, &[&a])])).await;
     let mut session = Session::open(front).await.expect("session");
     session.echo("active").await.expect("echo");
@@ -494,7 +494,7 @@ async fn a_listener_moved_to_another_address_keeps_its_connections() {
     let first = free_port();
     let second = free_port();
     let web = pool("web", Algorithm::RoundRobin, &[&a]);
-    let plane = DataPlane::new();
+    let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![tcp_listener(first, "web")], vec![web.clone()])).await;
     let mut old = Session::open(first).await.expect("session");
 
@@ -513,7 +513,7 @@ async fn a_listener_moved_to_another_address_keeps_its_connections() {
 async fn node_drain_waits_for_connections_then_reports_what_remained() {
     let a = TestBackend::start("a").await;
     let front = free_port();
-    let plane = Arc::new(DataPlane::new());
+    let plane = Arc::new(DataPlane::new().expect("workers start"));
     apply(
         &plane,
         &config(vec![tcp_listener(front, "web")], vec![pool("web", Algorithm::RoundRobin, &[&a])]),

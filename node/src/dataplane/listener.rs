@@ -1,6 +1,6 @@
 //! Listening sockets: binding (IP_FREEBIND, so a VIP this node does not hold yet can be
-//! bound), the accept loop with its connection limit, and stopping to accept when a listener
-//! is removed or the node drains.
+//! bound; SO_REUSEPORT, one socket per worker), the accept loop with its connection limit,
+//! and stopping to accept when a listener is removed or the node drains.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 use fulcrum_model::{Listener, Name};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -95,13 +97,16 @@ fn limit_for(spec: &Listener) -> Option<Arc<Semaphore>> {
     spec.max_connections.map(|max| Arc::new(Semaphore::new(max as usize)))
 }
 
-/// Binds `spec.bind` and starts accepting; connections are forwarded with the pools current
-/// at the time they arrive. The task handle ends when the socket is closed.
+/// Binds `spec.bind` once per worker and starts accepting on each; connections are
+/// forwarded with the pools current at the time they arrive. The task handles end when the
+/// sockets are closed.
 pub fn start(
     spec: &Listener,
     pools: Arc<ArcSwap<PoolMap>>,
-) -> io::Result<(Arc<ListenerRuntime>, tokio::task::JoinHandle<()>)> {
-    let socket = bind(spec.bind)?;
+    workers: &[Handle],
+) -> io::Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>)> {
+    // All sockets are bound before any accepts, so a failure leaves nothing behind.
+    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>()?;
     let runtime = Arc::new(ListenerRuntime {
         name: spec.name.clone(),
         spec: ArcSwap::from_pointee(spec.clone()),
@@ -111,15 +116,31 @@ pub fn start(
         close: CancellationToken::new(),
         limit: ArcSwap::from_pointee(limit_for(spec)),
     });
-    let accepting = tokio::spawn(accept_loop(socket, Arc::clone(&runtime), pools));
+    let accepting = sockets
+        .into_iter()
+        .zip(workers)
+        .map(|(socket, worker)| {
+            let listener = Arc::clone(&runtime);
+            let pools = Arc::clone(&pools);
+            worker.spawn(async move {
+                // Registered with this worker's reactor, so its connections stay on it.
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => accept_loop(socket, listener, pools).await,
+                    Err(e) => tracing::error!(listener = %listener.name, "cannot accept: {e}"),
+                }
+            })
+        })
+        .collect();
     Ok((runtime, accepting))
 }
 
-/// A listening socket on `address`; the address need not be local yet (IP_FREEBIND), so every
-/// node binds the VIPs and a takeover needs no rebind.
-fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket on `address`, one of a SO_REUSEPORT group (one per worker); the address
+/// need not be local yet (IP_FREEBIND), so every node binds the VIPs and a takeover needs no
+/// rebind.
+fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
     match address {
         SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
         SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
@@ -127,7 +148,7 @@ fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 async fn accept_loop(

@@ -12,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod splice;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use listener::ListenerRuntime;
 use pool::PoolRuntime;
+use workers::Workers;
 
 /// The pools by name, as the data path sees them.
 pub type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
@@ -69,11 +71,11 @@ impl DrainReport {
     }
 }
 
-/// A running listener and the task accepting on its socket.
+/// A running listener and the tasks accepting on its sockets, one per worker.
 #[derive(Debug)]
 struct Running {
     runtime: Arc<ListenerRuntime>,
-    accepting: JoinHandle<()>,
+    accepting: Vec<JoinHandle<()>>,
 }
 
 /// What `apply` changes; one apply at a time.
@@ -85,8 +87,10 @@ struct Control {
 }
 
 /// One node's data plane.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DataPlane {
+    /// Where connections are accepted and served.
+    workers: Workers,
     pools: Arc<ArcSwap<PoolMap>>,
     control: tokio::sync::Mutex<Control>,
     /// Removed listeners whose connections are still draining, for metrics and node drain.
@@ -94,9 +98,19 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// A data plane serving nothing yet.
-    pub fn new() -> DataPlane {
-        DataPlane::default()
+    /// A data plane serving nothing yet, with one worker thread per core.
+    pub fn new() -> io::Result<DataPlane> {
+        DataPlane::with_workers(workers::default_count())
+    }
+
+    /// A data plane serving nothing yet, with `count` worker threads (at least one).
+    pub fn with_workers(count: usize) -> io::Result<DataPlane> {
+        Ok(DataPlane {
+            workers: Workers::start(count)?,
+            pools: Arc::default(),
+            control: tokio::sync::Mutex::default(),
+            retired: Arc::default(),
+        })
     }
 
     /// Makes the running data plane match `config`. A listener that cannot start is reported
@@ -160,7 +174,7 @@ impl DataPlane {
                 });
                 continue;
             }
-            match listener::start(listener, Arc::clone(&self.pools)) {
+            match listener::start(listener, Arc::clone(&self.pools), self.workers.handles()) {
                 Ok((runtime, accepting)) => {
                     tracing::info!(listener = %listener.name, bind = %listener.bind, "listener started");
                     control.listeners.insert(listener.name.clone(), Running { runtime, accepting });
@@ -182,7 +196,9 @@ impl DataPlane {
         let spec = runtime.spec();
         tracing::info!(listener = %spec.name, bind = %spec.bind, open = runtime.active(), "listener removed: draining");
         runtime.stop_accepting();
-        let _ = accepting.await;
+        for task in accepting {
+            let _ = task.await;
+        }
         let timeout = spec
             .default_pool
             .as_ref()
