@@ -74,6 +74,20 @@ impl Load {
         InFlight { load: Arc::clone(self) }
     }
 
+    /// Like [`Load::begin`], but only while fewer than `limit` are in flight, so concurrent
+    /// callers never exceed a connection limit together.
+    pub fn try_begin(self: &Arc<Self>, limit: Option<u32>) -> Option<InFlight> {
+        let Some(limit) = limit else {
+            return Some(self.begin());
+        };
+        self.active
+            .fetch_update(Relaxed, Relaxed, |active| {
+                (active < u64::from(limit)).then_some(active + 1)
+            })
+            .ok()?;
+        Some(InFlight { load: Arc::clone(self) })
+    }
+
     /// Records one latency sample (peak EWMA, as tower's PeakEwma for linkerd does it): a sample
     /// above the stored estimate replaces it at once; a lower one is blended in with weight
     /// 1 - exp(-elapsed/decay), so after a long quiet spell it counts almost alone.
@@ -264,8 +278,8 @@ impl Balancer {
         let _held = crate::lock(lock);
         let mut best = (0, i64::MIN);
         for (i, m) in self.members.iter().enumerate() {
-            // Clamping bounds what a stale current (from before a weight change or from another
-            // pool's use) can do: at most one cycle's worth of burst. Fresh state never reaches it.
+            // Clamping bounds what a stale current (from before a weight change, or a pick on
+            // the balancer this one replaced) can do: at most one cycle's worth of burst.
             let current = m.load.current.load(Relaxed).clamp(-total, total) + i64::from(m.weight());
             m.load.current.store(current, Relaxed);
             if current > best.1 {

@@ -206,8 +206,8 @@ async fn exchange(address: SocketAddr, check: &HealthCheck) -> Result<(), CheckF
 /// The interval until the next check: `interval` plus up to 10 % jitter, so the nodes of a
 /// cluster (and the backends of a pool) do not check in lockstep.
 pub fn next_check_in(interval: Duration, rng: &mut fastrand::Rng) -> Duration {
-    let jitter_ms = (interval.as_millis() / 10) as u64;
-    interval + Duration::from_millis(rng.u64(0..=jitter_ms))
+    let jitter_ms = u64::try_from(interval.as_millis() / 10).unwrap_or(u64::MAX);
+    interval.saturating_add(Duration::from_millis(rng.u64(0..=jitter_ms)))
 }
 
 impl fmt::Display for Health {

@@ -102,7 +102,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, Some(path)) => {
             let config = read_cluster_file(path)?;
-            runtime.block_on(apply(&plane, &config));
+            // At start, a listener that cannot open is this node's problem to report and
+            // stop on; later, a cluster-agreed change is applied as far as it can be.
+            let errors = runtime.block_on(plane.apply(&config)).unwrap_or_default();
+            if !errors.is_empty() {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                anyhow::bail!("cannot serve {}:\n  {}", path.display(), lines.join("\n  "));
+            }
+            log_applied(&config);
         }
         (None, None) => {}
     }
@@ -148,9 +155,20 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Applies `config` to the data plane and logs what could not start.
 async fn apply(plane: &DataPlane, config: &Config) {
-    for error in plane.apply(config).await {
+    let Some(errors) = plane.apply(config).await else {
+        tracing::info!(
+            revision = config.revision,
+            "configuration not applied: the node is draining"
+        );
+        return;
+    };
+    for error in errors {
         tracing::error!("{error}");
     }
+    log_applied(config);
+}
+
+fn log_applied(config: &Config) {
     tracing::info!(
         revision = config.revision,
         listeners = config.spec.listeners.len(),

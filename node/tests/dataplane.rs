@@ -10,6 +10,7 @@ use fulcrum_model::{
     Protocol,
 };
 use fulcrum_node::dataplane::DataPlane;
+use fulcrum_node::health::Health;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -64,9 +65,22 @@ impl TestBackend {
     }
 }
 
-fn free_port() -> SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("address")
+/// A loopback port reserved for one test: bound (with SO_REUSEPORT, as the data plane's
+/// listeners are) but not listening, so no other test gets it, and connecting to it is refused
+/// until something listens on it.
+struct Port {
+    address: SocketAddr,
+    _reserved: socket2::Socket,
+}
+
+fn free_port() -> Port {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let address = socket.local_addr().expect("address").as_socket().expect("an IP address");
+    Port { address, _reserved: socket }
 }
 
 fn pool(pool_name: &str, algorithm: Algorithm, backends: &[&TestBackend]) -> Pool {
@@ -92,7 +106,7 @@ async fn serve(front: SocketAddr, web: Pool) -> DataPlane {
 }
 
 async fn apply(plane: &DataPlane, config: &Config) {
-    let errors = plane.apply(config).await;
+    let errors = plane.apply(config).await.expect("not drained");
     assert!(errors.is_empty(), "{errors:?}");
 }
 
@@ -153,6 +167,13 @@ async fn spread(front: SocketAddr, n: usize) -> HashMap<String, usize> {
     counts
 }
 
+/// The value of the sample `name{labels}`; fails the test when there is none.
+fn sample(metrics: &str, name: &str, labels: &str) -> f64 {
+    let key = format!("{name}{{{labels}}} ");
+    let value = metrics.lines().find_map(|line| line.strip_prefix(&key));
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in\n{metrics}"))
+}
+
 /// Polls `condition` every 20 ms until it holds or `PATIENCE` passes.
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
     let started = tokio::time::Instant::now();
@@ -175,7 +196,8 @@ async fn round_robin_spreads_connections_evenly() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     ];
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = DataPlane::new().expect("workers start");
     let refs: Vec<_> = backends.iter().collect();
     apply(
@@ -193,7 +215,8 @@ async fn round_robin_spreads_connections_evenly() {
 async fn weighted_round_robin_follows_weights() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let mut web = pool("web", Algorithm::WeightedRoundRobin, &[&a, &b]);
     web.backends[0].weight = 3;
     let _plane = serve(front, web).await;
@@ -205,7 +228,8 @@ async fn weighted_round_robin_follows_weights() {
 async fn least_connections_avoids_the_busy_backend() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = DataPlane::new().expect("workers start");
     apply(
         &plane,
@@ -250,7 +274,8 @@ async fn config_changes_under_load_lose_no_connection() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     ];
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = Arc::new(DataPlane::new().expect("workers start"));
     let all: Vec<_> = backends.iter().collect();
     apply(
@@ -301,7 +326,8 @@ async fn config_changes_under_load_lose_no_connection() {
 async fn a_draining_backend_finishes_its_connections_and_takes_no_new_ones() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = serve(front, pool("web", Algorithm::RoundRobin, &[&a])).await;
     let mut long = Session::open(front).await.expect("session");
     assert_eq!(long.backend, "a");
@@ -335,7 +361,8 @@ async fn a_draining_backend_finishes_its_connections_and_takes_no_new_ones() {
 async fn disabling_a_backend_closes_its_connections_at_once() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = serve(front, pool("web", Algorithm::RoundRobin, &[&a])).await;
     let long = Session::open(front).await.expect("session");
     let mut disabled = pool("web", Algorithm::RoundRobin, &[&a, &b]);
@@ -349,7 +376,8 @@ async fn disabling_a_backend_closes_its_connections_at_once() {
 async fn active_checks_eject_a_dead_backend_and_bring_it_back() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let check = HealthCheck {
         interval: Duration::from_millis(100),
         timeout: Duration::from_millis(100),
@@ -360,7 +388,11 @@ async fn active_checks_eject_a_dead_backend_and_bring_it_back() {
     let mut web = pool("web", Algorithm::RoundRobin, &[&a, &b]);
     web.health_check = Some(check.clone());
     let plane = serve(front, web).await;
-    eventually("both backends up", || selected(&plane, "web").len() == 2).await;
+    let web_pool = plane.pool("web").expect("pool runs");
+    eventually("both backends checked up", || {
+        web_pool.all_backends().iter().all(|b| b.health() == Health::Up)
+    })
+    .await;
 
     let b_address = b.kill();
     let ejected = eventually("b ejected", || selected(&plane, "web") == vec![a.address]).await;
@@ -377,17 +409,17 @@ async fn active_checks_eject_a_dead_backend_and_bring_it_back() {
         "back after {back:?}"
     );
     let metrics = plane.metrics().await;
-    let fail_line = format!(
-        "fulcrum_backend_health_checks_total{{pool=\"web\",backend=\"{b_address}\",result=\"fail\"}}"
-    );
-    assert!(metrics.contains(&fail_line), "{metrics}");
+    let failed = format!("pool=\"web\",backend=\"{b_address}\",result=\"fail\"");
+    assert!(sample(&metrics, "fulcrum_backend_health_checks_total", &failed) >= 2.0, "{metrics}");
 }
 
 #[tokio::test]
 async fn connect_failures_try_the_next_backend_and_eject_passively() {
     let a = TestBackend::start("a").await;
-    let dead = free_port();
-    let front = free_port();
+    let dead_port = free_port();
+    let dead = dead_port.address;
+    let front_port = free_port();
+    let front = front_port.address;
     let mut web = pool("web", Algorithm::RoundRobin, &[&a]);
     web.backends.push(Backend::new(dead));
     let plane = serve(front, web).await;
@@ -399,8 +431,10 @@ async fn connect_failures_try_the_next_backend_and_eject_passively() {
 
 #[tokio::test]
 async fn a_pool_with_nothing_healthy_fails_fast() {
-    let dead = free_port();
-    let front = free_port();
+    let dead_port = free_port();
+    let dead = dead_port.address;
+    let front_port = free_port();
+    let front = front_port.address;
     let mut web = Pool::new(name("web"));
     web.backends.push(Backend::new(dead));
     let plane = serve(front, web).await;
@@ -415,18 +449,16 @@ async fn a_pool_with_nothing_healthy_fails_fast() {
         );
     }
     let metrics = plane.metrics().await;
-    assert!(
-        metrics
-            .contains("fulcrum_listener_errors_total{listener=\"front\",kind=\"connect_failed\"}"),
-        "{metrics}"
-    );
+    let failed = "listener=\"front\",kind=\"connect_failed\"";
+    assert_eq!(sample(&metrics, "fulcrum_listener_errors_total", failed), 3.0, "{metrics}");
 }
 
 #[tokio::test]
 async fn backend_connection_limit_sends_the_rest_elsewhere() {
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let mut web = pool("web", Algorithm::RoundRobin, &[&a, &b]);
     web.backends[0].max_connections = Some(2);
     let _plane = serve(front, web).await;
@@ -438,7 +470,8 @@ async fn backend_connection_limit_sends_the_rest_elsewhere() {
 async fn proxy_protocol_v2_tells_the_backend_who_the_client_is() {
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend_address = backend.local_addr().expect("address");
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let mut listener = tcp_listener(front, "web");
     listener.proxy_protocol = true;
     let mut web = Pool::new(name("web"));
@@ -472,7 +505,8 @@ async fn proxy_protocol_v2_tells_the_backend_who_the_client_is() {
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let a = TestBackend::start("a").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let mut listener = tcp_listener(front, "web");
     listener.idle_timeout = Duration::from_millis(300);
     let plane = DataPlane::new().expect("workers start");
@@ -491,8 +525,10 @@ async fn idle_connections_are_closed() {
 #[tokio::test]
 async fn a_listener_moved_to_another_address_keeps_its_connections() {
     let a = TestBackend::start("a").await;
-    let first = free_port();
-    let second = free_port();
+    let first_port = free_port();
+    let first = first_port.address;
+    let second_port = free_port();
+    let second = second_port.address;
     let web = pool("web", Algorithm::RoundRobin, &[&a]);
     let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![tcp_listener(first, "web")], vec![web.clone()])).await;
@@ -512,7 +548,8 @@ async fn a_listener_moved_to_another_address_keeps_its_connections() {
 #[tokio::test]
 async fn node_drain_waits_for_connections_then_reports_what_remained() {
     let a = TestBackend::start("a").await;
-    let front = free_port();
+    let front_port = free_port();
+    let front = front_port.address;
     let plane = Arc::new(DataPlane::new().expect("workers start"));
     apply(
         &plane,
@@ -534,4 +571,101 @@ async fn node_drain_waits_for_connections_then_reports_what_remained() {
     let report = drain.await.expect("drain task");
     assert_eq!(report.total(), 1, "only the long connection was cut: {report:?}");
     assert!(long.closed().await);
+}
+
+#[tokio::test]
+async fn metrics_count_connections_bytes_and_latency() {
+    let a = TestBackend::start("a").await;
+    let front_port = free_port();
+    let front = front_port.address;
+    let plane = serve(front, pool("web", Algorithm::RoundRobin, &[&a])).await;
+    for i in 0..5 {
+        let mut session = Session::open(front).await.expect("session");
+        session.echo(&format!("message {i}")).await.expect("echo");
+    }
+    let listener = plane.listener("front").await.expect("listener runs");
+    eventually("sessions end", || listener.active() == 0).await;
+    let metrics = plane.metrics().await;
+    let backend = format!("pool=\"web\",backend=\"{}\"", a.address);
+    // Each session sends "message N\n" (10 bytes) and gets "a\n" plus its echo back.
+    for line in [
+        "fulcrum_listener_connections_total{listener=\"front\"} 5".to_owned(),
+        "fulcrum_listener_bytes_total{listener=\"front\",direction=\"in\"} 50".to_owned(),
+        "fulcrum_listener_bytes_total{listener=\"front\",direction=\"out\"} 60".to_owned(),
+        "fulcrum_listener_connect_seconds_count{listener=\"front\"} 5".to_owned(),
+        "fulcrum_listener_active_connections{listener=\"front\"} 0".to_owned(),
+        format!("fulcrum_backend_connections_total{{{backend}}} 5"),
+        format!("fulcrum_backend_bytes_total{{{backend},direction=\"in\"}} 50"),
+        format!("fulcrum_backend_connect_seconds_count{{{backend}}} 5"),
+        format!("fulcrum_backend_up{{{backend}}} 1"),
+        format!("fulcrum_backend_health{{{backend},state=\"unknown\"}} 1"),
+    ] {
+        assert!(metrics.contains(&format!("{line}\n")), "missing {line:?} in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_backend_enabled_again_takes_traffic_again() {
+    let a = TestBackend::start("a").await;
+    let front_port = free_port();
+    let front = front_port.address;
+    let web = pool("web", Algorithm::RoundRobin, &[&a]);
+    let plane = serve(front, web.clone()).await;
+    let mut disabled = web.clone();
+    disabled.backends[0].state = AdminState::Disabled;
+    apply(&plane, &config(vec![tcp_listener(front, "web")], vec![disabled])).await;
+    assert!(Session::open(front).await.is_err(), "a disabled backend takes nothing");
+
+    apply(&plane, &config(vec![tcp_listener(front, "web")], vec![web])).await;
+    let mut session = Session::open(front).await.expect("enabled again");
+    session.echo("not closed by the earlier disable").await.expect("echo");
+}
+
+#[tokio::test]
+async fn a_backend_removed_and_added_back_keeps_its_open_connections() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let front_port = free_port();
+    let front = front_port.address;
+    let mut both = pool("web", Algorithm::RoundRobin, &[&a, &b]);
+    both.drain_timeout = Duration::from_millis(300);
+    let plane = serve(front, both.clone()).await;
+    let mut long = Session::open(front).await.expect("session");
+    assert_eq!(long.backend, "a");
+
+    let mut only_b = pool("web", Algorithm::RoundRobin, &[&b]);
+    only_b.drain_timeout = Duration::from_millis(300);
+    apply(&plane, &config(vec![tcp_listener(front, "web")], vec![only_b])).await;
+    let metrics = plane.metrics().await;
+    let labels = format!("pool=\"web\",backend=\"{}\"", a.address);
+    assert_eq!(sample(&metrics, "fulcrum_backend_draining", &labels), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "fulcrum_backend_active_connections", &labels), 1.0);
+
+    apply(&plane, &config(vec![tcp_listener(front, "web")], vec![both])).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    long.echo("the removal's drain deadline was called off").await.expect("echo");
+    let metrics = plane.metrics().await;
+    assert_eq!(sample(&metrics, "fulcrum_backend_active_connections", &labels), 1.0);
+    assert_eq!(metrics.matches(&format!("fulcrum_backend_up{{{labels}}}")).count(), 1);
+}
+
+#[tokio::test]
+async fn a_listener_at_its_limit_leaves_clients_in_the_backlog() {
+    let a = TestBackend::start("a").await;
+    let front_port = free_port();
+    let front = front_port.address;
+    let mut listener = tcp_listener(front, "web");
+    listener.max_connections = Some(2);
+    let plane = DataPlane::new().expect("workers start");
+    apply(&plane, &config(vec![listener], vec![pool("web", Algorithm::RoundRobin, &[&a])])).await;
+    let first = Session::open(front).await.expect("session");
+    let _second = Session::open(front).await.expect("session");
+
+    // The kernel completes the third handshake, but nobody accepts it yet.
+    let third = tokio::spawn(Session::open(front));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "the third client was served beyond the limit");
+    drop(first);
+    let third = tokio::time::timeout(PATIENCE, third).await.expect("served").expect("task");
+    third.expect("the third client is served once the first leaves");
 }

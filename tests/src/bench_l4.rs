@@ -89,9 +89,16 @@ pub fn l4(lab_binary: &std::path::Path, settings: Settings) -> Result<Vec<Figure
             peak_rss_kib: None,
         })
         .collect();
-    for (_, bulk, connect, _) in &paths {
-        lab.run_in(&client, || in_runtime(wait_connectable(*bulk)))??;
-        lab.run_in(&client, || in_runtime(wait_connectable(*connect)))??;
+    for (path, bulk, connect, _) in &paths {
+        for address in [bulk, connect] {
+            lab.run_in(&client, || in_runtime(wait_connectable(*address)))?.map_err(|e| {
+                let logs = lab.log_dir();
+                LabError::Invalid(format!(
+                    "{path} does not serve: {e} (logs in {})",
+                    logs.display()
+                ))
+            })?;
+        }
     }
     // Interleaved, so a slow phase of the machine hits every path alike.
     for _ in 0..settings.runs {
@@ -161,9 +168,10 @@ fn start_haproxy(
     source: SocketAddr,
     greeter: SocketAddr,
 ) -> Result<LabProcess, LabError> {
-    // Two threads, as fulcrumd's runtime has; TCP mode with timeouts like fulcrumd's defaults.
+    // Two threads, as fulcrumd has two workers here; TCP mode with timeouts like fulcrumd's
+    // defaults, and splice-auto, HAProxy's own splice-where-it-pays.
     let config = format!(
-        "global\n    nbthread 2\n    maxconn 8000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n\n\
+        "global\n    nbthread 2\n    maxconn 4000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 300s\n    timeout server 300s\n    option splice-auto\n\n\
          listen bulk\n    bind {}:{}\n    server be {source}\n\n\
          listen connect\n    bind {}:{}\n    server be {greeter}\n",
         lb.address, HAPROXY_PORTS.0, lb.address, HAPROXY_PORTS.1

@@ -81,11 +81,14 @@ impl ServingNode {
             source,
         })?;
         self.process.signal(Signal::SIGHUP)?;
-        self.process.wait_for(
-            "a new configuration applied",
+        let line = self.process.wait_for(
+            "a new configuration applied (or refused)",
             |line| line.contains("configuration applied") || line.contains("unchanged"),
             APPLY_TIMEOUT,
         )?;
+        if line.contains("unchanged") {
+            return Err(LabError::Invalid(format!("fulcrumd refused the cluster file: {line}")));
+        }
         Ok(())
     }
 

@@ -93,6 +93,17 @@ impl Setup {
     }
 
     /// Polls the metrics until backend `i`'s `fulcrum_backend_up` is `value`; returns when.
+    /// Polls the metrics until backend `i`'s active-check state is `state`; returns when.
+    fn wait_backend_health(&self, backend: usize, state: &str, within: Duration) -> Duration {
+        let labels = format!(
+            "pool=\"web\",backend=\"{}\",state=\"{state}\"",
+            self.backends[backend].http_address()
+        );
+        poll_until(&format!("backend {backend} {state}"), within, || {
+            metric(&self.node.metrics().unwrap(), "fulcrum_backend_health", &labels) == Some(1.0)
+        })
+    }
+
     fn wait_backend_up(&self, backend: usize, value: f64, within: Duration) -> Duration {
         let started = Instant::now();
         while self.backend_up(backend) != Some(value) {
@@ -166,7 +177,9 @@ fn a_killed_backend_is_ejected_and_traffic_continues_until_it_returns() {
     std::thread::sleep(Duration::from_millis(500));
 
     s.backend_processes[1].crash().unwrap();
-    let ejected = s.wait_backend_up(1, 0.0, Duration::from_secs(5));
+    // The probe's refused connections eject be2 passively within milliseconds; what is
+    // measured here is the active checks marking it down.
+    let ejected = s.wait_backend_health(1, "down", Duration::from_secs(5));
     // fall × interval, plus up to 10 % jitter per check and the polling step.
     let bound = interval * fall + interval / 5 + Duration::from_millis(300);
     assert!(ejected <= bound, "ejected after {ejected:?}, bound {bound:?}");
@@ -178,7 +191,8 @@ fn a_killed_backend_is_ejected_and_traffic_continues_until_it_returns() {
 
     let restarted = s.lab.start_backend(&s.backends[1]).unwrap();
     s.backend_processes[1] = restarted;
-    let back = s.wait_backend_up(1, 1.0, Duration::from_secs(5));
+    let back = s.wait_backend_health(1, "up", Duration::from_secs(5));
+    s.wait_backend_up(1, 1.0, Duration::from_secs(1));
     let bound = interval * rise + interval / 5 + Duration::from_millis(300);
     assert!(back <= bound, "back after {back:?}, bound {bound:?}");
     let report = s.probe(30, Duration::from_millis(5));

@@ -17,6 +17,8 @@ use super::metrics::ErrorKind;
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::{self, Activity, Direction};
 use crate::balance::{InFlight, PickKey};
+use fulcrum_model::Algorithm;
+use tokio_util::sync::CancellationToken;
 
 /// Backends tried for one connection before it is given up.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -36,15 +38,28 @@ pub async fn serve(
         listener.stats().error(ErrorKind::NoBackend);
         return;
     };
-    let Some((backend, mut upstream, _in_flight)) = connect(&pool, peer, listener).await else {
+    // A node drain's deadline also cuts connections still connecting.
+    let connected = tokio::select! {
+        connected = connect(&pool, peer, listener) => connected,
+        () = listener.closed() => {
+            listener.stats().error(ErrorKind::Drained);
+            return;
+        }
+    };
+    let Some(Connected { backend, mut upstream, close, in_flight: _in_flight }) = connected else {
         return;
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     if spec.proxy_protocol {
         let local = client.local_addr().unwrap_or(spec.bind);
-        if let Err(e) = send_proxy_header(&mut upstream, peer, local).await {
+        let sent = tokio::select! {
+            sent = send_proxy_header(&mut upstream, peer, local) => sent,
+            () = listener.closed() => Err(std::io::ErrorKind::Interrupted.into()),
+        };
+        if let Err(e) = sent {
             tracing::debug!(listener = %listener.name(), backend = %backend.address(), "PROXY header not sent: {e}");
+            listener.stats().error(ErrorKind::Io);
             backend.stats().error(ErrorKind::Io);
             return;
         }
@@ -68,7 +83,7 @@ pub async fn serve(
             }
         },
         () = activity.idle_for(spec.idle_timeout) => Some(ErrorKind::IdleTimeout),
-        () = backend.closed() => Some(ErrorKind::Drained),
+        () = close.cancelled() => Some(ErrorKind::Drained),
         () = listener.closed() => Some(ErrorKind::Drained),
     };
     if let Some(kind) = ended {
@@ -77,15 +92,29 @@ pub async fn serve(
     }
 }
 
+/// A connection made to a backend.
+struct Connected {
+    backend: Arc<BackendRuntime>,
+    upstream: TcpStream,
+    /// The backend's close signal as of the connect.
+    close: CancellationToken,
+    /// Counts the connection against the backend while it lives.
+    in_flight: InFlight,
+}
+
 /// Connects to the first backend of the pool's choices that takes the connection, trying at
-/// most [`MAX_CONNECT_ATTEMPTS`]; the returned guard counts the connection as in flight.
+/// most [`MAX_CONNECT_ATTEMPTS`].
 async fn connect(
     pool: &Arc<PoolRuntime>,
     peer: SocketAddr,
     listener: &ListenerRuntime,
-) -> Option<(Arc<BackendRuntime>, TcpStream, InFlight)> {
+) -> Option<Connected> {
     let selection = pool.selection();
-    let connect_timeout = pool.spec().connect_timeout;
+    let pool_spec = pool.spec();
+    let ewma_decay = match pool_spec.algorithm {
+        Algorithm::PeakEwma { decay } => Some(decay),
+        _ => None,
+    };
     let key = PickKey { source_ip: peer.ip(), hash_key: None };
     let mut rng = fastrand::Rng::new();
     let mut attempts = 0;
@@ -95,28 +124,42 @@ async fn connect(
             break;
         }
         let Some(backend) = selection.backends.get(index) else { continue };
-        if backend.max_connections().is_some_and(|max| backend.load().active() >= u64::from(max)) {
+        let Some(in_flight) = backend.load().try_begin(backend.max_connections()) else {
             backend.stats().error(ErrorKind::BackendAtLimit);
             failure = ErrorKind::BackendAtLimit;
             continue;
-        }
+        };
         attempts += 1;
-        let in_flight = backend.load().begin();
+        let close = backend.close_signal();
         let started = Instant::now();
         let outcome =
-            tokio::time::timeout(connect_timeout, TcpStream::connect(backend.address())).await;
+            tokio::time::timeout(pool_spec.connect_timeout, TcpStream::connect(backend.address()))
+                .await;
+        let elapsed = started.elapsed();
+        if let Some(decay) = ewma_decay {
+            // Peak EWMA learns from connect times; a failure counts as a full timeout.
+            let sample =
+                if matches!(outcome, Ok(Ok(_))) { elapsed } else { pool_spec.connect_timeout };
+            backend.load().observe_latency(Instant::now(), sample, decay);
+        }
         match outcome {
-            Ok(Ok(stream)) => {
-                backend.stats().connect_latency.observe(started.elapsed());
+            Ok(Ok(upstream)) => {
+                backend.stats().connect_latency.observe(elapsed);
+                listener.stats().connect_latency.observe(elapsed);
                 backend.stats().total.fetch_add(1, Ordering::Relaxed);
                 pool.record_connect(backend, true);
-                return Some((Arc::clone(backend), stream, in_flight));
+                return Some(Connected {
+                    backend: Arc::clone(backend),
+                    upstream,
+                    close,
+                    in_flight,
+                });
             }
             Ok(Err(e)) => {
                 tracing::debug!(pool = %pool.name(), backend = %backend.address(), "connect failed: {e}");
             }
             Err(_) => {
-                tracing::debug!(pool = %pool.name(), backend = %backend.address(), timeout = ?connect_timeout, "connect timed out");
+                tracing::debug!(pool = %pool.name(), backend = %backend.address(), timeout = ?pool_spec.connect_timeout, "connect timed out");
             }
         }
         backend.stats().error(ErrorKind::ConnectFailed);

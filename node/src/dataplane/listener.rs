@@ -5,13 +5,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use fulcrum_model::{Listener, Name};
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,8 +36,11 @@ pub struct ListenerRuntime {
     stop_accepting: CancellationToken,
     /// Cancelled to close every connection still open.
     close: CancellationToken,
-    /// Bounds open client connections when the listener has `max_connections`.
-    limit: ArcSwap<Option<Arc<Semaphore>>>,
+    /// Client connections admitted and not yet ended, held to `max_connections` on every
+    /// worker together.
+    admitted: AtomicUsize,
+    /// Signalled when a connection ends or the limit changes, for accept loops at the limit.
+    capacity: Notify,
 }
 
 impl ListenerRuntime {
@@ -67,10 +71,9 @@ impl ListenerRuntime {
 
     /// Takes a new configuration of the same socket (same address and protocol).
     pub fn update(&self, spec: &Listener) {
-        if self.spec.load().max_connections != spec.max_connections {
-            self.limit.store(Arc::new(limit_for(spec)));
-        }
         self.spec.store(Arc::new(spec.clone()));
+        // A raised or lifted limit lets waiting accept loops go on at once.
+        self.capacity.notify_waiters();
     }
 
     /// Stops accepting; open connections go on.
@@ -93,8 +96,65 @@ impl ListenerRuntime {
     }
 }
 
-fn limit_for(spec: &Listener) -> Option<Arc<Semaphore>> {
-    spec.max_connections.map(|max| Arc::new(Semaphore::new(max as usize)))
+/// One admitted client connection, counted against the listener's limit until dropped.
+struct Admission(Arc<ListenerRuntime>);
+
+impl Admission {
+    /// Admits a connection if the listener is below its `max_connections`.
+    fn try_new(listener: &Arc<ListenerRuntime>) -> Option<Admission> {
+        let max = listener.spec.load().max_connections.map_or(usize::MAX, |m| m as usize);
+        listener
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(Admission(Arc::clone(listener)))
+    }
+
+    /// Waits until a connection may be admitted; `None` once the listener stops accepting.
+    async fn wait(listener: &Arc<ListenerRuntime>) -> Option<Admission> {
+        loop {
+            if let Some(admission) = Admission::try_new(listener) {
+                return Some(admission);
+            }
+            if !wait_for_capacity(listener).await {
+                return None;
+            }
+        }
+    }
+}
+
+/// Waits until the listener is below its limit (without reserving anything); false once it
+/// stops accepting.
+async fn wait_for_capacity(listener: &ListenerRuntime) -> bool {
+    let has_room = || {
+        let max = listener.spec.load().max_connections.map_or(usize::MAX, |m| m as usize);
+        listener.admitted.load(Ordering::Acquire) < max
+    };
+    loop {
+        if has_room() {
+            return true;
+        }
+        let freed = listener.capacity.notified();
+        tokio::pin!(freed);
+        // Registered before the second look, so a connection ending in between is seen.
+        freed.as_mut().enable();
+        if has_room() {
+            return true;
+        }
+        tokio::select! {
+            () = freed => {}
+            () = listener.stop_accepting.cancelled() => return false,
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        if self.0.spec.load().max_connections.is_some() {
+            self.0.capacity.notify_waiters();
+        }
+    }
 }
 
 /// Binds `spec.bind` once per worker and starts accepting on each; connections are
@@ -114,7 +174,8 @@ pub fn start(
         connections: TaskTracker::new(),
         stop_accepting: CancellationToken::new(),
         close: CancellationToken::new(),
-        limit: ArcSwap::from_pointee(limit_for(spec)),
+        admitted: AtomicUsize::new(0),
+        capacity: Notify::new(),
     });
     let accepting = sockets
         .into_iter()
@@ -157,14 +218,12 @@ async fn accept_loop(
     pools: Arc<ArcSwap<PoolMap>>,
 ) {
     loop {
-        // A listener at its limit leaves further clients in the kernel's backlog.
-        let permit = match listener.limit.load_full().as_ref() {
-            Some(limit) => tokio::select! {
-                permit = Arc::clone(limit).acquire_owned() => permit.ok(),
-                _ = listener.stop_accepting.cancelled() => break,
-            },
-            None => None,
-        };
+        // A listener at its limit leaves further clients in the kernel's backlog. Each worker
+        // reserves its slot only after accepting, so idle workers hold none; at worst a
+        // worker holds one accepted client until a slot frees.
+        if !wait_for_capacity(&listener).await {
+            break;
+        }
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             _ = listener.stop_accepting.cancelled() => break,
@@ -178,11 +237,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(admission) = Admission::wait(&listener).await else { break };
         let connection = Arc::clone(&listener);
         let pools = Arc::clone(&pools);
         listener.connections.spawn(async move {
             l4::serve(stream, peer, &connection, &pools).await;
-            drop(permit);
+            drop(admission);
         });
     }
     tracing::debug!(listener = %listener.name, "stopped accepting");

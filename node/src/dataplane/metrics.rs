@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::listener::ListenerRuntime;
 use super::pool::PoolRuntime;
 use crate::health::Health;
+use fulcrum_model::Algorithm;
 
 /// Why a connection failed, as counted in `fulcrum_*_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,11 +101,6 @@ impl Histogram {
         self.sum_micros.fetch_add(value.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// How many observations were recorded.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, count) in self.counts.iter().enumerate() {
@@ -118,8 +114,14 @@ impl Histogram {
     }
 }
 
-/// Writes every metric of the given listeners and pools in the Prometheus text format.
-pub fn render(listeners: &[Arc<ListenerRuntime>], pools: &[Arc<PoolRuntime>]) -> String {
+/// Writes every metric of the given listeners, removed listeners still draining (labelled
+/// `state="draining"`, as a moved listener keeps its name), and pools in the Prometheus text
+/// format.
+pub fn render(
+    listeners: &[Arc<ListenerRuntime>],
+    retired: &[Arc<ListenerRuntime>],
+    pools: &[Arc<PoolRuntime>],
+) -> String {
     let backends: Vec<_> = pools
         .iter()
         .flat_map(|p| {
@@ -128,8 +130,15 @@ pub fn render(listeners: &[Arc<ListenerRuntime>], pools: &[Arc<PoolRuntime>]) ->
                 .map(move |b| (format!("pool=\"{}\",backend=\"{}\"", p.name(), b.address()), b))
         })
         .collect();
-    let listeners: Vec<_> =
-        listeners.iter().map(|l| (format!("listener=\"{}\"", l.name()), Arc::clone(l))).collect();
+    let listeners: Vec<_> = listeners
+        .iter()
+        .map(|l| (format!("listener=\"{}\"", l.name()), Arc::clone(l)))
+        .chain(
+            retired
+                .iter()
+                .map(|l| (format!("listener=\"{}\",state=\"draining\"", l.name()), Arc::clone(l))),
+        )
+        .collect();
     let mut out = String::new();
     let o = &mut out;
 
@@ -152,6 +161,10 @@ pub fn render(listeners: &[Arc<ListenerRuntime>], pools: &[Arc<PoolRuntime>]) ->
     header(o, "fulcrum_listener_bytes_total", "counter", "Bytes forwarded, by direction.");
     for (labels, l) in &listeners {
         write_bytes(o, "fulcrum_listener_bytes_total", labels, l.stats());
+    }
+    header(o, "fulcrum_listener_connect_seconds", "histogram", "Time to connect to a backend.");
+    for (labels, l) in &listeners {
+        l.stats().connect_latency.render(o, "fulcrum_listener_connect_seconds", labels);
     }
     header(o, "fulcrum_listener_errors_total", "counter", "Failed connections, by kind.");
     for (labels, l) in &listeners {
@@ -239,6 +252,27 @@ pub fn render(listeners: &[Arc<ListenerRuntime>], pools: &[Arc<PoolRuntime>]) ->
         &backends,
         |b| u64::from(b.is_draining()),
     );
+    header(
+        o,
+        "fulcrum_backend_latency_ewma_seconds",
+        "gauge",
+        "Peak-EWMA connect latency, in pools balanced by it.",
+    );
+    let now = std::time::Instant::now();
+    for pool in pools {
+        let Algorithm::PeakEwma { decay } = pool.spec().algorithm else { continue };
+        for backend in pool.all_backends() {
+            if let Some(latency) = backend.load().ewma_latency(now, decay) {
+                let _ = writeln!(
+                    o,
+                    "fulcrum_backend_latency_ewma_seconds{{pool=\"{}\",backend=\"{}\"}} {}",
+                    pool.name(),
+                    backend.address(),
+                    latency.as_secs_f64()
+                );
+            }
+        }
+    }
     out
 }
 
@@ -292,6 +326,5 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
-        assert_eq!(h.count(), 3);
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fulcrum_model::{Config, Listener, Name, Protocol};
+use fulcrum_model::{ClusterSpec, Config, Listener, Name, Protocol};
 use tokio::task::JoinHandle;
 
 use listener::ListenerRuntime;
@@ -33,6 +33,13 @@ pub type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
 
 /// How long a removed listener's connections may run when its pool is gone too.
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
+
+/// The instant `timeout` from now, or a year from now for a timeout too large to represent
+/// (durations come from operators and are not bounded).
+pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
 
 /// A listener that could not be started; the rest of the configuration still applies.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +102,9 @@ pub struct DataPlane {
     control: tokio::sync::Mutex<Control>,
     /// Removed listeners whose connections are still draining, for metrics and node drain.
     retired: Arc<Mutex<Vec<Arc<ListenerRuntime>>>>,
+    /// Removed pools whose backends still have connections: shown in metrics, and brought
+    /// back if a pool of the same name is added again.
+    retired_pools: Mutex<Vec<Arc<PoolRuntime>>>,
 }
 
 impl DataPlane {
@@ -110,41 +120,20 @@ impl DataPlane {
             pools: Arc::default(),
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
+            retired_pools: Mutex::default(),
         })
     }
 
     /// Makes the running data plane match `config`. A listener that cannot start is reported
     /// and the rest still applies: the configuration is already agreed by the cluster.
-    pub async fn apply(&self, config: &Config) -> Vec<ListenerError> {
+    /// Returns `None`, changing nothing, once the node has drained.
+    pub async fn apply(&self, config: &Config) -> Option<Vec<ListenerError>> {
         let mut control = self.control.lock().await;
         if control.drained {
-            return Vec::new();
+            return None;
         }
         let spec = &config.spec;
-        let old_pools = self.pools.load_full();
-        let mut pools = PoolMap::with_capacity(spec.pools.len());
-        for pool in &spec.pools {
-            let runtime = match old_pools.get(&pool.name) {
-                Some(runtime) => {
-                    if *runtime.spec() != *pool {
-                        runtime.update(pool);
-                    }
-                    Arc::clone(runtime)
-                }
-                None => {
-                    tracing::info!(pool = %pool.name, backends = pool.backends.len(), "pool added");
-                    let runtime = PoolRuntime::new(pool);
-                    runtime.start_checks();
-                    runtime
-                }
-            };
-            pools.insert(pool.name.clone(), runtime);
-        }
-        for (name, runtime) in old_pools.iter().filter(|(name, _)| !pools.contains_key(*name)) {
-            tracing::info!(pool = %name, "pool removed");
-            runtime.retire();
-        }
-        self.pools.store(Arc::new(pools));
+        let old_pools = self.apply_pools(spec);
 
         // Stop what goes away first, so its address is free for whatever replaces it.
         let leaving: Vec<Name> = control
@@ -186,7 +175,48 @@ impl DataPlane {
                 }),
             }
         }
-        errors
+        Some(errors)
+    }
+
+    /// Updates, adds and retires pools to match `spec`; returns the pools as they were.
+    fn apply_pools(&self, spec: &ClusterSpec) -> Arc<PoolMap> {
+        let old_pools = self.pools.load_full();
+        let mut retired_pools = crate::lock(&self.retired_pools);
+        retired_pools.retain(|p| !p.is_idle());
+        let mut pools = PoolMap::with_capacity(spec.pools.len());
+        for pool in &spec.pools {
+            let runtime = match old_pools.get(&pool.name) {
+                Some(runtime) => {
+                    if *runtime.spec() != *pool {
+                        runtime.update(pool);
+                    }
+                    Arc::clone(runtime)
+                }
+                None => match retired_pools.iter().position(|p| p.name() == &pool.name) {
+                    Some(index) => {
+                        tracing::info!(pool = %pool.name, "pool added back: its open connections carry on");
+                        let runtime = retired_pools.swap_remove(index);
+                        runtime.update(pool);
+                        runtime.start_checks();
+                        runtime
+                    }
+                    None => {
+                        tracing::info!(pool = %pool.name, backends = pool.backends.len(), "pool added");
+                        let runtime = PoolRuntime::new(pool);
+                        runtime.start_checks();
+                        runtime
+                    }
+                },
+            };
+            pools.insert(pool.name.clone(), runtime);
+        }
+        for (name, runtime) in old_pools.iter().filter(|(name, _)| !pools.contains_key(*name)) {
+            tracing::info!(pool = %name, "pool removed");
+            runtime.retire();
+            retired_pools.push(Arc::clone(runtime));
+        }
+        self.pools.store(Arc::new(pools));
+        old_pools
     }
 
     /// Stops a listener accepting (its socket closed once this returns) and lets its
@@ -207,7 +237,7 @@ impl DataPlane {
         crate::lock(&self.retired).push(Arc::clone(&runtime));
         let retired = Arc::clone(&self.retired);
         tokio::spawn(async move {
-            let closed = runtime.drain(tokio::time::Instant::now() + timeout).await;
+            let closed = runtime.drain(deadline_after(timeout)).await;
             if closed > 0 {
                 tracing::warn!(listener = %runtime.name(), closed, "drain timeout: closed the removed listener's remaining connections");
             }
@@ -218,11 +248,13 @@ impl DataPlane {
     /// Node drain: stops accepting on every listener, lets open connections finish until
     /// `timeout`, closes what remains and reports it. Nothing starts afterwards.
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
-        let mut control = self.control.lock().await;
-        control.drained = true;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut listeners: Vec<_> =
-            control.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
+        let deadline = deadline_after(timeout);
+        let mut listeners: Vec<_> = {
+            // Not held while waiting: metrics stay readable during the drain.
+            let mut control = self.control.lock().await;
+            control.drained = true;
+            control.listeners.values().map(|r| Arc::clone(&r.runtime)).collect()
+        };
         listeners.extend(crate::lock(&self.retired).iter().cloned());
         tracing::info!(
             listeners = listeners.len(),
@@ -263,11 +295,12 @@ impl DataPlane {
     pub async fn metrics(&self) -> String {
         let mut listeners: Vec<_> =
             self.control.lock().await.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
-        listeners.extend(crate::lock(&self.retired).iter().cloned());
         listeners.sort_by(|a, b| a.name().cmp(b.name()));
+        let retired = crate::lock(&self.retired).clone();
         let mut pools: Vec<_> = self.pools.load().values().cloned().collect();
+        pools.extend(crate::lock(&self.retired_pools).iter().filter(|p| !p.is_idle()).cloned());
         pools.sort_by(|a, b| a.name().cmp(b.name()));
-        metrics::render(&listeners, &pools)
+        metrics::render(&listeners, &retired, &pools)
     }
 }
 

@@ -40,8 +40,9 @@ pub struct BackendRuntime {
     ejections: AtomicU64,
     /// Set once it left the configuration; it stays alive while connections hold it.
     removed: AtomicBool,
-    /// Cancelled when its remaining connections must close (drain deadline, disabled).
-    close: CancellationToken,
+    /// Cancelled when its open connections must close (drain deadline, disabled); replaced by
+    /// a fresh one when the backend becomes active again, so new connections are not closed.
+    close: Mutex<CancellationToken>,
     /// The pending close of a drain and when it fires; aborted if the backend becomes active
     /// again, replaced if a shorter drain timeout arrives.
     drain_deadline: Mutex<Option<(tokio::time::Instant, AbortHandle)>>,
@@ -63,7 +64,7 @@ impl BackendRuntime {
             checks_failed: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             removed: AtomicBool::new(false),
-            close: CancellationToken::new(),
+            close: Mutex::new(CancellationToken::new()),
             drain_deadline: Mutex::new(None),
         }
     }
@@ -103,16 +104,16 @@ impl BackendRuntime {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    /// Resolves when its connections must close.
-    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.close.cancelled()
+    /// The signal a new connection watches: cancelled when it must close.
+    pub fn close_signal(&self) -> CancellationToken {
+        lock(&self.close).clone()
     }
 
     /// Whether it takes no new traffic but still has connections to finish.
     pub fn is_draining(&self) -> bool {
         let leaving =
             self.removed.load(Ordering::Relaxed) || self.spec.load().state != AdminState::Active;
-        leaving && !self.close.is_cancelled() && self.load.active() > 0
+        leaving && !lock(&self.close).is_cancelled() && self.load.active() > 0
     }
 
     /// Whether new traffic may go to it now.
@@ -142,17 +143,21 @@ impl BackendRuntime {
         Some(period)
     }
 
-    /// Takes an active check result; returns the new state when it flipped.
-    fn record_check(&self, passed: bool) -> Option<Health> {
+    /// Takes an active check result; returns the new state when it flipped, and whether a
+    /// passive ejection ended.
+    fn record_check(&self, passed: bool) -> (Option<Health>, bool) {
         let counter = if passed { &self.checks_passed } else { &self.checks_failed };
         counter.fetch_add(1, Ordering::Relaxed);
         let change = lock(&self.hysteresis).record(passed);
-        if change == Some(Health::Up) {
-            // Checks have seen it come back: it returns after `rise` checks, not after
-            // whatever is left of a passive ejection from while it was down.
-            lock(&self.passive).clear();
+        let mut passive = lock(&self.passive);
+        // A passing check outranks an ejection: the backend returns after `rise` checks, not
+        // after whatever is left of an ejection from while it was down or restarting.
+        let unejected = passed && passive.is_ejected(Instant::now());
+        if unejected {
+            passive.clear();
+            self.failing.store(false, Ordering::Relaxed);
         }
-        change
+        (change, unejected)
     }
 
     /// Starts or stops its drain after a configuration change: `Draining` or removed closes
@@ -166,11 +171,15 @@ impl BackendRuntime {
                 if let Some((_, handle)) = pending.take() {
                     handle.abort();
                 }
+                let mut close = lock(&self.close);
+                if close.is_cancelled() {
+                    *close = CancellationToken::new();
+                }
             }
-            AdminState::Disabled => self.close.cancel(),
+            AdminState::Disabled => lock(&self.close).cancel(),
             AdminState::Draining => {
-                let deadline = tokio::time::Instant::now() + timeout;
-                if self.close.is_cancelled()
+                let deadline = super::deadline_after(timeout);
+                if lock(&self.close).is_cancelled()
                     || pending.as_ref().is_some_and(|(at, _)| *at <= deadline)
                 {
                     return;
@@ -186,7 +195,7 @@ impl BackendRuntime {
                     if remaining > 0 {
                         tracing::warn!(pool = %backend.pool, backend = %backend.address, remaining, "drain timeout: closing the backend's remaining connections");
                     }
-                    backend.close.cancel();
+                    lock(&backend.close).cancel();
                 });
                 *pending = Some((deadline, task.abort_handle()));
             }
@@ -210,6 +219,9 @@ pub struct PoolRuntime {
     spec: ArcSwap<Pool>,
     /// Every configured backend, whatever its state.
     backends: ArcSwap<Vec<Arc<BackendRuntime>>>,
+    /// Removed backends whose connections are still open: shown in metrics, and brought back
+    /// (connections, load and all) if the same address is added again.
+    leaving: Mutex<Vec<Arc<BackendRuntime>>>,
     selection: ArcSwap<Selection>,
     /// Round-robin position, kept across rebuilds so a change does not restart at the first.
     cursor: Arc<AtomicU64>,
@@ -230,6 +242,7 @@ impl PoolRuntime {
             name: spec.name.clone(),
             spec: ArcSwap::from_pointee(spec.clone()),
             backends: ArcSwap::from_pointee(backends),
+            leaving: Mutex::new(Vec::new()),
             selection: ArcSwap::from_pointee(Selection {
                 backends: Vec::new(),
                 balancer: Balancer::new(&spec.algorithm, Vec::new(), Arc::clone(&cursor)),
@@ -257,9 +270,18 @@ impl PoolRuntime {
         self.selection.load_full()
     }
 
-    /// Every configured backend.
+    /// Every configured backend, then the removed ones that still have connections.
     pub fn all_backends(&self) -> Vec<Arc<BackendRuntime>> {
-        self.backends.load().as_ref().clone()
+        let mut all = self.backends.load().as_ref().clone();
+        let mut leaving = lock(&self.leaving);
+        leaving.retain(|b| b.load.active() > 0);
+        all.extend(leaving.iter().cloned());
+        all
+    }
+
+    /// Whether nothing of the pool is in use any more.
+    pub fn is_idle(&self) -> bool {
+        self.all_backends().iter().all(|b| b.load.active() == 0)
     }
 
     /// Applies a new configuration of this pool: backends kept by address (with their
@@ -267,32 +289,44 @@ impl PoolRuntime {
     pub fn update(self: &Arc<Self>, spec: &Pool) {
         let old_spec = self.spec.load_full();
         let old = self.backends.load_full();
+        let mut leaving = lock(&self.leaving);
+        leaving.retain(|b| b.load.active() > 0);
         let mut next = Vec::with_capacity(spec.backends.len());
         for backend in &spec.backends {
-            match old.iter().find(|b| b.address == backend.address) {
-                Some(runtime) => {
-                    runtime.spec.store(Arc::new(backend.clone()));
-                    next.push(Arc::clone(runtime));
-                }
-                None => {
-                    tracing::info!(pool = %self.name, backend = %backend.address, "backend added");
-                    next.push(Arc::new(BackendRuntime::new(spec, backend.clone())));
-                }
-            }
+            let kept = match old.iter().find(|b| b.address == backend.address) {
+                Some(runtime) => Arc::clone(runtime),
+                None => match leaving.iter().position(|b| b.address == backend.address) {
+                    Some(index) => {
+                        tracing::info!(pool = %self.name, backend = %backend.address, "backend added back: its open connections carry on");
+                        leaving.swap_remove(index)
+                    }
+                    None => {
+                        tracing::info!(pool = %self.name, backend = %backend.address, "backend added");
+                        Arc::new(BackendRuntime::new(spec, backend.clone()))
+                    }
+                },
+            };
+            kept.spec.store(Arc::new(backend.clone()));
+            kept.removed.store(false, Ordering::Relaxed);
+            next.push(kept);
         }
         for gone in old.iter().filter(|b| spec.backend(b.address).is_none()) {
             tracing::info!(pool = %self.name, backend = %gone.address, remaining = gone.load.active(), "backend removed");
             gone.removed.store(true, Ordering::Relaxed);
+            leaving.push(Arc::clone(gone));
         }
+        let affected: Vec<_> = leaving.iter().chain(next.iter()).cloned().collect();
+        drop(leaving);
         self.spec.store(Arc::new(spec.clone()));
         self.backends.store(Arc::new(next));
-        for backend in old.iter().chain(self.backends.load().iter()) {
+        for backend in affected {
             backend.follow_admin_state(spec.drain_timeout);
         }
         self.rebuild_selection();
         let checks_changed = old_spec.health_check != spec.health_check
             || old.len() != spec.backends.len()
-            || old.iter().any(|b| spec.backend(b.address).is_none());
+            || old.iter().any(|b| spec.backend(b.address).is_none())
+            || old.iter().any(|b| b.removed.load(Ordering::Relaxed));
         if checks_changed {
             self.start_checks();
         }
@@ -334,13 +368,15 @@ impl PoolRuntime {
             return;
         };
         tracing::warn!(pool = %self.name, backend = %backend.address, ejected_for = ?period, "backend ejected after consecutive connection failures");
-        self.rebuild_selection();
+        // A rebuild can fill a large Maglev table: off the worker serving connections.
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || pool.rebuild_selection());
         let pool = Arc::clone(self);
         let address = backend.address;
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
             tracing::info!(pool = %pool.name, backend = %address, "ejection over: backend may take traffic again");
-            pool.rebuild_selection();
+            let _ = tokio::task::spawn_blocking(move || pool.rebuild_selection()).await;
         });
     }
 
@@ -368,15 +404,20 @@ impl PoolRuntime {
                 // The first check runs at once, so an unknown backend is decided quickly.
                 loop {
                     let result = health::probe(backend.address, &check).await;
-                    if let Some(state) = backend.record_check(result.is_ok()) {
-                        match &result {
-                            Ok(()) => {
-                                tracing::info!(pool = %pool.name, backend = %backend.address, %state, "backend health changed: check passed")
-                            }
-                            Err(reason) => {
-                                tracing::warn!(pool = %pool.name, backend = %backend.address, %state, %reason, "backend health changed: check failed")
-                            }
+                    let (change, unejected) = backend.record_check(result.is_ok());
+                    match (&result, change) {
+                        (Ok(()), Some(state)) => {
+                            tracing::info!(pool = %pool.name, backend = %backend.address, %state, "backend health changed: check passed")
                         }
+                        (Err(reason), Some(state)) => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.address, %state, %reason, "backend health changed: check failed")
+                        }
+                        (_, None) => {}
+                    }
+                    if unejected {
+                        tracing::info!(pool = %pool.name, backend = %backend.address, "ejection ended early: a health check passed");
+                    }
+                    if change.is_some() || unejected {
                         pool.rebuild_selection();
                     }
                     tokio::time::sleep(health::next_check_in(check.interval, &mut rng)).await;

@@ -94,13 +94,21 @@ async fn pump(
 ) -> io::Result<()> {
     let mut buffer = vec![0; COPY_BUFFER];
     let mut pipe = None;
+    let mut pipe_failed = false;
     loop {
         let moved = match &pipe {
             None => {
                 let moved = read(from, &mut buffer).await?;
                 write_all(to, &buffer[..moved]).await?;
-                if moved == buffer.len() {
-                    pipe = Some(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?);
+                if moved == buffer.len() && !pipe_failed {
+                    match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
+                        Ok(fds) => pipe = Some(fds),
+                        // Out of descriptors: this connection goes on copying.
+                        Err(e) => {
+                            tracing::debug!("no pipe for splice ({e}): copying instead");
+                            pipe_failed = true;
+                        }
+                    }
                 }
                 moved
             }
