@@ -89,9 +89,59 @@ pub struct Listener {
     /// At most this many client connections at once; further ones wait in the backlog.
     #[serde(default)]
     pub max_connections: Option<u32>,
-    /// A connection with no bytes moving either way for this long is closed.
+    /// A connection with no bytes moving either way for this long is closed (for HTTP: no
+    /// request in flight and none arriving).
     #[serde(default = "default_idle_timeout", with = "crate::duration")]
     pub idle_timeout: Duration,
+    /// Settings of `http` and `https` listeners.
+    #[serde(default)]
+    pub http: HttpOptions,
+}
+
+/// How an HTTP listener treats requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOptions {
+    /// A client must send a request's headers within this (slowloris protection).
+    #[serde(default = "default_header_timeout", with = "crate::duration")]
+    pub header_timeout: Duration,
+    /// A request must be answered (response headers sent) within this, body upload included.
+    #[serde(default = "default_request_timeout", with = "crate::duration")]
+    pub request_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Largest request body; larger gets 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Log one structured line per request.
+    #[serde(default)]
+    pub access_log: bool,
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> u32 {
+    32 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    64 << 20
+}
+
+impl Default for HttpOptions {
+    fn default() -> HttpOptions {
+        HttpOptions {
+            header_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            access_log: false,
+        }
+    }
 }
 
 fn default_idle_timeout() -> Duration {
@@ -112,6 +162,7 @@ impl Listener {
             proxy_protocol: false,
             max_connections: None,
             idle_timeout: default_idle_timeout(),
+            http: HttpOptions::default(),
         }
     }
 }
@@ -177,6 +228,27 @@ pub struct Pool {
     /// How long a connection to a backend may take before the next backend is tried.
     #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
+    /// What HTTP listeners speak to these backends.
+    #[serde(default)]
+    pub upstream: UpstreamProtocol,
+    /// How long a backend may take to send response headers before the client gets 504.
+    #[serde(default = "default_response_timeout", with = "crate::duration")]
+    pub response_timeout: Duration,
+}
+
+/// The HTTP version spoken to a pool's backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), multiplexed; needed for gRPC backends.
+    Http2,
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_drain_timeout() -> Duration {
@@ -197,6 +269,8 @@ impl Pool {
             health_check: None,
             drain_timeout: default_drain_timeout(),
             connect_timeout: default_connect_timeout(),
+            upstream: UpstreamProtocol::default(),
+            response_timeout: default_response_timeout(),
         }
     }
 

@@ -130,6 +130,25 @@ impl Checker {
         if listener.idle_timeout.is_zero() {
             self.report(&object, "idle_timeout", "0 would close every connection at once");
         }
+        let http = &listener.http;
+        for (field, value) in [
+            ("http.header_timeout", http.header_timeout),
+            ("http.request_timeout", http.request_timeout),
+        ] {
+            if value.is_zero() {
+                self.report(&object, field, "0 would refuse every request");
+            }
+        }
+        if http.max_header_bytes < 1024 {
+            self.report(
+                &object,
+                "http.max_header_bytes",
+                format!(
+                    "{} bytes cannot hold ordinary request headers; use at least 1024",
+                    http.max_header_bytes
+                ),
+            );
+        }
         match (listener.protocol, &listener.tls) {
             (Protocol::Https, None) => {
                 self.report(&object, "tls", "an https listener needs `tls.certificates`")
@@ -312,6 +331,9 @@ impl Checker {
         }
         if pool.connect_timeout.is_zero() {
             self.report(&object, "connect_timeout", "0 would fail every connection attempt");
+        }
+        if pool.response_timeout.is_zero() {
+            self.report(&object, "response_timeout", "0 would fail every request");
         }
         if !pool.backends.is_empty() && pool.backends.iter().all(|b| b.weight == 0) {
             self.report(

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod health;
 pub mod metrics_endpoint;
 pub mod node_file;
+pub mod ratelimit;
 
 use std::sync::{Mutex, MutexGuard};
 

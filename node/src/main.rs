@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use fulcrum_model::{Config, file};
+use fulcrum_node::dataplane::sticky::CookieSigner;
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::metrics_endpoint;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
@@ -76,9 +77,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     let _entered = runtime.enter();
 
-    let store = match &node.raft {
-        Some(section) => {
-            let settings = section.settings(node.node_id).with_context(node_file)?;
+    let store_settings = match &node.raft {
+        Some(section) => Some(section.settings(node.node_id).with_context(node_file)?),
+        None => None,
+    };
+    // Sticky cookies signed with a key every node derives alike from the cluster secret
+    // stay valid when the VIP moves; a standalone node's last as long as the process.
+    let signer = store_settings
+        .as_ref()
+        .map_or_else(CookieSigner::random, |settings| CookieSigner::new(&settings.secret));
+    let store = match store_settings {
+        Some(settings) => {
             let data_dir = settings.data_dir.display().to_string();
             let store = runtime
                 .block_on(ConfigStore::start(settings))
@@ -89,8 +98,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let plane = Arc::new(
-        DataPlane::with_workers(node.workers.map_or_else(workers::default_count, |n| n.get()))
-            .context("cannot start the data plane's worker threads")?,
+        DataPlane::with_workers(
+            node.workers.map_or_else(workers::default_count, |n| n.get()),
+            signer,
+        )
+        .context("cannot start the data plane's worker threads")?,
     );
     match (&store, &args.cluster_file) {
         (Some(store), _) => {

@@ -15,6 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+mod support;
+
+use support::free_port;
+
 /// A bound on every wait, so a broken proxy fails a test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -63,24 +67,6 @@ impl TestBackend {
         self.task.abort();
         self.address
     }
-}
-
-/// A loopback port reserved for one test: bound (with SO_REUSEPORT, as the data plane's
-/// listeners are) but not listening, so no other test gets it, and connecting to it is refused
-/// until something listens on it.
-struct Port {
-    address: SocketAddr,
-    _reserved: socket2::Socket,
-}
-
-fn free_port() -> Port {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
-    socket.set_reuse_address(true).expect("SO_REUSEADDR");
-    socket.set_reuse_port(true).expect("SO_REUSEPORT");
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
-    let address = socket.local_addr().expect("address").as_socket().expect("an IP address");
-    Port { address, _reserved: socket }
 }
 
 fn pool(pool_name: &str, algorithm: Algorithm, backends: &[&TestBackend]) -> Pool {

@@ -30,7 +30,6 @@ pub async fn serve(
     listener: &ListenerRuntime,
     pools: &ArcSwap<PoolMap>,
 ) {
-    listener.stats().total.fetch_add(1, Ordering::Relaxed);
     let spec = listener.spec();
     let pool = spec.default_pool.as_ref().and_then(|name| pools.load().get(name).cloned());
     let Some(pool) = pool else {

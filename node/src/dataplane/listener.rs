@@ -2,23 +2,27 @@
 //! bound; SO_REUSEPORT, one socket per worker), the accept loop with its connection limit,
 //! and stopping to accept when a listener is removed or the node drains.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use fulcrum_model::{Listener, Name};
+use fulcrum_model::{Listener, Name, Protocol};
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::metrics::TrafficStats;
-use super::{PoolMap, l4};
+use super::metrics::{RouteStats, TrafficStats};
+use super::router::Router;
+use super::tls::{CertStore, RELOAD_EVERY};
+use super::{ListenerError, Shared, http, l4};
 
 /// Connections waiting to be accepted.
 const BACKLOG: i32 = 1024;
@@ -41,6 +45,38 @@ pub struct ListenerRuntime {
     admitted: AtomicUsize,
     /// Signalled when a connection ends or the limit changes, for accept loops at the limit.
     capacity: Notify,
+    /// HTTP routes, rebuilt on every change of the listener.
+    router: ArcSwap<Router>,
+    /// Request counters per route name (`""` for the default pool), kept across changes.
+    route_stats: Mutex<HashMap<String, Arc<RouteStats>>>,
+    /// Certificates and the TLS acceptor of an https listener.
+    tls: ArcSwap<Option<TlsState>>,
+}
+
+/// An https listener's certificates and the acceptor presenting them.
+struct TlsState {
+    store: Arc<CertStore>,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsState").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    fn load(spec: &Listener) -> Result<Option<TlsState>, ListenerError> {
+        if spec.protocol != Protocol::Https {
+            return Ok(None);
+        }
+        let files = spec.tls.as_ref().map(|t| t.certificates.as_slice()).unwrap_or_default();
+        let store = CertStore::load(files)
+            .map_err(|source| ListenerError::Tls { name: spec.name.clone(), source })?;
+        let store = Arc::new(store);
+        let acceptor = TlsAcceptor::from(store.server_config());
+        Ok(Some(TlsState { store, acceptor }))
+    }
 }
 
 impl ListenerRuntime {
@@ -69,11 +105,61 @@ impl ListenerRuntime {
         self.close.cancelled()
     }
 
-    /// Takes a new configuration of the same socket (same address and protocol).
-    pub fn update(&self, spec: &Listener) {
+    /// Takes a new configuration of the same socket (same address and protocol). New
+    /// certificates that cannot be used are reported and the previous ones stay.
+    pub fn update(&self, spec: &Listener) -> Result<(), ListenerError> {
+        let files_changed = {
+            let tls = self.tls.load();
+            let current = tls.as_ref().as_ref().map(|t| t.store.files());
+            let next = spec.tls.as_ref().map(|t| t.certificates.as_slice());
+            current != next
+        };
         self.spec.store(Arc::new(spec.clone()));
+        self.router.store(Arc::new(self.build_router(spec)));
         // A raised or lifted limit lets waiting accept loops go on at once.
         self.capacity.notify_waiters();
+        if files_changed {
+            self.tls.store(Arc::new(TlsState::load(spec)?));
+        } else if let Some(tls) = self.tls.load().as_ref() {
+            // Same files named: they may still have new contents.
+            tls.store.reload_changed();
+        }
+        Ok(())
+    }
+
+    /// The HTTP routes now.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
+    }
+
+    /// The counters of `route`, or of the default pool for `None`.
+    pub fn route_stats(&self, route: Option<&Name>) -> Arc<RouteStats> {
+        let name = route.map_or("", |r| r.as_str());
+        let mut stats = crate::lock(&self.route_stats);
+        Arc::clone(stats.entry(name.to_owned()).or_default())
+    }
+
+    /// Every route's counters, by route name (`""` for the default pool).
+    pub fn all_route_stats(&self) -> Vec<(String, Arc<RouteStats>)> {
+        let mut all: Vec<_> = crate::lock(&self.route_stats)
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn build_router(&self, spec: &Listener) -> Router {
+        // Counters of routes that no longer exist go with them.
+        crate::lock(&self.route_stats).retain(|name, _| {
+            name.is_empty() || spec.routes.iter().any(|r| r.name.as_str() == name)
+        });
+        Router::new(spec, |route| self.route_stats(Some(route)))
+    }
+
+    /// Resolves once the listener stops accepting (removed, or the node drains).
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.stop_accepting.cancelled()
     }
 
     /// Stops accepting; open connections go on.
@@ -162,11 +248,14 @@ impl Drop for Admission {
 /// sockets are closed.
 pub fn start(
     spec: &Listener,
-    pools: Arc<ArcSwap<PoolMap>>,
+    shared: Arc<Shared>,
     workers: &[Handle],
-) -> io::Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>)> {
+) -> Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>), ListenerError> {
+    let tls = TlsState::load(spec)?;
     // All sockets are bound before any accepts, so a failure leaves nothing behind.
-    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>()?;
+    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>().map_err(
+        |source| ListenerError::Bind { name: spec.name.clone(), bind: spec.bind, source },
+    )?;
     let runtime = Arc::new(ListenerRuntime {
         name: spec.name.clone(),
         spec: ArcSwap::from_pointee(spec.clone()),
@@ -176,23 +265,43 @@ pub fn start(
         close: CancellationToken::new(),
         admitted: AtomicUsize::new(0),
         capacity: Notify::new(),
+        router: ArcSwap::default(),
+        route_stats: Mutex::default(),
+        tls: ArcSwap::from_pointee(tls),
     });
+    runtime.router.store(Arc::new(runtime.build_router(spec)));
+    if spec.protocol == Protocol::Https {
+        tokio::spawn(reload_certificates(Arc::clone(&runtime)));
+    }
     let accepting = sockets
         .into_iter()
         .zip(workers)
         .map(|(socket, worker)| {
             let listener = Arc::clone(&runtime);
-            let pools = Arc::clone(&pools);
+            let shared = Arc::clone(&shared);
             worker.spawn(async move {
                 // Registered with this worker's reactor, so its connections stay on it.
                 match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, pools).await,
+                    Ok(socket) => accept_loop(socket, listener, shared).await,
                     Err(e) => tracing::error!(listener = %listener.name, "cannot accept: {e}"),
                 }
             })
         })
         .collect();
     Ok((runtime, accepting))
+}
+
+/// Reads an https listener's certificate files again whenever they change, until it stops.
+async fn reload_certificates(listener: Arc<ListenerRuntime>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RELOAD_EVERY) => {}
+            () = listener.stopping() => return,
+        }
+        if let Some(tls) = listener.tls.load().as_ref() {
+            tls.store.reload_changed();
+        }
+    }
 }
 
 /// A listening socket on `address`, one of a SO_REUSEPORT group (one per worker); the address
@@ -212,11 +321,7 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-async fn accept_loop(
-    socket: TcpListener,
-    listener: Arc<ListenerRuntime>,
-    pools: Arc<ArcSwap<PoolMap>>,
-) {
+async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared: Arc<Shared>) {
     loop {
         // A listener at its limit leaves further clients in the kernel's backlog. Each worker
         // reserves its slot only after accepting, so idle workers hold none; at worst a
@@ -239,11 +344,44 @@ async fn accept_loop(
         };
         let Some(admission) = Admission::wait(&listener).await else { break };
         let connection = Arc::clone(&listener);
-        let pools = Arc::clone(&pools);
+        let shared = Arc::clone(&shared);
         listener.connections.spawn(async move {
-            l4::serve(stream, peer, &connection, &pools).await;
+            serve(stream, peer, connection, shared).await;
             drop(admission);
         });
     }
     tracing::debug!(listener = %listener.name, "stopped accepting");
+}
+
+/// Serves one accepted connection by the listener's protocol.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) {
+    listener.stats.total.fetch_add(1, Ordering::Relaxed);
+    match listener.spec.load().protocol {
+        Protocol::Tcp => l4::serve(stream, peer, &listener, &shared.pools).await,
+        Protocol::Http => http::serve(stream, peer, false, listener, shared).await,
+        Protocol::Https => {
+            let Some(acceptor) = listener.tls.load().as_ref().as_ref().map(|t| t.acceptor.clone())
+            else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            // The handshake is part of the request head: a client slow to finish it is cut
+            // like a slowloris.
+            let timeout = listener.spec.load().http.header_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => http::serve(tls, peer, true, listener, shared).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %listener.name, %peer, "TLS handshake failed: {e}")
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out")
+                }
+            }
+        }
+    }
 }

@@ -80,6 +80,31 @@ impl TrafficStats {
     }
 }
 
+/// Counters of one HTTP route (or a listener's default route).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Responses by status class: 1xx..5xx at indexes 0..=4.
+    responses: [AtomicU64; 5],
+    /// Requests refused by a rate limit (also counted as 4xx).
+    pub rate_limited: AtomicU64,
+    /// Time from request to response headers.
+    pub latency: Histogram,
+}
+
+impl RouteStats {
+    /// Counts one response.
+    pub fn response(&self, status: u16, latency: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(latency);
+    }
+
+    /// Responses counted in the status class `class` (1 to 5).
+    pub fn responses(&self, class: usize) -> u64 {
+        self.responses.get(class.wrapping_sub(1)).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -171,6 +196,53 @@ pub fn render(
         write_errors(o, "fulcrum_listener_errors_total", labels, l.stats());
     }
 
+    header(
+        o,
+        "fulcrum_route_responses_total",
+        "counter",
+        "HTTP responses per route, by status class; route=\"\" is the default pool.",
+    );
+    for (labels, l) in &listeners {
+        for (route, stats) in l.all_route_stats() {
+            for class in 1..=5 {
+                let _ = writeln!(
+                    o,
+                    "fulcrum_route_responses_total{{{labels},route=\"{route}\",class=\"{class}xx\"}} {}",
+                    stats.responses(class)
+                );
+            }
+        }
+    }
+    header(
+        o,
+        "fulcrum_route_rate_limited_total",
+        "counter",
+        "Requests refused with 429 by a rate limit.",
+    );
+    for (labels, l) in &listeners {
+        for (route, stats) in l.all_route_stats() {
+            let _ = writeln!(
+                o,
+                "fulcrum_route_rate_limited_total{{{labels},route=\"{route}\"}} {}",
+                stats.rate_limited.load(Ordering::Relaxed)
+            );
+        }
+    }
+    header(
+        o,
+        "fulcrum_route_request_seconds",
+        "histogram",
+        "Time from request to response headers.",
+    );
+    for (labels, l) in &listeners {
+        for (route, stats) in l.all_route_stats() {
+            stats.latency.render(
+                o,
+                "fulcrum_route_request_seconds",
+                &format!("{labels},route=\"{route}\""),
+            );
+        }
+    }
     family(
         o,
         "fulcrum_backend_active_connections",

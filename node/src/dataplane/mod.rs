@@ -7,11 +7,15 @@
 //! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
 //! takes a lock or waits on the configuration store or the disk.
 
+pub mod http;
 pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod router;
 pub mod splice;
+pub mod sticky;
+pub mod tls;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -21,15 +25,41 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use fulcrum_model::{ClusterSpec, Config, Listener, Name, Protocol};
+use fulcrum_model::{ClusterSpec, Config, Listener, Name, RateLimitKey, RateLimitPolicy};
 use tokio::task::JoinHandle;
 
 use listener::ListenerRuntime;
 use pool::PoolRuntime;
+use sticky::CookieSigner;
+
+use crate::ratelimit::{DEFAULT_MAX_KEYS, Limiter};
 use workers::Workers;
 
 /// The pools by name, as the data path sees them.
 pub type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
+
+/// Rate-limit policies by name, each with its counters.
+type LimiterMap = HashMap<Name, (RateLimitPolicy, Arc<Limiter>)>;
+
+/// What every connection reads: swapped whole by `apply`, never locked.
+#[derive(Debug)]
+pub struct Shared {
+    /// The pools.
+    pub pools: ArcSwap<PoolMap>,
+    limiters: ArcSwap<LimiterMap>,
+    /// Signs and checks sticky cookies, alike on every node of the cluster.
+    pub signer: CookieSigner,
+}
+
+impl Shared {
+    /// The rate-limit policy called `name`: what it is keyed on, and its counters.
+    pub fn limiter(&self, name: &Name) -> Option<(RateLimitKey, Arc<Limiter>)> {
+        self.limiters
+            .load()
+            .get(name)
+            .map(|(policy, limiter)| (policy.key.clone(), Arc::clone(limiter)))
+    }
+}
 
 /// How long a removed listener's connections may run when its pool is gone too.
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
@@ -54,13 +84,13 @@ pub enum ListenerError {
         /// What the OS said.
         source: io::Error,
     },
-    /// HTTP listeners come with the L7 data plane.
-    #[error("listener '{name}' speaks {protocol}, which this build does not serve yet")]
-    Unsupported {
+    /// Its certificates cannot be used.
+    #[error("listener '{name}': {source}")]
+    Tls {
         /// The listener.
         name: Name,
-        /// Its protocol.
-        protocol: Protocol,
+        /// What is wrong with the certificates.
+        source: tls::TlsError,
     },
 }
 
@@ -98,7 +128,7 @@ struct Control {
 pub struct DataPlane {
     /// Where connections are accepted and served.
     workers: Workers,
-    pools: Arc<ArcSwap<PoolMap>>,
+    shared: Arc<Shared>,
     control: tokio::sync::Mutex<Control>,
     /// Removed listeners whose connections are still draining, for metrics and node drain.
     retired: Arc<Mutex<Vec<Arc<ListenerRuntime>>>>,
@@ -108,16 +138,21 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// A data plane serving nothing yet, with one worker thread per core.
+    /// A data plane serving nothing yet, with one worker thread per core and sticky cookies
+    /// valid for this process only.
     pub fn new() -> io::Result<DataPlane> {
-        DataPlane::with_workers(workers::default_count())
+        DataPlane::with_workers(workers::default_count(), CookieSigner::random())
     }
 
     /// A data plane serving nothing yet, with `count` worker threads (at least one).
-    pub fn with_workers(count: usize) -> io::Result<DataPlane> {
+    pub fn with_workers(count: usize, signer: CookieSigner) -> io::Result<DataPlane> {
         Ok(DataPlane {
             workers: Workers::start(count)?,
-            pools: Arc::default(),
+            shared: Arc::new(Shared {
+                pools: ArcSwap::default(),
+                limiters: ArcSwap::default(),
+                signer,
+            }),
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
             retired_pools: Mutex::default(),
@@ -134,6 +169,7 @@ impl DataPlane {
         }
         let spec = &config.spec;
         let old_pools = self.apply_pools(spec);
+        self.apply_rate_limits(spec);
 
         // Stop what goes away first, so its address is free for whatever replaces it.
         let leaving: Vec<Name> = control
@@ -153,26 +189,17 @@ impl DataPlane {
         let mut errors = Vec::new();
         for listener in &spec.listeners {
             if let Some(running) = control.listeners.get(&listener.name) {
-                running.runtime.update(listener);
+                if let Err(error) = running.runtime.update(listener) {
+                    errors.push(error);
+                }
                 continue;
             }
-            if listener.protocol != Protocol::Tcp {
-                errors.push(ListenerError::Unsupported {
-                    name: listener.name.clone(),
-                    protocol: listener.protocol,
-                });
-                continue;
-            }
-            match listener::start(listener, Arc::clone(&self.pools), self.workers.handles()) {
+            match listener::start(listener, Arc::clone(&self.shared), self.workers.handles()) {
                 Ok((runtime, accepting)) => {
                     tracing::info!(listener = %listener.name, bind = %listener.bind, "listener started");
                     control.listeners.insert(listener.name.clone(), Running { runtime, accepting });
                 }
-                Err(source) => errors.push(ListenerError::Bind {
-                    name: listener.name.clone(),
-                    bind: listener.bind,
-                    source,
-                }),
+                Err(error) => errors.push(error),
             }
         }
         Some(errors)
@@ -180,7 +207,7 @@ impl DataPlane {
 
     /// Updates, adds and retires pools to match `spec`; returns the pools as they were.
     fn apply_pools(&self, spec: &ClusterSpec) -> Arc<PoolMap> {
-        let old_pools = self.pools.load_full();
+        let old_pools = self.shared.pools.load_full();
         let mut retired_pools = crate::lock(&self.retired_pools);
         retired_pools.retain(|p| !p.is_idle());
         let mut pools = PoolMap::with_capacity(spec.pools.len());
@@ -215,8 +242,26 @@ impl DataPlane {
             runtime.retire();
             retired_pools.push(Arc::clone(runtime));
         }
-        self.pools.store(Arc::new(pools));
+        self.shared.pools.store(Arc::new(pools));
         old_pools
+    }
+
+    /// Keeps the counters of unchanged policies; a changed policy starts afresh and applies
+    /// to the next request.
+    fn apply_rate_limits(&self, spec: &ClusterSpec) {
+        let old = self.shared.limiters.load_full();
+        let limiters: LimiterMap = spec
+            .rate_limits
+            .iter()
+            .map(|policy| {
+                let limiter = match old.get(&policy.name) {
+                    Some((previous, limiter)) if previous == policy => Arc::clone(limiter),
+                    _ => Arc::new(Limiter::new(&policy.limit, DEFAULT_MAX_KEYS)),
+                };
+                (policy.name.clone(), (policy.clone(), limiter))
+            })
+            .collect();
+        self.shared.limiters.store(Arc::new(limiters));
     }
 
     /// Stops a listener accepting (its socket closed once this returns) and lets its
@@ -283,7 +328,7 @@ impl DataPlane {
 
     /// The pool called `name`, as it runs now.
     pub fn pool(&self, name: &str) -> Option<Arc<PoolRuntime>> {
-        self.pools.load().get(name).cloned()
+        self.shared.pools.load().get(name).cloned()
     }
 
     /// The running listener called `name`.
@@ -297,7 +342,7 @@ impl DataPlane {
             self.control.lock().await.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
         listeners.sort_by(|a, b| a.name().cmp(b.name()));
         let retired = crate::lock(&self.retired).clone();
-        let mut pools: Vec<_> = self.pools.load().values().cloned().collect();
+        let mut pools: Vec<_> = self.shared.pools.load().values().cloned().collect();
         pools.extend(crate::lock(&self.retired_pools).iter().filter(|p| !p.is_idle()).cloned());
         pools.sort_by(|a, b| a.name().cmp(b.name()));
         metrics::render(&listeners, &retired, &pools)

@@ -8,7 +8,7 @@
 //! a new one.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use fulcrum_model::{AdminState, Backend, Name, Pool};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::http::{self, UpstreamClient};
 use super::metrics::TrafficStats;
 use crate::balance::{Balancer, Load, Member};
 use crate::health::{self, Health, Hysteresis, PassiveEjection};
@@ -203,6 +204,13 @@ impl BackendRuntime {
     }
 }
 
+/// What one retry costs in the retry budget: retries stay under one per five requests.
+const RETRY_COST: i64 = 5;
+/// The budget a pool starts with, so a cold pool may still retry a few requests.
+const RETRY_RESERVE: i64 = 10 * RETRY_COST;
+/// The most the budget saves up.
+const RETRY_TOKENS_MAX: i64 = 100 * RETRY_COST;
+
 /// Who may take new traffic in a pool now, with the balancer over them.
 #[derive(Debug)]
 pub struct Selection {
@@ -227,6 +235,11 @@ pub struct PoolRuntime {
     cursor: Arc<AtomicU64>,
     /// Serializes rebuilds of `selection` so a stale one never replaces a newer one.
     rebuild: Mutex<()>,
+    /// Pooled HTTP connections to the backends, rebuilt when how to reach them changes.
+    client: ArcSwap<UpstreamClient>,
+    /// Retries allowed: each request adds one, each retry costs [`RETRY_COST`], so retries
+    /// stay under a fifth of requests (plus a small reserve) even when every backend fails.
+    retry_tokens: AtomicI64,
     /// The active-check tasks of the current health-check settings; each holds the pool, so
     /// [`PoolRuntime::retire`] stops them.
     checks: Mutex<Vec<AbortHandle>>,
@@ -249,6 +262,8 @@ impl PoolRuntime {
             }),
             cursor,
             rebuild: Mutex::new(()),
+            client: ArcSwap::from_pointee(http::client(spec.upstream, spec.connect_timeout)),
+            retry_tokens: AtomicI64::new(RETRY_RESERVE),
             checks: Mutex::new(Vec::new()),
         });
         pool.rebuild_selection();
@@ -268,6 +283,24 @@ impl PoolRuntime {
     /// Who may take new traffic now.
     pub fn selection(&self) -> Arc<Selection> {
         self.selection.load_full()
+    }
+
+    /// The pooled HTTP client to the backends; also counts a request for the retry budget.
+    pub fn client(&self) -> Arc<UpstreamClient> {
+        let tokens = self.retry_tokens.fetch_add(1, Ordering::Relaxed);
+        if tokens >= RETRY_TOKENS_MAX {
+            self.retry_tokens.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.client.load_full()
+    }
+
+    /// Takes a retry from the budget, if there is one left.
+    pub fn try_retry(&self) -> bool {
+        self.retry_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= RETRY_COST).then_some(t - RETRY_COST)
+            })
+            .is_ok()
     }
 
     /// Every configured backend, then the removed ones that still have connections.
@@ -317,6 +350,9 @@ impl PoolRuntime {
         }
         let affected: Vec<_> = leaving.iter().chain(next.iter()).cloned().collect();
         drop(leaving);
+        if old_spec.upstream != spec.upstream || old_spec.connect_timeout != spec.connect_timeout {
+            self.client.store(Arc::new(http::client(spec.upstream, spec.connect_timeout)));
+        }
         self.spec.store(Arc::new(spec.clone()));
         self.backends.store(Arc::new(next));
         for backend in affected {

@@ -43,7 +43,8 @@ impl Default for Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    /// Notes that bytes moved now.
+    pub fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 

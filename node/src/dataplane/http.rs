@@ -1,0 +1,744 @@
+//! L7 forwarding: HTTP/1.1 and HTTP/2 from clients (h2 by ALPN on TLS, h2c with prior
+//! knowledge on plain), routed per request to a pool, and forwarded to one backend over
+//! pooled HTTP/1.1 or h2c connections.
+//!
+//! Per request: route, rate limits (429 with Retry-After and X-RateLimit-*), body limit (413),
+//! sticky cookie or the pool's balancer, forwarding headers (X-Forwarded-*, Forwarded) with
+//! hop-by-hop headers stripped, a bounded and budgeted retry of idempotent bodiless requests
+//! on connect failure, timeouts (502/503/504 with a short body and a log line that says why),
+//! upgrades (WebSocket) tunnelled, trailers (gRPC) passed through. A connection closes
+//! gracefully when its listener drains: HTTP/1.1 with `Connection: close` after the request in
+//! flight, HTTP/2 with GOAWAY.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fulcrum_model::{Algorithm, HashKey, RateLimitKey, UpstreamProtocol};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::Shared;
+use super::listener::ListenerRuntime;
+use super::metrics::{ErrorKind, RouteStats};
+use super::pool::{BackendRuntime, PoolRuntime};
+use super::splice::Activity;
+use crate::balance::PickKey;
+use crate::ratelimit::{Decision, retry_after_seconds};
+
+/// Errors of a body on its way through.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type both directions are forwarded as.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The pooled client of one pool.
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// Backends tried for one request when connecting fails (idempotent, bodiless requests only).
+const MAX_ATTEMPTS: usize = 3;
+/// How long a pooled backend connection may sit idle.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per backend.
+const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
+
+/// Builds the pooled client for a pool's backends.
+pub fn client(upstream: UpstreamProtocol, connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    if upstream == UpstreamProtocol::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+/// Serves one accepted client connection (already through TLS for https) to its end.
+pub async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let spec = listener.spec();
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked { inner: io, activity: Arc::clone(&activity) });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses buffers under 8 KiB; validation keeps the setting above that.
+    let max_head = (spec.http.max_header_bytes as usize).max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(spec.http.header_timeout)
+        .max_buf_size(max_head);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(spec.http.max_header_bytes);
+    let service_listener = Arc::clone(&listener);
+    let service = hyper::service::service_fn(move |request| {
+        let listener = Arc::clone(&service_listener);
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(handle(request, peer, tls, &listener, &shared).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = activity.idle_for(spec.idle_timeout) => {
+            listener.stats().error(ErrorKind::IdleTimeout);
+            None
+        }
+        () = listener.stopping() => {
+            // Drain: finish what is in flight, close politely, until the drain deadline.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = listener.closed() => {
+                    listener.stats().error(ErrorKind::Drained);
+                    None
+                }
+            }
+        }
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(listener = %listener.name(), %peer, "HTTP connection ended: {e}");
+    }
+}
+
+/// What one request needs to know of where it goes.
+struct Target<'a> {
+    pool: Arc<PoolRuntime>,
+    route_name: &'a str,
+    rewritten: Option<String>,
+    sticky: Option<&'a fulcrum_model::StickyCookie>,
+}
+
+async fn handle(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    listener: &ListenerRuntime,
+    shared: &Shared,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let spec = listener.spec();
+    let router = listener.router();
+    let host = request_host(&request).map(str::to_owned);
+    let mut rng = fastrand::Rng::new();
+    let Some(routed) = router.route(
+        host.as_deref(),
+        request.method().as_str(),
+        request.uri().path(),
+        request.headers(),
+        &mut rng,
+    ) else {
+        let stats = listener.route_stats(None);
+        return finish(
+            &stats,
+            started,
+            error_response(StatusCode::NOT_FOUND, "no route for this request"),
+        );
+    };
+    let stats = routed.route.map_or_else(|| listener.route_stats(None), |r| Arc::clone(&r.stats));
+    let route_name = routed.route.map_or("(default)", |r| r.spec.name.as_str());
+
+    // Rate limits: the listener's, then the route's; the headers speak of the narrower one.
+    let mut shown: Option<Decision> = None;
+    for policy in [spec.rate_limit.as_ref(), routed.route.and_then(|r| r.spec.rate_limit.as_ref())]
+        .into_iter()
+        .flatten()
+    {
+        let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
+        let key = rate_key(&key_kind, peer, &request, route_name);
+        let decision = limiter.check(&key, Instant::now());
+        shown = Some(decision);
+        if !decision.allowed {
+            stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let retry =
+                retry_after_seconds(decision.retry_after.unwrap_or(decision.reset), &mut rng);
+            let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            rate_headers(response.headers_mut(), &decision);
+            tracing::debug!(listener = %listener.name(), route = route_name, policy = %policy, client = %peer.ip(), "429: rate limit");
+            return finish(&stats, started, response);
+        }
+    }
+
+    if body_too_large(&request, spec.http.max_body_bytes) {
+        let response = error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+    }
+    let Some(pool) = shared.pools.load().get(routed.pool).cloned() else {
+        tracing::warn!(listener = %listener.name(), route = route_name, pool = %routed.pool, "503: the route's pool is not configured");
+        let response = error_response(StatusCode::SERVICE_UNAVAILABLE, "no such pool");
+        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+    };
+    let rewritten = routed.route.and_then(|r| {
+        let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        match r.rewrite(path_and_query) {
+            std::borrow::Cow::Owned(path) => Some(path),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
+    });
+    let target = Target {
+        pool,
+        route_name,
+        rewritten,
+        sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
+    };
+    let upgrade = is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    let timeout = spec.http.request_timeout;
+    let response = match tokio::time::timeout(
+        timeout,
+        forward(request, upgrade, peer, tls, listener, shared, &target),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(listener = %listener.name(), route = route_name, pool = %target.pool.name(), ?timeout, "504: request not answered within the listener's request_timeout");
+            error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
+        }
+    };
+    finish(&stats, started, with_rate_headers(response, shown.as_ref()))
+}
+
+async fn forward(
+    request: Request<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    peer: SocketAddr,
+    tls: bool,
+    listener: &ListenerRuntime,
+    shared: &Shared,
+    target: &Target<'_>,
+) -> Response<ProxyBody> {
+    let pool = &target.pool;
+    let pool_spec = pool.spec();
+    let selection = pool.selection();
+    // A valid cookie naming a backend that may take traffic wins; otherwise the balancer.
+    let pinned = target.sticky.and_then(|sticky| {
+        let value = super::sticky::cookie(request.headers(), &sticky.cookie)?;
+        let address = shared.signer.verify(pool.name().as_str(), value)?;
+        selection.backends.iter().position(|b| b.address() == address)
+    });
+    let hash_bytes = match &pool_spec.algorithm {
+        Algorithm::ConsistentHash { key, .. } => hash_key(key, &request, peer),
+        _ => None,
+    };
+    let key = PickKey { source_ip: peer.ip(), hash_key: hash_bytes.as_deref() };
+    let mut choices: Vec<usize> = pinned.into_iter().collect();
+    choices.extend(
+        selection
+            .balancer
+            .choices(&key, Instant::now(), &mut fastrand::Rng::new())
+            .filter(|i| Some(*i) != pinned)
+            .take(MAX_ATTEMPTS),
+    );
+    if choices.is_empty() {
+        tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), "503: no healthy backend");
+        listener.stats().error(ErrorKind::NoBackend);
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
+    }
+    let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
+    let (parts, body) = request.into_parts();
+    let limit = listener.spec().http.max_body_bytes;
+    let mut body = Some(
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed_unsync(),
+    );
+    let client = pool.client();
+    let mut last_error = "no backend took the request".to_owned();
+    for (attempt, index) in choices.into_iter().take(MAX_ATTEMPTS).enumerate() {
+        let Some(backend) = selection.backends.get(index) else { continue };
+        if attempt > 0 && !(replayable && pool.try_retry()) {
+            break;
+        }
+        let Some(_in_flight) = backend.load().try_begin(backend.max_connections()) else {
+            backend.stats().error(ErrorKind::BackendAtLimit);
+            continue;
+        };
+        // Bodiless requests get a fresh empty body on each attempt.
+        let this_body = body.take().unwrap_or_else(empty_body);
+        let upstream = match upstream_request(
+            &parts,
+            this_body,
+            backend.address(),
+            peer,
+            tls,
+            target.rewritten.as_deref(),
+        ) {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                return error_response(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}"));
+            }
+        };
+        backend.stats().total.fetch_add(1, Ordering::Relaxed);
+        let sent = Instant::now();
+        if let Some(on_client_upgrade) = upgrade {
+            return tunnel(upstream, on_client_upgrade, backend, pool).await;
+        }
+        match tokio::time::timeout(pool_spec.response_timeout, client.request(upstream)).await {
+            Ok(Ok(response)) => {
+                let elapsed = sent.elapsed();
+                backend.stats().connect_latency.observe(elapsed);
+                if let Algorithm::PeakEwma { decay } = pool_spec.algorithm {
+                    backend.load().observe_latency(Instant::now(), elapsed, decay);
+                }
+                // A 5xx counts against the backend like a refused connection.
+                pool.record_connect(backend, !response.status().is_server_error());
+                let mut response = downstream_response(response);
+                if let Some(sticky) = target.sticky
+                    && pinned != Some(index)
+                {
+                    set_sticky_cookie(
+                        response.headers_mut(),
+                        sticky,
+                        &shared.signer.sign(pool.name().as_str(), backend.address()),
+                        tls,
+                    );
+                }
+                return response;
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                tracing::debug!(pool = %pool.name(), backend = %backend.address(), "connect failed: {e}");
+                backend.stats().error(ErrorKind::ConnectFailed);
+                pool.record_connect(backend, false);
+                last_error = format!("cannot connect to {}", backend.address());
+            }
+            Ok(Err(e)) => {
+                if let Some(too_large) = body_limit_error(&e) {
+                    return too_large;
+                }
+                tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), "502: {e}");
+                backend.stats().error(ErrorKind::Io);
+                pool.record_connect(backend, false);
+                return error_response(StatusCode::BAD_GATEWAY, "the backend failed");
+            }
+            Err(_) => {
+                tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), timeout = ?pool_spec.response_timeout, "504: no response within the pool's response_timeout");
+                pool.record_connect(backend, false);
+                return error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the backend did not answer in time",
+                );
+            }
+        }
+    }
+    tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), "502: {last_error}");
+    listener.stats().error(ErrorKind::ConnectFailed);
+    error_response(StatusCode::BAD_GATEWAY, "no backend could be reached")
+}
+
+/// Forwards an upgrade request (WebSocket) on a connection of its own and, once the backend
+/// agrees (101), joins the two upgraded connections.
+async fn tunnel(
+    upstream: Request<ProxyBody>,
+    on_client_upgrade: hyper::upgrade::OnUpgrade,
+    backend: &Arc<BackendRuntime>,
+    pool: &Arc<PoolRuntime>,
+) -> Response<ProxyBody> {
+    let connect = tokio::time::timeout(
+        pool.spec().connect_timeout,
+        tokio::net::TcpStream::connect(backend.address()),
+    );
+    let stream = match connect.await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            pool.record_connect(backend, false);
+            return error_response(StatusCode::BAD_GATEWAY, "cannot connect to the backend");
+        }
+    };
+    let (mut sender, connection) =
+        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(handshake) => handshake,
+            Err(_) => return error_response(StatusCode::BAD_GATEWAY, "the backend failed"),
+        };
+    tokio::spawn(connection.with_upgrades());
+    let mut response = match sender.send_request(upstream).await {
+        Ok(response) => response,
+        Err(_) => return error_response(StatusCode::BAD_GATEWAY, "the backend failed"),
+    };
+    pool.record_connect(backend, true);
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let on_backend_upgrade = hyper::upgrade::on(&mut response);
+        let in_flight = backend.load().begin();
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            if let (Ok(client), Ok(backend)) = tokio::join!(on_client_upgrade, on_backend_upgrade) {
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(backend),
+                )
+                .await;
+            }
+        });
+    }
+    // Upgrade and Connection stay: they are the answer to the client's upgrade.
+    response.map(|body| body.map_err(BoxError::from).boxed_unsync())
+}
+
+/// The request as sent to `backend`: absolute URI for the client, hop-by-hop headers out,
+/// forwarding headers in.
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    body: ProxyBody,
+    backend: SocketAddr,
+    peer: SocketAddr,
+    tls: bool,
+    rewritten: Option<&str>,
+) -> Result<Request<ProxyBody>, hyper::http::Error> {
+    let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let uri = format!("http://{backend}{path}");
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+    let upgrading = parts.headers.get(header::UPGRADE).cloned();
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers.clone();
+        strip_hop_by_hop(headers);
+        if let Some(upgrade) = upgrading {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        if let Some(host) = &host {
+            headers.insert(header::HOST, host.clone());
+        }
+        forwarding_headers(headers, peer, tls, host.as_ref());
+    }
+    builder.body(body)
+}
+
+/// Adds X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
+fn forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    let client = peer.ip().to_string();
+    let proto = if tls { "https" } else { "http" };
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host.clone());
+    }
+    // RFC 7239: IPv6 addresses are quoted and bracketed.
+    let node = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {element}"),
+        None => element,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Removes the headers meant for one hop only (RFC 9110 §7.6.1), and those the Connection
+/// header names; `TE: trailers` stays, gRPC needs it.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let keeps_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    });
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if keeps_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn downstream_response(response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::TE);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
+fn set_sticky_cookie(
+    headers: &mut HeaderMap,
+    sticky: &fulcrum_model::StickyCookie,
+    value: &str,
+    tls: bool,
+) {
+    let mut cookie = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax", sticky.cookie);
+    if let Some(ttl) = sticky.ttl {
+        cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+    }
+    if tls {
+        cookie.push_str("; Secure");
+    }
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+fn rate_key(
+    kind: &RateLimitKey,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+    route: &str,
+) -> Vec<u8> {
+    match kind {
+        RateLimitKey::ClientIp => peer.ip().to_string().into_bytes(),
+        RateLimitKey::Header(name) => {
+            request.headers().get(name.as_str()).map_or_else(Vec::new, |v| v.as_bytes().to_vec())
+        }
+        RateLimitKey::Route => route.as_bytes().to_vec(),
+    }
+}
+
+fn hash_key(key: &HashKey, request: &Request<Incoming>, peer: SocketAddr) -> Option<Vec<u8>> {
+    match key {
+        HashKey::SourceIp => Some(peer.ip().to_string().into_bytes()),
+        HashKey::Path => Some(request.uri().path().as_bytes().to_vec()),
+        HashKey::Header(name) => {
+            request.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec())
+        }
+        HashKey::Cookie(name) => {
+            super::sticky::cookie(request.headers(), name).map(|v| v.as_bytes().to_vec())
+        }
+    }
+}
+
+fn rate_headers(headers: &mut HeaderMap, decision: &Decision) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(decision.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(decision.remaining));
+    headers
+        .insert("x-ratelimit-reset", HeaderValue::from(decision.reset.as_secs_f64().ceil() as u64));
+}
+
+fn with_rate_headers(
+    mut response: Response<ProxyBody>,
+    decision: Option<&Decision>,
+) -> Response<ProxyBody> {
+    if let Some(decision) = decision {
+        rate_headers(response.headers_mut(), decision);
+    }
+    response
+}
+
+fn finish(
+    stats: &RouteStats,
+    started: Instant,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    stats.response(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A short plain-text answer from the proxy itself.
+pub fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
+    let body = format!("{} {}: {why}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response =
+        Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A 413 when `error` comes from the request body passing the listener's limit mid-stream.
+fn body_limit_error(error: &hyper_util::client::legacy::Error) -> Option<Response<ProxyBody>> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Some(error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+        }
+        source = cause.source();
+    }
+    None
+}
+
+fn request_host(request: &Request<Incoming>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+fn body_too_large(request: &Request<Incoming>, limit: u64) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
+}
+
+fn is_upgrade(request: &Request<Incoming>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        })
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn request_has_no_body(request: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    request.body().is_end_stream() || request.body().size_hint().exact() == Some(0)
+}
+
+/// Client IO that notes when bytes move, for the idle timeout.
+struct Tracked<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("te", "trailers, deflate"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> =
+            headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or(""))).collect();
+        assert_eq!(left, vec!["x-kept: yes", "te: trailers"]);
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_what_came_before() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        let peer: SocketAddr = "198.18.0.2:5555".parse().expect("address");
+        let host = HeaderValue::from_static("www.example.test");
+        forwarding_headers(&mut headers, peer, true, Some(&host));
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.2");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "www.example.test");
+        assert_eq!(headers["forwarded"], "for=198.18.0.2;proto=https;host=\"www.example.test\"");
+        let v6: SocketAddr = "[2001:db8::1]:5555".parse().expect("address");
+        let mut headers = HeaderMap::new();
+        forwarding_headers(&mut headers, v6, false, None);
+        assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+    }
+}

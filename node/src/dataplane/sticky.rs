@@ -1,0 +1,124 @@
+//! Sticky-session cookies: an opaque, signed value naming a pool's backend, so a client keeps
+//! its backend while that backend is healthy, and a forged or stale cookie is just ignored.
+//!
+//! The value is `base64url(address) "." base64url(HMAC-SHA256(key, pool "|" address)[..16])`.
+//! Every node derives the same key from the cluster secret, so a cookie stays valid when the
+//! VIP moves to another node.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// Bytes of the MAC kept in the cookie: 128 bits, plenty against forgery.
+const TAG_BYTES: usize = 16;
+
+/// Signs and checks sticky cookies.
+#[derive(Clone)]
+pub struct CookieSigner {
+    /// Keyed once; cloned per use.
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for CookieSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSigner(..)")
+    }
+}
+
+impl CookieSigner {
+    /// A signer keyed with `secret` (any length; the cluster secret on a cluster node).
+    pub fn new(secret: &[u8]) -> CookieSigner {
+        // Derived, not used as is: the cookie key never equals a key used elsewhere, and a
+        // block-sized key makes keying infallible.
+        let mut key = [0u8; 64];
+        let derived =
+            Sha256::new().chain_update(b"fulcrum sticky cookie\0").chain_update(secret).finalize();
+        key[..32].copy_from_slice(&derived);
+        CookieSigner { mac: <Hmac<Sha256> as KeyInit>::new(&key.into()) }
+    }
+
+    /// A signer with a random key: cookies last as long as this process.
+    pub fn random() -> CookieSigner {
+        let mut rng = fastrand::Rng::new();
+        let secret: [u8; 32] = std::array::from_fn(|_| rng.u8(..));
+        CookieSigner::new(&secret)
+    }
+
+    fn tag(&self, pool: &str, address: &str) -> Vec<u8> {
+        let mut mac = self.mac.clone();
+        mac.update(pool.as_bytes());
+        mac.update(b"|");
+        mac.update(address.as_bytes());
+        mac.finalize().into_bytes()[..TAG_BYTES].to_vec()
+    }
+
+    /// The cookie value pinning `pool`'s client to `backend`.
+    pub fn sign(&self, pool: &str, backend: SocketAddr) -> String {
+        let address = backend.to_string();
+        format!("{}.{}", B64.encode(&address), B64.encode(self.tag(pool, &address)))
+    }
+
+    /// The backend a cookie value names, if it is one this cluster signed for `pool`.
+    pub fn verify(&self, pool: &str, value: &str) -> Option<SocketAddr> {
+        let (address, tag) = value.split_once('.')?;
+        let address = String::from_utf8(B64.decode(address).ok()?).ok()?;
+        let tag = B64.decode(tag).ok()?;
+        let mut mac = self.mac.clone();
+        mac.update(pool.as_bytes());
+        mac.update(b"|");
+        mac.update(address.as_bytes());
+        // Constant-time comparison of the truncated tag.
+        mac.verify_truncated_left(&tag).ok()?;
+        (tag.len() == TAG_BYTES).then_some(())?;
+        address.parse().ok()
+    }
+}
+
+/// The value of cookie `name` in a request's Cookie headers.
+pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value.trim_matches('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_cookie_names_its_backend_and_nothing_else_verifies() {
+        let signer = CookieSigner::new(b"cluster secret");
+        let backend: SocketAddr = "198.18.0.21:8080".parse().expect("address");
+        let value = signer.sign("web", backend);
+        assert_eq!(signer.verify("web", &value), Some(backend));
+        assert_eq!(signer.verify("api", &value), None, "bound to its pool");
+        assert_eq!(CookieSigner::new(b"other secret").verify("web", &value), None);
+        let forged =
+            format!("{}.{}", B64.encode("198.18.0.22:8080"), value.split_once('.').expect("dot").1);
+        assert_eq!(signer.verify("web", &forged), None);
+        for junk in ["", ".", "x.y", "MTk4.AAAA", &value[..value.len() - 2]] {
+            assert_eq!(signer.verify("web", junk), None, "{junk:?}");
+        }
+        assert!(!value.contains(['=', ';', ',', ' ']), "a valid cookie value: {value}");
+    }
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.append(hyper::header::COOKIE, "a=1; pin=abc.def".parse().expect("value"));
+        headers.append(hyper::header::COOKIE, "b=2".parse().expect("value"));
+        assert_eq!(cookie(&headers, "pin"), Some("abc.def"));
+        assert_eq!(cookie(&headers, "b"), Some("2"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+}

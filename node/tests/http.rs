@@ -1,0 +1,613 @@
+//! The L7 data plane on loopback: real hyper backends, real HTTP/1.1, h2, TLS and WebSocket
+//! clients through real listeners.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fulcrum_model::{
+    Backend, Certificate, ClusterSpec, Config, Listener, Name, PathMatch, Pool, Protocol,
+    RateLimit, RateLimitKey, RateLimitPolicy, Route, RouteAction, RouteMatch, SplitTarget,
+    StickyCookie, Tls,
+};
+use fulcrum_node::dataplane::DataPlane;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+mod support;
+
+use support::free_port;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn name(text: &str) -> Name {
+    text.parse().expect("valid name")
+}
+
+/// A hyper backend (HTTP/1.1 and h2c) answering with its name in `x-backend` and the body
+/// `<name> <method> <path> <x-forwarded-for> <x-forwarded-proto> <forwarded>`; `/slow` waits
+/// 2 s; `/status/N` answers N; `/ws` accepts a WebSocket-style upgrade and echoes.
+struct HttpBackend {
+    address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpBackend {
+    async fn start(backend_name: &'static str) -> HttpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| answer(backend_name, request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        HttpBackend { address, task }
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    backend: &'static str,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_owned();
+    let header = |name: &str| {
+        request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    response.headers_mut().insert("x-backend", backend.parse().expect("value"));
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        *response.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    } else if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buffer = [0u8; 64];
+                while let Ok(n) = io.read(&mut buffer).await {
+                    if n == 0 || io.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert("upgrade", "websocket".parse().expect("value"));
+        response.headers_mut().insert("connection", "upgrade".parse().expect("value"));
+        return Ok(response);
+    }
+    let body = format!(
+        "{backend} {} {} {} {} {}",
+        request.method(),
+        request.uri().path_and_query().map_or("/", |p| p.as_str()),
+        header("x-forwarded-for"),
+        header("x-forwarded-proto"),
+        header("forwarded"),
+    );
+    *response.body_mut() = Full::new(Bytes::from(body));
+    Ok(response)
+}
+
+fn pool(pool_name: &str, backends: &[&HttpBackend]) -> Pool {
+    let mut pool = Pool::new(name(pool_name));
+    pool.backends = backends.iter().map(|b| Backend::new(b.address)).collect();
+    pool
+}
+
+fn http_listener(bind: SocketAddr, default_pool: &str) -> Listener {
+    Listener::new(name("web"), bind, Protocol::Http, name(default_pool))
+}
+
+fn route(route_name: &str, prefix: &str, pool: &str) -> Route {
+    Route {
+        name: name(route_name),
+        matcher: RouteMatch {
+            path: Some(PathMatch::Prefix(prefix.into())),
+            ..RouteMatch::default()
+        },
+        action: RouteAction::Pool(name(pool)),
+        rewrite_prefix: None,
+        rate_limit: None,
+        sticky: None,
+    }
+}
+
+async fn serve(
+    listeners: Vec<Listener>,
+    pools: Vec<Pool>,
+    rate_limits: Vec<RateLimitPolicy>,
+) -> DataPlane {
+    let plane = DataPlane::new().expect("workers start");
+    let config = Config { revision: 1, spec: ClusterSpec { listeners, pools, rate_limits } };
+    let errors = plane.apply(&config).await.expect("not drained");
+    assert!(errors.is_empty(), "{errors:?}");
+    plane
+}
+
+/// One HTTP/1.1 request on a new connection: status, headers, body.
+async fn get(
+    front: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, hyper::HeaderMap, String) {
+    let exchange = async {
+        let stream = TcpStream::connect(front).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(connection);
+        let mut request = Request::get(path).header("host", "www.example.test");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = sender
+            .send_request(request.body(http_body_util::Empty::<Bytes>::new()).expect("request"))
+            .await
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(PATIENCE, exchange).await.expect("answered in time")
+}
+
+#[tokio::test]
+async fn requests_are_routed_rewritten_and_carry_forwarding_headers() {
+    let web = HttpBackend::start("web").await;
+    let api = HttpBackend::start("api").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    let mut api_route = route("api", "/api/", "api");
+    api_route.rewrite_prefix = Some("/".into());
+    listener.routes = vec![api_route];
+    let _plane =
+        serve(vec![listener], vec![pool("web", &[&web]), pool("api", &[&api])], vec![]).await;
+
+    let (status, headers, body) =
+        get(port.address, "/api/users?id=7", &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-backend"], "api");
+    assert_eq!(
+        body,
+        "api GET /users?id=7 203.0.113.9, 127.0.0.1 http for=127.0.0.1;proto=http;host=\"www.example.test\""
+    );
+    let (_, headers, body) = get(port.address, "/other", &[]).await;
+    assert_eq!(headers["x-backend"], "web");
+    assert!(body.starts_with("web GET /other 127.0.0.1 http"), "{body}");
+}
+
+#[tokio::test]
+async fn a_weighted_split_sends_its_share_to_the_canary() {
+    let stable = HttpBackend::start("stable").await;
+    let canary = HttpBackend::start("canary").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "stable");
+    let mut split = route("split", "/", "stable");
+    split.action = RouteAction::Split(vec![
+        SplitTarget { pool: name("stable"), weight: 95 },
+        SplitTarget { pool: name("canary"), weight: 5 },
+    ]);
+    listener.routes = vec![split];
+    let _plane =
+        serve(vec![listener], vec![pool("stable", &[&stable]), pool("canary", &[&canary])], vec![])
+            .await;
+
+    // Keep-alive, as a real client would: one connection, 2,000 requests.
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..2000 {
+        let request = Request::get("/")
+            .header("host", "x")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        let backend = response.headers()["x-backend"].to_str().expect("text").to_owned();
+        response.into_body().collect().await.expect("body");
+        *counts.entry(backend).or_default() += 1;
+    }
+    let canary = counts.get("canary").copied().unwrap_or(0);
+    // 5 % of 2,000 is 100; the binomial standard deviation is under 10.
+    assert!((60..=140).contains(&canary), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_sticky_cookie_is_honoured_then_re_pinned_when_its_backend_fails() {
+    let a = HttpBackend::start("a").await;
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    let mut sticky = route("app", "/", "web");
+    sticky.sticky =
+        Some(StickyCookie { cookie: "pin".into(), ttl: Some(Duration::from_secs(3600)) });
+    listener.routes = vec![sticky];
+    let plane = serve(vec![listener], vec![pool("web", &[&a, &b])], vec![]).await;
+
+    let (_, headers, _) = get(port.address, "/", &[]).await;
+    let set_cookie = headers["set-cookie"].to_str().expect("text").to_owned();
+    assert!(set_cookie.contains("Max-Age=3600") && set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().expect("pair").to_owned();
+    let pinned = headers["x-backend"].to_str().expect("text").to_owned();
+    for _ in 0..10 {
+        let (_, headers, _) = get(port.address, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(headers["x-backend"], pinned.as_str(), "round robin would alternate");
+        assert!(headers.get("set-cookie").is_none(), "an honoured cookie is not set again");
+    }
+    let forged = format!("pin={}", "ZmFrZQ.AAAAAAAAAAAAAAAAAAAAAA");
+    let (status, _, _) = get(port.address, "/", &[("cookie", &forged)]).await;
+    assert_eq!(status, StatusCode::OK, "a forged cookie is ignored, not an error");
+
+    // The pinned backend leaves: the client is re-pinned to the other one.
+    let (gone, stays) = if pinned == "a" { (&a, "b") } else { (&b, "a") };
+    let mut web = pool("web", &[&a, &b]);
+    web.backends.retain(|backend| backend.address != gone.address);
+    let mut listener = http_listener(port.address, "web");
+    let mut sticky = route("app", "/", "web");
+    sticky.sticky = Some(StickyCookie { cookie: "pin".into(), ttl: None });
+    listener.routes = vec![sticky];
+    let config = Config {
+        revision: 2,
+        spec: ClusterSpec { listeners: vec![listener], pools: vec![web], rate_limits: vec![] },
+    };
+    plane.apply(&config).await.expect("applied");
+    let (_, headers, _) = get(port.address, "/", &[("cookie", &cookie)]).await;
+    assert_eq!(headers["x-backend"], stays);
+    let repinned = headers["set-cookie"].to_str().expect("text");
+    assert!(repinned.starts_with("pin=") && !repinned.contains(&cookie), "{repinned}");
+}
+
+#[tokio::test]
+async fn over_the_limit_answers_429_with_retry_after_and_refills() {
+    let a = HttpBackend::start("a").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    let mut limited = route("limited", "/", "web");
+    limited.rate_limit = Some(name("per-client"));
+    listener.routes = vec![limited];
+    let policy = RateLimitPolicy {
+        name: name("per-client"),
+        key: RateLimitKey::ClientIp,
+        limit: RateLimit::TokenBucket { capacity: 3, refill_per_second: 2.0 },
+    };
+    let plane = serve(vec![listener], vec![pool("web", &[&a])], vec![policy]).await;
+
+    for remaining in ["2", "1", "0"] {
+        let (status, headers, _) = get(port.address, "/", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-ratelimit-limit"], "3");
+        assert_eq!(headers["x-ratelimit-remaining"], remaining);
+        assert!(headers.contains_key("x-ratelimit-reset"));
+    }
+    let (status, headers, _) = get(port.address, "/", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = headers["retry-after"].to_str().expect("text").parse().expect("seconds");
+    assert!((1..=2).contains(&retry), "one token takes 0.5 s; ceil plus jitter: {retry}");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _, _) = get(port.address, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK, "a token refilled");
+    let metrics = plane.metrics().await;
+    assert!(
+        metrics
+            .contains("fulcrum_route_rate_limited_total{listener=\"web\",route=\"limited\"} 1\n"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_errors_say_what_happened() {
+    let a = HttpBackend::start("a").await;
+    let dead = free_port();
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.routes = vec![route("dead", "/dead", "dead"), route("empty", "/empty", "empty")];
+    let mut dead_pool = Pool::new(name("dead"));
+    dead_pool.backends = vec![Backend::new(dead.address)];
+    let mut web = pool("web", &[&a]);
+    web.response_timeout = Duration::from_millis(300);
+    let _plane =
+        serve(vec![listener], vec![web, dead_pool, Pool::new(name("empty"))], vec![]).await;
+
+    let (status, _, body) = get(port.address, "/dead", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let (status, _, body) = get(port.address, "/empty", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("no healthy backend"), "{body}");
+    let (status, _, _) = get(port.address, "/slow", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let (status, _, _) = get(port.address, "/status/503", &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a backend's own status passes through");
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_oversized_bodies_413() {
+    let a = HttpBackend::start("a").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.http.max_header_bytes = 8192;
+    listener.http.max_body_bytes = 1000;
+    let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
+
+    let mut stream = TcpStream::connect(port.address).await.expect("connect");
+    let big = "x".repeat(20_000);
+    let request = format!("GET / HTTP/1.1\r\nhost: a\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0; 64];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    let mut stream = TcpStream::connect(port.address).await.expect("connect");
+    let body = "y".repeat(5000);
+    let request =
+        format!("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(request.as_bytes()).await;
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 413"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+#[tokio::test]
+async fn a_slowloris_connection_is_closed_after_the_header_timeout() {
+    let a = HttpBackend::start("a").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.http.header_timeout = Duration::from_millis(500);
+    let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
+
+    let mut stream = TcpStream::connect(port.address).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").await.expect("first bytes");
+    // Trickle a header byte every 100 ms, never finishing the head.
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await
+        {
+            closed = n == 0 || String::from_utf8_lossy(&probe[..n]).starts_with("HTTP/1.1 408");
+            if closed {
+                break;
+            }
+        }
+    }
+    assert!(closed, "the connection stayed open");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn h2c_and_websocket_go_through() {
+    let a = HttpBackend::start("a").await;
+    let port = free_port();
+    let _plane =
+        serve(vec![http_listener(port.address, "web")], vec![pool("web", &[&a])], vec![]).await;
+
+    // h2c with prior knowledge.
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = Request::get("http://www.example.test/h2")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 response");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(response.headers()["x-backend"], "a");
+
+    // An upgrade, then raw bytes both ways.
+    let mut stream = TcpStream::connect(port.address).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .expect("upgrade request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(PATIENCE, stream.read_exact(&mut byte))
+            .await
+            .expect("in time")
+            .expect("head");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(b"ping over the tunnel").await.expect("send");
+    let mut echoed = [0u8; 20];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut echoed))
+        .await
+        .expect("in time")
+        .expect("echo");
+    assert_eq!(&echoed, b"ping over the tunnel");
+}
+
+#[tokio::test]
+async fn tls_chooses_the_certificate_by_sni_and_speaks_h2_by_alpn() {
+    let a = HttpBackend::start("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut roots = rustls::RootCertStore::empty();
+    let mut certificates = Vec::new();
+    for host in ["one.example.test", "two.example.test"] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        roots.add(cert.der().clone()).expect("root");
+        let cert_path = dir.path().join(format!("{host}.pem"));
+        let key_path = dir.path().join(format!("{host}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        certificates.push(Certificate { cert: cert_path, key: key_path });
+    }
+    let port = free_port();
+    let mut listener = Listener::new(name("web"), port.address, Protocol::Https, name("web"));
+    listener.tls = Some(Tls { certificates });
+    let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    for host in ["one.example.test", "two.example.test"] {
+        let stream = TcpStream::connect(port.address).await.expect("connect");
+        let server_name = rustls_pki_types::ServerName::try_from(host.to_owned()).expect("name");
+        // The handshake verifies the certificate against this host's own self-signed root.
+        let tls = connector
+            .connect(server_name, stream)
+            .await
+            .expect("handshake with the right certificate");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2");
+        tokio::spawn(connection);
+        let request = Request::get(format!("https://{host}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains(" https "), "X-Forwarded-Proto says https");
+    }
+}
+
+#[tokio::test]
+async fn draining_closes_keep_alive_connections_politely() {
+    let a = HttpBackend::start("a").await;
+    let port = free_port();
+    let plane = Arc::new(
+        serve(vec![http_listener(port.address, "web")], vec![pool("web", &[&a])], vec![]).await,
+    );
+
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    let connection = tokio::spawn(connection);
+    // A slow request is in flight when the drain starts; it completes with Connection: close.
+    let request = Request::get("/slow")
+        .header("host", "a")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let in_flight = tokio::spawn(async move { sender.send_request(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drain = tokio::spawn({
+        let plane = Arc::clone(&plane);
+        async move { plane.drain(Duration::from_secs(5)).await }
+    });
+    let response = in_flight.await.expect("task").expect("the in-flight request completes");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["connection"], "close");
+    let report = drain.await.expect("drain");
+    assert_eq!(report.total(), 0, "nothing had to be cut: {report:?}");
+    tokio::time::timeout(PATIENCE, connection)
+        .await
+        .expect("the connection ends")
+        .expect("task")
+        .ok();
+}
+
+#[tokio::test]
+async fn grpc_style_trailers_pass_through_h2_end_to_end() {
+    // A backend answering every request with a body and trailers, as gRPC does.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend_address = backend.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let te = request.headers().get("te").map(|v| v.as_bytes().to_vec());
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().expect("value"));
+                    trailers.insert(
+                        "x-saw-te-trailers",
+                        if te.as_deref() == Some(b"trailers") { "yes" } else { "no" }
+                            .parse()
+                            .expect("value"),
+                    );
+                    let frames = vec![
+                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                            b"\0\0\0\0\x02hi",
+                        ))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ];
+                    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                    Ok::<_, Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let port = free_port();
+    let mut grpc = Pool::new(name("grpc"));
+    grpc.backends = vec![Backend::new(backend_address)];
+    grpc.upstream = fulcrum_model::UpstreamProtocol::Http2;
+    let _plane = serve(vec![http_listener(port.address, "grpc")], vec![grpc], vec![]).await;
+
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2");
+    tokio::spawn(connection);
+    let request = Request::post("http://svc.example.test/pkg.Service/Method")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let collected = response.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers arrived");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-saw-te-trailers"], "yes", "TE: trailers reached the backend");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
+    server.abort();
+}
