@@ -19,7 +19,7 @@ use crate::process::LabProcess;
 use crate::serving::ServingNode;
 use crate::topology::{Host, HostRole, Lab, LabError, Topology};
 
-const HAPROXY: &str = "/usr/sbin/haproxy";
+pub(crate) const HAPROXY: &str = "/usr/sbin/haproxy";
 const SOURCE_PORT: u16 = 9101;
 const GREETER_PORT: u16 = 9102;
 /// Front ports: Fulcrum's on 8000/8001, HAProxy's on 8100/8101.
@@ -115,25 +115,25 @@ pub fn l4(lab_binary: &std::path::Path, settings: Settings) -> Result<Vec<Figure
     for ((_, _, _, pid), figures) in paths.iter().zip(&mut figures) {
         figures.peak_rss_kib = pid.and_then(peak_rss_kib);
     }
-    stop(&mut node, &mut haproxy);
+    stop(&mut node, &mut [&mut haproxy]);
     Ok(figures)
 }
 
-fn stop(node: &mut ServingNode, haproxy: &mut LabProcess) {
-    for process in [&mut node.process, haproxy] {
+pub(crate) fn stop(node: &mut ServingNode, others: &mut [&mut LabProcess]) {
+    for process in std::iter::once(&mut node.process).chain(others.iter_mut().map(|p| &mut **p)) {
         if let Err(e) = process.stop() {
             tracing::warn!("{e}");
         }
     }
 }
 
-fn at(host: &Host, port: u16) -> SocketAddr {
+pub(crate) fn at(host: &Host, port: u16) -> SocketAddr {
     SocketAddr::from((host.address, port))
 }
 
 /// More ephemeral ports, so the connection-rate runs never run out (the lab host's own
 /// namespace only).
-fn widen_port_range(host: &Host) -> Result<(), LabError> {
+pub(crate) fn widen_port_range(host: &Host) -> Result<(), LabError> {
     crate::netns::run_in(&host.namespace, || {
         std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65000")
     })?
@@ -184,13 +184,13 @@ fn start_haproxy(
 }
 
 /// The peak resident set size of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn in_runtime<T>(
+pub(crate) fn in_runtime<T>(
     work: impl std::future::Future<Output = Result<T, LabError>>,
 ) -> Result<T, LabError> {
     tokio::runtime::Builder::new_current_thread()
@@ -204,7 +204,7 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
-async fn wait_connectable(address: SocketAddr) -> Result<(), LabError> {
+pub(crate) async fn wait_connectable(address: SocketAddr) -> Result<(), LabError> {
     let started = Instant::now();
     loop {
         match TcpStream::connect(address).await {

@@ -14,6 +14,8 @@
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
 //! - [`bench_l4`]: the L4 benchmark, fulcrumd against HAProxy and a direct connection.
+//! - [`bench_l7`]: the L7 benchmark (wrk, h2load), fulcrumd against HAProxy, nginx and a
+//!   direct connection.
 //! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
 //! - [`serving`]: `fulcrumd` serving a cluster file, its metrics, and checked `/slow`
 //!   downloads through it.
@@ -23,6 +25,7 @@
 pub mod backend;
 pub mod bench;
 pub mod bench_l4;
+pub mod bench_l7;
 pub mod bench_raft;
 pub mod netns;
 pub mod probe;

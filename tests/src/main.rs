@@ -103,6 +103,25 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_run_time)]
         connection_time: Duration,
     },
+    /// Measure HTTP requests/s and latency (wrk for HTTP/1.1 keep-alive, h2load for h2c)
+    /// through fulcrumd, HAProxy 2.6, nginx 1.22 and straight to the backend (needs root,
+    /// haproxy, nginx-light, wrk and nghttp2-client); prints a table.
+    ///
+    /// Example: fulcrum-lab bench-l7 --runs 3
+    BenchL7 {
+        /// Runs per path; medians are reported.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+        runs: u64,
+        /// How long each wrk run lasts.
+        #[arg(long, default_value = "5s", value_parser = parse_run_time)]
+        duration: Duration,
+        /// Open connections per client.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        connections: u32,
+        /// Requests per h2load run.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+        h2_requests: u64,
+    },
     /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
     /// root and keepalived); prints a Markdown table.
     ///
@@ -213,6 +232,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let figures =
                 fulcrum_lab::bench_l4::l4(&exe, settings).context("the L4 benchmark failed")?;
             print!("{}", fulcrum_lab::bench_l4::report(&figures, &settings));
+            Ok(())
+        }
+        Command::BenchL7 { runs, duration, connections, h2_requests } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let settings = fulcrum_lab::bench_l7::Settings {
+                runs: usize::try_from(runs).context("too many runs")?,
+                duration,
+                connections,
+                h2_requests,
+            };
+            let figures =
+                fulcrum_lab::bench_l7::l7(&exe, settings).context("the L7 benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_l7::report(&figures, &settings));
             Ok(())
         }
         Command::BenchRaft { writes } => {

@@ -205,6 +205,8 @@ async fn handle(
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
     };
     let upgrade = is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    let logged =
+        spec.http.access_log.then(|| (request.method().clone(), request.uri().path().to_owned()));
     let timeout = spec.http.request_timeout;
     let response = match tokio::time::timeout(
         timeout,
@@ -218,6 +220,20 @@ async fn handle(
             error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
         }
     };
+    if let Some((method, path)) = logged {
+        tracing::info!(
+            target: "fulcrum::access",
+            listener = %listener.name(),
+            route = route_name,
+            pool = %target.pool.name(),
+            client = %peer.ip(),
+            %method,
+            path,
+            status = response.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
     finish(&stats, started, with_rate_headers(response, shown.as_ref()))
 }
 

@@ -1,0 +1,332 @@
+//! The L7 benchmark: HTTP/1.1 keep-alive with wrk and h2c with h2load, small responses,
+//! through fulcrumd, HAProxy 2.6 (mode http), nginx 1.22 (proxy_pass with upstream keep-alive)
+//! and straight to the backend, all in one lab run, with the same lab backend behind them.
+//!
+//! Every proxy gets two threads or workers (the VM has two cores, shared with the client and
+//! the backend), so the ratios matter more than the absolute figures.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::bench_l4::{
+    HAPROXY, at, in_runtime, peak_rss_kib, stop, wait_connectable, widen_port_range,
+};
+use crate::bench_raft::percentile;
+use crate::process::LabProcess;
+use crate::topology::{Host, HostRole, Lab, LabError, Topology};
+
+const NGINX: &str = "/usr/sbin/nginx";
+const WRK: &str = "/usr/bin/wrk";
+const H2LOAD: &str = "/usr/bin/h2load";
+/// Front ports: (HTTP/1.1, h2c) per proxy.
+const FULCRUM_PORT: u16 = 8000;
+const HAPROXY_PORTS: (u16, u16) = (8100, 8101);
+const NGINX_PORTS: (u16, u16) = (8200, 8201);
+
+/// What the benchmark measures, and how much.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Runs per measurement; medians are reported.
+    pub runs: usize,
+    /// How long each wrk run lasts.
+    pub duration: Duration,
+    /// Open connections of each client.
+    pub connections: u32,
+    /// Requests per h2load run.
+    pub h2_requests: u64,
+}
+
+/// One measurement: requests per second and latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    /// Requests per second.
+    pub rps: u64,
+    /// Median latency.
+    pub p50_us: u64,
+    /// 99th percentile latency.
+    pub p99_us: u64,
+}
+
+/// One path to the backend and what it achieved.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// `direct`, `fulcrumd`, `haproxy` or `nginx`.
+    pub path: &'static str,
+    /// HTTP/1.1 keep-alive runs (wrk).
+    pub http1: Vec<Run>,
+    /// h2c runs (h2load).
+    pub h2: Vec<Run>,
+    /// The proxy's peak resident memory after the runs, in KiB.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Runs the benchmark in a fresh lab and returns the figures of every path.
+pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabError> {
+    for (program, package) in
+        [(HAPROXY, "haproxy"), (NGINX, "nginx-light"), (WRK, "wrk"), (H2LOAD, "nghttp2-client")]
+    {
+        if !Path::new(program).is_file() {
+            return Err(LabError::Invalid(format!(
+                "{program} is missing: apt-get install {package}"
+            )));
+        }
+    }
+    let lab = Lab::up(&Topology { load_balancers: 1, backends: 1, prefix: None }, lab_binary)?;
+    let lb = lab.host("lb1")?;
+    let backend = lab.hosts_of(HostRole::Backend).remove(0);
+    let client = lab.host("client")?;
+    for host in [&lb, &client] {
+        widen_port_range(host)?;
+    }
+    let _backend = lab.start_backend(&backend)?;
+    let upstream = backend.http_address();
+
+    let mut node = lab.start_serving_node(&lb, &fulcrum_cluster_file(&lb, upstream), &[])?;
+    let mut haproxy = start_haproxy(&lab, &lb, upstream)?;
+    let mut nginx = start_nginx(&lab, &lb, upstream)?;
+    let fulcrum = at(&lb, FULCRUM_PORT);
+    let paths: [(&'static str, SocketAddr, SocketAddr, Option<u32>); 4] = [
+        ("direct", upstream, upstream, None),
+        ("fulcrumd", fulcrum, fulcrum, Some(node.process.pid())),
+        ("haproxy", at(&lb, HAPROXY_PORTS.0), at(&lb, HAPROXY_PORTS.1), Some(haproxy.pid())),
+        ("nginx", at(&lb, NGINX_PORTS.0), at(&lb, NGINX_PORTS.1), Some(nginx.pid())),
+    ];
+    for (path, http1, h2, _) in &paths {
+        for address in [http1, h2] {
+            lab.run_in(&client, || in_runtime(wait_connectable(*address)))?.map_err(|e| {
+                LabError::Invalid(format!(
+                    "{path} does not serve: {e} (logs in {})",
+                    lab.log_dir().display()
+                ))
+            })?;
+        }
+    }
+    let mut figures: Vec<Figures> = paths
+        .iter()
+        .map(|(path, ..)| Figures { path, http1: Vec::new(), h2: Vec::new(), peak_rss_kib: None })
+        .collect();
+    // Interleaved, so a slow phase of the machine hits every path alike.
+    for run in 0..settings.runs {
+        for ((path, http1, h2, _), figures) in paths.iter().zip(&mut figures) {
+            figures
+                .http1
+                .push(wrk(&lab, &client, *http1, &settings).map_err(|e| context(path, e))?);
+            let log = lab.log_dir().join(format!("h2load-{path}-{run}.log"));
+            figures
+                .h2
+                .push(h2load(&lab, &client, *h2, &settings, &log).map_err(|e| context(path, e))?);
+        }
+    }
+    for ((_, _, _, pid), figures) in paths.iter().zip(&mut figures) {
+        figures.peak_rss_kib = pid.and_then(peak_rss_kib);
+    }
+    stop(&mut node, &mut [&mut haproxy, &mut nginx]);
+    Ok(figures)
+}
+
+fn context(path: &str, error: LabError) -> LabError {
+    LabError::Invalid(format!("{path}: {error}"))
+}
+
+fn fulcrum_cluster_file(lb: &Host, upstream: SocketAddr) -> String {
+    format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"{}:{FULCRUM_PORT}\"\nprotocol = \"http\"\ndefault_pool = \"web\"\n\n\
+         [[pools]]\nname = \"web\"\nbackends = [{{ address = \"{upstream}\" }}]\n",
+        lb.address
+    )
+}
+
+fn write_config(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf, LabError> {
+    let path = lab.log_dir().join(name);
+    std::fs::write(&path, text)
+        .map_err(|source| LabError::Io { what: format!("write {}", path.display()), source })?;
+    Ok(path)
+}
+
+fn start_haproxy(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
+    let config = format!(
+        "global\n    nbthread 2\n    maxconn 4000\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option http-keep-alive\n\n\
+         frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    default_backend web\n\n\
+         backend web\n    http-reuse always\n    server be {upstream}\n",
+        HAPROXY_PORTS.0,
+        HAPROXY_PORTS.1,
+        lb = lb.address,
+    );
+    let path = write_config(lab, "haproxy-l7.cfg", &config)?;
+    lab.spawn(
+        lb,
+        "haproxy on lb1",
+        Path::new(HAPROXY),
+        &["-db".to_owned(), "-f".to_owned(), path.display().to_string()],
+    )
+}
+
+fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
+    let dir = lab.log_dir();
+    let config = format!(
+        "user root;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n    access_log off;\n    keepalive_requests 1000000;\n    client_body_temp_path {dir}/nginx-body;\n    proxy_temp_path {dir}/nginx-proxy;\n\
+             fastcgi_temp_path {dir}/nginx-fastcgi;\n    uwsgi_temp_path {dir}/nginx-uwsgi;\n    scgi_temp_path {dir}/nginx-scgi;\n\
+             upstream web {{ server {upstream}; keepalive 64; }}\n\
+             server {{\n        listen {lb}:{};\n        listen {lb}:{} http2;\n        location / {{\n            proxy_pass http://web;\n\
+                     proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
+        NGINX_PORTS.0,
+        NGINX_PORTS.1,
+        dir = dir.display(),
+        lb = lb.address,
+    );
+    let path = write_config(lab, "nginx.conf", &config)?;
+    let args =
+        ["-c".to_owned(), path.display().to_string(), "-g".to_owned(), "daemon off;".to_owned()];
+    lab.spawn(lb, "nginx on lb1", Path::new(NGINX), &args)
+}
+
+/// One wrk run (HTTP/1.1 keep-alive) from the client host.
+fn wrk(
+    lab: &Lab,
+    client: &Host,
+    address: SocketAddr,
+    settings: &Settings,
+) -> Result<Run, LabError> {
+    let seconds = format!("{}s", settings.duration.as_secs().max(1));
+    let url = format!("http://{address}/");
+    let connections = settings.connections.to_string();
+    let output =
+        lab.exec(client, WRK, &["-t2", "-c", &connections, "-d", &seconds, "--latency", &url])?;
+    parse_wrk(&output).ok_or_else(|| LabError::Invalid(format!("unexpected wrk output:\n{output}")))
+}
+
+/// Requests/s and the 50th and 99th percentile latencies from wrk's `--latency` report.
+pub fn parse_wrk(output: &str) -> Option<Run> {
+    let rps = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    let percentile_us = |label: &str| {
+        output.lines().find_map(|l| {
+            let mut fields = l.split_whitespace();
+            (fields.next() == Some(label)).then(|| fields.next().and_then(duration_us)).flatten()
+        })
+    };
+    if output.contains("Non-2xx or 3xx responses") || output.contains("Socket errors") {
+        return None;
+    }
+    Some(Run { rps: rps as u64, p50_us: percentile_us("50%")?, p99_us: percentile_us("99%")? })
+}
+
+/// wrk's durations: `812.00us`, `1.23ms`, `2.01s`.
+fn duration_us(text: &str) -> Option<u64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    Some((number.parse::<f64>().ok()? * scale) as u64)
+}
+
+/// One h2load run (h2c, prior knowledge) from the client host; latencies from its log.
+fn h2load(
+    lab: &Lab,
+    client: &Host,
+    address: SocketAddr,
+    settings: &Settings,
+    log: &Path,
+) -> Result<Run, LabError> {
+    let url = format!("http://{address}/");
+    let requests = settings.h2_requests.to_string();
+    let connections = settings.connections.min(16).to_string();
+    let log_arg = format!("--log-file={}", log.display());
+    let output = lab.exec(
+        client,
+        H2LOAD,
+        &["-n", &requests, "-c", &connections, "-m", "10", "-t", "2", &log_arg, &url],
+    )?;
+    let failed = output
+        .lines()
+        .find(|l| l.trim_start().starts_with("requests:"))
+        .is_some_and(|l| !l.contains(" 0 failed"));
+    let rps = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("finished in "))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.trim().parse::<f64>().ok());
+    let durations: Vec<u64> = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    match (rps, failed, durations.is_empty()) {
+        (Some(rps), false, false) => Ok(Run {
+            rps: rps as u64,
+            p50_us: percentile(&durations, 50),
+            p99_us: percentile(&durations, 99),
+        }),
+        _ => Err(LabError::Invalid(format!("unexpected h2load result:\n{output}"))),
+    }
+}
+
+/// The figures as a Markdown table: medians, and the ratio of requests/s to HAProxy's.
+pub fn report(figures: &[Figures], settings: &Settings) -> String {
+    let median = |runs: &[Run], pick: fn(&Run) -> u64| {
+        percentile(&runs.iter().map(pick).collect::<Vec<_>>(), 50)
+    };
+    let haproxy = figures.iter().find(|f| f.path == "haproxy");
+    let mut out = format!(
+        "L7 benchmark: medians of {} runs; wrk -t2 -c{} for {:?} (HTTP/1.1 keep-alive), h2load -n{} -c{} -m10 (h2c)\n\n",
+        settings.runs,
+        settings.connections,
+        settings.duration,
+        settings.h2_requests,
+        settings.connections.min(16)
+    );
+    out.push_str("| path | protocol | req/s | vs HAProxy | p50 ms | p99 ms | peak RSS |\n|---|---|---|---|---|---|---|\n");
+    for (protocol, runs_of) in [
+        ("HTTP/1.1", (|f: &Figures| f.http1.clone()) as fn(&Figures) -> Vec<Run>),
+        ("h2c", |f: &Figures| f.h2.clone()),
+    ] {
+        let reference = haproxy.map(|h| median(&runs_of(h), |r| r.rps));
+        for f in figures {
+            let runs = runs_of(f);
+            let rps = median(&runs, |r| r.rps);
+            let ratio = match reference {
+                Some(r) if r > 0 => format!("{:.2}", rps as f64 / r as f64),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {protocol} | {rps} | {ratio} | {:.2} | {:.2} | {} |",
+                f.path,
+                median(&runs, |r| r.p50_us) as f64 / 1000.0,
+                median(&runs, |r| r.p99_us) as f64 / 1000.0,
+                f.peak_rss_kib
+                    .map_or("-".to_owned(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let output = "Running 5s test @ http://198.18.0.11:8000/\n  2 threads and 64 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.10ms  400.00us   9.00ms   80.00%\n  Latency Distribution\n     50%  812.00us\n     75%    1.20ms\n     90%    1.80ms\n     99%    2.01s\n  100000 requests in 5.00s, 10.00MB read\nRequests/sec:  20000.50\nTransfer/sec:      2.00MB\n";
+        let run = parse_wrk(output).expect("parsed");
+        assert_eq!((run.rps, run.p50_us, run.p99_us), (20000, 812, 2_010_000));
+        assert!(
+            parse_wrk(&format!("{output}  Non-2xx or 3xx responses: 5\n")).is_none(),
+            "errors fail the run"
+        );
+    }
+}
