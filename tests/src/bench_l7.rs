@@ -229,7 +229,7 @@ fn duration_us(text: &str) -> Option<u64> {
     } else {
         return None;
     };
-    Some((number.parse::<f64>().ok()? * scale) as u64)
+    Some((number.parse::<f64>().ok()? * scale).round() as u64)
 }
 
 /// One h2load run (h2c, prior knowledge) from the client host; latencies from its log.
