@@ -229,7 +229,7 @@ impl DataPlane {
                     }
                     None => {
                         tracing::info!(pool = %pool.name, backends = pool.backends.len(), "pool added");
-                        let runtime = PoolRuntime::new(pool);
+                        let runtime = PoolRuntime::new(pool, self.workers.handles().len());
                         runtime.start_checks();
                         runtime
                     }

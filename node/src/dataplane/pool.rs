@@ -235,8 +235,9 @@ pub struct PoolRuntime {
     cursor: Arc<AtomicU64>,
     /// Serializes rebuilds of `selection` so a stale one never replaces a newer one.
     rebuild: Mutex<()>,
-    /// Pooled HTTP connections to the backends, rebuilt when how to reach them changes.
-    client: ArcSwap<UpstreamClient>,
+    /// Pooled HTTP connections to the backends, one pool per worker so a request and the
+    /// connection it uses live on the same thread; rebuilt when how to reach them changes.
+    clients: Vec<ArcSwap<UpstreamClient>>,
     /// Retries allowed: each request adds one, each retry costs [`RETRY_COST`], so retries
     /// stay under a fifth of requests (plus a small reserve) even when every backend fails.
     retry_tokens: AtomicI64,
@@ -246,8 +247,9 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    /// A pool as configured; its health checks start with [`PoolRuntime::start_checks`].
-    pub fn new(spec: &Pool) -> Arc<PoolRuntime> {
+    /// A pool as configured, served by `workers` workers; its health checks start with
+    /// [`PoolRuntime::start_checks`].
+    pub fn new(spec: &Pool, workers: usize) -> Arc<PoolRuntime> {
         let backends: Vec<_> =
             spec.backends.iter().map(|b| Arc::new(BackendRuntime::new(spec, b.clone()))).collect();
         let cursor = Arc::new(AtomicU64::new(0));
@@ -262,7 +264,9 @@ impl PoolRuntime {
             }),
             cursor,
             rebuild: Mutex::new(()),
-            client: ArcSwap::from_pointee(http::client(spec.upstream, spec.connect_timeout)),
+            clients: (0..workers.max(1))
+                .map(|_| ArcSwap::from_pointee(http::client(spec.upstream, spec.connect_timeout)))
+                .collect(),
             retry_tokens: AtomicI64::new(RETRY_RESERVE),
             checks: Mutex::new(Vec::new()),
         });
@@ -291,7 +295,9 @@ impl PoolRuntime {
         if tokens >= RETRY_TOKENS_MAX {
             self.retry_tokens.fetch_sub(1, Ordering::Relaxed);
         }
-        self.client.load_full()
+        // Never empty: built with at least one client.
+        let index = super::workers::current_index() % self.clients.len();
+        self.clients[index].load_full()
     }
 
     /// Takes a retry from the budget, if there is one left.
@@ -351,7 +357,9 @@ impl PoolRuntime {
         let affected: Vec<_> = leaving.iter().chain(next.iter()).cloned().collect();
         drop(leaving);
         if old_spec.upstream != spec.upstream || old_spec.connect_timeout != spec.connect_timeout {
-            self.client.store(Arc::new(http::client(spec.upstream, spec.connect_timeout)));
+            for client in &self.clients {
+                client.store(Arc::new(http::client(spec.upstream, spec.connect_timeout)));
+            }
         }
         self.spec.store(Arc::new(spec.clone()));
         self.backends.store(Arc::new(next));

@@ -5,11 +5,23 @@
 //! most of its time on when connections are short (HAProxy's threads and nginx's workers
 //! are built the same way).
 
+use std::cell::Cell;
 use std::io;
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// The index of the worker this thread is, if it is one.
+    static WORKER_INDEX: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The index of the worker running the caller (0 off the workers), so per-worker state such
+/// as pooled backend connections is used by the thread that owns it.
+pub fn current_index() -> usize {
+    WORKER_INDEX.with(|index| index.get().unwrap_or(0))
+}
 
 /// The running workers; dropping this stops them and every task they run.
 #[derive(Debug)]
@@ -32,6 +44,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("fulcrum-worker-{index}"))
                 .spawn(move || {
+                    WORKER_INDEX.with(|cell| cell.set(Some(index)));
                     let _ = runtime.block_on(stopped);
                 })?;
             workers.threads.push(thread);
