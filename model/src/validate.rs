@@ -27,6 +27,9 @@ pub struct Violation {
     pub problem: String,
 }
 
+/// The longest timeout accepted anywhere.
+const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: field `{}`: {}", self.object, self.field, self.problem)
@@ -130,6 +133,13 @@ impl Checker {
         if listener.idle_timeout.is_zero() {
             self.report(&object, "idle_timeout", "0 would close every connection at once");
         }
+        for (field, value) in [
+            ("idle_timeout", listener.idle_timeout),
+            ("http.header_timeout", listener.http.header_timeout),
+            ("http.request_timeout", listener.http.request_timeout),
+        ] {
+            self.at_most_a_year(&object, field, value);
+        }
         let http = &listener.http;
         for (field, value) in [
             ("http.header_timeout", http.header_timeout),
@@ -139,12 +149,12 @@ impl Checker {
                 self.report(&object, field, "0 would refuse every request");
             }
         }
-        if http.max_header_bytes < 1024 {
+        if http.max_header_bytes < 8192 {
             self.report(
                 &object,
                 "http.max_header_bytes",
                 format!(
-                    "{} bytes cannot hold ordinary request headers; use at least 1024",
+                    "{} bytes cannot hold ordinary request headers; use at least 8192",
                     http.max_header_bytes
                 ),
             );
@@ -289,6 +299,17 @@ impl Checker {
         }
     }
 
+    /// Timeouts above a year are surely typos, and would overflow clock arithmetic.
+    fn at_most_a_year(&mut self, object: &str, field: &str, value: std::time::Duration) {
+        if value > MAX_TIMEOUT {
+            self.report(
+                object,
+                field,
+                format!("{} is more than a year", humantime::format_duration(value)),
+            );
+        }
+    }
+
     fn pool(&mut self, pool: &Pool) {
         let object = format!("pool '{}'", pool.name);
         let mut addresses = BTreeSet::new();
@@ -327,6 +348,20 @@ impl Checker {
                     format!("backends[{i}].max_connections"),
                     "0 would refuse every connection; omit it for no limit",
                 );
+            }
+        }
+        for (field, value) in [
+            ("connect_timeout", pool.connect_timeout),
+            ("response_timeout", pool.response_timeout),
+            ("drain_timeout", pool.drain_timeout),
+        ] {
+            self.at_most_a_year(&object, field, value);
+        }
+        if let Some(check) = &pool.health_check {
+            for (field, value) in
+                [("health_check.interval", check.interval), ("health_check.timeout", check.timeout)]
+            {
+                self.at_most_a_year(&object, field, value);
             }
         }
         if pool.connect_timeout.is_zero() {

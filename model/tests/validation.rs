@@ -367,3 +367,17 @@ fn every_problem_is_reported_at_once() {
     spec.rate_limits[0].limit = RateLimit::TokenBucket { capacity: 0, refill_per_second: 0.0 };
     assert_eq!(spec.validate().unwrap_err().0.len(), 3);
 }
+
+#[test]
+fn timeouts_beyond_a_year_and_tiny_header_limits() {
+    let mut spec = base();
+    spec.pools[1].drain_timeout = std::time::Duration::from_secs(400 * 24 * 3600);
+    let message = only_violation(&spec, "pool 'api'", "drain_timeout");
+    assert!(message.contains("more than a year"), "{message}");
+    let mut spec = base();
+    spec.listeners[1].http.header_timeout = std::time::Duration::MAX;
+    only_violation(&spec, "listener 'db'", "http.header_timeout");
+    let mut spec = base();
+    spec.listeners[1].http.max_header_bytes = 4096;
+    only_violation(&spec, "listener 'db'", "http.max_header_bytes");
+}

@@ -132,13 +132,42 @@ struct Target<'a> {
 }
 
 async fn handle(
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
-    listener: &ListenerRuntime,
+    listener: &Arc<ListenerRuntime>,
     shared: &Shared,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    let logged = listener
+        .spec()
+        .http
+        .access_log
+        .then(|| (request.method().clone(), request.uri().path().to_owned()));
+    let response = route_and_forward(request, started, peer, tls, listener, shared).await;
+    if let Some((method, path)) = logged {
+        tracing::info!(
+            target: "fulcrum::access",
+            listener = %listener.name(),
+            client = %peer.ip(),
+            %method,
+            path,
+            status = response.status().as_u16(),
+            duration_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+    }
+    response
+}
+
+async fn route_and_forward(
+    mut request: Request<Incoming>,
+    started: Instant,
+    peer: SocketAddr,
+    tls: bool,
+    listener: &Arc<ListenerRuntime>,
+    shared: &Shared,
+) -> Response<ProxyBody> {
     let spec = listener.spec();
     let router = listener.router();
     let host = request_host(&request).map(str::to_owned);
@@ -150,14 +179,13 @@ async fn handle(
         request.headers(),
         &mut rng,
     ) else {
-        let stats = listener.route_stats(None);
         return finish(
-            &stats,
+            router.default_stats(),
             started,
             error_response(StatusCode::NOT_FOUND, "no route for this request"),
         );
     };
-    let stats = routed.route.map_or_else(|| listener.route_stats(None), |r| Arc::clone(&r.stats));
+    let stats = Arc::clone(routed.route.map_or(router.default_stats(), |r| &r.stats));
     let route_name = routed.route.map_or("(default)", |r| r.spec.name.as_str());
 
     // Rate limits: the listener's, then the route's; the headers speak of the narrower one.
@@ -205,8 +233,6 @@ async fn handle(
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
     };
     let upgrade = is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
-    let logged =
-        spec.http.access_log.then(|| (request.method().clone(), request.uri().path().to_owned()));
     let timeout = spec.http.request_timeout;
     let response = match tokio::time::timeout(
         timeout,
@@ -220,20 +246,6 @@ async fn handle(
             error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
         }
     };
-    if let Some((method, path)) = logged {
-        tracing::info!(
-            target: "fulcrum::access",
-            listener = %listener.name(),
-            route = route_name,
-            pool = %target.pool.name(),
-            client = %peer.ip(),
-            %method,
-            path,
-            status = response.status().as_u16(),
-            duration_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
-    }
     finish(&stats, started, with_rate_headers(response, shown.as_ref()))
 }
 
@@ -242,7 +254,7 @@ async fn forward(
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     peer: SocketAddr,
     tls: bool,
-    listener: &ListenerRuntime,
+    listener: &Arc<ListenerRuntime>,
     shared: &Shared,
     target: &Target<'_>,
 ) -> Response<ProxyBody> {
@@ -252,7 +264,11 @@ async fn forward(
     // A valid cookie naming a backend that may take traffic wins; otherwise the balancer.
     let pinned = target.sticky.and_then(|sticky| {
         let value = super::sticky::cookie(request.headers(), &sticky.cookie)?;
-        let address = shared.signer.verify(pool.name().as_str(), value)?;
+        let address = shared.signer.pick(
+            pool.name().as_str(),
+            value,
+            selection.backends.iter().map(|b| b.address()),
+        )?;
         selection.backends.iter().position(|b| b.address() == address)
     });
     let hash_bytes = match &pool_spec.algorithm {
@@ -296,6 +312,7 @@ async fn forward(
         let this_body = body.take().unwrap_or_else(empty_body);
         let upstream = match upstream_request(
             &parts,
+            upgrade.is_some(),
             this_body,
             backend.address(),
             peer,
@@ -310,7 +327,7 @@ async fn forward(
         backend.stats().total.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
-            return tunnel(upstream, on_client_upgrade, backend, pool).await;
+            return tunnel(upstream, on_client_upgrade, backend, pool, listener).await;
         }
         match tokio::time::timeout(pool_spec.response_timeout, client.request(upstream)).await {
             Ok(Ok(response)) => {
@@ -344,9 +361,9 @@ async fn forward(
                 if let Some(too_large) = body_limit_error(&e) {
                     return too_large;
                 }
+                // Not counted against the backend: the client (an aborted upload) may be at fault.
                 tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), "502: {e}");
                 backend.stats().error(ErrorKind::Io);
-                pool.record_connect(backend, false);
                 return error_response(StatusCode::BAD_GATEWAY, "the backend failed");
             }
             Err(_) => {
@@ -371,43 +388,55 @@ async fn tunnel(
     on_client_upgrade: hyper::upgrade::OnUpgrade,
     backend: &Arc<BackendRuntime>,
     pool: &Arc<PoolRuntime>,
+    listener: &Arc<ListenerRuntime>,
 ) -> Response<ProxyBody> {
+    let failed = |why: &str| {
+        tracing::warn!(listener = %listener.name(), pool = %pool.name(), backend = %backend.address(), "502 on an upgrade: {why}");
+        error_response(StatusCode::BAD_GATEWAY, why)
+    };
     let connect = tokio::time::timeout(
         pool.spec().connect_timeout,
         tokio::net::TcpStream::connect(backend.address()),
     );
-    let stream = match connect.await {
-        Ok(Ok(stream)) => stream,
-        _ => {
-            pool.record_connect(backend, false);
-            return error_response(StatusCode::BAD_GATEWAY, "cannot connect to the backend");
-        }
+    let Ok(Ok(stream)) = connect.await else {
+        pool.record_connect(backend, false);
+        return failed("cannot connect to the backend");
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(handshake) => handshake,
-            Err(_) => return error_response(StatusCode::BAD_GATEWAY, "the backend failed"),
-        };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    else {
+        return failed("the backend failed");
+    };
     tokio::spawn(connection.with_upgrades());
-    let mut response = match sender.send_request(upstream).await {
-        Ok(response) => response,
-        Err(_) => return error_response(StatusCode::BAD_GATEWAY, "the backend failed"),
+    let Ok(mut response) = sender.send_request(upstream).await else {
+        return failed("the backend failed");
     };
-    pool.record_connect(backend, true);
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let on_backend_upgrade = hyper::upgrade::on(&mut response);
-        let in_flight = backend.load().begin();
-        tokio::spawn(async move {
-            let _in_flight = in_flight;
-            if let (Ok(client), Ok(backend)) = tokio::join!(on_client_upgrade, on_backend_upgrade) {
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client),
-                    &mut TokioIo::new(backend),
-                )
-                .await;
-            }
-        });
+    pool.record_connect(backend, !response.status().is_server_error());
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return downstream_response(response);
     }
+    let on_backend_upgrade = hyper::upgrade::on(&mut response);
+    let in_flight = backend.load().begin();
+    let close = backend.close_signal();
+    let tunnel_listener = Arc::clone(listener);
+    // Tracked with the listener's connections, so drains wait for it and then close it, and
+    // an idle tunnel is closed like any idle connection.
+    listener.connections().spawn(async move {
+        let _in_flight = in_flight;
+        let (Ok(client), Ok(upstream)) = tokio::join!(on_client_upgrade, on_backend_upgrade) else {
+            return;
+        };
+        let activity = Arc::new(Activity::new());
+        let mut client = Tracked { inner: TokioIo::new(client), activity: Arc::clone(&activity) };
+        let mut upstream = TokioIo::new(upstream);
+        let idle = tunnel_listener.spec().idle_timeout;
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+            () = activity.idle_for(idle) => tunnel_listener.stats().error(ErrorKind::IdleTimeout),
+            () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
+            () = tunnel_listener.closed() => tunnel_listener.stats().error(ErrorKind::Drained),
+        }
+    });
     // Upgrade and Connection stay: they are the answer to the client's upgrade.
     response.map(|body| body.map_err(BoxError::from).boxed_unsync())
 }
@@ -416,6 +445,7 @@ async fn tunnel(
 /// forwarding headers in.
 fn upstream_request(
     parts: &hyper::http::request::Parts,
+    upgrading: bool,
     body: ProxyBody,
     backend: SocketAddr,
     peer: SocketAddr,
@@ -425,7 +455,7 @@ fn upstream_request(
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     let uri = format!("http://{backend}{path}");
     let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
-    let upgrading = parts.headers.get(header::UPGRADE).cloned();
+    let upgrade = parts.headers.get(header::UPGRADE).filter(|_| upgrading).cloned();
     let host = parts
         .headers
         .get(header::HOST)
@@ -434,7 +464,8 @@ fn upstream_request(
     if let Some(headers) = builder.headers_mut() {
         *headers = parts.headers.clone();
         strip_hop_by_hop(headers);
-        if let Some(upgrade) = upgrading {
+        merge_cookies(headers);
+        if let Some(upgrade) = upgrade {
             headers.insert(header::UPGRADE, upgrade);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
@@ -446,6 +477,25 @@ fn upstream_request(
     builder.body(body)
 }
 
+/// Joins several Cookie fields (as HTTP/2 clients send them) into one, as HTTP/1.1 backends
+/// expect (RFC 9113 §8.2.3).
+fn merge_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> =
+        headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Every value of a header as one comma-separated list.
+fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
 /// Adds X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
 fn forwarding_headers(
     headers: &mut HeaderMap,
@@ -455,7 +505,7 @@ fn forwarding_headers(
 ) {
     let client = peer.ip().to_string();
     let proto = if tls { "https" } else { "http" };
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match joined(headers, "x-forwarded-for") {
         Some(earlier) => format!("{earlier}, {client}"),
         None => client.clone(),
     };
@@ -463,16 +513,22 @@ fn forwarding_headers(
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert("x-forwarded-host", host.clone());
-    }
+    // Only a host that is a valid authority is passed on: a quote or comma in it could
+    // otherwise forge a Forwarded element.
+    let host = host.and_then(|h| h.to_str().ok()).filter(|h| {
+        h.parse::<hyper::http::uri::Authority>().is_ok() && !h.contains(['"', ',', ';'])
+    });
+    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(value) => headers.insert("x-forwarded-host", value),
+        None => headers.remove("x-forwarded-host"),
+    };
     // RFC 7239: IPv6 addresses are quoted and bracketed.
     let node = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
     let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+    if let Some(host) = host {
         element.push_str(&format!(";host=\"{host}\""));
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+    let forwarded = match joined(headers, header::FORWARDED) {
         Some(earlier) => format!("{earlier}, {element}"),
         None => element,
     };
@@ -545,7 +601,11 @@ fn rate_key(
     route: &str,
 ) -> Vec<u8> {
     match kind {
-        RateLimitKey::ClientIp => peer.ip().to_string().into_bytes(),
+        // One client owns a whole IPv6 /64; keying by /128 would hand it endless fresh keys.
+        RateLimitKey::ClientIp => match peer.ip().to_canonical() {
+            std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+            std::net::IpAddr::V6(ip) => ip.octets()[..8].to_vec(),
+        },
         RateLimitKey::Header(name) => {
             request.headers().get(name.as_str()).map_or_else(Vec::new, |v| v.as_bytes().to_vec())
         }
@@ -756,5 +816,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         forwarding_headers(&mut headers, v6, false, None);
         assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
+
+        // A Host that would forge a Forwarded element is left out.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
+        let forged = HeaderValue::from_static("a\", for=10.0.0.1;proto=https;host=\"b");
+        forwarding_headers(&mut headers, peer, false, Some(&forged));
+        assert_eq!(headers["forwarded"], "for=198.18.0.2;proto=http");
+        assert!(headers.get("x-forwarded-host").is_none());
+
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        merge_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 }

@@ -95,6 +95,11 @@ impl ListenerRuntime {
         &self.stats
     }
 
+    /// Its open connections (and upgraded tunnels), which drains wait for.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.connections
+    }
+
     /// Client connections open now.
     pub fn active(&self) -> usize {
         self.connections.len()
@@ -154,7 +159,7 @@ impl ListenerRuntime {
         crate::lock(&self.route_stats).retain(|name, _| {
             name.is_empty() || spec.routes.iter().any(|r| r.name.as_str() == name)
         });
-        Router::new(spec, |route| self.route_stats(Some(route)))
+        Router::new(spec, |route| self.route_stats(route))
     }
 
     /// Resolves once the listener stops accepting (removed, or the node drains).

@@ -38,11 +38,17 @@ pub struct CompiledRoute {
 pub struct Router {
     routes: Vec<CompiledRoute>,
     default_pool: Option<Name>,
+    /// Counters of requests no route takes.
+    default_stats: Arc<RouteStats>,
 }
 
 impl Router {
-    /// Compiles a listener's routes; `stats` gives each route its (kept) counters.
-    pub fn new(listener: &Listener, mut stats: impl FnMut(&Name) -> Arc<RouteStats>) -> Router {
+    /// Compiles a listener's routes; `stats` gives each route its (kept) counters, and the
+    /// default pool's for `None`.
+    pub fn new(
+        listener: &Listener,
+        mut stats: impl FnMut(Option<&Name>) -> Arc<RouteStats>,
+    ) -> Router {
         let routes = listener
             .routes
             .iter()
@@ -71,12 +77,17 @@ impl Router {
                         .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
                         .collect(),
                     split,
-                    stats: stats(&route.name),
+                    stats: stats(Some(&route.name)),
                     spec: route.clone(),
                 }
             })
             .collect();
-        Router { routes, default_pool: listener.default_pool.clone() }
+        Router { routes, default_pool: listener.default_pool.clone(), default_stats: stats(None) }
+    }
+
+    /// The counters of requests no route takes.
+    pub fn default_stats(&self) -> &Arc<RouteStats> {
+        &self.default_stats
     }
 
     /// Routes a request: the first route whose every condition holds, else the default pool;
@@ -107,7 +118,7 @@ impl CompiledRoute {
     fn matches(&self, host: Option<&str>, method: &str, path: &str, headers: &HeaderMap) -> bool {
         let matcher = &self.spec.matcher;
         if let Some(want) = &self.host
-            && !host.is_some_and(|h| h.eq_ignore_ascii_case(want))
+            && !host.is_some_and(|h| host_matches(want, h))
         {
             return false;
         }
@@ -156,6 +167,19 @@ impl CompiledRoute {
             }
             _ => std::borrow::Cow::Borrowed(path),
         }
+    }
+}
+
+/// `want` is a host or `*.suffix`, which matches any name ending in `.suffix` (not `suffix`
+/// itself); compared case-insensitively.
+fn host_matches(want: &str, host: &str) -> bool {
+    match want.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => host.eq_ignore_ascii_case(want),
     }
 }
 
@@ -318,6 +342,16 @@ mod tests {
         api.rewrite_prefix = Some("/internal".into());
         let r = router(vec![api], None);
         assert_eq!(r.routes[0].rewrite("/v1/users"), "/internalusers");
+    }
+
+    #[test]
+    fn wildcard_hosts_match_subdomains_only() {
+        assert!(host_matches("*.example.test", "a.example.test"));
+        assert!(host_matches("*.example.test", "A.B.EXAMPLE.test"));
+        assert!(!host_matches("*.example.test", "example.test"));
+        assert!(!host_matches("*.example.test", "aexample.test"));
+        assert!(!host_matches("*.example.test", "é"));
+        assert!(host_matches("www.example.test", "WWW.example.test"));
     }
 
     #[test]

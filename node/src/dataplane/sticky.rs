@@ -1,9 +1,10 @@
 //! Sticky-session cookies: an opaque, signed value naming a pool's backend, so a client keeps
 //! its backend while that backend is healthy, and a forged or stale cookie is just ignored.
 //!
-//! The value is `base64url(address) "." base64url(HMAC-SHA256(key, pool "|" address)[..16])`.
-//! Every node derives the same key from the cluster secret, so a cookie stays valid when the
-//! VIP moves to another node.
+//! The value is `base64url(HMAC-SHA256(key, pool "|" address)[..16])`: it names the backend
+//! without revealing its address, and only the cluster can make one. A request's cookie is
+//! matched against the backends that may take traffic. Every node derives the same key from
+//! the cluster secret, so a cookie stays valid when the VIP moves to another node.
 
 use std::net::SocketAddr;
 
@@ -58,23 +59,28 @@ impl CookieSigner {
 
     /// The cookie value pinning `pool`'s client to `backend`.
     pub fn sign(&self, pool: &str, backend: SocketAddr) -> String {
-        let address = backend.to_string();
-        format!("{}.{}", B64.encode(&address), B64.encode(self.tag(pool, &address)))
+        B64.encode(self.tag(pool, &backend.to_string()))
     }
 
-    /// The backend a cookie value names, if it is one this cluster signed for `pool`.
-    pub fn verify(&self, pool: &str, value: &str) -> Option<SocketAddr> {
-        let (address, tag) = value.split_once('.')?;
-        let address = String::from_utf8(B64.decode(address).ok()?).ok()?;
-        let tag = B64.decode(tag).ok()?;
-        let mut mac = self.mac.clone();
-        mac.update(pool.as_bytes());
-        mac.update(b"|");
-        mac.update(address.as_bytes());
-        // Constant-time comparison of the truncated tag.
-        mac.verify_truncated_left(&tag).ok()?;
-        (tag.len() == TAG_BYTES).then_some(())?;
-        address.parse().ok()
+    /// Which of `candidates` a cookie value names, if it is one this cluster signed for
+    /// `pool`; each comparison takes constant time.
+    pub fn pick(
+        &self,
+        pool: &str,
+        value: &str,
+        candidates: impl IntoIterator<Item = SocketAddr>,
+    ) -> Option<SocketAddr> {
+        let tag = B64.decode(value).ok()?;
+        if tag.len() != TAG_BYTES {
+            return None;
+        }
+        candidates.into_iter().find(|candidate| {
+            let mut mac = self.mac.clone();
+            mac.update(pool.as_bytes());
+            mac.update(b"|");
+            mac.update(candidate.to_string().as_bytes());
+            mac.verify_truncated_left(&tag).is_ok()
+        })
     }
 }
 
@@ -98,18 +104,20 @@ mod tests {
     #[test]
     fn a_signed_cookie_names_its_backend_and_nothing_else_verifies() {
         let signer = CookieSigner::new(b"cluster secret");
-        let backend: SocketAddr = "198.18.0.21:8080".parse().expect("address");
-        let value = signer.sign("web", backend);
-        assert_eq!(signer.verify("web", &value), Some(backend));
-        assert_eq!(signer.verify("api", &value), None, "bound to its pool");
-        assert_eq!(CookieSigner::new(b"other secret").verify("web", &value), None);
-        let forged =
-            format!("{}.{}", B64.encode("198.18.0.22:8080"), value.split_once('.').expect("dot").1);
-        assert_eq!(signer.verify("web", &forged), None);
-        for junk in ["", ".", "x.y", "MTk4.AAAA", &value[..value.len() - 2]] {
-            assert_eq!(signer.verify("web", junk), None, "{junk:?}");
+        let a: SocketAddr = "198.18.0.21:8080".parse().expect("address");
+        let b: SocketAddr = "198.18.0.22:8080".parse().expect("address");
+        let value = signer.sign("web", a);
+        assert_eq!(signer.pick("web", &value, [b, a]), Some(a));
+        assert_eq!(signer.pick("web", &value, [b]), None, "its backend is gone");
+        assert_eq!(signer.pick("api", &value, [a, b]), None, "bound to its pool");
+        assert_eq!(CookieSigner::new(b"other secret").pick("web", &value, [a, b]), None);
+        assert!(
+            !value.contains("198") && !value.contains(['=', ';', ',', ' ', '.']),
+            "opaque and a valid cookie value: {value}"
+        );
+        for junk in ["", ".", "x.y", "AAAA", &value[..value.len() - 2]] {
+            assert_eq!(signer.pick("web", junk, [a, b]), None, "{junk:?}");
         }
-        assert!(!value.contains(['=', ';', ',', ' ']), "a valid cookie value: {value}");
     }
 
     #[test]
