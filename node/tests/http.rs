@@ -555,8 +555,11 @@ async fn grpc_style_trailers_pass_through_h2_end_to_end() {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
                     let te = request.headers().get("te").map(|v| v.as_bytes().to_vec());
+                    let authority =
+                        request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
                     let mut trailers = hyper::HeaderMap::new();
                     trailers.insert("grpc-status", "0".parse().expect("value"));
+                    trailers.insert("x-authority", authority.parse().expect("value"));
                     trailers.insert(
                         "x-saw-te-trailers",
                         if te.as_deref() == Some(b"trailers") { "yes" } else { "no" }
@@ -600,6 +603,10 @@ async fn grpc_style_trailers_pass_through_h2_end_to_end() {
     let trailers = collected.trailers().cloned().expect("trailers arrived");
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-saw-te-trailers"], "yes", "TE: trailers reached the backend");
+    assert_eq!(
+        trailers["x-authority"], "svc.example.test",
+        "the client's :authority, not the backend's address"
+    );
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x02hi");
     server.abort();
 }

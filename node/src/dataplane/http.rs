@@ -11,6 +11,7 @@
 //! flight, HTTP/2 with GOAWAY.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,21 +44,51 @@ use crate::ratelimit::{Decision, retry_after_seconds};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type both directions are forwarded as.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-/// The pooled client of one pool.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// The pooled client of one backend.
+pub type UpstreamClient = Client<BackendConnector, ProxyBody>;
+
+/// Dials one backend whatever authority a request names, so the client's own authority
+/// travels upstream (in `Host`, or HTTP/2's `:authority`) and connections are pooled per
+/// backend.
+#[derive(Clone, Debug)]
+pub struct BackendConnector {
+    inner: HttpConnector,
+    backend: Uri,
+}
+
+impl tower_service::Service<Uri> for BackendConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _requested: Uri) -> Self::Future {
+        let connecting = self.inner.call(self.backend.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
 
 /// Backends tried for one request when connecting fails (idempotent, bodiless requests only).
 const MAX_ATTEMPTS: usize = 3;
 /// How long a pooled backend connection may sit idle.
 const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle pooled connections kept per backend.
+/// Idle pooled connections kept per backend (and per worker).
 const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
 
-/// Builds the pooled client for a pool's backends.
-pub fn client(upstream: UpstreamProtocol, connect_timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
+/// Builds the pooled client for one backend.
+pub fn client(
+    backend: SocketAddr,
+    upstream: UpstreamProtocol,
+    connect_timeout: Duration,
+) -> UpstreamClient {
+    let mut inner = HttpConnector::new();
+    inner.set_connect_timeout(Some(connect_timeout));
+    inner.set_nodelay(true);
+    // A socket address always makes a valid authority.
+    let backend = Uri::try_from(format!("http://{backend}")).unwrap_or_default();
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(POOL_IDLE)
@@ -67,7 +98,7 @@ pub fn client(upstream: UpstreamProtocol, connect_timeout: Duration) -> Upstream
     if upstream == UpstreamProtocol::Http2 {
         builder.http2_only(true);
     }
-    builder.build(connector)
+    builder.build(BackendConnector { inner, backend })
 }
 
 /// Serves one accepted client connection (already through TLS for https) to its end.
@@ -297,7 +328,7 @@ async fn forward(
             .map_err(BoxError::from)
             .boxed_unsync(),
     );
-    let client = pool.client();
+    pool.note_request();
     let mut last_error = "no backend took the request".to_owned();
     for (attempt, index) in choices.into_iter().take(MAX_ATTEMPTS).enumerate() {
         let Some(backend) = selection.backends.get(index) else { continue };
@@ -310,15 +341,14 @@ async fn forward(
         };
         // Bodiless requests get a fresh empty body on each attempt.
         let this_body = body.take().unwrap_or_else(empty_body);
-        let upstream = match upstream_request(
-            &parts,
-            upgrade.is_some(),
-            this_body,
-            backend.address(),
-            peer,
-            tls,
-            target.rewritten.as_deref(),
-        ) {
+        let Some(client) = pool.client(backend.address()) else { continue };
+        let hop = Hop {
+            backend: backend.address(),
+            h2: pool_spec.upstream == UpstreamProtocol::Http2,
+            upgrading: upgrade.is_some(),
+            rewritten: target.rewritten.as_deref(),
+        };
+        let upstream = match upstream_request(&parts, this_body, &hop, peer, tls) {
             Ok(upstream) => upstream,
             Err(e) => {
                 return error_response(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}"));
@@ -441,26 +471,42 @@ async fn tunnel(
     response.map(|body| body.map_err(BoxError::from).boxed_unsync())
 }
 
-/// The request as sent to `backend`: absolute URI for the client, hop-by-hop headers out,
-/// forwarding headers in.
+/// Where and how one request goes upstream.
+struct Hop<'a> {
+    backend: SocketAddr,
+    /// The pool speaks HTTP/2 to its backends.
+    h2: bool,
+    /// The request is an upgrade (WebSocket) and keeps its Upgrade header.
+    upgrading: bool,
+    /// The path after the route's prefix rewrite, if it changed.
+    rewritten: Option<&'a str>,
+}
+
+/// The request as sent upstream: the client's authority in an absolute URI (the connector
+/// dials the backend), hop-by-hop headers out, forwarding headers in.
 fn upstream_request(
     parts: &hyper::http::request::Parts,
-    upgrading: bool,
     body: ProxyBody,
-    backend: SocketAddr,
+    hop: &Hop<'_>,
     peer: SocketAddr,
     tls: bool,
-    rewritten: Option<&str>,
 ) -> Result<Request<ProxyBody>, hyper::http::Error> {
+    let Hop { backend, h2, upgrading, rewritten } = *hop;
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    let uri = format!("http://{backend}{path}");
-    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
-    let upgrade = parts.headers.get(header::UPGRADE).filter(|_| upgrading).cloned();
     let host = parts
         .headers
         .get(header::HOST)
         .cloned()
         .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // The client's authority goes upstream; the connector dials the backend regardless.
+    let authority = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+        .map_or_else(|| backend.to_string(), |a| a.to_string());
+    let uri = format!("http://{authority}{path}");
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+    let upgrade = parts.headers.get(header::UPGRADE).filter(|_| upgrading).cloned();
     if let Some(headers) = builder.headers_mut() {
         *headers = parts.headers.clone();
         strip_hop_by_hop(headers);
@@ -469,8 +515,11 @@ fn upstream_request(
             headers.insert(header::UPGRADE, upgrade);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        if let Some(host) = &host {
-            headers.insert(header::HOST, host.clone());
+        match (&host, h2) {
+            // HTTP/2 says it in :authority; a Host field as well would be redundant.
+            (_, true) => drop(headers.remove(header::HOST)),
+            (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
+            (None, false) => {}
         }
         forwarding_headers(headers, peer, tls, host.as_ref());
     }

@@ -7,6 +7,7 @@
 //! [`Selection`] through an `ArcSwap`; every change that alters who may take traffic builds
 //! a new one.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -204,6 +205,22 @@ impl BackendRuntime {
     }
 }
 
+/// A client per backend of `spec`, reusing those of `kept` (and their pooled connections).
+fn clients_for(
+    spec: &Pool,
+    kept: Option<&HashMap<SocketAddr, UpstreamClient>>,
+) -> HashMap<SocketAddr, UpstreamClient> {
+    spec.backends
+        .iter()
+        .map(|b| {
+            let client = kept
+                .and_then(|k| k.get(&b.address).cloned())
+                .unwrap_or_else(|| http::client(b.address, spec.upstream, spec.connect_timeout));
+            (b.address, client)
+        })
+        .collect()
+}
+
 /// What one retry costs in the retry budget: retries stay under one per five requests.
 const RETRY_COST: i64 = 5;
 /// The budget a pool starts with, so a cold pool may still retry a few requests.
@@ -235,9 +252,9 @@ pub struct PoolRuntime {
     cursor: Arc<AtomicU64>,
     /// Serializes rebuilds of `selection` so a stale one never replaces a newer one.
     rebuild: Mutex<()>,
-    /// Pooled HTTP connections to the backends, one pool per worker so a request and the
-    /// connection it uses live on the same thread; rebuilt when how to reach them changes.
-    clients: Vec<ArcSwap<UpstreamClient>>,
+    /// Pooled HTTP connections per backend, one set per worker so a request and the
+    /// connection it uses live on the same thread; kept for unchanged backends.
+    clients: Vec<ArcSwap<HashMap<SocketAddr, UpstreamClient>>>,
     /// Retries allowed: each request adds one, each retry costs [`RETRY_COST`], so retries
     /// stay under a fifth of requests (plus a small reserve) even when every backend fails.
     retry_tokens: AtomicI64,
@@ -265,7 +282,7 @@ impl PoolRuntime {
             cursor,
             rebuild: Mutex::new(()),
             clients: (0..workers.max(1))
-                .map(|_| ArcSwap::from_pointee(http::client(spec.upstream, spec.connect_timeout)))
+                .map(|_| ArcSwap::from_pointee(clients_for(spec, None)))
                 .collect(),
             retry_tokens: AtomicI64::new(RETRY_RESERVE),
             checks: Mutex::new(Vec::new()),
@@ -289,15 +306,19 @@ impl PoolRuntime {
         self.selection.load_full()
     }
 
-    /// The pooled HTTP client to the backends; also counts a request for the retry budget.
-    pub fn client(&self) -> Arc<UpstreamClient> {
+    /// The pooled HTTP client of `backend` for the calling worker.
+    pub fn client(&self, backend: SocketAddr) -> Option<UpstreamClient> {
+        // Never empty: built with at least one set.
+        let index = super::workers::current_index() % self.clients.len();
+        self.clients[index].load().get(&backend).cloned()
+    }
+
+    /// Counts a request for the retry budget.
+    pub fn note_request(&self) {
         let tokens = self.retry_tokens.fetch_add(1, Ordering::Relaxed);
         if tokens >= RETRY_TOKENS_MAX {
             self.retry_tokens.fetch_sub(1, Ordering::Relaxed);
         }
-        // Never empty: built with at least one client.
-        let index = super::workers::current_index() % self.clients.len();
-        self.clients[index].load_full()
     }
 
     /// Takes a retry from the budget, if there is one left.
@@ -356,10 +377,11 @@ impl PoolRuntime {
         }
         let affected: Vec<_> = leaving.iter().chain(next.iter()).cloned().collect();
         drop(leaving);
-        if old_spec.upstream != spec.upstream || old_spec.connect_timeout != spec.connect_timeout {
-            for client in &self.clients {
-                client.store(Arc::new(http::client(spec.upstream, spec.connect_timeout)));
-            }
+        let same_way =
+            old_spec.upstream == spec.upstream && old_spec.connect_timeout == spec.connect_timeout;
+        for clients in &self.clients {
+            let kept = same_way.then(|| clients.load_full());
+            clients.store(Arc::new(clients_for(spec, kept.as_deref())));
         }
         self.spec.store(Arc::new(spec.clone()));
         self.backends.store(Arc::new(next));
