@@ -7,9 +7,11 @@
 //! It never does IO and never reads a clock: every function here is a pure transformation of
 //! values, so every node that applies the same commands reaches the same [`Config`].
 
+pub mod api;
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod diff;
 pub mod duration;
 pub mod file;
 pub mod name;

@@ -2,23 +2,27 @@
 //!
 //! It starts, in order, the configuration store (`[raft]`), the data plane serving the last
 //! applied configuration at once (or, on a node without `[raft]`, the cluster file given with
-//! `--cluster-file`, re-read on SIGHUP), the metrics endpoint, and VRRP. On SIGTERM or SIGINT
-//! it steps down from VRRP first (priority 0, VIPs removed), so a backup takes over at once,
-//! then drains its connections and stops. SIGUSR1 logs the VRRP status and the store's
-//! metrics.
+//! `--cluster-file`, re-read on SIGHUP), the metrics endpoint and the admin API, then VRRP,
+//! and reports itself ready (to systemd too, with sd_notify). On SIGTERM or SIGINT it steps
+//! down from VRRP first (priority 0, VIPs removed), so a backup takes over at once, then
+//! drains its connections and stops. SIGUSR1 logs the VRRP status and the store's metrics.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use fulcrum_model::{Config, file};
+use fulcrum_model::{Command, Config, file};
+use fulcrum_node::admin::Admin;
 use fulcrum_node::dataplane::sticky::CookieSigner;
 use fulcrum_node::dataplane::{DataPlane, workers};
-use fulcrum_node::metrics_endpoint;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
+use fulcrum_node::peers::{LocalVrid, Node};
+use fulcrum_node::tracking::{Priorities, Tracked};
+use fulcrum_node::{dev, metrics_endpoint};
 use fulcrum_raft_store::ConfigStore;
 use fulcrum_vrrp::driver::Vrrp;
 use fulcrum_vrrp::vip::interface_address;
@@ -27,13 +31,21 @@ use fulcrum_vrrp::vip::interface_address;
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// The node file: node id, logging, VRRP instances, Raft store, metrics.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    /// The node file: node id, logging, admin API, VRRP instances, Raft store, metrics.
+    #[arg(long, value_name = "FILE", required_unless_present = "dev")]
+    config: Option<PathBuf>,
     /// Serve this cluster file instead of a replicated configuration (a node without
     /// `[raft]`); SIGHUP re-reads it, and a file that does not validate changes nothing.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
     cluster_file: Option<PathBuf>,
+    /// A single-node cluster on loopback for a first try, no root needed: admin API on
+    /// 127.0.0.1:7070 (token in DIR/admin.token), a demo HTTP listener on 127.0.0.1:8080 in
+    /// front of 127.0.0.1:8081 and :8082, VRRP off.
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// With --dev: where the node keeps its data, cluster secret and admin token.
+    #[arg(long, value_name = "DIR", default_value = "fulcrum-dev")]
+    dev_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -48,20 +60,31 @@ fn main() -> ExitCode {
 
 /// What runs on this node.
 struct Daemon {
-    vrrp: Option<Vrrp>,
-    store: Option<ConfigStore>,
+    vrrp: Option<Arc<Vrrp>>,
+    store: Option<Arc<ConfigStore>>,
+    node: Option<Arc<Node>>,
     plane: Arc<DataPlane>,
     cluster_file: Option<PathBuf>,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let node = NodeFile::load(&args.config)?;
+    let (node, source) = match &args.config {
+        Some(path) => (NodeFile::load(path)?, format!("node file {}", path.display())),
+        None => (
+            dev::node_file(&args.dev_dir).context("cannot prepare the --dev node")?,
+            "the --dev node".to_owned(),
+        ),
+    };
     init_logging(&node.log)?;
-    let node_file = || format!("node file {}", args.config.display());
+    let node_file = || source.clone();
     if args.cluster_file.is_some() && node.raft.is_some() {
         anyhow::bail!(
-            "--cluster-file serves a static configuration; {} has a [raft] section, whose store is the configuration: drop one of the two",
-            args.config.display()
+            "--cluster-file serves a static configuration; {source} has a [raft] section, whose store is the configuration: drop one of the two"
+        );
+    }
+    if node.admin.is_some() && node.raft.is_none() {
+        anyhow::bail!(
+            "{source}: the admin API changes the replicated configuration, so [admin] needs a [raft] section"
         );
     }
     let vrrp_settings = node
@@ -70,6 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|instance| instance.settings(|interface| interface_address(interface, &instance.vips)))
         .collect::<Result<Vec<_>, _>>()
         .with_context(node_file)?;
+    let admin_token = node.admin.as_ref().map(|a| a.token()).transpose().with_context(node_file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,19 +107,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     // Sticky cookies signed with a key every node derives alike from the cluster secret
     // stay valid when the VIP moves; a standalone node's last as long as the process.
-    let signer = store_settings
-        .as_ref()
-        .map_or_else(CookieSigner::random, |settings| CookieSigner::new(&settings.secret));
+    let signer = match &store_settings {
+        Some(settings) => CookieSigner::new(&settings.secret),
+        None => CookieSigner::random().context("cannot make a sticky-cookie key")?,
+    };
     let store = match store_settings {
         Some(settings) => {
             let data_dir = settings.data_dir.display().to_string();
             let store = runtime
                 .block_on(ConfigStore::start(settings))
                 .with_context(|| format!("cannot start the configuration store in {data_dir}"))?;
-            Some(store)
+            Some(Arc::new(store))
         }
         None => None,
     };
+    if let (true, Some(store)) = (args.dev, &store) {
+        runtime.block_on(seed_dev_cluster(store))?;
+    }
 
     let plane = Arc::new(
         DataPlane::with_workers(
@@ -131,22 +159,78 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {address} (metrics_listen)"))?;
         runtime.spawn(metrics_endpoint::serve(listener, Arc::clone(&plane)));
     }
+    let admin_listener = match &node.admin {
+        Some(section) => {
+            Some(runtime.block_on(tokio::net::TcpListener::bind(section.listen)).with_context(
+                || format!("cannot serve the admin API on {} ([admin] listen)", section.listen),
+            )?)
+        }
+        None => None,
+    };
     let vrrp = match vrrp_settings.is_empty() {
         true => None,
-        false => Some(Vrrp::start(vrrp_settings).context("cannot start VRRP")?),
+        false => Some(Arc::new(Vrrp::start(vrrp_settings).context("cannot start VRRP")?)),
     };
+    let priorities = vrrp.as_ref().map(|vrrp| {
+        let tracked = node
+            .vrrp
+            .iter()
+            .map(|i| Tracked { vrid: i.vrid, pools: i.track_pools.clone(), weight: i.track_weight })
+            .collect();
+        let priorities = Arc::new(Priorities::new(node.node_id, Arc::clone(vrrp), tracked));
+        runtime.spawn(Arc::clone(&priorities).follow_health(Arc::clone(&plane)));
+        priorities
+    });
+    let cluster_node = store.as_ref().map(|store| {
+        let vrids = node
+            .vrrp
+            .iter()
+            .map(|i| LocalVrid {
+                vrid: i.vrid,
+                interface: i.interface.clone(),
+                vips: i.vips.clone(),
+            })
+            .collect();
+        let vrrp = vrrp.clone().zip(priorities.clone());
+        let cluster_node = Node::new(Arc::clone(store), Arc::clone(&plane), vrrp, vrids);
+        cluster_node.serve_peers();
+        cluster_node
+    });
+    if let (Some(listener), Some(token), Some(cluster_node)) =
+        (admin_listener, admin_token, &cluster_node)
+    {
+        runtime.spawn(Admin::new(Arc::clone(cluster_node), token).serve(listener));
+    }
+    if let Some(cluster_node) = &cluster_node {
+        cluster_node.set_ready(true);
+    }
+    notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(
         node_id = node.node_id,
         vrrp_instances = node.vrrp.len(),
         raft = store.is_some(),
+        admin = ?node.admin.as_ref().map(|a| a.listen),
         metrics = ?node.metrics_listen,
         "fulcrumd running"
     );
+    if args.dev {
+        eprintln!(
+            "fulcrumd --dev: demo listener http://127.0.0.1:8080 -> 127.0.0.1:8081, :8082\n  \
+             export FULCRUM_ENDPOINTS=http://{} FULCRUM_TOKEN=$(cat {}/admin.token)\n  \
+             then try: fulcrumctl status",
+            dev::ADMIN,
+            args.dev_dir.display()
+        );
+    }
 
-    let daemon = Daemon { vrrp, store, plane, cluster_file: args.cluster_file };
+    let daemon = Daemon { vrrp, store, node: cluster_node, plane, cluster_file: args.cluster_file };
     let signal = runtime.block_on(serve_signals(&daemon))?;
     tracing::info!(signal, "stopping");
-    let Daemon { vrrp, store, plane, .. } = daemon;
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    let Daemon { vrrp, store, node: cluster_node, plane, .. } = daemon;
+    if let Some(cluster_node) = &cluster_node {
+        cluster_node.set_draining();
+    }
     // VRRP first: the VIP moves to a backup at once, whatever happens next.
     if let Some(vrrp) = vrrp {
         vrrp.shutdown();
@@ -163,6 +247,33 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("fulcrumd stopped");
     Ok(())
+}
+
+/// How long a dev node waits to become leader of its one-node cluster.
+const DEV_LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Writes the demo configuration into a dev node's store when it holds nothing yet.
+async fn seed_dev_cluster(store: &ConfigStore) -> anyhow::Result<()> {
+    if store.config().revision > 0 {
+        return Ok(());
+    }
+    let request = fulcrum_raft_store::Request {
+        idempotency_key: None,
+        command: Command::Apply(dev::demo_cluster()),
+    };
+    let revision = tokio::time::timeout(DEV_LEADER_WAIT, store.write(request))
+        .await
+        .context("the dev node did not become leader of its one-node cluster")?
+        .context("cannot write the demo configuration")?;
+    tracing::info!(revision, "demo configuration written");
+    Ok(())
+}
+
+/// Tells systemd (when it started us with `Type=notify`) how we are doing.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(error) = sd_notify::notify(false, &[state]) {
+        tracing::warn!("cannot notify systemd: {error}");
+    }
 }
 
 /// Applies `config` to the data plane and logs what could not start.
@@ -235,7 +346,7 @@ async fn serve_signals(daemon: &Daemon) -> anyhow::Result<&'static str> {
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    let mut status = daemon.vrrp.as_ref().map(Vrrp::subscribe);
+    let mut status = daemon.vrrp.as_ref().map(|vrrp| vrrp.subscribe());
     let vrrp_ended = async {
         match status.as_mut() {
             // The status channel closes only when the VRRP thread has ended.

@@ -33,6 +33,9 @@ pub struct NodeFile {
     /// This node's part in the replicated configuration store; none runs without it.
     #[serde(default)]
     pub raft: Option<RaftSection>,
+    /// The admin API; none runs without it.
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
     /// Where `/metrics` (Prometheus text format) is served, e.g. `198.18.0.11:9100`.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
@@ -46,6 +49,42 @@ pub struct NodeFile {
 
 fn default_shutdown_drain() -> Duration {
     Duration::from_secs(30)
+}
+
+/// The `[admin]` section: where the admin API listens and the token it wants.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Where the admin API listens, e.g. `198.18.0.11:7100`; keep it on a management network.
+    pub listen: SocketAddr,
+    /// A file holding the bearer token every call but `/healthz` must present.
+    pub token_file: PathBuf,
+}
+
+/// The shortest admin token accepted: 128 bits of base64 or hex is longer than this.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl AdminSection {
+    /// The token, read from its file (a trailing newline is not part of it).
+    pub fn token(&self) -> Result<Vec<u8>, NodeFileError> {
+        read_secret(&self.token_file, "admin token", MIN_TOKEN_BYTES)
+    }
+}
+
+/// Reads a secret from `path`, without a trailing newline, and insists on `min` bytes.
+fn read_secret(path: &Path, what: &'static str, min: usize) -> Result<Vec<u8>, NodeFileError> {
+    let shown = path.display().to_string();
+    let secret = std::fs::read(path).map_err(|source| NodeFileError::Secret {
+        what,
+        path: shown.clone(),
+        source,
+    })?;
+    // A trailing newline from `echo` or an editor is not part of the secret.
+    let secret = secret.trim_ascii_end().to_vec();
+    if secret.len() < min {
+        return Err(NodeFileError::ShortSecret { what, path: shown, len: secret.len(), min });
+    }
+    Ok(secret)
 }
 
 /// The `[raft]` section: where this node's store listens and keeps its data, and which
@@ -179,6 +218,14 @@ pub struct VrrpInstance {
     /// or `message_only`. Both forms are accepted on receive.
     #[serde(default)]
     pub checksum: ChecksumChoice,
+    /// Pools this node must be able to serve to deserve the VIP: while one of them has no
+    /// healthy backend here, the priority drops by `track_weight`.
+    #[serde(default)]
+    pub track_pools: Vec<String>,
+    /// Subtracted from the priority while a tracked pool is unservable; the default drops
+    /// it to 1, so any node that can serve wins.
+    #[serde(default = "default_track_weight")]
+    pub track_weight: u32,
 }
 
 /// The transmit checksum form, as written in the node file.
@@ -197,6 +244,9 @@ fn default_priority() -> u8 {
 }
 fn default_advert_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_track_weight() -> u32 {
+    255
 }
 fn default_true() -> bool {
     true
@@ -241,13 +291,30 @@ pub enum NodeFileError {
         /// The instance's position in the file, from 0.
         index: usize,
     },
-    /// The cluster secret could not be read.
-    #[error("cannot read the cluster secret {path}: {source}")]
+    /// A secret file could not be read.
+    #[error("cannot read the {what} {path}: {source}")]
     Secret {
+        /// Which secret.
+        what: &'static str,
         /// The secret file.
         path: String,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A secret file holds too few bytes.
+    #[error(
+        "the {what} in {path} has {len} bytes, it needs at least {min}; \
+         make one with: head -c 32 /dev/urandom | base64 > {path}"
+    )]
+    ShortSecret {
+        /// Which secret.
+        what: &'static str,
+        /// Its file.
+        path: String,
+        /// How many bytes it has.
+        len: usize,
+        /// How many it needs.
+        min: usize,
     },
     /// The `[raft]` section is inconsistent.
     #[error("[raft]: {0}")]
@@ -304,18 +371,7 @@ impl NodeFile {
 impl RaftSection {
     /// The store's settings for node `node_id`, with the secret read from its file.
     pub fn settings(&self, node_id: u64) -> Result<StoreSettings, NodeFileError> {
-        let shown = self.secret_file.display().to_string();
-        let secret = std::fs::read(&self.secret_file)
-            .map_err(|source| NodeFileError::Secret { path: shown.clone(), source })?;
-        // A trailing newline from `echo` or an editor is not part of the secret.
-        let secret = secret.trim_ascii_end().to_vec();
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(NodeFileError::Raft(format!(
-                "the secret in {shown} has {} bytes, it needs at least {MIN_SECRET_BYTES}; \
-                 make one with: head -c 32 /dev/urandom | base64 > {shown}",
-                secret.len()
-            )));
-        }
+        let secret = read_secret(&self.secret_file, "cluster secret", MIN_SECRET_BYTES)?;
         if self.election_timeout_min <= self.heartbeat
             || self.election_timeout_max <= self.election_timeout_min
         {
@@ -448,8 +504,24 @@ vips = ["198.18.0.100"]
         let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
+        assert_eq!(
+            (file.vrrp[0].track_pools.as_slice(), file.vrrp[0].track_weight),
+            (&["web".to_owned()][..], 255)
+        );
+        assert_eq!(file.admin.unwrap().listen, "198.18.0.11:7100".parse().unwrap());
         let raft = file.raft.unwrap();
         assert_eq!((raft.cluster_name.as_str(), raft.initial_members.len()), ("demo", 3));
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_with_how_to_make_one() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "short\n").unwrap();
+        let admin = AdminSection { listen: "127.0.0.1:7100".parse().unwrap(), token_file: token };
+        let error = admin.token().unwrap_err().to_string();
+        assert!(error.contains("admin token") && error.contains("has 5 bytes"), "{error}");
+        assert!(error.contains("head -c 32 /dev/urandom"), "{error}");
     }
 
     fn raft_file(secret: &str, members: &str) -> (tempfile::TempDir, NodeFile) {

@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fulcrum_model::{ApplyError, Config, Revision};
@@ -24,7 +25,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::network::{CallError, Network, RpcClient};
-use crate::rpc::{AuthCounters, AuthCounts, ClusterAuth, PATH_READ, PATH_WRITE, WeakSecret};
+use crate::rpc::{
+    AuthCounters, AuthCounts, ClusterAuth, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_WRITE,
+    WeakSecret,
+};
 use crate::state_machine::StateMachineStore;
 use crate::{Applied, IdempotencyKey, NodeId, Raft, Request, Response};
 
@@ -132,16 +136,11 @@ pub enum ReadError {
 }
 
 /// Why a membership change did not happen.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum MembershipError {
-    /// Membership is changed on the leader; this node is not it.
-    #[error("node {this} is not the leader; ask node {leader:?}")]
-    NotLeader {
-        /// This node.
-        this: NodeId,
-        /// The leader, if known.
-        leader: Option<NodeId>,
-    },
+    /// No leader took the change in time.
+    #[error("no leader took the membership change within {0:?}")]
+    NoLeader(Duration),
     /// The learner did not catch up in time.
     #[error("node {node} did not catch up within {timeout:?}")]
     NotCaughtUp {
@@ -154,6 +153,34 @@ pub enum MembershipError {
     #[error("membership change refused: {0}")]
     Refused(String),
 }
+
+/// A membership change, as forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum MemberChange {
+    /// Add a learner.
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its RPC address.
+        address: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// Its id.
+        id: NodeId,
+        /// How long it may take to catch up.
+        catch_up: Duration,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+/// Answers one peer request: the bytes a peer sent, in; the bytes to send back, out.
+pub type PeerHandler =
+    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> + Send + Sync>;
 
 /// What a leader answers a forwarded write or read with, when it cannot serve it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -177,6 +204,7 @@ pub(crate) struct Shared {
     pub(crate) auth_counters: AuthCounters,
     state_machine: StateMachineStore,
     commit_latency: LatencyHistogram,
+    peer_handler: OnceLock<PeerHandler>,
 }
 
 /// A running node of the configuration store.
@@ -184,7 +212,8 @@ pub struct ConfigStore {
     shared: Arc<Shared>,
     client: RpcClient,
     stop: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    /// Taken by the first shutdown.
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
     log_store: crate::log_store::LogStore,
     next_key: AtomicU64,
 }
@@ -227,11 +256,18 @@ impl ConfigStore {
             auth_counters: AuthCounters::default(),
             state_machine,
             commit_latency: LatencyHistogram::default(),
+            peer_handler: OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&shared), stopped));
-        let store =
-            ConfigStore { shared, client, stop, server, log_store, next_key: AtomicU64::new(0) };
+        let store = ConfigStore {
+            shared,
+            client,
+            stop,
+            server: std::sync::Mutex::new(Some(server)),
+            log_store,
+            next_key: AtomicU64::new(0),
+        };
         store.bootstrap(&settings).await?;
         Ok(store)
     }
@@ -346,7 +382,7 @@ impl ConfigStore {
     }
 
     /// Adds node `id` at `address`: as a learner first, then, once it has caught up with the
-    /// leader's log (within `catch_up`), as a voter. Run it on the leader.
+    /// leader's log (within `catch_up`), as a voter. Served by the leader, from any node.
     pub async fn add_node(
         &self,
         id: NodeId,
@@ -354,73 +390,70 @@ impl ConfigStore {
         catch_up: Duration,
     ) -> Result<(), MembershipError> {
         self.add_learner(id, address).await?;
-        self.wait_caught_up(id, catch_up).await?;
-        self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+        self.promote(id, catch_up).await
     }
 
     /// Adds node `id` at `address` as a learner: it receives the log but does not vote.
     pub async fn add_learner(&self, id: NodeId, address: &str) -> Result<(), MembershipError> {
-        self.shared
-            .raft
-            .add_learner(id, BasicNode::new(address), false)
-            .await
-            .map(drop)
-            .map_err(|e| self.membership_error(e))
+        self.change_members(MemberChange::AddLearner { id, address: address.to_owned() }).await
     }
 
-    /// Removes node `id` from the cluster, voter or learner. Run it on the leader.
+    /// Makes learner `id` a voter once it has caught up with the leader (within `catch_up`).
+    pub async fn promote(&self, id: NodeId, catch_up: Duration) -> Result<(), MembershipError> {
+        self.change_members(MemberChange::Promote { id, catch_up }).await
+    }
+
+    /// Removes node `id` from the cluster, voter or learner.
     pub async fn remove_node(&self, id: NodeId) -> Result<(), MembershipError> {
-        let voters = self
-            .shared
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect::<BTreeSet<_>>();
-        if voters.contains(&id) {
-            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
-        }
-        self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await
+        self.change_members(MemberChange::Remove { id }).await
     }
 
-    async fn change_membership(
-        &self,
-        change: ChangeMembers<NodeId, BasicNode>,
-    ) -> Result<(), MembershipError> {
-        self.shared
-            .raft
-            .change_membership(change, false)
+    /// Changes the membership at the leader, wherever it is.
+    async fn change_members(&self, change: MemberChange) -> Result<(), MembershipError> {
+        self.through_leader(PATH_MEMBERS, &change, || self.shared.change_members_as_leader(&change))
             .await
-            .map(drop)
-            .map_err(|e| self.membership_error(e))
+            .map_err(|failure| match failure {
+                None => MembershipError::NoLeader(LEADER_WAIT),
+                Some(problem) => MembershipError::Refused(problem),
+            })?
     }
 
-    fn membership_error(
+    /// Every member (id, Raft address, voter or learner), by id.
+    pub fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let metrics = self.shared.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership.nodes().map(|(id, node)| (*id, node.addr.clone(), voters.contains(id))).collect()
+    }
+
+    /// Sends `request` to the peer handler of node `id` (see [`ConfigStore::serve_peers`])
+    /// over the authenticated RPC transport, and returns its answer.
+    pub async fn call_peer(
         &self,
-        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-    ) -> MembershipError {
-        match error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                MembershipError::NotLeader { this: self.node_id(), leader: forward.leader_id }
-            }
-            other => MembershipError::Refused(other.to_string()),
-        }
+        id: NodeId,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let address = self
+            .members()
+            .into_iter()
+            .find_map(|(member, address, _)| (member == id).then_some(address))
+            .ok_or_else(|| CallError::Unreachable {
+                target: id,
+                address: String::new(),
+                problem: format!("node {id} is not a member"),
+            })?;
+        let answer: Result<Vec<u8>, String> =
+            self.client.call(id, &address, PATH_PEER, &request, timeout).await?;
+        answer.map_err(|problem| CallError::Broken { target: id, address, problem })
     }
 
-    /// Waits until the leader has replicated its whole log to `id`.
-    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
-        let mut metrics = self.shared.raft.metrics();
-        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
-            let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
-            matched.map(|log_id| log_id.index) >= m.last_log_index
-        };
-        tokio::time::timeout(timeout, metrics.wait_for(caught_up))
-            .await
-            .map_err(|_| MembershipError::NotCaughtUp { node: id, timeout })?
-            .map(drop)
-            .map_err(|_| MembershipError::Refused("Raft stopped".into()))
+    /// Answers peer requests (opaque bytes, authenticated like Raft's) with `handler`: the
+    /// rest of the node installs it to serve what its peers ask of it.
+    pub fn serve_peers(&self, handler: PeerHandler) {
+        if self.shared.peer_handler.set(handler).is_err() {
+            tracing::warn!("a peer handler was installed already; the first one stays");
+        }
     }
 
     /// Leader, term, log and apply positions, replication lag, commit latency, size on disk,
@@ -451,13 +484,15 @@ impl ConfigStore {
         }
     }
 
-    /// Stops Raft and the RPC server.
-    pub async fn shutdown(self) {
+    /// Stops Raft and the RPC server; later calls do nothing.
+    pub async fn shutdown(&self) {
+        let server = self.server.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let Some(server) = server else { return };
         let _ = self.stop.send(true);
         if let Err(error) = self.shared.raft.shutdown().await {
             tracing::warn!("Raft did not stop cleanly: {error}");
         }
-        let _ = self.server.await;
+        let _ = server.await;
     }
 
     fn fresh_key(&self) -> IdempotencyKey {
@@ -496,6 +531,92 @@ impl Shared {
                 Err(Redirect::NotLeader(None))
             }
             Err(other) => Err(Redirect::Failed(other.to_string())),
+        }
+    }
+
+    /// Changes the membership on this node, which must be the leader.
+    pub(crate) async fn change_members_as_leader(
+        &self,
+        change: &MemberChange,
+    ) -> Result<Result<(), MembershipError>, Redirect> {
+        let raft = &self.raft;
+        let outcome = match change {
+            MemberChange::AddLearner { id, address } => {
+                raft.add_learner(*id, BasicNode::new(address), false).await.map(drop)
+            }
+            MemberChange::Promote { id, catch_up } => {
+                // Only the leader knows how far a learner got: elsewhere the wait would last
+                // its whole timeout before the change itself found out who leads.
+                let metrics = raft.metrics().borrow().clone();
+                if metrics.current_leader != Some(self.node_id) {
+                    let leader = metrics.current_leader.and_then(|leader| {
+                        let node = metrics.membership_config.membership().get_node(&leader)?;
+                        Some((leader, node.addr.clone()))
+                    });
+                    return Err(Redirect::NotLeader(leader));
+                }
+                if let Err(error) = self.wait_caught_up(*id, *catch_up).await {
+                    return Ok(Err(error));
+                }
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
+                    .await
+                    .map(drop)
+            }
+            MemberChange::Remove { id } => {
+                let is_voter = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == *id);
+                let voters_removed = match is_voter {
+                    true => raft
+                        .change_membership(
+                            ChangeMembers::RemoveVoters(BTreeSet::from([*id])),
+                            false,
+                        )
+                        .await
+                        .map(drop),
+                    false => Ok(()),
+                };
+                match voters_removed {
+                    Ok(()) => raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
+                        .await
+                        .map(drop),
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(Ok(())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(Redirect::NotLeader(leader_of(forward)))
+            }
+            Err(other) => Ok(Err(MembershipError::Refused(other.to_string()))),
+        }
+    }
+
+    /// Waits until this leader has replicated its whole log to `id`.
+    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
+        let mut metrics = self.raft.metrics();
+        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
+            matched.map(|log_id| log_id.index) >= m.last_log_index
+        };
+        tokio::time::timeout(timeout, metrics.wait_for(caught_up))
+            .await
+            .map_err(|_| MembershipError::NotCaughtUp { node: id, timeout })?
+            .map(drop)
+            .map_err(|_| MembershipError::Refused("Raft stopped".into()))
+    }
+
+    /// Answers a peer request with the installed handler.
+    pub(crate) async fn answer_peer(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
+        match self.peer_handler.get() {
+            Some(handler) => Ok(handler(request).await),
+            None => Err(format!("node {} serves no peer requests yet", self.node_id)),
         }
     }
 }

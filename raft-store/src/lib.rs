@@ -25,6 +25,6 @@ pub mod state_machine;
 mod store;
 pub mod types;
 
-pub use cluster::{ConfigStore, RaftTiming, StoreSettings};
+pub use cluster::{ConfigStore, MembershipError, PeerHandler, RaftTiming, StoreSettings};
 pub use store::{StoreError, open};
 pub use types::{Applied, IdempotencyKey, NodeId, Raft, Request, Response, TypeConfig};

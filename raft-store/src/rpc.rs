@@ -27,6 +27,10 @@ pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub const PATH_WRITE: &str = "/raft/write";
 /// A linearizable read of the configuration, served by the leader.
 pub const PATH_READ: &str = "/raft/read";
+/// A membership change forwarded by a follower to the leader.
+pub const PATH_MEMBERS: &str = "/raft/members";
+/// A request for the rest of the node (status, VRRP moves), answered by its peer handler.
+pub const PATH_PEER: &str = "/raft/peer";
 
 /// The cluster's name.
 pub const HEADER_CLUSTER: &str = "x-fulcrum-cluster";

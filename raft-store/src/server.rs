@@ -1,6 +1,6 @@
 //! The server side of the Raft RPC: an HTTP/1.1 server (hyper) that authenticates every
-//! request before reading it, then hands it to openraft, or to the leader's write and read
-//! paths for requests forwarded by followers.
+//! request before reading it, then hands it to openraft, to the leader's write, read and
+//! membership paths for requests forwarded by followers, or to the node's peer handler.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,8 +17,12 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::MemberChange;
 use crate::cluster::Shared;
-use crate::rpc::{AuthError, PATH_APPEND, PATH_READ, PATH_SNAPSHOT, PATH_VOTE, PATH_WRITE};
+use crate::rpc::{
+    AuthError, PATH_APPEND, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_SNAPSHOT, PATH_VOTE,
+    PATH_WRITE,
+};
 use crate::{NodeId, Request, TypeConfig};
 
 /// Serves RPCs on `listener` until `stop` turns true.
@@ -86,6 +90,8 @@ async fn handle(shared: &Shared, request: hyper::Request<Incoming>) -> HttpRespo
         PATH_SNAPSHOT => PATH_SNAPSHOT,
         PATH_WRITE => PATH_WRITE,
         PATH_READ => PATH_READ,
+        PATH_MEMBERS => PATH_MEMBERS,
+        PATH_PEER => PATH_PEER,
         other => return text(StatusCode::NOT_FOUND, format!("no RPC at {other}")),
     };
     let (parts, body) = request.into_parts();
@@ -116,6 +122,14 @@ async fn handle(shared: &Shared, request: hyper::Request<Incoming>) -> HttpRespo
             answer(&body, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await
         }
         PATH_WRITE => answer(&body, |r: Request| shared.write_as_leader(r)).await,
+        PATH_MEMBERS => {
+            answer(
+                &body,
+                |c: MemberChange| async move { shared.change_members_as_leader(&c).await },
+            )
+            .await
+        }
+        PATH_PEER => answer(&body, |r: Vec<u8>| shared.answer_peer(r)).await,
         _ => answer(&body, |(): ()| shared.read_as_leader()).await,
     }
 }

@@ -16,7 +16,10 @@
 //! - [`bench_l4`]: the L4 benchmark, fulcrumd against HAProxy and a direct connection.
 //! - [`bench_l7`]: the L7 benchmark (wrk, h2load), fulcrumd against HAProxy, nginx and a
 //!   direct connection.
+//! - [`bench_propagation`]: time from `fulcrumctl backend add --wait` to the backend serving
+//!   on every node.
 //! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
+//! - [`cluster`]: whole cluster nodes (Raft, admin API, VRRP) and `fulcrumctl` against them.
 //! - [`serving`]: `fulcrumd` serving a cluster file, its metrics, and checked `/slow`
 //!   downloads through it.
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
@@ -26,7 +29,9 @@ pub mod backend;
 pub mod bench;
 pub mod bench_l4;
 pub mod bench_l7;
+pub mod bench_propagation;
 pub mod bench_raft;
+pub mod cluster;
 pub mod netns;
 pub mod probe;
 pub mod process;

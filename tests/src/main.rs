@@ -122,6 +122,15 @@ enum Command {
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
         h2_requests: u64,
     },
+    /// Measure config propagation in a three-node cluster: from `fulcrumctl backend add
+    /// --wait` to the new backend serving on every node (needs root); prints a table.
+    ///
+    /// Example: fulcrum-lab bench-propagation --changes 50
+    BenchPropagation {
+        /// Timed changes.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        changes: u64,
+    },
     /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
     /// root and keepalived); prints a Markdown table.
     ///
@@ -245,6 +254,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let figures =
                 fulcrum_lab::bench_l7::l7(&exe, settings).context("the L7 benchmark failed")?;
             print!("{}", fulcrum_lab::bench_l7::report(&figures, &settings));
+            Ok(())
+        }
+        Command::BenchPropagation { changes } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let changes = usize::try_from(changes).context("too many changes")?;
+            let figures = fulcrum_lab::bench_propagation::propagation(&exe, changes)
+                .context("the propagation benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_propagation::report(&figures));
             Ok(())
         }
         Command::BenchRaft { writes } => {

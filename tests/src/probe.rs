@@ -286,7 +286,9 @@ async fn once(target: &ProbeTarget, attempt: u64) -> Result<String, String> {
     }
 }
 
-async fn http_once(address: SocketAddr, path: &str) -> Result<String, String> {
+/// One HTTP GET of `path` at `address`: the answering backend's name (its `x-backend` header
+/// or body), or the kind of failure.
+pub async fn http_once(address: SocketAddr, path: &str) -> Result<String, String> {
     let stream = TcpStream::connect(address).await.map_err(|e| format!("connect: {}", e.kind()))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -68,10 +68,16 @@ impl Instance {
     }
 }
 
-/// The `fulcrumd` executable: `$FULCRUMD`, or the one built next to this program (a test or
-/// `fulcrum-lab` itself, in `target/<profile>/` or its `deps/`).
+/// The `fulcrumd` executable: `$FULCRUMD`, or the one built next to this program.
 pub fn fulcrumd_binary() -> Result<PathBuf, LabError> {
-    if let Some(path) = std::env::var_os("FULCRUMD") {
+    workspace_binary("fulcrumd", "FULCRUMD")
+}
+
+/// A workspace executable: the path in environment variable `variable`, or the one built
+/// next to this program (a test or `fulcrum-lab` itself, in `target/<profile>/` or its
+/// `deps/`).
+pub fn workspace_binary(name: &str, variable: &str) -> Result<PathBuf, LabError> {
+    if let Some(path) = std::env::var_os(variable) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()
@@ -79,12 +85,12 @@ pub fn fulcrumd_binary() -> Result<PathBuf, LabError> {
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("fulcrumd"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| {
             LabError::Invalid(format!(
-                "no fulcrumd next to {}: build it with `cargo build -p fulcrum-node` \
-                 (or set FULCRUMD to its path)",
+                "no {name} next to {}: build it with `cargo build --workspace` \
+                 (or set {variable} to its path)",
                 exe.display()
             ))
         })

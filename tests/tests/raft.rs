@@ -14,27 +14,7 @@ use fulcrum_lab::{Host, HostRole, Lab, Topology};
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
 
 fn node_file(lab: &Lab, host: &Host, members: &[Host]) -> String {
-    let dir = lab.log_dir();
-    let secret = dir.join("cluster.secret");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(&secret, "a lab cluster secret of 32 bytes\n").unwrap();
-    let mut file = format!(
-        "node_id = {id}\n[log]\nformat = \"json\"\n[raft]\nlisten = \"{address}:7000\"\n\
-         data_dir = {data:?}\ncluster_name = \"lab\"\nsecret_file = {secret:?}\n\
-         heartbeat = \"50ms\"\nelection_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\n",
-        id = host.address.octets()[3],
-        address = host.address,
-        data = dir.join(format!("{}-raft", host.name)).display().to_string(),
-        secret = secret.display().to_string(),
-    );
-    for member in members {
-        file.push_str(&format!(
-            "[[raft.initial_members]]\nid = {}\naddress = \"{}:7000\"\n",
-            member.address.octets()[3],
-            member.address
-        ));
-    }
-    file
+    lab.cluster_node_file(host, members, &[], &[]).unwrap()
 }
 
 /// The store metrics a node logs on SIGUSR1.

@@ -139,11 +139,7 @@ pub struct Status {
 }
 
 fn state_name<S: serde::Serializer>(state: &State, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(match state {
-        State::Initialize => "initialize",
-        State::Backup => "backup",
-        State::Master => "master",
-    })
+    serializer.serialize_str(state.as_str())
 }
 
 fn drop_counts<S: serde::Serializer>(
@@ -156,6 +152,7 @@ fn drop_counts<S: serde::Serializer>(
 #[derive(Clone, Debug)]
 enum Control {
     Penalty { vrid: u8, penalty: u32 },
+    Resign { vrid: u8 },
     Shutdown,
 }
 
@@ -163,7 +160,8 @@ enum Control {
 pub struct Vrrp {
     control: broadcast::Sender<Control>,
     status: watch::Receiver<Status>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Taken by the first stop.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// How long startup (sockets, netlink, datalink channels) may take before it is reported failed.
@@ -233,7 +231,7 @@ impl Vrrp {
             })
             .map_err(|source| DriverError::Io { what: "VRRP thread".into(), source })?;
         match ready.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Ok(())) => Ok(Vrrp { control, status, thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Vrrp { control, status, thread: std::sync::Mutex::new(Some(thread)) }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(DriverError::Io {
                 what: "VRRP startup".into(),
@@ -260,15 +258,18 @@ impl Vrrp {
         let _ = self.control.send(Control::Penalty { vrid, penalty });
     }
 
-    /// Steps down: every master advertises priority 0 and removes its VIPs; then the thread
-    /// ends. Returns once that is done.
-    pub fn shutdown(mut self) {
-        self.stop();
+    /// If master of `vrid`, gives it away at once (a priority-0 advertisement) and stays a
+    /// backup; see [`crate::machine::Router::resign`].
+    pub fn resign(&self, vrid: u8) {
+        let _ = self.control.send(Control::Resign { vrid });
     }
 
-    fn stop(&mut self) {
+    /// Steps down: every master advertises priority 0 and removes its VIPs; then the thread
+    /// ends. Returns once that is done.
+    pub fn shutdown(&self) {
         let _ = self.control.send(Control::Shutdown);
-        if let Some(thread) = self.thread.take() {
+        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -276,7 +277,7 @@ impl Vrrp {
 
 impl Drop for Vrrp {
     fn drop(&mut self) {
-        self.stop();
+        self.shutdown();
     }
 }
 
@@ -457,6 +458,13 @@ impl Link {
                         let now = self.now();
                         if let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) {
                             self.instances[index].router.set_priority_penalty(now, penalty);
+                            self.carry_out(index).await;
+                        }
+                    }
+                    Ok(Control::Resign { vrid }) => {
+                        let now = self.now();
+                        if let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) {
+                            self.instances[index].router.resign(now);
                             self.carry_out(index).await;
                         }
                     }

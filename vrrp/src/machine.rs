@@ -159,6 +159,17 @@ pub enum State {
     Master,
 }
 
+impl State {
+    /// The state's name in lowercase, as logs and the admin API show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Initialize => "initialize",
+            State::Backup => "backup",
+            State::Master => "master",
+        }
+    }
+}
+
 /// What the router asks the driver to do, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -365,6 +376,22 @@ impl Router {
         if let Phase::Master { .. } = self.phase {
             self.send_advert(now);
         }
+    }
+
+    /// Gives mastership away without stopping (a planned move): a master advertises priority
+    /// 0, so the backup with the highest priority takes over after its Skew_Time, removes its
+    /// VIPs and waits as a backup. Lower this router's priority first (a penalty) or it may
+    /// take the VIPs back. The address owner, which always wins, ignores it; so do backups.
+    pub fn resign(&mut self, now: Timestamp) {
+        if !matches!(self.phase, Phase::Master { .. }) || self.is_address_owner() {
+            return;
+        }
+        self.actions.extend([
+            Action::SendAdvert { priority: STEP_DOWN_PRIORITY },
+            Action::RemoveVips,
+            Action::StateChanged { from: State::Master, to: State::Backup },
+        ]);
+        self.enter_backup(now, self.advert_interval_cs);
     }
 
     /// The Shutdown event: a master steps down with a priority-0 advertisement so a backup
@@ -743,6 +770,28 @@ mod tests {
         assert_eq!(drain(&mut router), [], "already down");
         router.handle_startup(at(9_000));
         assert_eq!(router.state(), State::Backup, "it can start again");
+    }
+
+    #[test]
+    fn a_resigning_master_steps_down_and_waits_as_a_backup() {
+        let mut router = master(config(100), at(4_000));
+        router.set_priority_penalty(at(4_100), 99);
+        assert_eq!(drain(&mut router), [Action::SendAdvert { priority: 1 }]);
+        router.resign(at(4_200));
+        assert_eq!(
+            drain(&mut router),
+            [
+                Action::SendAdvert { priority: STEP_DOWN_PRIORITY },
+                Action::RemoveVips,
+                Action::StateChanged { from: State::Master, to: State::Backup },
+            ]
+        );
+        assert_eq!(router.poll_timeout(), Some(at(4_200) + master_down_interval(1, 100)));
+        router.resign(at(4_300));
+        assert_eq!(drain(&mut router), [], "a backup has nothing to give away");
+        router.handle_advert(at(4_400), HIGHER_PEER, &advert(90, 100));
+        router.handle_timeout(at(5_000));
+        assert_eq!(router.state(), State::Backup, "the new master is heard, so it stays backup");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use fulcrum_model::api::PoolStatus;
 use fulcrum_model::{ClusterSpec, Config, Listener, Name, RateLimitKey, RateLimitPolicy};
 use tokio::task::JoinHandle;
 
@@ -141,7 +142,7 @@ impl DataPlane {
     /// A data plane serving nothing yet, with one worker thread per core and sticky cookies
     /// valid for this process only.
     pub fn new() -> io::Result<DataPlane> {
-        DataPlane::with_workers(workers::default_count(), CookieSigner::random())
+        DataPlane::with_workers(workers::default_count(), CookieSigner::random()?)
     }
 
     /// A data plane serving nothing yet, with `count` worker threads (at least one).
@@ -329,6 +330,14 @@ impl DataPlane {
     /// The pool called `name`, as it runs now.
     pub fn pool(&self, name: &str) -> Option<Arc<PoolRuntime>> {
         self.shared.pools.load().get(name).cloned()
+    }
+
+    /// Every pool as it stands, by name, for the admin API.
+    pub fn pool_status(&self) -> Vec<PoolStatus> {
+        let mut pools: Vec<PoolStatus> =
+            self.shared.pools.load().values().map(|pool| pool.status()).collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        pools
     }
 
     /// The running listener called `name`.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use fulcrum_model::api::{BackendStatus, PoolStatus};
 use fulcrum_model::{AdminState, Backend, Name, Pool};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,29 @@ impl BackendRuntime {
     /// The signal a new connection watches: cancelled when it must close.
     pub fn close_signal(&self) -> CancellationToken {
         lock(&self.close).clone()
+    }
+
+    /// How it stands, for the admin API.
+    pub fn status(&self) -> BackendStatus {
+        let spec = self.spec.load();
+        let admin = match (self.removed.load(Ordering::Relaxed), spec.state) {
+            (true, _) => "removed",
+            (false, AdminState::Active) => "active",
+            (false, AdminState::Draining) => "draining",
+            (false, AdminState::Disabled) => "disabled",
+        };
+        let health = match self.health() {
+            Health::Unknown => "unchecked",
+            Health::Up => "up",
+            Health::Down => "down",
+        };
+        BackendStatus {
+            address: self.address,
+            health: health.to_owned(),
+            admin: admin.to_owned(),
+            weight: spec.weight,
+            active: self.load.active(),
+        }
     }
 
     /// Whether it takes no new traffic but still has connections to finish.
@@ -337,6 +361,19 @@ impl PoolRuntime {
         leaving.retain(|b| b.load.active() > 0);
         all.extend(leaving.iter().cloned());
         all
+    }
+
+    /// Whether some backend may take new traffic now.
+    pub fn can_serve(&self) -> bool {
+        self.backends.load().iter().any(|b| b.is_selectable())
+    }
+
+    /// Its backends as they stand, for the admin API.
+    pub fn status(&self) -> PoolStatus {
+        PoolStatus {
+            name: self.name.to_string(),
+            backends: self.all_backends().iter().map(|b| b.status()).collect(),
+        }
     }
 
     /// Whether nothing of the pool is in use any more.

@@ -43,10 +43,8 @@ impl CookieSigner {
     }
 
     /// A signer with a random key: cookies last as long as this process.
-    pub fn random() -> CookieSigner {
-        let mut rng = fastrand::Rng::new();
-        let secret: [u8; 32] = std::array::from_fn(|_| rng.u8(..));
-        CookieSigner::new(&secret)
+    pub fn random() -> std::io::Result<CookieSigner> {
+        Ok(CookieSigner::new(&crate::random_secret()?))
     }
 
     fn tag(&self, pool: &str, address: &str) -> Vec<u8> {

@@ -1,0 +1,236 @@
+//! The admin API's request and response bodies (JSON), shared by `fulcrumd`, which serves
+//! them, and `fulcrumctl`, which sends them: one definition, so the two cannot drift.
+//!
+//! Routes (all under a bearer token but `/healthz`):
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `GET /healthz`, `GET /readyz` | | text |
+//! | `GET /metrics` | | Prometheus text |
+//! | `GET /v1/status` | | [`ClusterStatus`] |
+//! | `GET /v1/node` | | [`NodeStatus`] of the node asked |
+//! | `GET /v1/config` | | [`Config`] (linearizable) |
+//! | `POST /v1/config[?dry_run=true]` | cluster file (TOML) | [`Written`] or [`DryRun`] |
+//! | `PUT /v1/listeners/{name}` | [`Listener`](crate::Listener) | [`Written`] |
+//! | `DELETE /v1/listeners/{name}` | | [`Written`] |
+//! | `PUT /v1/listeners/{listener}/routes/{name}` | [`Route`](crate::Route) | [`Written`] |
+//! | `DELETE /v1/listeners/{listener}/routes/{name}` | | [`Written`] |
+//! | `PUT /v1/pools/{name}` | [`Pool`](crate::Pool) | [`Written`] |
+//! | `DELETE /v1/pools/{name}` | | [`Written`] |
+//! | `POST /v1/pools/{pool}/backends` | [`Backend`](crate::Backend) | [`Written`] |
+//! | `DELETE /v1/pools/{pool}/backends/{address}` | | [`Written`] |
+//! | `PUT /v1/pools/{pool}/backends/{address}/state` | [`BackendStateChange`] | [`Written`] |
+//! | `PUT /v1/pools/{pool}/backends/{address}/weight` | [`BackendWeightChange`] | [`Written`] |
+//! | `PUT /v1/ratelimits/{name}` | [`RateLimitPolicy`](crate::RateLimitPolicy) | [`Written`] |
+//! | `DELETE /v1/ratelimits/{name}` | | [`Written`] |
+//! | `GET /v1/members` | | [`Members`] |
+//! | `POST /v1/members` | [`AddMember`] | [`Members`] |
+//! | `POST /v1/members/{id}/promote`, `DELETE /v1/members/{id}` | | [`Members`] |
+//! | `POST /v1/vips/{vrid}/failover` | [`Failover`] | [`FailoverDone`] |
+//! | `GET /v1/revisions/{revision}/wait[?timeout=10s]` | | [`Propagation`] (504 if incomplete) |
+//!
+//! Every error is an [`ErrorBody`] with a 4xx or 5xx status.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AdminState, Revision};
+
+/// The header naming who makes a change, for the audit log (the token says it is allowed).
+pub const HEADER_ACTOR: &str = "x-fulcrum-actor";
+
+/// What every failed call answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// What to do about it, when the server knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// A change was committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// The configuration revision that holds it.
+    pub revision: Revision,
+}
+
+/// What applying a cluster file would change, without changing it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRun {
+    /// The revision the comparison was made against.
+    pub revision: Revision,
+    /// One line per object added (`+`), removed (`-`) or changed (`~`); empty when the file
+    /// matches what runs.
+    pub changes: Vec<String>,
+}
+
+/// A backend's new administrative state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStateChange {
+    /// Active, draining or disabled.
+    pub state: AdminState,
+}
+
+/// A backend's new weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendWeightChange {
+    /// The weight (validated like a cluster file's).
+    pub weight: u32,
+}
+
+/// One node of the cluster as its own admin API reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub id: u64,
+    /// leader, follower, candidate or learner.
+    pub role: String,
+    /// The leader this node follows, if it knows one.
+    pub leader: Option<u64>,
+    /// The Raft term it is in.
+    pub term: u64,
+    /// The configuration revision its data plane serves.
+    pub revision: Revision,
+    /// Its virtual routers.
+    pub vrrp: Vec<VrrpStatus>,
+    /// Its view of each pool.
+    pub pools: Vec<PoolStatus>,
+    /// True while it drains before stopping.
+    pub draining: bool,
+}
+
+/// One virtual router on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    /// The VRID.
+    pub vrid: u8,
+    /// The link.
+    pub interface: String,
+    /// initialize, backup or master.
+    pub state: String,
+    /// The priority advertised now, after penalties.
+    pub priority: u8,
+    /// Its virtual addresses.
+    pub vips: Vec<Ipv4Addr>,
+}
+
+/// One pool as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The pool's name.
+    pub name: String,
+    /// Its backends, declared and still draining.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// Its address.
+    pub address: SocketAddr,
+    /// up, down, or unchecked (no result yet).
+    pub health: String,
+    /// active, draining, disabled, or removed (draining after removal).
+    pub admin: String,
+    /// Its weight.
+    pub weight: u32,
+    /// Connections (L4) or requests (L7) open now; a draining backend's falls to zero.
+    pub active: u64,
+}
+
+/// The whole cluster: the membership, and each node's own report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The members.
+    pub members: Members,
+    /// The leader the answering node knows.
+    pub leader: Option<u64>,
+    /// The answering node's term.
+    pub term: u64,
+    /// The owner of each VRID, when exactly one node is master of it.
+    pub vips: Vec<VipOwner>,
+    /// Each member's report, or why it gave none.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Who holds a VRID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipOwner {
+    /// The VRID.
+    pub vrid: u8,
+    /// Its addresses.
+    pub vips: Vec<Ipv4Addr>,
+    /// The nodes that report being master: one when all is well, none during an election,
+    /// two in a split brain.
+    pub masters: Vec<u64>,
+}
+
+/// A member's answer to the status fan-out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The member's id.
+    pub id: u64,
+    /// Its status, if it answered.
+    pub status: Option<NodeStatus>,
+    /// Why it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The Raft membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// Every member, voters and learners, by id.
+    pub members: Vec<Member>,
+}
+
+/// One member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its id.
+    pub id: u64,
+    /// Its Raft RPC address.
+    pub address: String,
+    /// True for a voter, false for a learner.
+    pub voter: bool,
+}
+
+/// Adds a node as a learner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMember {
+    /// The new node's id.
+    pub id: u64,
+    /// Its Raft RPC address (`host:port`).
+    pub address: String,
+}
+
+/// Moves a VRID's mastership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The node that should own the VRID; `None` lifts an earlier move, so configured
+    /// priorities decide again.
+    pub to: Option<u64>,
+}
+
+/// A failover request was carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverDone {
+    /// The VRID.
+    pub vrid: u8,
+    /// The node now master of it, if one was seen within the wait.
+    pub master: Option<u64>,
+}
+
+/// How far a revision has spread.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Propagation {
+    /// The revision waited for.
+    pub revision: Revision,
+    /// True when every member had applied it in time.
+    pub complete: bool,
+    /// Each member's applied revision (`None` when it did not answer).
+    pub applied: Vec<(u64, Option<Revision>)>,
+}

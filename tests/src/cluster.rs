@@ -1,0 +1,167 @@
+//! Whole cluster nodes in the lab: `fulcrumd` with the Raft store, the admin API and VRRP on
+//! the load-balancer hosts, and `fulcrumctl` run from the client host against their admin
+//! APIs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::process::LabProcess;
+use crate::routers::{Instance, fulcrumd_node_file};
+use crate::{Host, Lab, LabError};
+
+/// Port of each node's Raft RPC.
+pub const RAFT_PORT: u16 = 7000;
+/// Port of each node's admin API.
+pub const ADMIN_PORT: u16 = 7100;
+/// The lab cluster's admin token.
+pub const ADMIN_TOKEN: &str = "lab-admin-token-0123456789abcdef";
+
+/// A node's id in lab clusters: the last octet of its address.
+pub fn node_id(host: &Host) -> u64 {
+    u64::from(host.address.octets()[3])
+}
+
+/// The admin API endpoint of `host`.
+pub fn admin_endpoint(host: &Host) -> String {
+    format!("http://{}:{ADMIN_PORT}", host.address)
+}
+
+/// What `fulcrumctl` did.
+#[derive(Debug)]
+pub struct CtlOutput {
+    /// Its exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Whether it succeeded.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Its stdout as JSON (for `-o json`).
+    pub fn json(&self) -> Result<serde_json::Value, LabError> {
+        serde_json::from_str(&self.stdout).map_err(|e| {
+            LabError::Invalid(format!(
+                "fulcrumctl printed no JSON ({e}): {}{}",
+                self.stdout, self.stderr
+            ))
+        })
+    }
+}
+
+impl Lab {
+    fn write_file(&self, name: &str, text: &str) -> Result<PathBuf, LabError> {
+        let dir = self.log_dir();
+        let path = dir.join(name);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|source| LabError::Io { what: format!("write {}", path.display()), source })?;
+        Ok(path)
+    }
+
+    /// The node file of a cluster node on `host`: Raft with `members` as initial members
+    /// (none for a node that will join), the admin API, and the VRRP `instances`, each
+    /// tracking `tracked_pools`.
+    pub fn cluster_node_file(
+        &self,
+        host: &Host,
+        members: &[Host],
+        instances: &[Instance],
+        tracked_pools: &[&str],
+    ) -> Result<String, LabError> {
+        let secret = self.write_file("cluster.secret", "a lab cluster secret of 32 bytes\n")?;
+        let token = self.write_file("admin.token", &format!("{ADMIN_TOKEN}\n"))?;
+        let mut file =
+            format!("shutdown_drain = \"2s\"\n{}", fulcrumd_node_file(node_id(host), instances));
+        if !tracked_pools.is_empty() {
+            let quoted: Vec<String> = tracked_pools.iter().map(|p| format!("{p:?}")).collect();
+            file = file.replace(
+                "[[vrrp]]\n",
+                &format!("[[vrrp]]\ntrack_pools = [{}]\n", quoted.join(", ")),
+            );
+        }
+        file.push_str(&format!(
+            "\n[admin]\nlisten = \"{address}:{ADMIN_PORT}\"\ntoken_file = {token:?}\n\n\
+             [raft]\nlisten = \"{address}:{RAFT_PORT}\"\ndata_dir = {data:?}\ncluster_name = \"lab\"\n\
+             secret_file = {secret:?}\nheartbeat = \"50ms\"\nelection_timeout_min = \"400ms\"\n\
+             election_timeout_max = \"800ms\"\n",
+            address = host.address,
+            token = token.display().to_string(),
+            data = self.log_dir().join(format!("{}-raft", host.name)).display().to_string(),
+            secret = secret.display().to_string(),
+        ));
+        for member in members {
+            file.push_str(&format!(
+                "[[raft.initial_members]]\nid = {}\naddress = \"{}:{RAFT_PORT}\"\n",
+                node_id(member),
+                member.address
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Starts a cluster node on `host` (see [`Lab::cluster_node_file`]) and waits until it
+    /// runs.
+    pub fn start_cluster_node(
+        &self,
+        host: &Host,
+        members: &[Host],
+        instances: &[Instance],
+        tracked_pools: &[&str],
+    ) -> Result<LabProcess, LabError> {
+        let file = self.cluster_node_file(host, members, instances, tracked_pools)?;
+        self.start_fulcrumd(host, &file)
+    }
+
+    /// Runs `fulcrumctl args` on `host` against the admin APIs of `endpoints` (tried in
+    /// order), with the lab's token unless `token` overrides it.
+    pub fn fulcrumctl(
+        &self,
+        host: &Host,
+        endpoints: &[&Host],
+        token: Option<&str>,
+        args: &[&str],
+    ) -> Result<CtlOutput, LabError> {
+        let binary = crate::routers::workspace_binary("fulcrumctl", "FULCRUMCTL")?;
+        let endpoints: Vec<String> = endpoints.iter().map(|h| admin_endpoint(h)).collect();
+        let output = Command::new("ip")
+            .args(["netns", "exec", &host.namespace])
+            .arg(&binary)
+            .args(args)
+            .env("FULCRUM_ENDPOINTS", endpoints.join(","))
+            .env("FULCRUM_TOKEN", token.unwrap_or(ADMIN_TOKEN))
+            .env_remove("XDG_CONFIG_HOME")
+            .env("HOME", self.log_dir())
+            .output()
+            .map_err(|source| LabError::Io { what: format!("run {}", binary.display()), source })?;
+        Ok(CtlOutput {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// Writes `text` as a file in the lab's directory and returns its path, for `-f`.
+    pub fn lab_file(&self, name: &str, text: &str) -> Result<String, LabError> {
+        Ok(self.write_file(name, text)?.display().to_string())
+    }
+}
+
+/// A cluster file: an HTTP listener on every address, port `port`, in front of pool `web`
+/// with `backends`; listening on the wildcard lets each node be probed on its own address as
+/// well as on the VIP.
+pub fn web_cluster_file(port: u16, backends: &[&Host]) -> String {
+    let list: Vec<String> =
+        backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.http_address())).collect();
+    format!(
+        "[[listeners]]\nname = \"front\"\nbind = \"0.0.0.0:{port}\"\nprotocol = \"http\"\n\
+         default_pool = \"web\"\n\n[[pools]]\nname = \"web\"\nbackends = [{}]\n\n\
+         [pools.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhttp = {{ path = \"/health\" }}\n",
+        list.join(", ")
+    )
+}

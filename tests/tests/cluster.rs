@@ -1,0 +1,311 @@
+//! Three (or four) real `fulcrumd` cluster nodes — Raft store, admin API, VRRP, data plane —
+//! on the lab's load balancers, administered with `fulcrumctl` from the client host, with
+//! traffic through the VIP and through each node.
+//!
+//! These tests need root; without it they fail with a message that says so.
+
+#![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fulcrum_lab::cluster::{CtlOutput, node_id, web_cluster_file};
+use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
+use fulcrum_lab::process::LabProcess;
+use fulcrum_lab::routers::Instance;
+use fulcrum_lab::topology::vip;
+use fulcrum_lab::{Host, HostRole, Lab, Topology};
+
+const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
+const FRONT_PORT: u16 = 80;
+const VRID: u8 = 51;
+
+struct Cluster {
+    lab: Lab,
+    lbs: Vec<Host>,
+    nodes: Vec<LabProcess>,
+    backends: Vec<Host>,
+    client: Host,
+    _backend_processes: Vec<LabProcess>,
+}
+
+/// `voters` cluster nodes (VRRP priorities 150, 100, 50, … so lb1 owns the VIP) out of
+/// `load_balancers` hosts, and `backends` lab backends, all started.
+fn cluster(load_balancers: usize, voters: usize, backends: usize) -> Cluster {
+    let topology = Topology { load_balancers, backends, prefix: None };
+    let lab =
+        Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let lbs = lab.hosts_of(HostRole::LoadBalancer);
+    let backend_processes = lab.start_backends().unwrap();
+    let members = &lbs[..voters];
+    let nodes = members
+        .iter()
+        .enumerate()
+        .map(|(i, lb)| {
+            let priority = 150 - 50 * u8::try_from(i).unwrap();
+            let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
+            lab.start_cluster_node(lb, members, &[instance], &["web"]).unwrap()
+        })
+        .collect();
+    Cluster {
+        backends: lab.hosts_of(HostRole::Backend),
+        client: lab.host("client").unwrap(),
+        lbs,
+        nodes,
+        lab,
+        _backend_processes: backend_processes,
+    }
+}
+
+impl Cluster {
+    fn ctl(&self, endpoints: &[&Host], args: &[&str]) -> CtlOutput {
+        self.lab.fulcrumctl(&self.client, endpoints, None, args).unwrap()
+    }
+
+    /// `fulcrumctl` that must succeed.
+    fn ctl_ok(&self, endpoints: &[&Host], args: &[&str]) -> CtlOutput {
+        let output = self.ctl(endpoints, args);
+        assert!(output.ok(), "fulcrumctl {args:?} failed: {output:?}");
+        output
+    }
+
+    fn status(&self, endpoint: &Host) -> serde_json::Value {
+        self.ctl_ok(&[endpoint], &["-o", "json", "status"]).json().unwrap()
+    }
+
+    /// The leader every node agrees on, waiting for one for up to 15 s.
+    fn leader(&self, asked: &[&Host]) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let leaders: Vec<Option<u64>> = asked
+                .iter()
+                .map(|h| {
+                    let node = self.ctl(&[h], &["-o", "json", "status"]).json().ok()?;
+                    node["leader"].as_u64()
+                })
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| l == &Some(*leader))
+            {
+                return *leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn apply(&self, endpoint: &Host, backends: &[&Host]) -> CtlOutput {
+        let file =
+            self.lab.lab_file("cluster.toml", &web_cluster_file(FRONT_PORT, backends)).unwrap();
+        self.ctl_ok(&[endpoint], &["apply", "-f", &file, "--wait"])
+    }
+
+    /// `attempts` HTTP requests from the client to `address`, 20 ms apart.
+    fn probe(&self, address: SocketAddr, attempts: u64) -> ProbeReport {
+        let target = ProbeTarget::Http { address, path: "/".into() };
+        let mut args = ProbeArgs::new(target, Duration::from_millis(20), Duration::from_secs(30));
+        args.max_attempts = Some(attempts);
+        self.lab.probe(&self.client, &args).unwrap()
+    }
+
+    /// Probes `address` until `backend` answers, for up to `within`; returns how long it took.
+    fn until_routed(&self, address: SocketAddr, backend: &Host, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let report = self.probe(address, 6);
+            if report.answers.contains_key(&backend.name) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{address} never routed to {}: {report}",
+                backend.name
+            );
+        }
+    }
+
+    /// The configuration revision, as a node reports it.
+    fn revision(&self, endpoint: &Host) -> u64 {
+        let config = self.ctl_ok(&[endpoint], &["get", "config", "-o", "json"]).json().unwrap();
+        config["revision"].as_u64().unwrap()
+    }
+}
+
+fn front(host: &Host) -> SocketAddr {
+    SocketAddr::from((host.address, FRONT_PORT))
+}
+
+#[test]
+fn a_cluster_is_administered_as_one_and_refuses_bad_tokens_and_bad_input() {
+    let c = cluster(3, 3, 3);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    let leader = c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
+
+    // Through the VIP (lb1 has the highest priority), to both backends.
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "{report}");
+    assert!(report.answers.contains_key("be1") && report.answers.contains_key("be2"), "{report}");
+    let revision = c.revision(&c.lbs[0]);
+
+    // A wrong token is refused, says what to do, and changes nothing.
+    let refused = c
+        .lab
+        .fulcrumctl(
+            &c.client,
+            &[&c.lbs[0]],
+            Some("not-the-token-at-all"),
+            &["backend", "add", "web", &c.backends[2].http_address().to_string()],
+        )
+        .unwrap();
+    assert_eq!(refused.code, Some(4), "{refused:?}");
+    assert!(refused.stderr.contains("token"), "{refused:?}");
+
+    // Invalid input: refused with a message that names the problem, and nothing changed.
+    let bad_file =
+        c.lab.lab_file("bad.toml", "[[pools]]\nname = \"web\"\nalgorithm = \"fastest\"\n").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["backend", "add", "web", "not-an-address"], "address"),
+        (&["backend", "add", "nosuchpool", "198.18.0.23:8080"], "nosuchpool"),
+        (&["backend", "weight", "web", "198.18.0.21:8080", "100000"], "weight"),
+        (&["apply", "-f", &bad_file], "fastest"),
+    ];
+    for (args, mentions) in cases {
+        let output = c.ctl(&[&c.lbs[1]], args);
+        assert!(matches!(output.code, Some(1 | 2 | 4)), "{args:?}: {output:?}");
+        assert!(output.stderr.contains(mentions), "{args:?} should mention {mentions}: {output:?}");
+    }
+    assert_eq!(c.revision(&c.lbs[0]), revision, "nothing was written");
+
+    // A backend added through a follower reaches every node.
+    let follower = c.lbs.iter().find(|h| node_id(h) != leader).unwrap();
+    let be3 = c.backends[2].http_address().to_string();
+    let started = Instant::now();
+    let added = c.ctl_ok(&[follower], &["backend", "add", "web", &be3, "--wait"]);
+    let acknowledged = started.elapsed();
+    assert!(added.stdout.contains(&be3), "{added:?}");
+    for lb in &c.lbs {
+        c.until_routed(front(lb), &c.backends[2], Duration::from_secs(5));
+    }
+    println!(
+        "backend add through follower {}: --wait returned after {acknowledged:?}, \
+         every node routed to it {:?} after the command started",
+        follower.name,
+        started.elapsed()
+    );
+    let status = c.status(&c.lbs[2]);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        assert_eq!(node["status"]["revision"].as_u64(), Some(revision + 1), "{node}");
+    }
+    let owners = status["vips"].as_array().unwrap();
+    assert_eq!(owners[0]["masters"], serde_json::json!([node_id(&c.lbs[0])]), "{status}");
+}
+
+#[test]
+fn writes_continue_without_the_leader_and_traffic_without_the_vip_owner() {
+    let mut c = cluster(3, 3, 3);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
+
+    // Kill the Raft leader; a write through the endpoints (the dead one first) still lands.
+    let leader = c.leader(&all);
+    let leader_index = c.lbs.iter().position(|h| node_id(h) == leader).unwrap();
+    c.lab.crash(&c.lbs[leader_index], &mut c.nodes[leader_index]).unwrap();
+    let dead = c.lbs[leader_index].clone();
+    let mut endpoints = vec![&dead];
+    endpoints.extend(c.lbs.iter().filter(|h| h.name != dead.name));
+    let be3 = c.backends[2].http_address().to_string();
+    c.ctl_ok(&endpoints, &["backend", "add", "web", &be3]);
+    let alive: Vec<Host> = c.lbs.iter().filter(|h| h.name != dead.name).cloned().collect();
+    for lb in &alive {
+        c.until_routed(front(lb), &c.backends[2], Duration::from_secs(10));
+    }
+    let new_leader = c.leader(&alive.iter().collect::<Vec<_>>());
+    assert_ne!(new_leader, leader);
+
+    // Kill whoever holds the VIP now; the last node takes it and serves the same config.
+    let owner = c.lab.holders(&alive, vip(1)).unwrap();
+    assert_eq!(owner.len(), 1, "exactly one holder: {owner:?}");
+    let owner_index = c.lbs.iter().position(|h| h.name == owner[0]).unwrap();
+    c.lab.crash(&c.lbs[owner_index], &mut c.nodes[owner_index]).unwrap();
+    let survivor = alive.iter().find(|h| h.name != owner[0]).unwrap();
+    let took = c.lab.wait_for_holder(&c.lbs, survivor, vip(1), Duration::from_secs(10)).unwrap();
+    println!("{} took the VIP {took:?} after {} was killed", survivor.name, owner[0]);
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 30);
+    assert_eq!(report.successes, 30, "{report}");
+    assert!(report.answers.contains_key("be3"), "the survivor serves the added backend: {report}");
+}
+
+#[test]
+fn a_fourth_node_joins_with_member_add_and_receives_the_whole_config() {
+    let mut c = cluster(4, 3, 2);
+    let voters: Vec<&Host> = c.lbs[..3].iter().collect();
+    c.leader(&voters);
+    c.apply(&c.lbs[1], &[&c.backends[0], &c.backends[1]]);
+    let revision = c.revision(&c.lbs[0]);
+
+    let joiner = c.lbs[3].clone();
+    c.nodes.push(c.lab.start_cluster_node(&joiner, &[], &[], &[]).unwrap());
+    let id = node_id(&joiner).to_string();
+    let address = format!("{}:{}", joiner.address, fulcrum_lab::cluster::RAFT_PORT);
+    c.ctl_ok(&[&c.lbs[0]], &["member", "add", &id, &address]);
+    let promoted = c.ctl(&[&c.lbs[2]], &["member", "promote", &id]);
+    assert!(promoted.ok(), "{promoted:?}\n{}", c.nodes[3].output().join("\n"));
+
+    let members = c.ctl_ok(&[&c.lbs[1]], &["-o", "json", "member", "list"]).json().unwrap();
+    let joined = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"].as_u64() == Some(node_id(&joiner)));
+    assert_eq!(joined.and_then(|m| m["voter"].as_bool()), Some(true), "{members}");
+    // The joiner serves the whole configuration: same revision, and traffic to the backends.
+    let status = c.status(&joiner);
+    let report = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(node_id(&joiner)))
+        .cloned();
+    assert_eq!(report.and_then(|n| n["status"]["revision"].as_u64()), Some(revision), "{status}");
+    let report = c.probe(front(&joiner), 10);
+    assert_eq!(report.successes, 10, "{report}");
+    assert!(report.answers.contains_key("be1") && report.answers.contains_key("be2"), "{report}");
+}
+
+#[test]
+fn a_node_that_cannot_serve_gives_the_vip_away_and_failover_moves_it_to_the_named_node() {
+    let c = cluster(3, 3, 1);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0]]);
+    let within = Duration::from_secs(10);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), within).unwrap();
+
+    // lb1 loses its route to the only backend: its tracked pool fails its checks, its
+    // priority drops, and lb2 (the next priority) preempts it.
+    let backend = format!("{}/32", c.backends[0].address);
+    c.lab.exec(&c.lbs[0], "ip", &["route", "add", "blackhole", &backend]).unwrap();
+    let gave = c.lab.wait_for_holder(&c.lbs, &c.lbs[1], vip(1), within).unwrap();
+    println!("lb1 gave the VIP to lb2 {gave:?} after losing its backend");
+    c.lab.exec(&c.lbs[0], "ip", &["route", "del", "blackhole", &backend]).unwrap();
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), within).unwrap();
+
+    // A planned move to the lowest-priority node, then lifted: priorities decide again.
+    let lb3 = node_id(&c.lbs[2]).to_string();
+    let moved = c.ctl_ok(&[&c.lbs[1]], &["-o", "json", "failover", "--vrid", "51", "--to", &lb3]);
+    assert_eq!(moved.json().unwrap()["master"].as_u64(), Some(node_id(&c.lbs[2])), "{moved:?}");
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[2], vip(1), within).unwrap();
+    let vips = c.ctl_ok(&[&c.lbs[0]], &["-o", "json", "vip", "status"]).json().unwrap();
+    assert!(vips.to_string().contains(&format!("[{lb3}]")), "{vips}");
+    c.ctl_ok(&[&c.lbs[0]], &["failover", "--vrid", "51", "--reset"]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), within).unwrap();
+
+    let unknown = c.ctl(&[&c.lbs[0]], &["failover", "--vrid", "99", "--to", &lb3]);
+    assert_eq!(unknown.code, Some(4), "{unknown:?}");
+    assert!(unknown.stderr.contains("VRID 99"), "{unknown:?}");
+}
