@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# A first look at Fulcrum on one Linux host (needs root): builds the lab, runs fulcrumd on three
-# load-balancer hosts (VRRP for the VIP 198.18.0.100, and an L4 listener on the VIP's port 80
-# balancing over two backends), probes the VIP from the client host, stops the master and shows
-# the backup taking over, then tears everything down again.
+# A first look at Fulcrum on one Linux host (needs root). It builds the release binaries and a
+# lab of network namespaces: three fulcrumd cluster nodes (Raft store, admin API, VRRP for the
+# VIP 198.18.0.100), two backends and a client. It applies a cluster file with fulcrumctl,
+# shows the cluster's status and runs traffic through the VIP. Then it kills the master and
+# prints the outage and the new owner, makes a planned handover with fulcrumctl and shows
+# that no request failed, and tears everything down.
 #   scripts/demo.sh          run the demo and clean up
-#   scripts/demo.sh --keep   leave the lab up to explore; remove it with `fulcrum-lab down`
-#
-# The Raft store and fulcrumctl join the demo as they land (see ARCHITECTURE.md); today every
-# node serves the same cluster file.
+#   scripts/demo.sh --keep   leave the lab up to explore with fulcrumctl; remove it with
+#                            `target/release/fulcrum-lab down --prefix <prefix>`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,46 +24,84 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
 
-step() { printf '\n==> %s\n' "$*"; }
-step "building fulcrum-lab and fulcrumd"
-cargo build --release --locked -p fulcrum-lab -p fulcrum-node
-lab=target/release/fulcrum-lab
-vip=198.18.0.100
+current="starting"
+step() { current="$*"; printf '\n==> %s\n' "$*"; }
 
+step "building fulcrum-lab, fulcrumd and fulcrumctl (release)"
+cargo build --release --locked -p fulcrum-lab -p fulcrum-node -p fulcrum-cli
+lab="$PWD/target/release/fulcrum-lab"
+ctl="$PWD/target/release/fulcrumctl"
+vip=198.18.0.100
 prefix="demo$(printf '%04x' $((RANDOM % 65536)))"
-cleanup() {
-    if [ "$keep" = false ]; then
-        step "tearing down lab $prefix"
+up=false
+
+finish() {
+    status=$?
+    if [ "$status" -ne 0 ]; then
+        echo >&2
+        echo "scripts/demo.sh: the step \"$current\" failed (exit $status)" >&2
+    fi
+    # A failed demo leaves nothing behind, even with --keep.
+    if [ "$up" = true ] && { [ "$keep" = false ] || [ "$status" -ne 0 ]; }; then
+        printf '\n==> tearing down lab %s\n' "$prefix"
         "$lab" down --prefix "$prefix" || echo "teardown failed: run '$lab down --all'" >&2
     fi
 }
-trap cleanup EXIT
+trap finish EXIT
 
-step "bringing up lab $prefix: 3 load balancers running fulcrumd (VRRP priorities 150, 140, 130; $vip:80 -> be1, be2), 2 backends, 1 client"
-"$lab" up --load-balancers 3 --backends 2 --prefix "$prefix" --vrrp
-probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:80/" --interval 10ms --timeout 100ms --text "$@"; }
+step "bringing up lab $prefix: lb1..lb3 run fulcrumd (VRRP priorities 150, 140, 130), be1 and be2 serve HTTP, the client probes"
+up=true
+"$lab" up --load-balancers 3 --backends 2 --prefix "$prefix" --cluster
 
-sleep 1
-step "lb1, the VRRP master, balances the VIP $vip round robin over be1 and be2"
+endpoints="http://198.18.0.11:7100,http://198.18.0.12:7100,http://198.18.0.13:7100"
+token="$(cat "/run/fulcrum-lab/$prefix/admin.token")"
+fulcrumctl() {
+    ip netns exec "$prefix-client" env FULCRUM_ENDPOINTS="$endpoints" FULCRUM_TOKEN="$token" "$ctl" "$@"
+}
+probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:80/" --interval 10ms --timeout 200ms --text "$@"; }
+holders() {
+    for host in lb1 lb2 lb3; do
+        printf '  %s holds: %s\n' "$host" \
+            "$(ip netns exec "$prefix-$host" ip -o -4 addr show dev eth0 up | awk '{print $4}' | tr '\n' ' ')"
+    done
+}
+
+step "fulcrumctl status: one Raft leader, every node on the same revision, lb1 master of VRID 51"
+fulcrumctl status
+
+step "traffic through the VIP $vip:80 (lb1), round robin over be1 and be2"
 probe --duration 1s
 
-step "stopping lb1's fulcrumd (SIGTERM) while probing for 2 s: it advertises priority 0, lb2 takes over the VIP and keeps balancing"
+step "killing lb1's fulcrumd (SIGKILL, link down: a crash) while probing for 3 s"
 master=$("$lab" status --prefix "$prefix" | awk '/process fulcrumd on lb1 pid/ {print $6}')
-probe --duration 2s &
+probe --duration 3s &
 prober=$!
 sleep 0.5
-kill -TERM "$master"
+kill -KILL "$master"
+ip netns exec "$prefix-lb1" ip link set dev eth0 down
 wait "$prober"
+echo "the outage above is the time lb2 needed to notice (3 missed adverts) and take the VIP:"
+holders
 
-for host in lb1 lb2 lb3; do
-    printf '%s holds: %s\n' "$host" "$(ip netns exec "$prefix-$host" ip -o -4 addr show dev eth0 | awk '{print $4}' | tr '\n' ' ')"
-done
+step "planned handover with fulcrumctl: VRID 51 from lb2 to lb3, while probing for 3 s"
+probe --duration 3s &
+prober=$!
+sleep 0.5
+fulcrumctl failover --vrid 51 --to 13
+wait "$prober"
+echo "lb2 resigned with a priority-0 advertisement and lb3 took over at once:"
+holders
+
+step "fulcrumctl status after both failovers (lb1 is down)"
+fulcrumctl status || true
 
 if [ "$keep" = true ]; then
     step "the lab stays up; try:"
+    echo "  alias fulcrumctl='ip netns exec $prefix-client env FULCRUM_ENDPOINTS=$endpoints FULCRUM_TOKEN=$token $ctl'"
+    echo "  fulcrumctl pool show web"
+    echo "  fulcrumctl backend drain web 198.18.0.21:8080 --wait"
+    echo "  fulcrumctl failover --vrid 51 --reset"
     echo "  ip netns exec $prefix-client $lab probe http://$vip:80/ --duration 1s --text"
-    echo "  ip netns exec $prefix-lb2 curl -s http://198.18.0.12:9100/metrics | grep fulcrum_backend"
-    echo "  ip netns exec $prefix-client $lab probe http://198.18.0.21:8080/slow?secs=2 --duration 3s --text"
     echo "  $lab status --prefix $prefix"
     echo "  $lab down --prefix $prefix"
 fi

@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fulcrum_lab::backend::Backend;
+use fulcrum_lab::cluster;
 use fulcrum_lab::probe::{self, ProbeArgs};
 use fulcrum_lab::routers::Instance;
 use fulcrum_lab::topology::{self, HostRole, Lab, Topology};
 use tokio::net::TcpListener;
 
-/// The port `up --vrrp` serves on the VIP.
+/// The port `up --cluster` serves on.
 const DEMO_PORT: u16 = 80;
 
 /// Fulcrum's network-namespace lab: load balancers, backends and a client on one bridge.
@@ -41,11 +42,12 @@ enum Command {
         /// Do not start a lab backend on the backend hosts.
         #[arg(long)]
         no_backends: bool,
-        /// Run fulcrumd on every load balancer: VRRP for VIP 198.18.0.100 (VRID 51, every
-        /// 100 ms; priorities 150, 140, … from lb1) and a TCP listener on the VIP's port 80
-        /// forwarding round robin to the backends' HTTP servers, with health checks.
+        /// Run a whole fulcrumd cluster node on every load balancer (Raft store, admin API
+        /// on port 7100, VRRP for VIP 198.18.0.100: VRID 51, every 100 ms, priorities 150,
+        /// 140, … from lb1, tracking pool `web`) and apply, with fulcrumctl, an HTTP listener
+        /// on port 80 balancing round robin over the backends with health checks.
         #[arg(long)]
-        vrrp: bool,
+        cluster: bool,
     },
     /// Remove a lab: stop its processes, delete its namespaces.
     Down {
@@ -164,7 +166,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { load_balancers, backends, prefix, no_backends, vrrp } => {
+        Command::Up { load_balancers, backends, prefix, no_backends, cluster } => {
             let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
             let topology = Topology { load_balancers, backends, prefix };
             let lab = Lab::up(&topology, exe).context("cannot build the lab")?;
@@ -173,8 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     process.detach();
                 }
             }
-            if vrrp {
-                start_vrrp(&lab).context("cannot start VRRP on the load balancers")?;
+            if cluster {
+                start_cluster(&lab).context("cannot start the cluster on the load balancers")?;
             }
             let prefix = lab.prefix();
             lab.keep();
@@ -285,25 +287,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// fulcrumd on every load balancer for the lab's first VIP, and a server answering on it.
-fn start_vrrp(lab: &Lab) -> anyhow::Result<()> {
+/// Starts a cluster node on every load balancer and applies the demo cluster file.
+fn start_cluster(lab: &Lab) -> anyhow::Result<()> {
+    let lbs = lab.hosts_of(HostRole::LoadBalancer);
     let the_vip = topology::vip(1);
-    let backends: Vec<String> = lab
-        .hosts_of(HostRole::Backend)
-        .iter()
-        .map(|b| format!("{{ address = \"{}\" }}", b.http_address()))
-        .collect();
-    let cluster_file = format!(
-        "[[listeners]]\nname = \"web\"\nbind = \"{the_vip}:{DEMO_PORT}\"\nprotocol = \"tcp\"\ndefault_pool = \"web\"\n\n\
-         [[pools]]\nname = \"web\"\nbackends = [{}]\n\
-         health_check = {{ interval = \"500ms\", timeout = \"250ms\", rise = 2, fall = 2, http = {{ path = \"/health\" }} }}\n",
-        backends.join(", ")
-    );
-    for (n, lb) in lab.hosts_of(HostRole::LoadBalancer).iter().enumerate() {
+    for (n, lb) in lbs.iter().enumerate() {
         let priority = u8::try_from(150 - 10 * n).context("too many load balancers")?;
         let instance = Instance::new(51, priority, Duration::from_millis(100), &[the_vip]);
-        lab.start_serving_node(lb, &cluster_file, &[instance])?.process.detach();
+        lab.start_cluster_node(lb, &lbs, &[instance], &["web"])?.detach();
     }
+    let backends = lab.hosts_of(HostRole::Backend);
+    let file = cluster::web_cluster_file(DEMO_PORT, &backends.iter().collect::<Vec<_>>());
+    let path = lab.lab_file("cluster.toml", &file)?;
+    let client = lab.host("client")?;
+    // The first write waits (up to 10 s) for the nodes to elect a leader.
+    let applied = lab.fulcrumctl(
+        &client,
+        &lbs.iter().collect::<Vec<_>>(),
+        None,
+        &["apply", "-f", &path, "--wait"],
+    )?;
+    anyhow::ensure!(applied.ok(), "fulcrumctl apply failed: {}{}", applied.stdout, applied.stderr);
+    print!("{}", applied.stdout);
     Ok(())
 }
 

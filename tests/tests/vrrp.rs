@@ -480,7 +480,7 @@ fn fulcrumd_left_running_by_lab_up_keeps_electing_after_the_command_exits() {
     // Once `up` exits nobody reads the routers' output: they must go on regardless.
     let prefix = format!("fv{:x}", std::process::id());
     let up = std::process::Command::new(LAB_BINARY)
-        .args(["up", "--load-balancers", "3", "--backends", "0", "--vrrp", "--prefix", &prefix])
+        .args(["up", "--load-balancers", "3", "--backends", "2", "--cluster", "--prefix", &prefix])
         .output()
         .unwrap();
     let _lab = LabLeftUp(prefix.clone());
