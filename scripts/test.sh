@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Fulcrum's whole test suite, the lab tests on real network namespaces included.
 # Needs root (the lab creates namespaces); installs what it needs first.
-#   scripts/test.sh              everything: format, lints, all tests
+#   scripts/test.sh              everything: format, lints, shipped files, all tests
 #   scripts/test.sh -E 'test(x)' extra arguments go to cargo nextest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use, by the command that shows each is there.
-declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived)
+declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived
+    [shellcheck]=shellcheck [systemd-analyze]=systemd [vagrant]=vagrant)
 missing=()
 for command in "${!packages[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
@@ -33,4 +34,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The lab tests run the binaries (fulcrumd next to the test executables); cargo builds a
 # package's binaries for tests only when that package has integration tests.
 cargo build --workspace --locked
+scripts/check-dist.sh
 cargo nextest run --workspace --locked --no-fail-fast "$@"

@@ -1,0 +1,90 @@
+//! The Vagrant provisioning, exercised in the lab: `vagrant/provision/lb.sh` writes each load
+//! balancer's node file from the one template (in a directory of the lab's, without systemd),
+//! `fulcrumd` runs on those files, the same script applies the demo cluster file, and traffic
+//! through the VIP reaches both backends.
+//!
+//! These tests need root; without it they fail with a message that says so.
+
+#![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fulcrum_lab::probe::{ProbeArgs, ProbeTarget};
+use fulcrum_lab::routers::workspace_binary;
+use fulcrum_lab::topology::vip;
+use fulcrum_lab::{Host, HostRole, Lab, Topology};
+
+const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs `lb.sh` for `host` inside its namespace, its files under `root`.
+fn provision(lbs: &[Host], backends: &[Host], host: &Host, root: &Path, apply: bool) {
+    let index = lbs.iter().position(|h| h == host).unwrap();
+    let members: Vec<String> = lbs.iter().map(|h| h.address.to_string()).collect();
+    let backends: Vec<String> = backends.iter().map(|b| b.http_address().to_string()).collect();
+    let output = Command::new("ip")
+        .args(["netns", "exec", &host.namespace, "bash"])
+        .arg(repository().join("vagrant/provision/lb.sh"))
+        .env("NODE_ID", host.address.octets()[3].to_string())
+        .env("ADDRESS", host.address.to_string())
+        .env("PRIORITY", (150 - 10 * index).to_string())
+        .env("MEMBERS", members.join(","))
+        .env("VIP", vip(1).to_string())
+        .env("BACKENDS", backends.join(","))
+        .env("CLUSTER_SECRET", "a lab cluster secret of 32 bytes")
+        .env("ADMIN_TOKEN", "a lab admin token of 32 bytes!!!")
+        .env("FULCRUM_SOURCE", repository())
+        .env("FULCRUM_ROOT", root)
+        .env("FULCRUM_SYSTEMD", "no")
+        .env("FULCRUMCTL", workspace_binary("fulcrumctl", "FULCRUMCTL").unwrap())
+        .env("APPLY", if apply { "yes" } else { "no" })
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "lb.sh on {} failed: {}{}",
+        host.name,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_vagrant_provisioning_makes_a_working_cluster_in_the_lab() {
+    let lab = Lab::up(&Topology { load_balancers: 3, backends: 2, prefix: None }, LAB_BINARY)
+        .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let lbs = lab.hosts_of(HostRole::LoadBalancer);
+    let backends = lab.hosts_of(HostRole::Backend);
+    let _backends = lab.start_backends().unwrap();
+    let roots: Vec<PathBuf> =
+        lbs.iter().map(|lb| lab.log_dir().join(format!("{}-root", lb.name))).collect();
+
+    let mut nodes = Vec::new();
+    for (lb, root) in lbs.iter().zip(&roots) {
+        provision(&lbs, &backends, lb, root, false);
+        let node_file = std::fs::read_to_string(root.join("etc/fulcrum/node.toml")).unwrap();
+        assert!(
+            node_file.contains("interface = \"eth0\""),
+            "the interface is found by address: {node_file}"
+        );
+        nodes.push(lab.start_fulcrumd(lb, &node_file).unwrap());
+    }
+    // Provisioned again with APPLY=yes, the last node applies the demo cluster file.
+    provision(&lbs, &backends, &lbs[2], &roots[2], true);
+
+    lab.wait_for_holder(&lbs, &lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+    let target = ProbeTarget::Http { address: SocketAddr::from((vip(1), 80)), path: "/".into() };
+    let mut args = ProbeArgs::new(target, Duration::from_millis(20), Duration::from_secs(10));
+    args.max_attempts = Some(20);
+    let client = lab.host("client").unwrap();
+    let report = lab.probe(&client, &args).unwrap();
+    assert_eq!(report.successes, 20, "{report}");
+    assert!(report.answers.contains_key("be1") && report.answers.contains_key("be2"), "{report}");
+    drop(nodes);
+}
