@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Checks what ships beside the binaries, which no Rust test reads: every shell script passes
-# shellcheck, the systemd unit passes `systemd-analyze verify`, and the Vagrantfile passes
-# `vagrant validate` (VMs cannot boot here; the provisioning itself runs in the lab tests).
+# Checks what ships beside the binaries, which no Rust test reads: every shell script must
+# pass shellcheck, the systemd unit `systemd-analyze verify`, and the Vagrantfile `vagrant
+# validate` (VMs cannot boot here; the provisioning itself runs in the lab tests).
 # Expects shellcheck, systemd-analyze and vagrant installed (scripts/test.sh installs them) and
 # target/debug/fulcrumd built.
 set -euo pipefail
