@@ -300,23 +300,57 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every command below `command`, depth first, with its full name.
+    fn subcommands(command: &clap::Command, path: &str) -> Vec<(String, clap::Command)> {
+        let mut all = Vec::new();
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            all.push((path.clone(), sub.clone()));
+            all.extend(subcommands(sub, &path));
+        }
+        all
+    }
+
     /// Every command, down to the leaves, has a one-line help and an example.
     #[test]
     fn every_subcommand_has_help_and_an_example() {
-        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for sub in command.get_subcommands() {
-                let path = format!("{path} {}", sub.get_name());
+        let missing: Vec<String> = subcommands(&Cli::command(), "fulcrumctl")
+            .into_iter()
+            .filter(|(_, sub)| {
                 let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
                 let long = sub.get_long_about().map(|a| a.to_string()).unwrap_or_default();
-                if about.is_empty() || !long.contains("Example: fulcrumctl") {
-                    missing.push(path.clone());
-                }
-                walk(sub, &path, missing);
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&Cli::command(), "fulcrumctl", &mut missing);
+                about.is_empty() || !long.contains("Example: fulcrumctl")
+            })
+            .map(|(path, _)| path)
+            .collect();
         assert!(missing.is_empty(), "without help or example: {missing:?}");
+    }
+
+    /// docs/cli.md is the long help of every command, generated from clap; regenerate it with
+    /// `FULCRUM_UPDATE_DOCS=1 cargo test -p fulcrum-cli cli_reference`.
+    #[test]
+    fn the_cli_reference_is_generated_from_clap() {
+        let mut root = Cli::command();
+        root.build();
+        let mut text = String::from(
+            "# fulcrumctl reference\n\nGenerated from fulcrumctl's own help by \
+             `FULCRUM_UPDATE_DOCS=1 cargo test -p fulcrum-cli cli_reference`; do not edit.\n\n",
+        );
+        let mut commands = vec![("fulcrumctl".to_owned(), root.clone())];
+        commands.extend(subcommands(&root, "fulcrumctl"));
+        for (path, mut command) in commands {
+            let help = command.render_long_help().to_string();
+            text.push_str(&format!("## {path}\n\n```text\n{}\n```\n\n", help.trim_end()));
+        }
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
+        if std::env::var_os("FULCRUM_UPDATE_DOCS").is_some() {
+            std::fs::write(path, &text).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == text,
+            "docs/cli.md is out of date: FULCRUM_UPDATE_DOCS=1 cargo test -p fulcrum-cli cli_reference"
+        );
     }
 
     #[test]

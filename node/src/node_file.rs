@@ -16,10 +16,10 @@ use fulcrum_vrrp::driver::{GarpSettings, InstanceSettings};
 use fulcrum_vrrp::machine::InstanceConfig;
 use fulcrum_vrrp::socket::Destination;
 use fulcrum_vrrp::wire::ChecksumForm;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The node file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
     /// This node's id in the cluster, unique among its peers.
@@ -52,7 +52,7 @@ fn default_shutdown_drain() -> Duration {
 }
 
 /// The `[admin]` section: where the admin API listens and the token it wants.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     /// Where the admin API listens, e.g. `198.18.0.11:7100`; keep it on a management network.
@@ -89,7 +89,7 @@ fn read_secret(path: &Path, what: &'static str, min: usize) -> Result<Vec<u8>, N
 
 /// The `[raft]` section: where this node's store listens and keeps its data, and which
 /// cluster it belongs to.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RaftSection {
     /// Where the Raft RPC server listens, e.g. `198.18.0.11:7000`.
@@ -122,7 +122,7 @@ pub struct RaftSection {
 }
 
 /// One member of a new cluster.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
     /// Its node id.
@@ -145,7 +145,7 @@ fn default_snapshot_every() -> u64 {
 }
 
 /// Logging.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `text` for people, `json` for log collectors.
@@ -167,7 +167,7 @@ fn default_level() -> String {
 }
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// One human-readable line per event.
@@ -178,7 +178,7 @@ pub enum LogFormat {
 }
 
 /// One `[[vrrp]]` instance.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpInstance {
     /// The link, e.g. `eth0`.
@@ -229,7 +229,7 @@ pub struct VrrpInstance {
 }
 
 /// The transmit checksum form, as written in the node file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChecksumChoice {
     /// Over the IPv4 pseudo-header and the message.
