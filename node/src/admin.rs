@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +39,8 @@ use crate::peers::{MoveError, Node};
 
 /// The largest request body read: a cluster file of thousands of objects fits.
 const MAX_BODY_BYTES: usize = 8 << 20;
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `wait` waits when the caller does not say.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// The longest `wait` accepted.
@@ -167,9 +169,10 @@ impl Admin {
                     let admin = Arc::clone(&admin);
                     async move { Ok::<_, Infallible>(admin.handle(peer, request).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // A client that never finishes its headers does not hold a connection forever.
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
             });
         }
     }

@@ -48,8 +48,9 @@ enum PeerAnswer {
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between looks while waiting for a revision or a new master.
 const POLL: Duration = Duration::from_millis(20);
-/// How long a planned move may take to show a new master.
-const MOVE_WAIT: Duration = Duration::from_secs(10);
+/// How long a planned move may take to show a new master: well under fulcrumctl's default
+/// timeout (10 s), so a slow move is answered rather than retried at another node.
+const MOVE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a VIP move was refused.
 #[derive(Debug, thiserror::Error)]
