@@ -15,7 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use fulcrum_model::Revision;
 use fulcrum_model::api::{ErrorBody, HEADER_ACTOR, Propagation};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -83,6 +83,9 @@ struct Answer {
     body: Bytes,
     endpoint: Endpoint,
 }
+
+/// The largest answer read: a status or configuration of thousands of objects fits.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// How long connecting to one endpoint may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -226,11 +229,10 @@ impl Client {
             _ => describe(&e),
         })?;
         let status = response.status();
-        let body = response
-            .into_body()
+        let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("the answer was cut short: {}", describe(&e)))?;
+            .map_err(|e| format!("the answer was cut short: {}", describe(e.as_ref())))?;
         Ok((status, body.to_bytes()))
     }
 }
