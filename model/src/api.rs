@@ -9,7 +9,7 @@
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /v1/status` | | [`ClusterStatus`] |
 //! | `GET /v1/node` | | [`NodeStatus`] of the node asked |
-//! | `GET /v1/config` | | [`Config`] (linearizable) |
+//! | `GET /v1/config[?local=true]` | | [`Config`] (linearizable; `local`: this node's copy) |
 //! | `POST /v1/config[?dry_run=true]` | cluster file (TOML) | [`Written`] or [`DryRun`] |
 //! | `PUT /v1/listeners/{name}` | [`Listener`](crate::Listener) | [`Written`] |
 //! | `DELETE /v1/listeners/{name}` | | [`Written`] |

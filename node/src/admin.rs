@@ -45,8 +45,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// The longest `wait` accepted.
 const MAX_WAIT: Duration = Duration::from_secs(300);
-/// How long a learner may take to catch up before its promotion is refused.
-const CATCH_UP: Duration = Duration::from_secs(30);
+/// How long a learner may take to catch up before its promotion is refused: inside the
+/// store's forwarding budget and fulcrumctl's timeout (both 10 s), so the caller gets the
+/// answer instead of retrying.
+const CATCH_UP: Duration = Duration::from_secs(5);
 /// The header a client names a retried write with: 32 hex digits.
 const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -98,7 +100,7 @@ impl From<WriteError> for ApiError {
 impl From<ReadError> for ApiError {
     fn from(error: ReadError) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error)
-            .hint("is a quorum of nodes up? `fulcrumctl get config --local` reads this node's copy")
+            .hint("is a quorum of nodes up? GET /v1/config?local=true reads this node's copy")
     }
 }
 
@@ -115,7 +117,14 @@ impl From<MembershipError> for ApiError {
 
 impl From<MoveError> for ApiError {
     fn from(error: MoveError) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, error).hint("`fulcrumctl vip status` lists the VRIDs")
+        let status = match error {
+            MoveError::UnknownVrid(_) | MoveError::NotARunner { .. } => StatusCode::NOT_FOUND,
+            MoveError::AddressOwner { .. } => StatusCode::CONFLICT,
+            MoveError::NotTaken { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            MoveError::Unsettled { .. } => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError::new(status, error)
+            .hint("`fulcrumctl vip status` shows the VRIDs and their routers")
     }
 }
 
@@ -317,6 +326,13 @@ impl Admin {
             }
             (&Method::POST, ["v1", "members", id, "promote"]) => {
                 let id = number::<u64>(id, "node id")?;
+                if !node.members().members.iter().any(|m| m.id == id && !m.voter) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("node {id} is not a learner"),
+                    )
+                    .hint("`fulcrumctl member list` shows the members; add it first with `member add`"));
+                }
                 node.store.promote(id, CATCH_UP).await?;
                 audit(call, &format!("node {id} promoted to voter"), None, None);
                 json(StatusCode::OK, &node.members())

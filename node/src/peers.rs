@@ -15,6 +15,7 @@ use fulcrum_model::api::{
 use fulcrum_model::{Revision, codec};
 use fulcrum_raft_store::ConfigStore;
 use fulcrum_vrrp::driver::Vrrp;
+use fulcrum_vrrp::machine::OWNER_PRIORITY;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -23,14 +24,17 @@ use crate::dataplane::metrics::header;
 use crate::tracking::Priorities;
 
 /// What one node asks another.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum PeerRequest {
     /// Its [`NodeStatus`].
     Status,
     /// The revision its data plane serves.
     Revision,
-    /// Take part in moving `vrid` to node `to` (`None` lifts an earlier move).
+    /// Take part in moving `vrid` to node `to` (`None` lifts an earlier move): lower this
+    /// node's priority unless it is `to`.
     MoveVip { vrid: u8, to: Option<u64> },
+    /// Give `vrid` away if master of it.
+    Resign { vrid: u8 },
 }
 
 /// What it answers.
@@ -58,6 +62,32 @@ pub enum MoveError {
     /// No member runs the VRID.
     #[error("no node runs VRID {0}")]
     UnknownVrid(u8),
+    /// The master owns the addresses (priority 255) and cannot give them away.
+    #[error("node {node} owns VRID {vrid}'s addresses (priority 255) and always wins it")]
+    AddressOwner {
+        /// The VRID.
+        vrid: u8,
+        /// The owner.
+        node: u64,
+    },
+    /// The chosen node did not confirm; nothing was given away.
+    #[error(
+        "node {node} did not take part in moving VRID {vrid} (down?); the master was left in place"
+    )]
+    NotTaken {
+        /// The VRID.
+        vrid: u8,
+        /// The chosen node.
+        node: u64,
+    },
+    /// No single master matching the request showed in time.
+    #[error("VRID {vrid} did not settle on the chosen node in time; master now {master:?}")]
+    Unsettled {
+        /// The VRID.
+        vrid: u8,
+        /// The master seen last, if exactly one.
+        master: Option<u64>,
+    },
     /// The chosen node does not run it.
     #[error("node {node} does not run VRID {vrid} (nodes that do: {runners:?})")]
     NotARunner {
@@ -178,7 +208,7 @@ impl Node {
             role: store.state.to_lowercase(),
             leader: store.leader,
             term: store.term,
-            revision: store.revision,
+            revision: self.plane.served_revision(),
             vrrp,
             pools: self.plane.pool_status(),
             draining: self.draining.load(Ordering::Relaxed),
@@ -225,9 +255,12 @@ impl Node {
     fn answer(&self, request: &[u8]) -> PeerAnswer {
         match codec::decode::<PeerRequest>(request) {
             Ok(PeerRequest::Status) => PeerAnswer::Status(Box::new(self.status())),
-            Ok(PeerRequest::Revision) => PeerAnswer::Revision(self.store.config().revision),
+            Ok(PeerRequest::Revision) => PeerAnswer::Revision(self.plane.served_revision()),
             Ok(PeerRequest::MoveVip { vrid, to }) => PeerAnswer::Moved(
                 self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.move_to(vrid, to)),
+            ),
+            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(
+                self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.resign(vrid)),
             ),
             Err(error) => PeerAnswer::Malformed(error.to_string()),
         }
@@ -254,11 +287,20 @@ impl Node {
         self: &Arc<Self>,
         request: PeerRequest,
     ) -> Vec<(u64, Result<PeerAnswer, String>)> {
-        let request = Arc::new(request);
+        let ids: Vec<u64> = self.store.members().into_iter().map(|(id, _, _)| id).collect();
+        self.ask_some(&ids, request).await
+    }
+
+    /// Asks each of `ids` at once; answers come back by id.
+    async fn ask_some(
+        self: &Arc<Self>,
+        ids: &[u64],
+        request: PeerRequest,
+    ) -> Vec<(u64, Result<PeerAnswer, String>)> {
         let mut asking = JoinSet::new();
-        for (id, _, _) in self.store.members() {
+        for &id in ids {
             let node = Arc::clone(self);
-            let request = Arc::clone(&request);
+            let request = request.clone();
             asking.spawn(async move { (id, node.ask(id, &request).await) });
         }
         let mut answers = asking.join_all().await;
@@ -352,14 +394,30 @@ impl Node {
         if let Some(node) = to.filter(|node| !runners.contains(node)) {
             return Err(MoveError::NotARunner { vrid, node, runners });
         }
-        // The chosen node first, so it already outranks everyone when the master resigns.
-        let mut order = runners.clone();
-        order.sort_by_key(|id| Some(*id) != to);
-        for id in order {
-            match self.ask(id, &PeerRequest::MoveVip { vrid, to }).await {
-                Ok(PeerAnswer::Moved(true)) => {}
-                other => tracing::warn!(node = id, vrid, "VIP move not taken: {other:?}"),
-            }
+        let runs = |id: u64| {
+            status.nodes.iter().filter_map(|r| r.status.as_ref()).find(|s| s.id == id).and_then(
+                |s| s.vrrp.iter().find(|v| v.vrid == vrid).map(|v| (v.state.clone(), v.priority)),
+            )
+        };
+        if let Some(owner) =
+            runners.iter().find(|id| runs(**id) == Some(("master".to_owned(), OWNER_PRIORITY)))
+        {
+            return Err(MoveError::AddressOwner { vrid, node: *owner });
+        }
+        // Every node lowers its priority (the chosen one keeps its own) before the master
+        // resigns, so no other backup outranks the chosen node when the VIP is given away.
+        let asked = self.ask_some(&runners, PeerRequest::MoveVip { vrid, to }).await;
+        if let Some(to) = to
+            && !matches!(
+                asked.iter().find(|(id, _)| *id == to),
+                Some((_, Ok(PeerAnswer::Moved(true))))
+            )
+        {
+            return Err(MoveError::NotTaken { vrid, node: to });
+        }
+        let resigning: Vec<u64> = runners.iter().copied().filter(|id| Some(*id) != to).collect();
+        if to.is_some() {
+            self.ask_some(&resigning, PeerRequest::Resign { vrid }).await;
         }
         let deadline = tokio::time::Instant::now() + MOVE_WAIT;
         loop {
@@ -370,8 +428,11 @@ impl Node {
                 Some(to) => master == Some(to),
                 None => master.is_some(),
             };
-            if settled || tokio::time::Instant::now() >= deadline {
+            if settled {
                 return Ok(FailoverDone { vrid, master });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MoveError::Unsettled { vrid, master });
             }
             tokio::time::sleep(POLL).await;
         }

@@ -70,18 +70,24 @@ impl Priorities {
         self.tracked.iter().any(|t| t.vrid == vrid)
     }
 
-    /// Records a planned move of `vrid` to node `to` (`None` lifts it). Unless this node is
-    /// the one chosen, its priority drops and, if master, it resigns at once so the chosen
-    /// node, now the highest, takes over after its skew time. Returns false for an unknown
-    /// VRID.
+    /// Records a planned move of `vrid` to node `to` (`None` lifts it): unless this node is
+    /// the one chosen, its priority drops to 1. Returns false for an unknown VRID.
     pub fn move_to(&self, vrid: u8, to: Option<u64>) -> bool {
         if self.change(vrid, |facts| facts.moved_to = to).is_none() {
             return false;
         }
         tracing::info!(vrid, to = ?to, "planned VRID move");
-        if to.is_some_and(|to| to != self.me) {
-            self.vrrp.resign(vrid);
+        true
+    }
+
+    /// If master of `vrid`, gives it away at once (a priority-0 advertisement), so the
+    /// backup with the highest priority takes over after its skew time. Returns false for an
+    /// unknown VRID.
+    pub fn resign(&self, vrid: u8) -> bool {
+        if !self.runs(vrid) {
+            return false;
         }
+        self.vrrp.resign(vrid);
         true
     }
 

@@ -315,8 +315,12 @@ impl ConfigStore {
     /// Applies `command` through Raft from any node, and returns the new revision. A request
     /// without an idempotency key gets one, so the retries made here apply it once.
     pub async fn write(&self, mut request: Request) -> Result<Revision, WriteError> {
-        // Rejected here, before it costs a log entry; applying checks again.
-        self.config().spec.with(&request.command)?;
+        // Rejected here, before it costs a log entry; applying checks again. Not for a write
+        // the client may be retrying: if its first attempt committed, only the leader's
+        // idempotency table knows, and a check against this copy would call it refused.
+        if request.idempotency_key.is_none() {
+            self.config().spec.with(&request.command)?;
+        }
         request.idempotency_key.get_or_insert_with(|| self.fresh_key());
         let started = Instant::now();
         let response = self
@@ -358,7 +362,12 @@ impl ConfigStore {
     {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let leader = match here().await {
+            // A leader cut off from its quorum would wait here until the partition heals.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Ok(here) = tokio::time::timeout(remaining, here()).await else {
+                return Err(None);
+            };
+            let leader = match here {
                 Ok(answer) => return Ok(answer),
                 Err(Redirect::Failed(problem)) => return Err(Some(problem)),
                 Err(Redirect::NotLeader(leader)) => leader,

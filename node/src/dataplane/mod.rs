@@ -136,6 +136,8 @@ pub struct DataPlane {
     /// Removed pools whose backends still have connections: shown in metrics, and brought
     /// back if a pool of the same name is added again.
     retired_pools: Mutex<Vec<Arc<PoolRuntime>>>,
+    /// The revision of the configuration last applied: what this node serves.
+    served_revision: std::sync::atomic::AtomicU64,
 }
 
 impl DataPlane {
@@ -157,6 +159,7 @@ impl DataPlane {
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
             retired_pools: Mutex::default(),
+            served_revision: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -203,7 +206,13 @@ impl DataPlane {
                 Err(error) => errors.push(error),
             }
         }
+        self.served_revision.store(config.revision, std::sync::atomic::Ordering::Release);
         Some(errors)
+    }
+
+    /// The revision of the configuration this node serves (the last one applied).
+    pub fn served_revision(&self) -> u64 {
+        self.served_revision.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Updates, adds and retires pools to match `spec`; returns the pools as they were.
