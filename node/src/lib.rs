@@ -9,6 +9,7 @@ pub mod admin;
 pub mod balance;
 pub mod dataplane;
 pub mod dev;
+pub mod handover;
 pub mod health;
 pub mod metrics_endpoint;
 pub mod node_file;

@@ -4,8 +4,9 @@
 //! applied configuration at once (or, on a node without `[raft]`, the cluster file given with
 //! `--cluster-file`, re-read on SIGHUP), the metrics endpoint and the admin API, then VRRP,
 //! and reports itself ready (to systemd too, with sd_notify). On SIGTERM or SIGINT it steps
-//! down from VRRP first (priority 0, VIPs removed), so a backup takes over at once, then
-//! drains its connections and stops. SIGUSR1 logs the VRRP status and the store's metrics.
+//! down from VRRP first (priority 0), so a backup takes over at once, keeping the VIPs'
+//! connections with second-chance forwarding ([`fulcrum_node::handover`]), then drains its
+//! connections and stops. SIGUSR1 logs the VRRP status and the store's metrics.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use clap::Parser;
 use fulcrum_model::{Command, Config, file};
 use fulcrum_node::admin::Admin;
 use fulcrum_node::dataplane::sticky::CookieSigner;
-use fulcrum_node::dataplane::{DataPlane, workers};
+use fulcrum_node::dataplane::{DataPlane, deadline_after, workers};
+use fulcrum_node::handover::Handover;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
 use fulcrum_node::peers::{LocalVrid, Node};
 use fulcrum_node::tracking::{Priorities, Tracked};
@@ -167,6 +169,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Before VRRP, so conntrack knows every connection this node accepts as master.
+    let handover = match (&store, vrrp_settings.is_empty()) {
+        (Some(_), false) => {
+            let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
+            match runtime.block_on(Handover::start(&interfaces)) {
+                Ok(handover) => Some(handover),
+                Err(error) => {
+                    tracing::error!(
+                        "second-chance forwarding is off, so a planned VIP handover resets the connections it carries: {error}"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let vrrp = match vrrp_settings.is_empty() {
         true => None,
         false => Some(Arc::new(Vrrp::start(vrrp_settings).context("cannot start VRRP")?)),
@@ -192,8 +210,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect();
         let vrrp = vrrp.clone().zip(priorities.clone());
-        let cluster_node = Node::new(Arc::clone(store), Arc::clone(&plane), vrrp, vrids);
+        let handover = handover.clone().map(|h| (h, node.shutdown_drain));
+        let cluster_node = Node::new(Arc::clone(store), Arc::clone(&plane), vrrp, vrids, handover);
         cluster_node.serve_peers();
+        runtime.spawn(Arc::clone(&cluster_node).follow_priority());
         cluster_node
     });
     if let (Some(listener), Some(token), Some(cluster_node)) =
@@ -228,19 +248,38 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(signal, "stopping");
     notify_systemd(sd_notify::NotifyState::Stopping);
     let Daemon { vrrp, store, node: cluster_node, plane, .. } = daemon;
-    if let Some(cluster_node) = &cluster_node {
-        cluster_node.set_draining();
-    }
-    // VRRP first: the VIP moves to a backup at once, whatever happens next.
+    // The VIPs this node is master of keep their connections (held here while peers forward)
+    // if second-chance forwarding is on; then VRRP steps down, so the VIPs move at once.
+    let drains = match &cluster_node {
+        Some(cluster_node) => {
+            cluster_node.set_draining();
+            runtime.block_on(cluster_node.prepare_stop())
+        }
+        None => Vec::new(),
+    };
+    let deadline = deadline_after(node.shutdown_drain);
     if let Some(vrrp) = vrrp {
         vrrp.shutdown();
     }
-    let report = runtime.block_on(plane.drain(node.shutdown_drain));
+    if let (Some(cluster_node), false) = (&cluster_node, drains.is_empty()) {
+        runtime.block_on(cluster_node.wait_for_takeover(&drains, TAKEOVER_WAIT));
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let (report, ()) = runtime.block_on(async {
+        tokio::join!(plane.drain(remaining), async {
+            if let Some(cluster_node) = &cluster_node {
+                cluster_node.finish_drains(drains, deadline).await;
+            }
+        })
+    });
     match report.total() {
         0 => tracing::info!("every connection finished"),
         closed => {
             tracing::warn!(closed, per_listener = ?report.closed_at_deadline, "connections still open at the drain deadline were closed")
         }
+    }
+    if let Some(handover) = handover {
+        runtime.block_on(handover.stop());
     }
     if let Some(store) = store {
         runtime.block_on(store.shutdown());
@@ -248,6 +287,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("fulcrumd stopped");
     Ok(())
 }
+
+/// How long a stopping node keeps accepting while it waits for another to take its VIPs.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// How long a dev node waits to become leader of its one-node cluster.
 const DEV_LEADER_WAIT: Duration = Duration::from_secs(10);

@@ -1,9 +1,13 @@
 //! This node as a member of its cluster: the status it reports, what it answers its peers
 //! (over the store's authenticated RPC transport), and the cluster-wide views the admin API
 //! builds by asking every member — status, how far a revision has spread, and planned VIP
-//! moves.
+//! moves — and the handing over of a VIP with its connections ([`Node::hand_over`], with
+//! [`crate::handover`]'s second-chance forwarding).
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,12 +19,15 @@ use fulcrum_model::api::{
 use fulcrum_model::{Revision, codec};
 use fulcrum_raft_store::ConfigStore;
 use fulcrum_vrrp::driver::Vrrp;
-use fulcrum_vrrp::machine::OWNER_PRIORITY;
+use fulcrum_vrrp::machine::{OWNER_PRIORITY, State};
+use fulcrum_vrrp::vip::interface_address;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use crate::dataplane::DataPlane;
+use crate::dataplane::addresses::Phase;
 use crate::dataplane::metrics::header;
+use crate::dataplane::{DataPlane, deadline_after};
+use crate::handover::{Handover, open_connections};
 use crate::tracking::Priorities;
 
 /// What one node asks another.
@@ -33,8 +40,13 @@ enum PeerRequest {
     /// Take part in moving `vrid` to node `to` (`None` lifts an earlier move): lower this
     /// node's priority unless it is `to`.
     MoveVip { vrid: u8, to: Option<u64> },
-    /// Give `vrid` away if master of it.
+    /// Give `vrid` away if master of it, keeping its connections.
     Resign { vrid: u8 },
+    /// The sender (at `via` on `vrid`'s link) drains the connections to `vips` for
+    /// `lease_ms` more: hand it their packets.
+    Draining { vrid: u8, vips: Vec<Ipv4Addr>, via: Ipv4Addr, lease_ms: u64 },
+    /// That drain ended.
+    Drained { vrid: u8, via: Ipv4Addr },
 }
 
 /// What it answers.
@@ -44,14 +56,34 @@ enum PeerAnswer {
     Revision(Revision),
     /// Whether this node runs the VRID.
     Moved(bool),
+    /// Whether this node forwards for the drain (it runs the VRID, with second-chance
+    /// forwarding on).
+    Noted(bool),
     /// The request did not decode (a peer of another version).
     Malformed(String),
 }
+
+/// Answers from several members, by id.
+type Answers = Vec<(u64, Result<PeerAnswer, String>)>;
 
 /// How long one peer may take to answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between looks while waiting for a revision or a new master.
 const POLL: Duration = Duration::from_millis(20);
+/// How long one peer may take to hear of a drain: short, as the VIP waits for it.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long peers forward for a drain unless it is renewed: the longest a dead old master's
+/// clients wait for their reset.
+const DRAIN_LEASE: Duration = Duration::from_secs(2);
+/// How often a drain is renewed, so a lost renewal or two do not end it.
+const DRAIN_RENEW: Duration = Duration::from_millis(500);
+/// How often a drain looks at what is left of its connections.
+const DRAIN_POLL: Duration = Duration::from_millis(200);
+/// How long connections closed at a drain's deadline are still held, so their close
+/// reaches the clients.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The longest lease a peer's announcement is taken for.
+const MAX_LEASE: Duration = Duration::from_secs(10);
 /// How long a planned move may take to show a new master: well under fulcrumctl's default
 /// timeout (10 s), so a slow move is answered rather than retried at another node.
 const MOVE_WAIT: Duration = Duration::from_secs(5);
@@ -119,23 +151,46 @@ pub struct Node {
     pub plane: Arc<DataPlane>,
     vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
     vrids: Vec<LocalVrid>,
+    /// Second-chance forwarding, if on, and how long a handed-over VIP's connections drain.
+    handover: Option<(Arc<Handover>, Duration)>,
     draining: AtomicBool,
     ready: AtomicBool,
 }
 
+/// A VIP drain this node started, until its connections end.
+#[derive(Debug)]
+pub struct Drain {
+    vrid: u8,
+    vips: Vec<Ipv4Addr>,
+    /// This node's address on the VRID's link, where peers forward.
+    via: Ipv4Addr,
+}
+
+/// What starting a drain came to.
+enum DrainStart {
+    Started(Drain),
+    /// Another hand-over of the VRID is under way; it resigns.
+    UnderWay,
+    /// Second-chance forwarding is off or failed: the VIP moves without it.
+    Unavailable,
+}
+
 impl Node {
-    /// The node; `vrrp` is its driver with the priorities it controls, if it runs VRRP.
+    /// The node; `vrrp` is its driver with the priorities it controls, if it runs VRRP, and
+    /// `handover` its second-chance forwarding with the drain time of a handed-over VIP.
     pub fn new(
         store: Arc<ConfigStore>,
         plane: Arc<DataPlane>,
         vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
         vrids: Vec<LocalVrid>,
+        handover: Option<(Arc<Handover>, Duration)>,
     ) -> Arc<Node> {
         Arc::new(Node {
             store,
             plane,
             vrrp,
             vrids,
+            handover,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         })
@@ -148,7 +203,7 @@ impl Node {
             let node = node.clone();
             Box::pin(async move {
                 let answer = match node.upgrade() {
-                    Some(node) => node.answer(&request),
+                    Some(node) => node.answer(&request).await,
                     None => PeerAnswer::Malformed("the node is stopping".into()),
                 };
                 codec::encode(&answer).unwrap_or_default()
@@ -252,28 +307,40 @@ impl Node {
         out
     }
 
-    fn answer(&self, request: &[u8]) -> PeerAnswer {
+    async fn answer(self: &Arc<Self>, request: &[u8]) -> PeerAnswer {
         match codec::decode::<PeerRequest>(request) {
             Ok(PeerRequest::Status) => PeerAnswer::Status(Box::new(self.status())),
             Ok(PeerRequest::Revision) => PeerAnswer::Revision(self.plane.served_revision()),
             Ok(PeerRequest::MoveVip { vrid, to }) => PeerAnswer::Moved(
                 self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.move_to(vrid, to)),
             ),
-            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(
-                self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.resign(vrid)),
-            ),
+            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid).await),
+            Ok(PeerRequest::Draining { vrid, vips, via, lease_ms }) => {
+                PeerAnswer::Noted(self.forward_for(vrid, vips, via, lease_ms).await)
+            }
+            Ok(PeerRequest::Drained { vrid, via }) => {
+                if let Some((handover, _)) = &self.handover {
+                    handover.peer_drained(vrid, via).await;
+                }
+                PeerAnswer::Noted(self.handover.is_some())
+            }
             Err(error) => PeerAnswer::Malformed(error.to_string()),
         }
     }
 
-    /// Asks member `id` (this node answers itself without the network).
-    async fn ask(&self, id: u64, request: &PeerRequest) -> Result<PeerAnswer, String> {
+    /// Asks member `id` (this node answers itself without the network), waiting at most
+    /// `timeout`.
+    async fn ask(
+        self: &Arc<Self>,
+        id: u64,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerAnswer, String> {
         let bytes = codec::encode(request).map_err(|e| e.to_string())?;
         if id == self.id() {
-            return Ok(self.answer(&bytes));
+            return Ok(self.answer(&bytes).await);
         }
-        let answer =
-            self.store.call_peer(id, bytes, PEER_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let answer = self.store.call_peer(id, bytes, timeout).await.map_err(|e| e.to_string())?;
         match codec::decode::<PeerAnswer>(&answer).map_err(|e| e.to_string())? {
             PeerAnswer::Malformed(problem) => {
                 Err(format!("node {id} did not understand: {problem}"))
@@ -297,15 +364,29 @@ impl Node {
         ids: &[u64],
         request: PeerRequest,
     ) -> Vec<(u64, Result<PeerAnswer, String>)> {
-        let mut asking = JoinSet::new();
-        for &id in ids {
-            let node = Arc::clone(self);
-            let request = request.clone();
-            asking.spawn(async move { (id, node.ask(id, &request).await) });
-        }
-        let mut answers = asking.join_all().await;
-        answers.sort_by_key(|(id, _)| *id);
-        answers
+        self.ask_within(ids, request, PEER_TIMEOUT).await
+    }
+
+    /// Asks each of `ids` at once, each answer within `timeout`; answers come back by id.
+    /// Boxed as a `Send` future: answering a peer may ask peers in turn (a hand-over tells
+    /// them of its drain), and that recursion needs a named type.
+    fn ask_within<'a>(
+        self: &'a Arc<Self>,
+        ids: &'a [u64],
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Answers> + Send + 'a>> {
+        Box::pin(async move {
+            let mut asking = JoinSet::new();
+            for &id in ids {
+                let node = Arc::clone(self);
+                let request = request.clone();
+                asking.spawn(async move { (id, node.ask(id, &request, timeout).await) });
+            }
+            let mut answers = asking.join_all().await;
+            answers.sort_by_key(|(id, _)| *id);
+            answers
+        })
     }
 
     /// Every member's status, the membership, and who owns each VRID.
@@ -436,6 +517,250 @@ impl Node {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+impl Node {
+    /// Gives `vrid` away if master of it (a priority-0 advertisement, so the best backup
+    /// takes over at once), keeping the connections clients made to its VIPs: they drain
+    /// here while peers forward their packets (second-chance forwarding), for at most the
+    /// node's drain time. Without second-chance forwarding the VIP moves all the same. False
+    /// for a VRID this node does not run.
+    pub async fn hand_over(self: &Arc<Self>, vrid: u8) -> bool {
+        let Some((vrrp, _)) = &self.vrrp else { return false };
+        let Some(local) = self.vrids.iter().find(|v| v.vrid == vrid) else { return false };
+        if !self.is_master(vrid) {
+            return true;
+        }
+        match self.start_drain(local).await {
+            DrainStart::Started(drain) => {
+                vrrp.resign(vrid);
+                let deadline =
+                    deadline_after(self.handover.as_ref().map_or(Duration::ZERO, |h| h.1));
+                tokio::spawn(Arc::clone(self).follow_drain(drain, deadline));
+            }
+            DrainStart::UnderWay => {}
+            DrainStart::Unavailable => vrrp.resign(vrid),
+        }
+        true
+    }
+
+    /// Before the node stops: every VRID it is master of starts draining (as in
+    /// [`Node::hand_over`], short of resigning, which stopping VRRP does for all at once).
+    pub async fn prepare_stop(self: &Arc<Self>) -> Vec<Drain> {
+        let mut drains = Vec::new();
+        for local in self.vrids.iter().filter(|local| self.is_master(local.vrid)) {
+            if let DrainStart::Started(drain) = self.start_drain(local).await {
+                drains.push(drain);
+            }
+        }
+        drains
+    }
+
+    /// Waits, for at most `timeout`, until another node is master of each of `drains`' VRIDs:
+    /// until then clients still reach this node for new connections, so a stopping node
+    /// keeps accepting them.
+    pub async fn wait_for_takeover(self: &Arc<Self>, drains: &[Drain], timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let me = self.id();
+        while tokio::time::Instant::now() < deadline {
+            let owners = vip_owners(&self.cluster_status().await.nodes);
+            let taken = drains.iter().all(|drain| {
+                owners.iter().any(|o| o.vrid == drain.vrid && o.masters.iter().any(|m| *m != me))
+            });
+            if taken {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tracing::warn!(?timeout, "no other node took the VIPs over in time");
+    }
+
+    /// Follows `drains` to their end, at `deadline` at the latest.
+    pub async fn finish_drains(
+        self: &Arc<Self>,
+        drains: Vec<Drain>,
+        deadline: tokio::time::Instant,
+    ) {
+        let mut following = JoinSet::new();
+        for drain in drains {
+            following.spawn(Arc::clone(self).follow_drain(drain, deadline));
+        }
+        following.join_all().await;
+    }
+
+    fn is_master(&self, vrid: u8) -> bool {
+        self.vrrp.as_ref().is_some_and(|(vrrp, _)| {
+            vrrp.status().instances.iter().any(|i| i.vrid == vrid && i.state == State::Master)
+        })
+    }
+
+    /// Holds `local`'s VIPs here, hidden from ARP, and tells every peer to forward.
+    async fn start_drain(self: &Arc<Self>, local: &LocalVrid) -> DrainStart {
+        let Some((handover, _)) = &self.handover else { return DrainStart::Unavailable };
+        let vrid = local.vrid;
+        let Some(via) = interface_address(&local.interface, &local.vips) else {
+            tracing::warn!(vrid, interface = %local.interface, "no IPv4 address on the link to forward to: the VIP moves without its connections");
+            return DrainStart::Unavailable;
+        };
+        match handover.hold(vrid, &local.vips, via).await {
+            Ok(true) => {}
+            Ok(false) => return DrainStart::UnderWay,
+            Err(error) => {
+                tracing::error!(vrid, "the VIP moves without its connections: {error}");
+                return DrainStart::Unavailable;
+            }
+        }
+        let drain = Drain { vrid, vips: local.vips.clone(), via };
+        let told = self.announce(&drain).await;
+        tracing::info!(vrid, vips = ?drain.vips, peers_forwarding = ?told, "handing the VIP over: its connections drain here");
+        DrainStart::Started(drain)
+    }
+
+    /// Tells every peer of `drain` (renewing its lease); returns those that forward for it.
+    async fn announce(self: &Arc<Self>, drain: &Drain) -> Vec<u64> {
+        let request = PeerRequest::Draining {
+            vrid: drain.vrid,
+            vips: drain.vips.clone(),
+            via: drain.via,
+            lease_ms: DRAIN_LEASE.as_millis() as u64,
+        };
+        let peers = self.peer_ids();
+        self.ask_within(&peers, request, ANNOUNCE_TIMEOUT)
+            .await
+            .into_iter()
+            .filter(|(_, answer)| matches!(answer, Ok(PeerAnswer::Noted(true))))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    fn peer_ids(&self) -> Vec<u64> {
+        let me = self.id();
+        self.store.members().into_iter().map(|(id, _, _)| id).filter(|id| *id != me).collect()
+    }
+
+    /// Renews `drain` and waits until no connection to its VIPs needs the client any more,
+    /// this node is master again, or `deadline` (then they are closed); then ends it here and
+    /// at every peer.
+    async fn follow_drain(self: Arc<Self>, drain: Drain, deadline: tokio::time::Instant) {
+        let vrid = drain.vrid;
+        for vip in &drain.vips {
+            self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Polite));
+        }
+        let mut renew = tokio::time::interval(DRAIN_RENEW);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        renew.reset(); // announced just now
+        let mut look = tokio::time::interval(DRAIN_POLL);
+        let mut closing = false;
+        let ended = loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    let node = Arc::clone(&self);
+                    let renewal = Drain { vips: drain.vips.clone(), ..drain };
+                    // Not awaited here: a slow peer must not hold up the look below.
+                    tokio::spawn(async move { node.announce(&renewal).await });
+                }
+                _ = look.tick() => {
+                    // A stopping node's VRRP has stopped and no longer says who is master.
+                    if !self.draining.load(Ordering::Relaxed) && self.is_master(vrid) {
+                        break "this node is master again";
+                    }
+                    // procfs is memory, not disk: reading it does not block the runtime.
+                    let open = match std::fs::read_to_string("/proc/net/tcp") {
+                        Ok(table) => open_connections(&table, &drain.vips),
+                        Err(error) => {
+                            tracing::warn!("cannot read /proc/net/tcp, so the drain runs to its deadline: {error}");
+                            usize::MAX
+                        }
+                    };
+                    if open == 0 {
+                        break "every connection ended";
+                    }
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline + CLOSE_GRACE {
+                        tracing::warn!(vrid, open, "connections of the handed-over VIP still open after the drain deadline; giving them up");
+                        break "the drain deadline passed";
+                    }
+                    if now >= deadline && !closing {
+                        // Closed, then still held a moment, so the FINs reach the clients.
+                        closing = true;
+                        for vip in &drain.vips {
+                            self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Closed));
+                        }
+                        tracing::warn!(vrid, open, "drain deadline: closing the handed-over VIP's remaining connections");
+                    }
+                }
+            }
+        };
+        for vip in &drain.vips {
+            self.plane.drain_address(IpAddr::V4(*vip), None);
+        }
+        if let Some((handover, _)) = &self.handover {
+            handover.release(vrid).await;
+        }
+        let peers = self.peer_ids();
+        self.ask_within(&peers, PeerRequest::Drained { vrid, via: drain.via }, ANNOUNCE_TIMEOUT)
+            .await;
+        tracing::info!(vrid, why = ended, "drain of the handed-over VIP ended");
+    }
+
+    /// Forwards for a peer's drain of `vrid` if this node runs it; only the VIPs this node
+    /// knows for the VRID are forwarded.
+    async fn forward_for(
+        &self,
+        vrid: u8,
+        vips: Vec<Ipv4Addr>,
+        via: Ipv4Addr,
+        lease_ms: u64,
+    ) -> bool {
+        let (Some((handover, _)), Some(local)) =
+            (&self.handover, self.vrids.iter().find(|v| v.vrid == vrid))
+        else {
+            return false;
+        };
+        let vips: Vec<Ipv4Addr> = vips.into_iter().filter(|vip| local.vips.contains(vip)).collect();
+        let lease = Duration::from_millis(lease_ms).min(MAX_LEASE);
+        handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await;
+        true
+    }
+
+    /// Hands a VRID over as soon as this node, its master, falls below another node's
+    /// priority (a tracked pool failed here, or a planned move), rather than leaving the
+    /// other node to preempt after its master-down interval and the connections to reset.
+    pub async fn follow_priority(self: Arc<Self>) {
+        let Some((vrrp, _)) = &self.vrrp else { return };
+        let mut status = vrrp.subscribe();
+        let mut as_master: BTreeMap<u8, u8> = BTreeMap::new();
+        while status.changed().await.is_ok() {
+            let instances = status.borrow_and_update().instances.clone();
+            for instance in instances {
+                let before = as_master.remove(&instance.vrid);
+                if instance.state != State::Master {
+                    continue;
+                }
+                as_master.insert(instance.vrid, instance.priority);
+                if before.is_some_and(|before| instance.priority < before) {
+                    let node = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        if node.outranked(instance.vrid, instance.priority).await {
+                            node.hand_over(instance.vrid).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether another node that runs `vrid` asks for more than `priority`.
+    async fn outranked(self: &Arc<Self>, vrid: u8, priority: u8) -> bool {
+        let peers = self.peer_ids();
+        self.ask_some(&peers, PeerRequest::Status).await.into_iter().any(|(_, answer)| {
+            let Ok(PeerAnswer::Status(status)) = answer else { return false };
+            status
+                .vrrp
+                .iter()
+                .any(|v| v.vrid == vrid && v.state != "stopped" && v.priority > priority)
+        })
     }
 }
 

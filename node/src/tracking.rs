@@ -80,17 +80,6 @@ impl Priorities {
         true
     }
 
-    /// If master of `vrid`, gives it away at once (a priority-0 advertisement), so the
-    /// backup with the highest priority takes over after its skew time. Returns false for an
-    /// unknown VRID.
-    pub fn resign(&self, vrid: u8) -> bool {
-        if !self.runs(vrid) {
-            return false;
-        }
-        self.vrrp.resign(vrid);
-        true
-    }
-
     /// Follows pool health until the task is dropped.
     pub async fn follow_health(self: Arc<Self>, plane: Arc<DataPlane>) {
         let mut tick = tokio::time::interval(HEALTH_POLL);

@@ -77,7 +77,7 @@ impl Lab {
         let secret = self.write_file("cluster.secret", "a lab cluster secret of 32 bytes\n")?;
         let token = self.write_file("admin.token", &format!("{ADMIN_TOKEN}\n"))?;
         let mut file =
-            format!("shutdown_drain = \"2s\"\n{}", fulcrumd_node_file(node_id(host), instances));
+            format!("shutdown_drain = \"10s\"\n{}", fulcrumd_node_file(node_id(host), instances));
         if !tracked_pools.is_empty() {
             let quoted: Vec<String> = tracked_pools.iter().map(|p| format!("{p:?}")).collect();
             file = file.replace(

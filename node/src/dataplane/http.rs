@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,9 +31,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::listener::ListenerRuntime;
+use super::addresses::Phase;
+use super::listener::{ListenerRuntime, drain_reaches};
 use super::metrics::{ErrorKind, RouteStats};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::Activity;
@@ -104,8 +106,7 @@ pub fn client(
 /// Serves one accepted client connection (already through TLS for https) to its end.
 pub async fn serve<I>(
     io: I,
-    peer: SocketAddr,
-    tls: bool,
+    downstream: Downstream,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
 ) where
@@ -124,34 +125,61 @@ pub async fn serve<I>(
         .max_buf_size(max_head);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(spec.http.max_header_bytes);
     let service_listener = Arc::clone(&listener);
+    let addresses = Arc::clone(&shared.addresses);
+    let first_request = CancellationToken::new();
+    let request_seen = first_request.clone();
     let service = hyper::service::service_fn(move |request| {
+        request_seen.cancel();
         let listener = Arc::clone(&service_listener);
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(request, peer, tls, &listener, &shared).await) }
+        async move { Ok::<_, Infallible>(handle(request, downstream, &listener, &shared).await) }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
+    let must_close = || drain_reaches(&listener, &addresses, downstream.local, Phase::Closed);
+    // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet, so a
+    // client that connected just before (or, to a VIP handed over, just after) a drain began
+    // would see it cut: a connection is wound down once it has its first request.
+    let wind_down = async {
+        drain_reaches(&listener, &addresses, downstream.local, Phase::Polite).await;
+        first_request.cancelled().await;
+    };
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
         () = activity.idle_for(spec.idle_timeout) => {
             listener.stats().error(ErrorKind::IdleTimeout);
             None
         }
-        () = listener.stopping() => {
+        () = wind_down => {
             // Drain: finish what is in flight, close politely, until the drain deadline.
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => Some(result),
-                () = listener.closed() => {
+                () = must_close() => {
                     listener.stats().error(ErrorKind::Drained);
                     None
                 }
             }
         }
+        () = must_close() => {
+            listener.stats().error(ErrorKind::Drained);
+            None
+        }
     };
     if let Some(Err(e)) = ended {
-        tracing::debug!(listener = %listener.name(), %peer, "HTTP connection ended: {e}");
+        tracing::debug!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection ended: {e}");
     }
+}
+
+/// The client's side of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Downstream {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address it connected to (a VIP, for instance).
+    pub local: IpAddr,
+    /// Whether it came through TLS.
+    pub tls: bool,
 }
 
 /// What one request needs to know of where it goes.
@@ -164,8 +192,7 @@ struct Target<'a> {
 
 async fn handle(
     request: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
+    downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
     shared: &Shared,
 ) -> Response<ProxyBody> {
@@ -175,12 +202,12 @@ async fn handle(
         .http
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let response = route_and_forward(request, started, peer, tls, listener, shared).await;
+    let response = route_and_forward(request, started, downstream, listener, shared).await;
     if let Some((method, path)) = logged {
         tracing::info!(
             target: "fulcrum::access",
             listener = %listener.name(),
-            client = %peer.ip(),
+            client = %downstream.peer.ip(),
             %method,
             path,
             status = response.status().as_u16(),
@@ -194,8 +221,7 @@ async fn handle(
 async fn route_and_forward(
     mut request: Request<Incoming>,
     started: Instant,
-    peer: SocketAddr,
-    tls: bool,
+    downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
     shared: &Shared,
 ) -> Response<ProxyBody> {
@@ -226,7 +252,7 @@ async fn route_and_forward(
         .flatten()
     {
         let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
-        let key = rate_key(&key_kind, peer, &request, route_name);
+        let key = rate_key(&key_kind, downstream.peer, &request, route_name);
         let decision = limiter.check(&key, Instant::now());
         shown = Some(decision);
         if !decision.allowed {
@@ -236,7 +262,7 @@ async fn route_and_forward(
             let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
             rate_headers(response.headers_mut(), &decision);
-            tracing::debug!(listener = %listener.name(), route = route_name, policy = %policy, client = %peer.ip(), "429: rate limit");
+            tracing::debug!(listener = %listener.name(), route = route_name, policy = %policy, client = %downstream.peer.ip(), "429: rate limit");
             return finish(&stats, started, response);
         }
     }
@@ -267,7 +293,7 @@ async fn route_and_forward(
     let timeout = spec.http.request_timeout;
     let response = match tokio::time::timeout(
         timeout,
-        forward(request, upgrade, peer, tls, listener, shared, &target),
+        forward(request, upgrade, downstream, listener, shared, &target),
     )
     .await
     {
@@ -283,8 +309,7 @@ async fn route_and_forward(
 async fn forward(
     request: Request<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
-    peer: SocketAddr,
-    tls: bool,
+    downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
     shared: &Shared,
     target: &Target<'_>,
@@ -303,10 +328,10 @@ async fn forward(
         selection.backends.iter().position(|b| b.address() == address)
     });
     let hash_bytes = match &pool_spec.algorithm {
-        Algorithm::ConsistentHash { key, .. } => hash_key(key, &request, peer),
+        Algorithm::ConsistentHash { key, .. } => hash_key(key, &request, downstream.peer),
         _ => None,
     };
-    let key = PickKey { source_ip: peer.ip(), hash_key: hash_bytes.as_deref() };
+    let key = PickKey { source_ip: downstream.peer.ip(), hash_key: hash_bytes.as_deref() };
     let mut choices: Vec<usize> = pinned.into_iter().collect();
     choices.extend(
         selection
@@ -348,16 +373,29 @@ async fn forward(
             upgrading: upgrade.is_some(),
             rewritten: target.rewritten.as_deref(),
         };
-        let upstream = match upstream_request(&parts, this_body, &hop, peer, tls) {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                return error_response(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}"));
-            }
-        };
+        let upstream =
+            match upstream_request(&parts, this_body, &hop, downstream.peer, downstream.tls) {
+                Ok(upstream) => upstream,
+                Err(e) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot forward: {e}"),
+                    );
+                }
+            };
         backend.stats().total.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
-            return tunnel(upstream, on_client_upgrade, backend, pool, listener).await;
+            return tunnel(
+                upstream,
+                on_client_upgrade,
+                backend,
+                pool,
+                listener,
+                downstream,
+                shared,
+            )
+            .await;
         }
         match tokio::time::timeout(pool_spec.response_timeout, client.request(upstream)).await {
             Ok(Ok(response)) => {
@@ -376,7 +414,7 @@ async fn forward(
                         response.headers_mut(),
                         sticky,
                         &shared.signer.sign(pool.name().as_str(), backend.address()),
-                        tls,
+                        downstream.tls,
                     );
                 }
                 return response;
@@ -419,6 +457,8 @@ async fn tunnel(
     backend: &Arc<BackendRuntime>,
     pool: &Arc<PoolRuntime>,
     listener: &Arc<ListenerRuntime>,
+    downstream: Downstream,
+    shared: &Shared,
 ) -> Response<ProxyBody> {
     let failed = |why: &str| {
         tracing::warn!(listener = %listener.name(), pool = %pool.name(), backend = %backend.address(), "502 on an upgrade: {why}");
@@ -449,6 +489,7 @@ async fn tunnel(
     let in_flight = backend.load().begin();
     let close = backend.close_signal();
     let tunnel_listener = Arc::clone(listener);
+    let addresses = Arc::clone(&shared.addresses);
     // Tracked with the listener's connections, so drains wait for it and then close it, and
     // an idle tunnel is closed like any idle connection.
     listener.connections().spawn(async move {
@@ -464,7 +505,9 @@ async fn tunnel(
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             () = activity.idle_for(idle) => tunnel_listener.stats().error(ErrorKind::IdleTimeout),
             () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
-            () = tunnel_listener.closed() => tunnel_listener.stats().error(ErrorKind::Drained),
+            () = drain_reaches(&tunnel_listener, &addresses, downstream.local, Phase::Closed) => {
+                tunnel_listener.stats().error(ErrorKind::Drained)
+            }
         }
     });
     // Upgrade and Connection stay: they are the answer to the client's upgrade.

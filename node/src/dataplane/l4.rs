@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::PoolMap;
-use super::listener::ListenerRuntime;
+use super::Shared;
+use super::addresses::Phase;
+use super::http::Downstream;
+use super::listener::{ListenerRuntime, drain_reaches};
 use super::metrics::ErrorKind;
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::{self, Activity, Direction};
@@ -26,12 +27,15 @@ pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 /// Serves one accepted client connection to its end.
 pub async fn serve(
     client: TcpStream,
-    peer: SocketAddr,
+    from: Downstream,
     listener: &ListenerRuntime,
-    pools: &ArcSwap<PoolMap>,
+    shared: &Shared,
 ) {
     let spec = listener.spec();
-    let pool = spec.default_pool.as_ref().and_then(|name| pools.load().get(name).cloned());
+    let peer = from.peer;
+    let pool = spec.default_pool.as_ref().and_then(|name| shared.pools.load().get(name).cloned());
+    // A drain deadline, of the listener or of the address (a VIP handed over), closes it.
+    let must_close = || drain_reaches(listener, &shared.addresses, from.local, Phase::Closed);
     let Some(pool) = pool else {
         // Fail fast: the client sees its connection closed, not a hang.
         listener.stats().error(ErrorKind::NoBackend);
@@ -40,7 +44,7 @@ pub async fn serve(
     // A node drain's deadline also cuts connections still connecting.
     let connected = tokio::select! {
         connected = connect(&pool, peer, listener) => connected,
-        () = listener.closed() => {
+        () = must_close() => {
             listener.stats().error(ErrorKind::Drained);
             return;
         }
@@ -54,7 +58,7 @@ pub async fn serve(
         let local = client.local_addr().unwrap_or(spec.bind);
         let sent = tokio::select! {
             sent = send_proxy_header(&mut upstream, peer, local) => sent,
-            () = listener.closed() => Err(std::io::ErrorKind::Interrupted.into()),
+            () = must_close() => Err(std::io::ErrorKind::Interrupted.into()),
         };
         if let Err(e) = sent {
             tracing::debug!(listener = %listener.name(), backend = %backend.address(), "PROXY header not sent: {e}");
@@ -83,7 +87,7 @@ pub async fn serve(
         },
         () = activity.idle_for(spec.idle_timeout) => Some(ErrorKind::IdleTimeout),
         () = close.cancelled() => Some(ErrorKind::Drained),
-        () = listener.closed() => Some(ErrorKind::Drained),
+        () = must_close() => Some(ErrorKind::Drained),
     };
     if let Some(kind) = ended {
         listener.stats().error(kind);

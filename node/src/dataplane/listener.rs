@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::addresses::{AddressDrains, Phase};
 use super::metrics::{RouteStats, TrafficStats};
 use super::router::Router;
 use super::tls::{CertStore, RELOAD_EVERY};
@@ -184,6 +185,26 @@ impl ListenerRuntime {
         self.close.cancel();
         self.connections.wait().await;
         remaining
+    }
+}
+
+/// Resolves once a connection to local address `local` must reach `phase` of a drain: its
+/// listener stops accepting (polite) or closes (closed), or `addresses` drains `local` that far.
+pub async fn drain_reaches(
+    listener: &ListenerRuntime,
+    addresses: &AddressDrains,
+    local: IpAddr,
+    phase: Phase,
+) {
+    let by_listener = async {
+        match phase {
+            Phase::Polite => listener.stopping().await,
+            Phase::Closed => listener.closed().await,
+        }
+    };
+    tokio::select! {
+        () = by_listener => {}
+        () = addresses.reached(local, phase) => {}
     }
 }
 
@@ -366,9 +387,11 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     listener.stats.total.fetch_add(1, Ordering::Relaxed);
+    let local = stream.local_addr().map_or(listener.spec().bind.ip(), |a| a.ip());
+    let client = http::Downstream { peer, local, tls: false };
     match listener.spec.load().protocol {
-        Protocol::Tcp => l4::serve(stream, peer, &listener, &shared.pools).await,
-        Protocol::Http => http::serve(stream, peer, false, listener, shared).await,
+        Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
+        Protocol::Http => http::serve(stream, client, listener, shared).await,
         Protocol::Https => {
             let Some(acceptor) = listener.tls.load().as_ref().as_ref().map(|t| t.acceptor.clone())
             else {
@@ -379,7 +402,10 @@ async fn serve(
             // like a slowloris.
             let timeout = listener.spec.load().http.header_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => http::serve(tls, peer, true, listener, shared).await,
+                Ok(Ok(tls)) => {
+                    http::serve(tls, http::Downstream { tls: true, ..client }, listener, shared)
+                        .await
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(listener = %listener.name, %peer, "TLS handshake failed: {e}")
                 }

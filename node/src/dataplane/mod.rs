@@ -7,6 +7,7 @@
 //! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
 //! takes a lock or waits on the configuration store or the disk.
 
+pub mod addresses;
 pub mod http;
 pub mod l4;
 pub mod listener;
@@ -29,6 +30,7 @@ use fulcrum_model::api::PoolStatus;
 use fulcrum_model::{ClusterSpec, Config, Listener, Name, RateLimitKey, RateLimitPolicy};
 use tokio::task::JoinHandle;
 
+use addresses::{AddressDrains, Phase};
 use listener::ListenerRuntime;
 use pool::PoolRuntime;
 use sticky::CookieSigner;
@@ -50,6 +52,8 @@ pub struct Shared {
     limiters: ArcSwap<LimiterMap>,
     /// Signs and checks sticky cookies, alike on every node of the cluster.
     pub signer: CookieSigner,
+    /// Local addresses (VIPs handed over) whose connections drain.
+    pub addresses: Arc<AddressDrains>,
 }
 
 impl Shared {
@@ -155,6 +159,7 @@ impl DataPlane {
                 pools: ArcSwap::default(),
                 limiters: ArcSwap::default(),
                 signer,
+                addresses: Arc::default(),
             }),
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
@@ -334,6 +339,13 @@ impl DataPlane {
         }
         report.closed_at_deadline.sort();
         report
+    }
+
+    /// Drains the connections clients made to local address `address`, on every listener:
+    /// politely with [`Phase::Polite`], at once with [`Phase::Closed`]; `None` forgets the
+    /// address, so connections made to it later run normally.
+    pub fn drain_address(&self, address: std::net::IpAddr, phase: Option<Phase>) {
+        self.shared.addresses.set(address, phase);
     }
 
     /// The pool called `name`, as it runs now.

@@ -1,0 +1,483 @@
+//! Second-chance forwarding: the connections of a VIP handed over in a planned way live on
+//! at the old master until they end.
+//!
+//! Once a client's ARP entry names the new master, the client's packets of a connection the
+//! old master holds reach the new master, whose kernel would answer them with a reset. So,
+//! while the old master drains:
+//! - it keeps each VIP as a local address on `lo`, hidden from ARP: requests for it are
+//!   dropped, and its own ARP requests name its link address rather than the VIP, so no
+//!   client's entry turns back to it;
+//! - every peer told of the drain hands each packet for the VIP that belongs to no local
+//!   connection (not a SYN, unknown to its conntrack) on to the old master, unchanged, with
+//!   nftables' `dup` to the old master's link address and a drop of the original; the old
+//!   master answers the client directly.
+//!
+//! Peers hold a drain for a lease the old master renews, so the rules of an old master that
+//! died are gone within the lease and its clients get resets rather than silence. Every
+//! rule of this node is one nftables ruleset ([`render`]) loaded whole with `nft -f -`, so a
+//! change is atomic; loading it at start also removes anything a killed fulcrumd left.
+//! Conntrack is kept on from start (the ruleset always uses it), so a connection this node
+//! accepted before any drain began is known as its own and never handed on.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fulcrum_vrrp::vip::VipManager;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use crate::lock;
+
+/// The nftables table (in the `ip` and `arp` families) that holds this node's rules.
+const TABLE: &str = "fulcrum";
+/// How often lapsed leases are looked for.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+/// How long `nft` may take to load a ruleset.
+const NFT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why second-chance forwarding could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// `nft` could not be run.
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    NftMissing(std::io::Error),
+    /// `nft` refused the ruleset.
+    #[error("nft refused the second-chance ruleset: {0}")]
+    NftRefused(String),
+    /// `nft` did not finish.
+    #[error("nft did not finish within {NFT_TIMEOUT:?}")]
+    NftTimeout,
+    /// An interface name nftables could not take quoted.
+    #[error("interface name {0:?} cannot be written in an nftables rule")]
+    Interface(String),
+    /// The VIP could not be kept on or taken off `lo`.
+    #[error("cannot keep a VIP on lo: {0}")]
+    Loopback(#[from] fulcrum_vrrp::driver::DriverError),
+}
+
+/// Packets for `vip` that belong to no local connection go on to `to`, out of `interface`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Forward {
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// The old master's address on the VIP's link.
+    pub to: Ipv4Addr,
+    /// That link here.
+    pub interface: String,
+}
+
+/// `vip` is held here while draining: hidden from ARP, and `source` (this node's link
+/// address) named in its ARP requests instead.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hidden {
+    /// The VIP.
+    pub vip: Ipv4Addr,
+    /// This node's address on the VIP's link.
+    pub source: Ipv4Addr,
+}
+
+/// Everything this node's ruleset does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Forwarding for peers' drains.
+    pub forward: Vec<Forward>,
+    /// VIPs this node drains.
+    pub hidden: Vec<Hidden>,
+}
+
+/// The `nft -f` script that replaces this node's tables with `rules`, in one transaction.
+pub fn render(rules: &Rules) -> String {
+    let mut script = String::new();
+    let s = &mut script;
+    for family in ["ip", "arp"] {
+        // Adding first makes the delete valid whether or not the table exists.
+        let _ = writeln!(s, "add table {family} {TABLE}\ndelete table {family} {TABLE}");
+    }
+    let _ = writeln!(s, "table ip {TABLE} {{");
+    let _ = writeln!(s, "\tchain second_chance {{");
+    // After conntrack (-200), so every packet carries its connection's state.
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    let _ = writeln!(s, "\t\tct state established,related accept");
+    for forward in &rules.forward {
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {} tcp flags & (syn | ack) != syn dup to {} device \"{}\" drop",
+            forward.vip, forward.to, forward.interface
+        );
+    }
+    let _ = writeln!(s, "\t}}\n}}");
+    let _ = writeln!(s, "table arp {TABLE} {{");
+    let _ = writeln!(s, "\tchain hide_requests {{");
+    let _ = writeln!(s, "\t\ttype filter hook input priority filter; policy accept;");
+    for hidden in &rules.hidden {
+        let _ = writeln!(s, "\t\tarp operation request arp daddr ip {} drop", hidden.vip);
+    }
+    let _ = writeln!(s, "\t}}\n\tchain hide_source {{");
+    let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
+    for hidden in &rules.hidden {
+        let _ = writeln!(s, "\t\tarp saddr ip {} arp saddr ip set {}", hidden.vip, hidden.source);
+    }
+    let _ = writeln!(s, "\t}}\n}}");
+    script
+}
+
+/// The script that removes this node's tables.
+fn render_removal() -> String {
+    ["ip", "arp"]
+        .iter()
+        .map(|family| format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
+        .collect()
+}
+
+/// Whether `interface` can be quoted in a rule as it is.
+fn quotable(interface: &str) -> bool {
+    !interface.is_empty() && !interface.contains(['"', '\\', '\n'])
+}
+
+/// TCP states (`/proc/net/tcp`'s `st`, hex) in which the client still has to reach this
+/// node: established, SYN received, FIN wait 1 (our data or FIN not yet acknowledged),
+/// close wait, last ACK, closing. FIN wait 2 and TIME_WAIT are not: everything sent arrived.
+const STILL_TALKING: [&str; 6] = ["01", "03", "04", "08", "09", "0B"];
+
+/// How many sockets in a `/proc/net/tcp` table have a local address among `vips` and still
+/// need the client's packets.
+pub fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let (Some(_slot), Some(local), Some(_remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            let Some(address) = local
+                .split_once(':')
+                .and_then(|(hex, _port)| u32::from_str_radix(hex, 16).ok())
+                // The kernel prints the address as it sits in memory, read as a host integer.
+                .map(|raw| Ipv4Addr::from(raw.to_ne_bytes()))
+            else {
+                return false;
+            };
+            vips.contains(&address) && STILL_TALKING.contains(&state)
+        })
+        .count()
+}
+
+/// A peer's drain, as told to this node.
+#[derive(Clone, Debug)]
+struct PeerDrain {
+    vips: Vec<Ipv4Addr>,
+    interface: String,
+    until: Instant,
+}
+
+/// A drain of this node's own.
+#[derive(Clone, Debug)]
+struct OwnDrain {
+    vips: Vec<Ipv4Addr>,
+    source: Ipv4Addr,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// By VRID and the old master's link address.
+    peers: BTreeMap<(u8, Ipv4Addr), PeerDrain>,
+    /// By VRID.
+    own: BTreeMap<u8, OwnDrain>,
+}
+
+impl State {
+    fn rules(&self, now: Instant) -> Rules {
+        let mut rules = Rules::default();
+        for ((_, to), drain) in self.peers.iter().filter(|(_, d)| d.until > now) {
+            for vip in &drain.vips {
+                rules.forward.push(Forward {
+                    vip: *vip,
+                    to: *to,
+                    interface: drain.interface.clone(),
+                });
+            }
+        }
+        for drain in self.own.values() {
+            rules
+                .hidden
+                .extend(drain.vips.iter().map(|vip| Hidden { vip: *vip, source: drain.source }));
+        }
+        rules.forward.sort();
+        rules.forward.dedup();
+        rules.hidden.sort();
+        rules.hidden.dedup();
+        rules
+    }
+}
+
+/// This node's part in second-chance forwarding: its drains, its peers' drains, and the
+/// ruleset that follows from them.
+pub struct Handover {
+    loopback: VipManager,
+    state: Mutex<State>,
+    /// The rules loaded last; held while loading, so loads happen one at a time and in order.
+    loaded: tokio::sync::Mutex<Option<Rules>>,
+}
+
+impl Handover {
+    /// Loads the empty ruleset (replacing whatever a previous run left) and keeps it up to
+    /// date from then on, peers' lapsed drains included; `interfaces` are the VRRP links,
+    /// whose names go into rules.
+    pub async fn start(interfaces: &[String]) -> Result<Arc<Handover>, HandoverError> {
+        if let Some(bad) = interfaces.iter().find(|i| !quotable(i)) {
+            return Err(HandoverError::Interface(bad.clone()));
+        }
+        let handover = Arc::new(Handover {
+            loopback: VipManager::open("lo")?,
+            state: Mutex::default(),
+            loaded: tokio::sync::Mutex::new(None),
+        });
+        handover.reconcile().await?;
+        let weak = Arc::downgrade(&handover);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EXPIRY_CHECK);
+            loop {
+                tick.tick().await;
+                let Some(handover) = weak.upgrade() else { return };
+                handover.expire().await;
+            }
+        });
+        Ok(handover)
+    }
+
+    /// Starts draining `vrid` here: its `vips` stay local (on `lo`) and leave ARP to the new
+    /// master, with `source` (this node's link address) in this node's ARP requests. False,
+    /// changing nothing, if `vrid` is draining already.
+    pub async fn hold(
+        &self,
+        vrid: u8,
+        vips: &[Ipv4Addr],
+        source: Ipv4Addr,
+    ) -> Result<bool, HandoverError> {
+        {
+            let mut state = lock(&self.state);
+            if state.own.contains_key(&vrid) {
+                return Ok(false);
+            }
+            state.own.insert(vrid, OwnDrain { vips: vips.to_vec(), source });
+        }
+        for vip in vips {
+            if let Err(error) = self.loopback.add(*vip).await {
+                self.release(vrid).await;
+                return Err(error.into());
+            }
+        }
+        if let Err(error) = self.reconcile().await {
+            self.release(vrid).await;
+            return Err(error);
+        }
+        Ok(true)
+    }
+
+    /// Ends this node's drain of `vrid`: the VIPs leave `lo` and ARP is left alone.
+    pub async fn release(&self, vrid: u8) {
+        let Some(drain) = lock(&self.state).own.remove(&vrid) else { return };
+        for vip in &drain.vips {
+            if let Err(error) = self.loopback.remove(*vip).await {
+                tracing::error!(vrid, %vip, "cannot take a drained VIP off lo: {error}");
+            }
+        }
+        self.reconcile_or_log().await;
+    }
+
+    /// A peer (at `via` on the link) drains `vrid`'s `vips` for `lease` more: forward to it
+    /// out of `interface`.
+    pub async fn peer_draining(
+        &self,
+        vrid: u8,
+        vips: Vec<Ipv4Addr>,
+        via: Ipv4Addr,
+        interface: String,
+        lease: Duration,
+    ) {
+        let drain = PeerDrain { vips, interface, until: Instant::now() + lease };
+        lock(&self.state).peers.insert((vrid, via), drain);
+        self.reconcile_or_log().await;
+    }
+
+    /// The peer at `via` finished draining `vrid`.
+    pub async fn peer_drained(&self, vrid: u8, via: Ipv4Addr) {
+        lock(&self.state).peers.remove(&(vrid, via));
+        self.reconcile_or_log().await;
+    }
+
+    /// Drops peers' drains whose lease ran out (a peer that died mid-drain).
+    async fn expire(&self) {
+        let now = Instant::now();
+        let expired: Vec<(u8, Ipv4Addr)> = {
+            let mut state = lock(&self.state);
+            let expired =
+                state.peers.iter().filter(|(_, d)| d.until <= now).map(|(k, _)| *k).collect();
+            state.peers.retain(|_, d| d.until > now);
+            expired
+        };
+        if !expired.is_empty() {
+            for (vrid, via) in expired {
+                tracing::warn!(vrid, %via, "a peer's drain lease ran out (peer down?): no longer forwarding to it");
+            }
+            self.reconcile_or_log().await;
+        }
+    }
+
+    /// Removes this node's tables and any VIP it still holds on `lo`; for a stopping node.
+    pub async fn stop(&self) {
+        let own: Vec<u8> = lock(&self.state).own.keys().copied().collect();
+        for vrid in own {
+            self.release(vrid).await;
+        }
+        lock(&self.state).peers.clear();
+        if let Err(error) = load(&render_removal()).await {
+            tracing::error!("cannot remove the second-chance ruleset: {error}");
+        }
+    }
+
+    /// The rules loaded now.
+    pub async fn rules(&self) -> Rules {
+        self.loaded.lock().await.clone().unwrap_or_default()
+    }
+
+    async fn reconcile_or_log(&self) {
+        if let Err(error) = self.reconcile().await {
+            tracing::error!("second-chance forwarding not updated: {error}");
+        }
+    }
+
+    /// Loads the rules the state calls for, if they differ from those loaded.
+    async fn reconcile(&self) -> Result<(), HandoverError> {
+        let mut loaded = self.loaded.lock().await;
+        let wanted = lock(&self.state).rules(Instant::now());
+        if loaded.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        load(&render(&wanted)).await?;
+        tracing::info!(forward = ?wanted.forward, hidden = ?wanted.hidden, "second-chance rules loaded");
+        *loaded = Some(wanted);
+        Ok(())
+    }
+}
+
+/// Runs `nft -f -` with `script`.
+async fn load(script: &str) -> Result<(), HandoverError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(HandoverError::NftMissing)?;
+    let run = async {
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).await?;
+        }
+        child.wait_with_output().await
+    };
+    let output = tokio::time::timeout(NFT_TIMEOUT, run)
+        .await
+        .map_err(|_| HandoverError::NftTimeout)?
+        .map_err(HandoverError::NftMissing)?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(HandoverError::NftRefused(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const OLD_MASTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+
+    #[test]
+    fn the_empty_ruleset_keeps_conntrack_on_and_forwards_nothing() {
+        let script = render(&Rules::default());
+        assert!(script.starts_with("add table ip fulcrum\ndelete table ip fulcrum\n"));
+        assert!(script.contains("ct state established,related accept"));
+        assert!(!script.contains("dup"));
+        assert!(!script.contains("drop"));
+    }
+
+    #[test]
+    fn a_peer_drain_forwards_what_is_not_a_new_connection() {
+        let rules = Rules {
+            forward: vec![Forward { vip: VIP, to: OLD_MASTER, interface: "eth0".into() }],
+            hidden: vec![],
+        };
+        let script = render(&rules);
+        assert!(script.contains(
+            "ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
+        ));
+        let established = script.find("ct state established").expect("established first");
+        assert!(established < script.find("dup to").expect("then the forward"));
+    }
+
+    #[test]
+    fn a_held_vip_answers_no_arp_and_is_never_an_arp_source() {
+        let rules =
+            Rules { forward: vec![], hidden: vec![Hidden { vip: VIP, source: OLD_MASTER }] };
+        let script = render(&rules);
+        assert!(script.contains("arp operation request arp daddr ip 198.18.0.100 drop"));
+        assert!(script.contains("arp saddr ip 198.18.0.100 arp saddr ip set 198.18.0.11"));
+    }
+
+    #[test]
+    fn interface_names_that_would_break_the_script_are_refused() {
+        assert!(quotable("eth0"));
+        assert!(quotable("br-lab.10"));
+        assert!(!quotable("eth\"0"));
+        assert!(!quotable(""));
+    }
+
+    #[test]
+    fn lapsed_peer_drains_make_no_rules() {
+        let now = Instant::now();
+        let mut state = State::default();
+        let drain = |until| PeerDrain { vips: vec![VIP], interface: "eth0".into(), until };
+        state.peers.insert((51, OLD_MASTER), drain(now + Duration::from_secs(1)));
+        assert_eq!(state.rules(now).forward.len(), 1);
+        assert!(state.rules(now + Duration::from_secs(2)).forward.is_empty());
+    }
+
+    /// One `/proc/net/tcp` line: the kernel prints an address as it sits in memory, read as
+    /// a host integer.
+    fn socket_line(slot: u32, local: Ipv4Addr, state: &str) -> String {
+        let hex = u32::from_ne_bytes(local.octets());
+        format!(
+            "{slot:>4}: {hex:08X}:0050 010012C6:A1B2 {state} 00000000:00000000 00:00000000 00000000     0        0 {slot} 1 0000000000000000 20 4 30 10 -1"
+        )
+    }
+
+    #[test]
+    fn open_connections_count_what_still_needs_the_client_on_the_vip() {
+        let own = Ipv4Addr::new(198, 18, 0, 11);
+        let mut table = vec![
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode".to_owned(),
+        ];
+        // A listener, established, TIME_WAIT, FIN wait 1, FIN wait 2 on the VIP, and an
+        // established connection on the node's own address.
+        for (slot, (local, state)) in
+            [(VIP, "0A"), (VIP, "01"), (VIP, "06"), (VIP, "04"), (VIP, "05"), (own, "01")]
+                .into_iter()
+                .enumerate()
+        {
+            table.push(socket_line(slot as u32, local, state));
+        }
+        let table = table.join("\n");
+        assert_eq!(open_connections(&table, &[VIP]), 2, "established and FIN wait 1 only");
+        assert_eq!(open_connections(&table, &[Ipv4Addr::new(198, 18, 0, 101)]), 0);
+        assert_eq!(open_connections("garbage\n1: zz:zz", &[VIP]), 0);
+    }
+}
