@@ -8,9 +8,12 @@
 //!   dropped, and its own ARP requests name its link address rather than the VIP, so no
 //!   client's entry turns back to it;
 //! - every peer told of the drain hands each packet for the VIP that belongs to no local
-//!   connection (not a SYN, unknown to its conntrack) on to the old master, unchanged, with
+//!   connection (not a SYN, new to its conntrack, which picks up connections mid-stream as
+//!   with the default `nf_conntrack_tcp_loose = 1`, or a FIN or RST conntrack cannot place)
+//!   on to the old master, unchanged, with
 //!   nftables' `dup` to the old master's link address and a drop of the original; the old
-//!   master answers the client directly.
+//!   master answers the client directly. Only the newest drain of a VIP is forwarded to: an
+//!   older one's packets reach it through the newer, which does not know them either.
 //!
 //! Peers hold a drain for a lease the old master renews, so the rules of an old master that
 //! died are gone within the lease and its clients get resets rather than silence. Every
@@ -21,8 +24,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +52,9 @@ pub enum HandoverError {
     /// `nft` refused the ruleset.
     #[error("nft refused the second-chance ruleset: {0}")]
     NftRefused(String),
+    /// Talking to `nft` failed.
+    #[error("cannot pass the ruleset to nft: {0}")]
+    NftIo(std::io::Error),
     /// `nft` did not finish.
     #[error("nft did not finish within {NFT_TIMEOUT:?}")]
     NftTimeout,
@@ -103,10 +110,16 @@ pub fn render(rules: &Rules) -> String {
     let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
     let _ = writeln!(s, "\t\tct state established,related accept");
     for forward in &rules.forward {
+        let (vip, to, interface) = (forward.vip, forward.to, &forward.interface);
+        let hand_on = format!("dup to {to} device \"{interface}\" drop");
+        // Picked up mid-stream: a packet of a connection this node does not know.
+        let _ =
+            writeln!(s, "\t\tct state new ip daddr {vip} tcp flags & (syn | ack) != syn {hand_on}");
+        // Conntrack will not pick a connection up from its FIN or RST; without these the
+        // old master never learns that its client closed.
         let _ = writeln!(
             s,
-            "\t\tip daddr {} tcp flags & (syn | ack) != syn dup to {} device \"{}\" drop",
-            forward.vip, forward.to, forward.interface
+            "\t\tct state invalid ip daddr {vip} tcp flags & (fin | rst) != 0 {hand_on}"
         );
     }
     let _ = writeln!(s, "\t}}\n}}");
@@ -143,8 +156,9 @@ fn quotable(interface: &str) -> bool {
 /// close wait, last ACK, closing. FIN wait 2 and TIME_WAIT are not: everything sent arrived.
 const STILL_TALKING: [&str; 6] = ["01", "03", "04", "08", "09", "0B"];
 
-/// How many sockets in a `/proc/net/tcp` table have a local address among `vips` and still
-/// need the client's packets.
+/// How many sockets in a `/proc/net/tcp` or `/proc/net/tcp6` table (where an IPv4 client of
+/// a dual-stack listener shows as `::ffff:a.b.c.d`) have a local address among `vips` and
+/// still need the client's packets.
 pub fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
     table
         .lines()
@@ -156,17 +170,31 @@ pub fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
             else {
                 return false;
             };
-            let Some(address) = local
-                .split_once(':')
-                .and_then(|(hex, _port)| u32::from_str_radix(hex, 16).ok())
-                // The kernel prints the address as it sits in memory, read as a host integer.
-                .map(|raw| Ipv4Addr::from(raw.to_ne_bytes()))
-            else {
-                return false;
-            };
-            vips.contains(&address) && STILL_TALKING.contains(&state)
+            let address = local.split_once(':').and_then(|(hex, _port)| local_ipv4(hex));
+            address.is_some_and(|a| vips.contains(&a)) && STILL_TALKING.contains(&state)
         })
         .count()
+}
+
+/// The IPv4 address in a `/proc/net/tcp{,6}` address field: the kernel prints each 32-bit
+/// word as it sits in memory, read as a host integer.
+fn local_ipv4(hex: &str) -> Option<Ipv4Addr> {
+    let word = |i: usize| {
+        hex.get(i * 8..i * 8 + 8)
+            .and_then(|w| u32::from_str_radix(w, 16).ok())
+            .map(u32::to_ne_bytes)
+    };
+    match hex.len() {
+        8 => word(0).map(Ipv4Addr::from),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Ipv6Addr::from(bytes).to_ipv4_mapped()
+        }
+        _ => None,
+    }
 }
 
 /// A peer's drain, as told to this node.
@@ -174,6 +202,8 @@ pub fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
 struct PeerDrain {
     vips: Vec<Ipv4Addr>,
     interface: String,
+    /// When this node first heard of it: the newest drain of a VIP wins.
+    since: Instant,
     until: Instant,
 }
 
@@ -194,23 +224,24 @@ struct State {
 
 impl State {
     fn rules(&self, now: Instant) -> Rules {
-        let mut rules = Rules::default();
+        let mut newest: BTreeMap<Ipv4Addr, (Instant, Forward)> = BTreeMap::new();
         for ((_, to), drain) in self.peers.iter().filter(|(_, d)| d.until > now) {
             for vip in &drain.vips {
-                rules.forward.push(Forward {
-                    vip: *vip,
-                    to: *to,
-                    interface: drain.interface.clone(),
-                });
+                let forward = Forward { vip: *vip, to: *to, interface: drain.interface.clone() };
+                if newest.get(vip).is_none_or(|(since, _)| *since < drain.since) {
+                    newest.insert(*vip, (drain.since, forward));
+                }
             }
         }
+        let mut rules = Rules {
+            forward: newest.into_values().map(|(_, forward)| forward).collect(),
+            hidden: Vec::new(),
+        };
         for drain in self.own.values() {
             rules
                 .hidden
                 .extend(drain.vips.iter().map(|vip| Hidden { vip: *vip, source: drain.source }));
         }
-        rules.forward.sort();
-        rules.forward.dedup();
         rules.hidden.sort();
         rules.hidden.dedup();
         rules
@@ -222,31 +253,41 @@ impl State {
 pub struct Handover {
     loopback: VipManager,
     state: Mutex<State>,
+    /// Set by [`Handover::stop`]: nothing is loaded afterwards.
+    stopped: AtomicBool,
     /// The rules loaded last; held while loading, so loads happen one at a time and in order.
     loaded: tokio::sync::Mutex<Option<Rules>>,
 }
 
 impl Handover {
-    /// Loads the empty ruleset (replacing whatever a previous run left) and keeps it up to
-    /// date from then on, peers' lapsed drains included; `interfaces` are the VRRP links,
-    /// whose names go into rules.
-    pub async fn start(interfaces: &[String]) -> Result<Arc<Handover>, HandoverError> {
+    /// Loads the empty ruleset and takes `vips` off `lo` (replacing whatever a killed run
+    /// left), then keeps the rules up to date: peers' lapsed drains are dropped and a failed
+    /// load is retried. `interfaces` are the VRRP links, whose names go into rules.
+    pub async fn start(
+        interfaces: &[String],
+        vips: &[Ipv4Addr],
+    ) -> Result<Arc<Handover>, HandoverError> {
         if let Some(bad) = interfaces.iter().find(|i| !quotable(i)) {
             return Err(HandoverError::Interface(bad.clone()));
         }
         let handover = Arc::new(Handover {
             loopback: VipManager::open("lo")?,
             state: Mutex::default(),
+            stopped: AtomicBool::new(false),
             loaded: tokio::sync::Mutex::new(None),
         });
         handover.reconcile().await?;
+        for vip in vips {
+            handover.loopback.remove(*vip).await?;
+        }
         let weak = Arc::downgrade(&handover);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(EXPIRY_CHECK);
             loop {
                 tick.tick().await;
                 let Some(handover) = weak.upgrade() else { return };
-                handover.expire().await;
+                handover.expire();
+                handover.reconcile_or_log().await;
             }
         });
         Ok(handover)
@@ -281,12 +322,23 @@ impl Handover {
         Ok(true)
     }
 
-    /// Ends this node's drain of `vrid`: the VIPs leave `lo` and ARP is left alone.
+    /// Ends this node's drain of `vrid`: the VIPs leave `lo` and ARP is left alone (but a
+    /// VIP that could not leave `lo` stays hidden, or this node would answer ARP for it).
     pub async fn release(&self, vrid: u8) {
-        let Some(drain) = lock(&self.state).own.remove(&vrid) else { return };
+        let Some(drain) = lock(&self.state).own.get(&vrid).cloned() else { return };
+        let mut kept = Vec::new();
         for vip in &drain.vips {
             if let Err(error) = self.loopback.remove(*vip).await {
-                tracing::error!(vrid, %vip, "cannot take a drained VIP off lo: {error}");
+                tracing::error!(vrid, %vip, "cannot take a drained VIP off lo, so it stays hidden from ARP: {error}");
+                kept.push(*vip);
+            }
+        }
+        {
+            let mut state = lock(&self.state);
+            if kept.is_empty() {
+                state.own.remove(&vrid);
+            } else {
+                state.own.insert(vrid, OwnDrain { vips: kept, source: drain.source });
             }
         }
         self.reconcile_or_log().await;
@@ -302,8 +354,13 @@ impl Handover {
         interface: String,
         lease: Duration,
     ) {
-        let drain = PeerDrain { vips, interface, until: Instant::now() + lease };
-        lock(&self.state).peers.insert((vrid, via), drain);
+        {
+            let now = Instant::now();
+            let mut state = lock(&self.state);
+            let since = state.peers.get(&(vrid, via)).map_or(now, |known| known.since);
+            let drain = PeerDrain { vips, interface, since, until: now + lease };
+            state.peers.insert((vrid, via), drain);
+        }
         self.reconcile_or_log().await;
     }
 
@@ -314,38 +371,30 @@ impl Handover {
     }
 
     /// Drops peers' drains whose lease ran out (a peer that died mid-drain).
-    async fn expire(&self) {
+    fn expire(&self) {
         let now = Instant::now();
-        let expired: Vec<(u8, Ipv4Addr)> = {
-            let mut state = lock(&self.state);
-            let expired =
-                state.peers.iter().filter(|(_, d)| d.until <= now).map(|(k, _)| *k).collect();
-            state.peers.retain(|_, d| d.until > now);
-            expired
-        };
-        if !expired.is_empty() {
-            for (vrid, via) in expired {
+        lock(&self.state).peers.retain(|(vrid, via), drain| {
+            let live = drain.until > now;
+            if !live {
                 tracing::warn!(vrid, %via, "a peer's drain lease ran out (peer down?): no longer forwarding to it");
             }
-            self.reconcile_or_log().await;
-        }
+            live
+        });
     }
 
-    /// Removes this node's tables and any VIP it still holds on `lo`; for a stopping node.
+    /// Removes this node's tables and any VIP it still holds on `lo`, for good; for a
+    /// stopping node.
     pub async fn stop(&self) {
         let own: Vec<u8> = lock(&self.state).own.keys().copied().collect();
         for vrid in own {
             self.release(vrid).await;
         }
-        lock(&self.state).peers.clear();
+        let mut loaded = self.loaded.lock().await;
+        self.stopped.store(true, Ordering::Relaxed);
+        *loaded = None;
         if let Err(error) = load(&render_removal()).await {
             tracing::error!("cannot remove the second-chance ruleset: {error}");
         }
-    }
-
-    /// The rules loaded now.
-    pub async fn rules(&self) -> Rules {
-        self.loaded.lock().await.clone().unwrap_or_default()
     }
 
     async fn reconcile_or_log(&self) {
@@ -358,7 +407,7 @@ impl Handover {
     async fn reconcile(&self) -> Result<(), HandoverError> {
         let mut loaded = self.loaded.lock().await;
         let wanted = lock(&self.state).rules(Instant::now());
-        if loaded.as_ref() == Some(&wanted) {
+        if loaded.as_ref() == Some(&wanted) || self.stopped.load(Ordering::Relaxed) {
             return Ok(());
         }
         load(&render(&wanted)).await?;
@@ -387,7 +436,7 @@ async fn load(script: &str) -> Result<(), HandoverError> {
     let output = tokio::time::timeout(NFT_TIMEOUT, run)
         .await
         .map_err(|_| HandoverError::NftTimeout)?
-        .map_err(HandoverError::NftMissing)?;
+        .map_err(HandoverError::NftIo)?;
     if output.status.success() {
         return Ok(());
     }
@@ -418,7 +467,10 @@ mod tests {
         };
         let script = render(&rules);
         assert!(script.contains(
-            "ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
+            "ct state new ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
+        ));
+        assert!(script.contains(
+            "ct state invalid ip daddr 198.18.0.100 tcp flags & (fin | rst) != 0 dup to 198.18.0.11 device \"eth0\" drop"
         ));
         let established = script.find("ct state established").expect("established first");
         assert!(established < script.find("dup to").expect("then the forward"));
@@ -442,10 +494,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_newest_drain_of_a_vip_is_forwarded_to() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let until = now + Duration::from_secs(5);
+        let drain = |since| PeerDrain { vips: vec![VIP], interface: "eth0".into(), since, until };
+        let mut state = State::default();
+        let newer = Ipv4Addr::new(198, 18, 0, 12);
+        state.peers.insert((51, OLD_MASTER), drain(now));
+        state.peers.insert((51, newer), drain(later));
+        let forward = state.rules(later).forward;
+        assert_eq!(forward.len(), 1, "{forward:?}");
+        assert_eq!(forward[0].to, newer);
+    }
+
+    #[test]
     fn lapsed_peer_drains_make_no_rules() {
         let now = Instant::now();
         let mut state = State::default();
-        let drain = |until| PeerDrain { vips: vec![VIP], interface: "eth0".into(), until };
+        let drain =
+            |until| PeerDrain { vips: vec![VIP], interface: "eth0".into(), since: now, until };
         state.peers.insert((51, OLD_MASTER), drain(now + Duration::from_secs(1)));
         assert_eq!(state.rules(now).forward.len(), 1);
         assert!(state.rules(now + Duration::from_secs(2)).forward.is_empty());
@@ -479,5 +547,15 @@ mod tests {
         assert_eq!(open_connections(&table, &[VIP]), 2, "established and FIN wait 1 only");
         assert_eq!(open_connections(&table, &[Ipv4Addr::new(198, 18, 0, 101)]), 0);
         assert_eq!(open_connections("garbage\n1: zz:zz", &[VIP]), 0);
+
+        // tcp6: a dual-stack listener's IPv4 client, ::ffff:198.18.0.100, established.
+        let mapped: Vec<String> = [0u32, 0, u32::from_be_bytes([0, 0, 0xff, 0xff])]
+            .iter()
+            .map(|w| format!("{:08X}", u32::from_ne_bytes(w.to_be_bytes())))
+            .chain(std::iter::once(format!("{:08X}", u32::from_ne_bytes(VIP.octets()))))
+            .collect();
+        let line =
+            format!("   0: {}:0050 00000000000000000000000000000000:0000 01 0", mapped.concat());
+        assert_eq!(open_connections(&format!("header\n{line}"), &[VIP]), 1);
     }
 }

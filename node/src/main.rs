@@ -173,7 +173,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let handover = match (&store, vrrp_settings.is_empty()) {
         (Some(_), false) => {
             let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
-            match runtime.block_on(Handover::start(&interfaces)) {
+            let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.vips.iter().copied()).collect();
+            match runtime.block_on(Handover::start(&interfaces, &vips)) {
                 Ok(handover) => Some(handover),
                 Err(error) => {
                     tracing::error!(

@@ -153,6 +153,8 @@ pub struct Node {
     vrids: Vec<LocalVrid>,
     /// Second-chance forwarding, if on, and how long a handed-over VIP's connections drain.
     handover: Option<(Arc<Handover>, Duration)>,
+    /// Held while a hand-over prepares (holds the VIP, tells the peers, resigns).
+    handing_over: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -169,7 +171,7 @@ pub struct Drain {
 /// What starting a drain came to.
 enum DrainStart {
     Started(Drain),
-    /// Another hand-over of the VRID is under way; it resigns.
+    /// This node already drains the VRID.
     UnderWay,
     /// Second-chance forwarding is off or failed: the VIP moves without it.
     Unavailable,
@@ -191,6 +193,7 @@ impl Node {
             vrrp,
             vrids,
             handover,
+            handing_over: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         })
@@ -314,7 +317,7 @@ impl Node {
             Ok(PeerRequest::MoveVip { vrid, to }) => PeerAnswer::Moved(
                 self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.move_to(vrid, to)),
             ),
-            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid).await),
+            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid)),
             Ok(PeerRequest::Draining { vrid, vips, via, lease_ms }) => {
                 PeerAnswer::Noted(self.forward_for(vrid, vips, via, lease_ms).await)
             }
@@ -525,29 +528,43 @@ impl Node {
     /// takes over at once), keeping the connections clients made to its VIPs: they drain
     /// here while peers forward their packets (second-chance forwarding), for at most the
     /// node's drain time. Without second-chance forwarding the VIP moves all the same. False
-    /// for a VRID this node does not run.
-    pub async fn hand_over(self: &Arc<Self>, vrid: u8) -> bool {
-        let Some((vrrp, _)) = &self.vrrp else { return false };
-        let Some(local) = self.vrids.iter().find(|v| v.vrid == vrid) else { return false };
-        if !self.is_master(vrid) {
-            return true;
+    /// for a VRID this node does not run; otherwise the hand-over runs on its own, whatever
+    /// becomes of the caller.
+    pub fn hand_over(self: &Arc<Self>, vrid: u8) -> bool {
+        if self.vrrp.is_none() || !self.vrids.iter().any(|v| v.vrid == vrid) {
+            return false;
         }
-        match self.start_drain(local).await {
-            DrainStart::Started(drain) => {
-                vrrp.resign(vrid);
-                let deadline =
-                    deadline_after(self.handover.as_ref().map_or(Duration::ZERO, |h| h.1));
-                tokio::spawn(Arc::clone(self).follow_drain(drain, deadline));
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            // One at a time: a second hand-over must not resign before the first has told
+            // the peers.
+            let _one = node.handing_over.lock().await;
+            let Some((local, (vrrp, _))) =
+                node.vrids.iter().find(|v| v.vrid == vrid).zip(node.vrrp.as_ref())
+            else {
+                return;
+            };
+            if !node.is_master(vrid) {
+                return;
             }
-            DrainStart::UnderWay => {}
-            DrainStart::Unavailable => vrrp.resign(vrid),
-        }
+            match node.start_drain(local).await {
+                DrainStart::Started(drain) => {
+                    vrrp.resign(vrid);
+                    let time = node.handover.as_ref().map_or(Duration::ZERO, |(_, time)| *time);
+                    tokio::spawn(Arc::clone(&node).follow_drain(drain, deadline_after(time)));
+                }
+                // Master again while its last drain goes on: that drain takes in what this
+                // mastership accepted.
+                DrainStart::UnderWay | DrainStart::Unavailable => vrrp.resign(vrid),
+            }
+        });
         true
     }
 
     /// Before the node stops: every VRID it is master of starts draining (as in
     /// [`Node::hand_over`], short of resigning, which stopping VRRP does for all at once).
     pub async fn prepare_stop(self: &Arc<Self>) -> Vec<Drain> {
+        let _one = self.handing_over.lock().await;
         let mut drains = Vec::new();
         for local in self.vrids.iter().filter(|local| self.is_master(local.vrid)) {
             if let DrainStart::Started(drain) = self.start_drain(local).await {
@@ -595,12 +612,14 @@ impl Node {
         })
     }
 
-    /// Holds `local`'s VIPs here, hidden from ARP, and tells every peer to forward.
+    /// Holds `local`'s VIPs here, hidden from ARP, and tells every peer to forward; if no
+    /// peer will, the VIP moves without its connections.
     async fn start_drain(self: &Arc<Self>, local: &LocalVrid) -> DrainStart {
         let Some((handover, _)) = &self.handover else { return DrainStart::Unavailable };
         let vrid = local.vrid;
-        let Some(via) = interface_address(&local.interface, &local.vips) else {
-            tracing::warn!(vrid, interface = %local.interface, "no IPv4 address on the link to forward to: the VIP moves without its connections");
+        let all_vips: Vec<Ipv4Addr> = self.vrids.iter().flat_map(|v| v.vips.clone()).collect();
+        let Some(via) = interface_address(&local.interface, &all_vips) else {
+            tracing::warn!(vrid, interface = %local.interface, "no IPv4 address of this node's own on the link to forward to: the VIP moves without its connections");
             return DrainStart::Unavailable;
         };
         match handover.hold(vrid, &local.vips, via).await {
@@ -612,8 +631,16 @@ impl Node {
             }
         }
         let drain = Drain { vrid, vips: local.vips.clone(), via };
-        let told = self.announce(&drain).await;
-        tracing::info!(vrid, vips = ?drain.vips, peers_forwarding = ?told, "handing the VIP over: its connections drain here");
+        let forwarding = self.announce(&drain).await;
+        if forwarding.is_empty() {
+            tracing::warn!(
+                vrid,
+                "no peer forwards for the drain: the VIP moves without its connections"
+            );
+            handover.release(vrid).await;
+            return DrainStart::Unavailable;
+        }
+        tracing::info!(vrid, vips = ?drain.vips, peers_forwarding = ?forwarding, "handing the VIP over: its connections drain here");
         DrainStart::Started(drain)
     }
 
@@ -647,51 +674,88 @@ impl Node {
         for vip in &drain.vips {
             self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Polite));
         }
-        let mut renew = tokio::time::interval(DRAIN_RENEW);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        renew.reset(); // announced just now
-        let mut look = tokio::time::interval(DRAIN_POLL);
-        let mut closing = false;
-        let ended = loop {
-            tokio::select! {
-                _ = renew.tick() => {
-                    let node = Arc::clone(&self);
-                    let renewal = Drain { vips: drain.vips.clone(), ..drain };
-                    // Not awaited here: a slow peer must not hold up the look below.
-                    tokio::spawn(async move { node.announce(&renewal).await });
-                }
-                _ = look.tick() => {
-                    // A stopping node's VRRP has stopped and no longer says who is master.
-                    if !self.draining.load(Ordering::Relaxed) && self.is_master(vrid) {
-                        break "this node is master again";
-                    }
-                    // procfs is memory, not disk: reading it does not block the runtime.
-                    let open = match std::fs::read_to_string("/proc/net/tcp") {
-                        Ok(table) => open_connections(&table, &drain.vips),
-                        Err(error) => {
-                            tracing::warn!("cannot read /proc/net/tcp, so the drain runs to its deadline: {error}");
-                            usize::MAX
-                        }
-                    };
-                    if open == 0 {
-                        break "every connection ended";
-                    }
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline + CLOSE_GRACE {
-                        tracing::warn!(vrid, open, "connections of the handed-over VIP still open after the drain deadline; giving them up");
-                        break "the drain deadline passed";
-                    }
-                    if now >= deadline && !closing {
-                        // Closed, then still held a moment, so the FINs reach the clients.
-                        closing = true;
-                        for vip in &drain.vips {
-                            self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Closed));
-                        }
-                        tracing::warn!(vrid, open, "drain deadline: closing the handed-over VIP's remaining connections");
-                    }
+        // Renewed in order by one task, stopped before the drain's end is announced, so no
+        // renewal can outlive it.
+        let renewals = tokio::spawn({
+            let node = Arc::clone(&self);
+            let renewal = Drain { vips: drain.vips.clone(), ..drain };
+            async move {
+                let mut renew = tokio::time::interval(DRAIN_RENEW);
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                renew.tick().await; // announced just now
+                loop {
+                    renew.tick().await;
+                    node.announce(&renewal).await;
                 }
             }
+        });
+        let mut look = tokio::time::interval(DRAIN_POLL);
+        let mut closing = false;
+        // VRRP reports the resignation a moment after it: "master again" counts only once
+        // this node has been seen as backup.
+        let mut left = false;
+        let ended = loop {
+            look.tick().await;
+            // A stopping node's VRRP has stopped and no longer says who is master.
+            if !self.draining.load(Ordering::Relaxed) {
+                let master = self.is_master(vrid);
+                if left && master {
+                    break "this node is master again";
+                }
+                left |= !master;
+            }
+            let vips = drain.vips.clone();
+            let open = tokio::task::spawn_blocking(move || {
+                ["/proc/net/tcp", "/proc/net/tcp6"]
+                    .iter()
+                    .map(|table| {
+                        std::fs::read_to_string(table).map(|t| open_connections(&t, &vips))
+                    })
+                    .sum::<std::io::Result<usize>>()
+            })
+            .await;
+            let open = match open {
+                Ok(Ok(open)) => open,
+                Ok(Err(error)) => {
+                    tracing::warn!(
+                        "cannot read /proc/net/tcp, so the drain runs to its deadline: {error}"
+                    );
+                    usize::MAX
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot count open connections, so the drain runs to its deadline: {error}"
+                    );
+                    usize::MAX
+                }
+            };
+            if open == 0 {
+                break "every connection ended";
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline + CLOSE_GRACE {
+                tracing::warn!(
+                    vrid,
+                    open,
+                    "connections of the handed-over VIP still open after the drain deadline; giving them up"
+                );
+                break "the drain deadline passed";
+            }
+            if now >= deadline && !closing {
+                // Closed, then still held a moment, so the FINs reach the clients.
+                closing = true;
+                for vip in &drain.vips {
+                    self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Closed));
+                }
+                tracing::warn!(
+                    vrid,
+                    open,
+                    "drain deadline: closing the handed-over VIP's remaining connections"
+                );
+            }
         };
+        renewals.abort();
+        let _ = renewals.await;
         for vip in &drain.vips {
             self.plane.drain_address(IpAddr::V4(*vip), None);
         }
@@ -743,7 +807,7 @@ impl Node {
                     let node = Arc::clone(&self);
                     tokio::spawn(async move {
                         if node.outranked(instance.vrid, instance.priority).await {
-                            node.hand_over(instance.vrid).await;
+                            node.hand_over(instance.vrid);
                         }
                     });
                 }

@@ -65,11 +65,6 @@ impl Priorities {
         Priorities { me, vrrp, tracked, facts: Mutex::new(facts) }
     }
 
-    /// Whether this node runs `vrid`.
-    pub fn runs(&self, vrid: u8) -> bool {
-        self.tracked.iter().any(|t| t.vrid == vrid)
-    }
-
     /// Records a planned move of `vrid` to node `to` (`None` lifts it): unless this node is
     /// the one chosen, its priority drops to 1. Returns false for an unknown VRID.
     pub fn move_to(&self, vrid: u8, to: Option<u64>) -> bool {

@@ -2,11 +2,13 @@
 //! the load-balancer hosts, and `fulcrumctl` run from the client host against their admin
 //! APIs.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 
 use crate::process::LabProcess;
 use crate::routers::{Instance, fulcrumd_node_file};
+use crate::serving::fetch_metrics;
 use crate::{Host, Lab, LabError};
 
 /// Port of each node's Raft RPC.
@@ -150,11 +152,31 @@ impl Lab {
     pub fn lab_file(&self, name: &str, text: &str) -> Result<String, LabError> {
         Ok(self.write_file(name, text)?.display().to_string())
     }
+
+    /// A cluster node's `/metrics` from its admin API, read from inside its namespace.
+    pub fn admin_metrics(&self, host: &Host) -> Result<String, LabError> {
+        let address = SocketAddr::from((host.address, ADMIN_PORT));
+        crate::netns::run_in(&host.namespace, || fetch_metrics(address, Some(ADMIN_TOKEN)))?
+            .map_err(|source| LabError::Io {
+                what: format!("GET http://{address}/metrics"),
+                source,
+            })
+    }
+
+    /// The nftables rules `host` has loaded now.
+    pub fn ruleset(&self, host: &Host) -> Result<String, LabError> {
+        self.exec(host, "nft", &["list", "ruleset"])
+    }
+
+    /// Whether `host` has `address` on any interface (the VIP a drain holds is on `lo`).
+    pub fn has_address(&self, host: &Host, address: Ipv4Addr) -> Result<bool, LabError> {
+        Ok(self.exec(host, "ip", &["-o", "-4", "addr", "show"])?.contains(&format!(" {address}/")))
+    }
 }
 
 /// A cluster file: an HTTP listener on every address, port `port`, in front of pool `web`
 /// with `backends`; listening on the wildcard lets each node be probed on its own address as
-/// well as on the VIP.
+/// well as on the VIP. See [`with_echo_listener`] for an L4 listener as well.
 pub fn web_cluster_file(port: u16, backends: &[&Host]) -> String {
     let list: Vec<String> =
         backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.http_address())).collect();
@@ -162,6 +184,18 @@ pub fn web_cluster_file(port: u16, backends: &[&Host]) -> String {
         "[[listeners]]\nname = \"front\"\nbind = \"0.0.0.0:{port}\"\nprotocol = \"http\"\n\
          default_pool = \"web\"\n\n[[pools]]\nname = \"web\"\nbackends = [{}]\n\n\
          [pools.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhttp = {{ path = \"/health\" }}\n",
+        list.join(", ")
+    )
+}
+
+/// `cluster_file` with an L4 listener on every address, port `port`, in front of pool `echo`:
+/// the TCP echo servers of `backends`.
+pub fn with_echo_listener(cluster_file: &str, port: u16, backends: &[&Host]) -> String {
+    let list: Vec<String> =
+        backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.echo_address())).collect();
+    format!(
+        "[[listeners]]\nname = \"echo\"\nbind = \"0.0.0.0:{port}\"\nprotocol = \"tcp\"\n\
+         default_pool = \"echo\"\n\n[[pools]]\nname = \"echo\"\nbackends = [{}]\n\n{cluster_file}",
         list.join(", ")
     )
 }

@@ -276,12 +276,13 @@ impl Lab {
         Ok(output.split_whitespace().skip_while(|word| *word != "lladdr").nth(1).map(str::to_owned))
     }
 
-    /// Crashes `host` as a power cut would: its router is killed with SIGKILL (no priority-0
-    /// advertisement, no cleanup) and the host drops off the link. Only killing the daemon
-    /// would leave its VIPs configured, and the kernel answering ARP for them.
+    /// Crashes `host` as a power cut would: the host drops off the link and its router is
+    /// killed with SIGKILL (no priority-0 advertisement, no cleanup). Only killing the daemon
+    /// would leave its VIPs configured, and the kernel answering ARP for them; the link goes
+    /// first, so not even the FINs the kernel sends for a killed process's sockets get out.
     pub fn crash(&self, host: &Host, router: &mut LabProcess) -> Result<(), LabError> {
-        router.crash()?;
-        self.set_link(host, false)
+        self.set_link(host, false)?;
+        router.crash().map(drop)
     }
 
     /// Brings a crashed `host` back on the link as after a reboot, which lost the `vips` the

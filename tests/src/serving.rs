@@ -95,16 +95,18 @@ impl ServingNode {
     /// The node's metrics, read from inside its namespace.
     pub fn metrics(&self) -> Result<String, LabError> {
         let address = SocketAddr::from((self.host.address, METRICS_PORT));
-        crate::netns::run_in(&self.host.namespace, || fetch_metrics(address))?.map_err(|source| {
-            LabError::Io { what: format!("GET http://{address}/metrics"), source }
-        })
+        crate::netns::run_in(&self.host.namespace, || fetch_metrics(address, None))?.map_err(
+            |source| LabError::Io { what: format!("GET http://{address}/metrics"), source },
+        )
     }
 }
 
-fn fetch_metrics(address: SocketAddr) -> std::io::Result<String> {
+/// `GET /metrics` at `address` (with a bearer `token` for the admin API): the body of a 200.
+pub fn fetch_metrics(address: SocketAddr, token: Option<&str>) -> std::io::Result<String> {
     let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET /metrics HTTP/1.0\r\n{auth}\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     match response.split_once("\r\n\r\n") {
@@ -115,6 +117,38 @@ fn fetch_metrics(address: SocketAddr) -> std::io::Result<String> {
         }
         _ => Err(std::io::Error::other(format!("unexpected answer: {response:.200}"))),
     }
+}
+
+/// Sends `lines` numbered lines to a TCP echo server at `address`, `spacing` apart, on one
+/// connection, and checks each echo; every read must finish within `read_timeout`. Returns
+/// how many lines came back, or which line failed and how (with the `io::ErrorKind`).
+pub async fn echo_session(
+    address: SocketAddr,
+    lines: usize,
+    spacing: Duration,
+    read_timeout: Duration,
+) -> Result<usize, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream =
+        TcpStream::connect(address).await.map_err(|e| format!("connect: {:?}", e.kind()))?;
+    for n in 0..lines {
+        let line = format!("echo session line {n}\n");
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("line {n}: write: {:?}", e.kind()))?;
+        let mut echoed = vec![0; line.len()];
+        match tokio::time::timeout(read_timeout, stream.read_exact(&mut echoed)).await {
+            Ok(Ok(_)) if echoed == line.as_bytes() => {}
+            Ok(Ok(_)) => {
+                return Err(format!("line {n}: echoed {:?}", String::from_utf8_lossy(&echoed)));
+            }
+            Ok(Err(e)) => return Err(format!("line {n}: read: {:?}", e.kind())),
+            Err(_) => return Err(format!("line {n}: read: no echo within {read_timeout:?}")),
+        }
+        tokio::time::sleep(spacing).await;
+    }
+    Ok(lines)
 }
 
 /// The value of the sample `name{labels}` in a metrics text, when present.

@@ -9,15 +9,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fulcrum_lab::cluster::{CtlOutput, node_id, web_cluster_file};
+use fulcrum_lab::cluster::{CtlOutput, node_id, web_cluster_file, with_echo_listener};
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::routers::Instance;
+use fulcrum_lab::serving::{Download, download_slow, echo_session, metric};
 use fulcrum_lab::topology::vip;
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
 const FRONT_PORT: u16 = 80;
+const ECHO_PORT: u16 = 9000;
 const VRID: u8 = 51;
 
 struct Cluster {
@@ -100,6 +102,88 @@ impl Cluster {
         self.ctl_ok(&[endpoint], &["apply", "-f", &file, "--wait"])
     }
 
+    /// Applies the web cluster file with an L4 echo listener on [`ECHO_PORT`] as well.
+    fn apply_with_echo(&self, endpoint: &Host, backends: &[&Host]) {
+        let text = with_echo_listener(&web_cluster_file(FRONT_PORT, backends), ECHO_PORT, backends);
+        let file = self.lab.lab_file("cluster.toml", &text).unwrap();
+        self.ctl_ok(&[endpoint], &["apply", "-f", &file, "--wait"]);
+    }
+
+    /// A metric of `listener` on `host`.
+    fn listener_metric(&self, host: &Host, name: &str, listener: &str) -> f64 {
+        let metrics = self.lab.admin_metrics(host).unwrap();
+        metric(&metrics, name, &format!("listener=\"{listener}\"")).unwrap_or(0.0)
+    }
+
+    /// An echo session of `secs` seconds through the VIP and, with `download`, a download
+    /// of `secs` seconds, open on `host` when this returns.
+    fn long_connections(&self, host: &Host, secs: u64, download: bool) -> LongConnections {
+        let in_client = |work: Box<dyn FnOnce() -> Result<usize, String> + Send>| {
+            let namespace = self.client.namespace.clone();
+            std::thread::spawn(move || fulcrum_lab::netns::run_in(&namespace, work).unwrap())
+        };
+        let download = download.then(|| {
+            in_client(Box::new(move || {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime
+                    .block_on(download_slow(SocketAddr::from((vip(1), FRONT_PORT)), secs))
+                    .map(|d: Download| d.bytes)
+            }))
+        });
+        let echo = in_client(Box::new(move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let lines = usize::try_from(secs * 10).unwrap();
+            let address = SocketAddr::from((vip(1), ECHO_PORT));
+            // Longer than a dead node's lease plus retransmissions: a session cut by a reset
+            // and one left hanging end differently.
+            runtime.block_on(echo_session(
+                address,
+                lines,
+                Duration::from_millis(100),
+                Duration::from_secs(8),
+            ))
+        }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let downloads = if download.is_some() { 1.0 } else { 0.0 };
+        while self.listener_metric(host, "fulcrum_listener_active_connections", "front") < downloads
+            || self.listener_metric(host, "fulcrum_listener_active_connections", "echo") < 1.0
+        {
+            assert!(Instant::now() < deadline, "the long connections never reached {}", host.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LongConnections { download, echo }
+    }
+
+    /// Waits until every node's second-chance rules are gone and no node but `master` has
+    /// the VIP on any interface (a drain holds it on lo); returns how long that took.
+    fn until_drained(&self, running: &[&Host], master: &Host) -> Duration {
+        let start = Instant::now();
+        loop {
+            let leftovers: Vec<String> = running
+                .iter()
+                .filter_map(|host| {
+                    let rules = self.lab.ruleset(host).unwrap();
+                    let forwards = rules.contains("dup to");
+                    let hides = rules.contains("arp daddr ip");
+                    let holds = *host != master && self.lab.has_address(host, vip(1)).unwrap();
+                    (forwards || hides || holds).then(|| {
+                        format!(
+                            "{}: forwarding {forwards}, hiding {hides}, holding {holds}",
+                            host.name
+                        )
+                    })
+                })
+                .collect();
+            if leftovers.is_empty() {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "drain state left: {leftovers:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `attempts` HTTP requests from the client to `address`, 20 ms apart.
     fn probe(&self, address: SocketAddr, attempts: u64) -> ProbeReport {
         let target = ProbeTarget::Http { address, path: "/".into() };
@@ -129,6 +213,28 @@ impl Cluster {
         let config = self.ctl_ok(&[endpoint], &["get", "config", "-o", "json"]).json().unwrap();
         config["revision"].as_u64().unwrap()
     }
+}
+
+/// A download and an echo session running from the client.
+struct LongConnections {
+    download: Option<std::thread::JoinHandle<Result<usize, String>>>,
+    echo: std::thread::JoinHandle<Result<usize, String>>,
+}
+
+impl LongConnections {
+    /// What each ended with: bytes downloaded (if one ran), lines echoed.
+    fn finish(self) -> (Option<Result<usize, String>>, Result<usize, String>) {
+        (self.download.map(|d| d.join().unwrap()), self.echo.join().unwrap())
+    }
+}
+
+/// 200 requests a second from the client through the VIP, each on a new connection.
+fn steady_probe(c: &Cluster, duration: Duration) -> fulcrum_lab::topology::RunningProbe {
+    let target =
+        ProbeTarget::Http { address: SocketAddr::from((vip(1), FRONT_PORT)), path: "/".into() };
+    c.lab
+        .start_probe(&c.client, &ProbeArgs::new(target, Duration::from_millis(5), duration))
+        .unwrap()
 }
 
 fn front(host: &Host) -> SocketAddr {
@@ -308,4 +414,92 @@ fn a_node_that_cannot_serve_gives_the_vip_away_and_failover_moves_it_to_the_name
     let unknown = c.ctl(&[&c.lbs[0]], &["failover", "--vrid", "99", "--to", &lb3]);
     assert_eq!(unknown.code, Some(4), "{unknown:?}");
     assert!(unknown.stderr.contains("VRID 99"), "{unknown:?}");
+}
+
+#[test]
+fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
+    let mut c = cluster(3, 3, 2);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply_with_echo(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
+    let within = Duration::from_secs(10);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), within).unwrap();
+    const SECS: u64 = 5;
+    let whole_download = usize::try_from(SECS * 10 * 1024).unwrap();
+    let whole_session = usize::try_from(SECS * 10).unwrap();
+
+    // fulcrumctl failover lb1 -> lb2, with a download and an echo session open on lb1 and
+    // 200 new requests a second.
+    let long = c.long_connections(&c.lbs[0], SECS, true);
+    let probe = steady_probe(&c, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+    let lb2 = node_id(&c.lbs[1]).to_string();
+    c.ctl_ok(&[&c.lbs[1]], &["failover", "--vrid", "51", "--to", &lb2]);
+    let report = probe.finish().unwrap();
+    assert_eq!(report.failures, 0, "requests failed during the handover: {report}");
+    // New connections land on lb2 while lb1 still serves its old ones.
+    let accepted = |host| c.listener_metric(host, "fulcrum_listener_connections_total", "front");
+    let (on_lb1, on_lb2) = (accepted(&c.lbs[0]), accepted(&c.lbs[1]));
+    let fresh = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(fresh.successes, 20, "{fresh}");
+    assert_eq!(accepted(&c.lbs[0]), on_lb1, "lb1 took a new connection after the handover");
+    assert_eq!(accepted(&c.lbs[1]), on_lb2 + 20.0, "lb2 took the new connections");
+    let (download, echo) = long.finish();
+    assert_eq!(download, Some(Ok(whole_download)), "the download through lb1 was cut");
+    assert_eq!(echo, Ok(whole_session), "the echo session through lb1 was cut");
+    let drained = c.until_drained(&all, &c.lbs[1]);
+    println!("failover: drain state gone {drained:?} after the connections ended");
+
+    // SIGTERM to lb2, the master now: the same, to lb1 or lb3.
+    let long = c.long_connections(&c.lbs[1], SECS, true);
+    let probe = steady_probe(&c, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+    c.nodes[1].signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let report = probe.finish().unwrap();
+    assert_eq!(report.failures, 0, "requests failed during the stop: {report}");
+    let (download, echo) = long.finish();
+    assert_eq!(download, Some(Ok(whole_download)), "the download through the stopping lb2 was cut");
+    assert_eq!(echo, Ok(whole_session), "the echo session through the stopping lb2 was cut");
+    let status = c.nodes[1].wait(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "lb2 stopped with {status}");
+    assert!(!c.lab.ruleset(&c.lbs[1]).unwrap().contains("fulcrum"), "lb2 left its tables");
+    let running = [&c.lbs[0], &c.lbs[2]];
+    let holders = c.lab.holders(&c.lbs, vip(1)).unwrap();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let master = c.lbs.iter().find(|h| h.name == holders[0]).unwrap();
+    c.until_drained(&[&c.lbs[1]], master);
+    c.until_drained(&running, master);
+}
+
+#[test]
+fn a_node_that_dies_mid_drain_is_not_forwarded_to() {
+    let mut c = cluster(3, 3, 1);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply_with_echo(&c.lbs[0], &[&c.backends[0]]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+
+    // Only an echo session: a download whose node died waits in silence for data, as it
+    // sends nothing a reset could answer.
+    let long = c.long_connections(&c.lbs[0], 10, false);
+    let lb2 = node_id(&c.lbs[1]).to_string();
+    c.ctl_ok(&[&c.lbs[1]], &["failover", "--vrid", "51", "--to", &lb2]);
+    let to_lb1 = format!("dup to {}", c.lbs[0].address);
+    assert!(
+        c.lab.ruleset(&c.lbs[1]).unwrap().contains(&to_lb1),
+        "lb2 forwards to the draining lb1"
+    );
+
+    // lb1 dies mid-drain: lb2 stops forwarding to it once its lease runs out, and the echo
+    // session's next packet is answered with a reset instead of vanishing.
+    c.lab.crash(&c.lbs[0], &mut c.nodes[0]).unwrap();
+    let start = Instant::now();
+    while [&c.lbs[1], &c.lbs[2]].iter().any(|h| c.lab.ruleset(h).unwrap().contains(&to_lb1)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "a rule still points at the dead lb1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("no rule points at the dead lb1 {:?} after the crash", start.elapsed());
+    let (_, echo) = long.finish();
+    let cut = echo.expect_err("the session through a dead node cannot go on");
+    assert!(cut.contains("ConnectionReset"), "the session should end with a reset: {cut}");
 }

@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::addresses::Phase;
-use super::listener::{ListenerRuntime, drain_reaches};
+use super::listener::{Downstream, ListenerRuntime, drain_reaches};
 use super::metrics::{ErrorKind, RouteStats};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::Activity;
@@ -137,12 +137,17 @@ pub async fn serve<I>(
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let must_close = || drain_reaches(&listener, &addresses, downstream.local, Phase::Closed);
-    // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet, so a
-    // client that connected just before (or, to a VIP handed over, just after) a drain began
-    // would see it cut: a connection is wound down once it has its first request.
+    // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
+    // client that connected to a VIP just handed over (its ARP entry not yet updated) would
+    // see that cut, so such a connection is wound down once it has its first request.
     let wind_down = async {
-        drain_reaches(&listener, &addresses, downstream.local, Phase::Polite).await;
-        first_request.cancelled().await;
+        tokio::select! {
+            () = listener.stopping() => {}
+            () = async {
+                addresses.reached(downstream.local, Phase::Polite).await;
+                first_request.cancelled().await;
+            } => {}
+        }
     };
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
@@ -169,17 +174,6 @@ pub async fn serve<I>(
     if let Some(Err(e)) = ended {
         tracing::debug!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection ended: {e}");
     }
-}
-
-/// The client's side of one connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Downstream {
-    /// The client.
-    pub peer: SocketAddr,
-    /// The address it connected to (a VIP, for instance).
-    pub local: IpAddr,
-    /// Whether it came through TLS.
-    pub tls: bool,
 }
 
 /// What one request needs to know of where it goes.

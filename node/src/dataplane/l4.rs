@@ -12,8 +12,7 @@ use tokio::net::TcpStream;
 
 use super::Shared;
 use super::addresses::Phase;
-use super::http::Downstream;
-use super::listener::{ListenerRuntime, drain_reaches};
+use super::listener::{Downstream, ListenerRuntime, drain_reaches};
 use super::metrics::ErrorKind;
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::{self, Activity, Direction};

@@ -188,6 +188,17 @@ impl ListenerRuntime {
     }
 }
 
+/// The client's side of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Downstream {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address it connected to (a VIP, for instance).
+    pub local: IpAddr,
+    /// Whether it came through TLS.
+    pub tls: bool,
+}
+
 /// Resolves once a connection to local address `local` must reach `phase` of a drain: its
 /// listener stops accepting (polite) or closes (closed), or `addresses` drains `local` that far.
 pub async fn drain_reaches(
@@ -387,8 +398,9 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     listener.stats.total.fetch_add(1, Ordering::Relaxed);
-    let local = stream.local_addr().map_or(listener.spec().bind.ip(), |a| a.ip());
-    let client = http::Downstream { peer, local, tls: false };
+    // Canonical, so an IPv4 client of a dual-stack listener has its IPv4 local address.
+    let local = stream.local_addr().map_or(listener.spec().bind.ip(), |a| a.ip()).to_canonical();
+    let client = Downstream { peer, local, tls: false };
     match listener.spec.load().protocol {
         Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
         Protocol::Http => http::serve(stream, client, listener, shared).await,
@@ -403,8 +415,7 @@ async fn serve(
             let timeout = listener.spec.load().http.header_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    http::serve(tls, http::Downstream { tls: true, ..client }, listener, shared)
-                        .await
+                    http::serve(tls, Downstream { tls: true, ..client }, listener, shared).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(listener = %listener.name, %peer, "TLS handshake failed: {e}")
