@@ -13,6 +13,8 @@
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
+//! - [`bench_handover`]: what planned handovers under load cost the client, Fulcrum against
+//!   keepalived + HAProxy.
 //! - [`bench_l4`]: the L4 benchmark, fulcrumd against HAProxy and a direct connection.
 //! - [`bench_l7`]: the L7 benchmark (wrk, h2load), fulcrumd against HAProxy, nginx and a
 //!   direct connection.
@@ -27,6 +29,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_handover;
 pub mod bench_l4;
 pub mod bench_l7;
 pub mod bench_propagation;

@@ -145,6 +145,16 @@ enum Command {
         #[arg(long = "interval", default_values = ["1s", "100ms"], value_parser = parse_interval)]
         intervals: Vec<Duration>,
     },
+    /// Count failed requests and cut connections across planned VIP handovers under load,
+    /// Fulcrum (`fulcrumctl failover`) against keepalived + HAProxy (needs root, keepalived
+    /// and haproxy); prints a Markdown table.
+    ///
+    /// Example: fulcrum-lab bench-handover --handovers 20
+    BenchHandover {
+        /// Handovers per implementation.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=200))]
+        handovers: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -231,6 +241,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let series = fulcrum_lab::bench::failover(&exe, &intervals, runs)
                 .context("the failover benchmark failed")?;
             print!("{}", fulcrum_lab::bench::report(&series));
+            Ok(())
+        }
+        Command::BenchHandover { handovers } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let handovers = usize::try_from(handovers).context("too many handovers")?;
+            let tallies = fulcrum_lab::bench_handover::handover(&exe, handovers)
+                .context("the handover benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_handover::report(&tallies));
             Ok(())
         }
         Command::BenchL4 { runs, bulk_mib, connection_time } => {
