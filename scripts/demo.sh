@@ -22,7 +22,13 @@ if [ "$(id -u)" -ne 0 ]; then
     echo "Run it as root, e.g.: sudo -E env \"PATH=\$PATH\" scripts/demo.sh" >&2
     exit 1
 fi
-command -v ip >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables) # second-chance forwarding
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 current="starting"
 step() { current="$*"; printf '\n==> %s\n' "$*"; }
@@ -83,13 +89,17 @@ wait "$prober"
 echo "the outage above is the time lb2 needed to notice (3 missed adverts) and take the VIP:"
 holders
 
-step "planned handover with fulcrumctl: VRID 51 from lb2 to lb3, while probing for 3 s"
+step "planned handover with fulcrumctl: VRID 51 from lb2 to lb3, while probing for 3 s and downloading for 4 s"
+ip netns exec "$prefix-client" curl -sS -o /dev/null -w 'download across the handover: HTTP %{http_code}, %{size_download} of 40960 bytes\n' "http://$vip/slow?secs=4" &
+download=$!
 probe --duration 3s &
 prober=$!
 sleep 0.5
 fulcrumctl failover --vrid 51 --to 13
 wait "$prober"
-echo "lb2 resigned with a priority-0 advertisement and lb3 took over at once:"
+wait "$download"
+echo "lb2 resigned with a priority-0 advertisement and lb3 took over at once; the download lb2"
+echo "was serving went on to the end (lb3 forwarded its packets to lb2 while it drained):"
 holders
 
 step "fulcrumctl status after both failovers (lb1 is down)"

@@ -9,10 +9,10 @@
 //!   client's entry turns back to it;
 //! - every peer told of the drain hands each packet for the VIP that belongs to no local
 //!   connection (not a SYN, new to its conntrack, which picks up connections mid-stream as
-//!   with the default `nf_conntrack_tcp_loose = 1`, or a FIN or RST conntrack cannot place)
-//!   on to the old master, unchanged, with
-//!   nftables' `dup` to the old master's link address and a drop of the original; the old
-//!   master answers the client directly. Only the newest drain of a VIP is forwarded to: an
+//!   with the default `nf_conntrack_tcp_loose = 1`, or invalid to it: a FIN or RST it
+//!   cannot place, a packet outside the window of a closed connection of its own) on to
+//!   the old master, unchanged, with nftables' `dup` to the old master's link address and a
+//!   drop of the original; the old master answers the client directly. Only the newest drain of a VIP is forwarded to: an
 //!   older one's packets reach it through the newer, which does not know them either.
 //!
 //! Peers hold a drain for a lease the old master renews, so the rules of an old master that
@@ -112,14 +112,13 @@ pub fn render(rules: &Rules) -> String {
     for forward in &rules.forward {
         let (vip, to, interface) = (forward.vip, forward.to, &forward.interface);
         let hand_on = format!("dup to {to} device \"{interface}\" drop");
-        // Picked up mid-stream: a packet of a connection this node does not know.
-        let _ =
-            writeln!(s, "\t\tct state new ip daddr {vip} tcp flags & (syn | ack) != syn {hand_on}");
-        // Conntrack will not pick a connection up from its FIN or RST; without these the
-        // old master never learns that its client closed.
+        // New: picked up mid-stream, a connection this node does not know. Invalid: a FIN or
+        // RST conntrack will not pick up (without it the old master never learns its client
+        // closed), or a packet out of the window of an entry this node keeps from a closed
+        // connection of its own on the same addresses and ports (a client port reused).
         let _ = writeln!(
             s,
-            "\t\tct state invalid ip daddr {vip} tcp flags & (fin | rst) != 0 {hand_on}"
+            "\t\tct state new,invalid ip daddr {vip} tcp flags & (syn | ack) != syn {hand_on}"
         );
     }
     let _ = writeln!(s, "\t}}\n}}");
@@ -467,10 +466,7 @@ mod tests {
         };
         let script = render(&rules);
         assert!(script.contains(
-            "ct state new ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
-        ));
-        assert!(script.contains(
-            "ct state invalid ip daddr 198.18.0.100 tcp flags & (fin | rst) != 0 dup to 198.18.0.11 device \"eth0\" drop"
+            "ct state new,invalid ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
         ));
         let established = script.find("ct state established").expect("established first");
         assert!(established < script.find("dup to").expect("then the forward"));

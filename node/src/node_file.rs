@@ -42,7 +42,8 @@ pub struct NodeFile {
     /// Data-plane worker threads; one per core by default.
     #[serde(default)]
     pub workers: Option<std::num::NonZeroUsize>,
-    /// On shutdown, how long open connections may finish before they are closed.
+    /// On shutdown, and after handing a VIP over, how long open connections may finish
+    /// before they are closed.
     #[serde(default = "default_shutdown_drain", with = "fulcrum_model::duration")]
     pub shutdown_drain: Duration,
 }

@@ -53,7 +53,24 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, report: &ProbeReport, long: Vec<Result<usize, String>>) {
+    /// Counts handover `run` (of `of`) between `hosts`, and logs it.
+    fn add(
+        &mut self,
+        report: &ProbeReport,
+        long: Vec<Result<usize, String>>,
+        (run, of): (usize, usize),
+        (from, to): (&Host, &Host),
+    ) {
+        eprintln!(
+            "{} handover {run}/{of} {} -> {}: {} of {} requests failed, {} of {} long connections cut",
+            self.name,
+            from.name,
+            to.name,
+            report.failures,
+            report.attempts,
+            long.iter().filter(|l| l.is_err()).count(),
+            long.len()
+        );
         self.handovers += 1;
         self.requests += report.attempts;
         self.failed_requests += report.failures;
@@ -141,17 +158,7 @@ fn fulcrum_handovers(lab: &Lab, handovers: usize) -> Result<Tally, LabError> {
             }
             lab.wait_for_holder(&lbs, to, vip(1), Duration::from_secs(10)).map(drop)
         })?;
-        eprintln!(
-            "fulcrum handover {}/{handovers} {} -> {}: {} of {} requests failed, {} of {} long connections cut",
-            run + 1,
-            from.name,
-            to.name,
-            report.failures,
-            report.attempts,
-            long.iter().filter(|l| l.is_err()).count(),
-            long.len()
-        );
-        tally.add(&report, long);
+        tally.add(&report, long, (run + 1, handovers), (from, to));
     }
     for node in &mut nodes {
         node.stop()?;
@@ -190,17 +197,7 @@ fn keepalived_handovers(lab: &Lab, handovers: usize) -> Result<Tally, LabError> 
             }
         })?;
         let (from, to) = if stepping_down { (first, second) } else { (second, first) };
-        eprintln!(
-            "keepalived + haproxy handover {}/{handovers} {} -> {}: {} of {} requests failed, {} of {} long connections cut",
-            run + 1,
-            from.name,
-            to.name,
-            report.failures,
-            report.attempts,
-            long.iter().filter(|l| l.is_err()).count(),
-            long.len()
-        );
-        tally.add(&report, long);
+        tally.add(&report, long, (run + 1, handovers), (from, to));
     }
     if let Some(mut running) = master {
         running.stop()?;
@@ -318,9 +315,19 @@ mod tests {
             longest_outage_ms,
             ..ProbeReport::default()
         };
-        tally.add(&report(400, 0, 0), vec![Ok(30), Ok(30)]);
-        tally.add(&report(400, 12, 90), vec![Ok(30), Err("line 9: read: ConnectionReset".into())]);
-        tally.add(&report(400, 3, 40), vec![Err("line 2: read: ConnectionReset".into())]);
+        let host = |name: &str| Host {
+            name: name.into(),
+            namespace: format!("test-{name}"),
+            address: std::net::Ipv4Addr::new(198, 18, 0, 11),
+            role: HostRole::LoadBalancer,
+        };
+        let (lb1, lb2) = (host("lb1"), host("lb2"));
+        let hosts = (&lb1, &lb2);
+        tally.add(&report(400, 0, 0), vec![Ok(30), Ok(30)], (1, 3), hosts);
+        let cut = vec![Ok(30), Err("line 9: read: ConnectionReset".into())];
+        tally.add(&report(400, 12, 90), cut, (2, 3), hosts);
+        let cut = vec![Err("line 2: read: ConnectionReset".into())];
+        tally.add(&report(400, 3, 40), cut, (3, 3), hosts);
         assert_eq!((tally.handovers, tally.requests, tally.failed_requests), (3, 1200, 15));
         assert_eq!((tally.long_connections, tally.cut_connections), (5, 2));
         assert_eq!(tally.cuts.get("ConnectionReset"), Some(&2));

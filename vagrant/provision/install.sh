@@ -24,4 +24,10 @@ fi
 for binary in "${binaries[@]}"; do
     install -m 0755 "$source_dir/target/release/$binary" /usr/local/bin/
 done
+# fulcrumd loads its second-chance forwarding rules (connections kept across a planned VIP
+# handover) with nft.
+if ! command -v nft >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq nftables >/dev/null
+fi
 echo "install.sh: installed ${binaries[*]} in /usr/local/bin"
