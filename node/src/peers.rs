@@ -23,6 +23,8 @@ use fulcrum_vrrp::machine::{OWNER_PRIORITY, State};
 use fulcrum_vrrp::vip::interface_address;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::dataplane::addresses::Phase;
 use crate::dataplane::metrics::header;
@@ -77,6 +79,9 @@ const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 const DRAIN_LEASE: Duration = Duration::from_secs(2);
 /// How often a drain is renewed, so a lost renewal or two do not end it.
 const DRAIN_RENEW: Duration = Duration::from_millis(500);
+/// How long a drain holds on after another node is seen as master, even with no connection
+/// left: until then clients may still send a SYN here.
+const TAKEOVER_SETTLE: Duration = Duration::from_millis(500);
 /// How often a drain looks at what is left of its connections.
 const DRAIN_POLL: Duration = Duration::from_millis(200);
 /// How long connections closed at a drain's deadline are still held, so their close
@@ -155,6 +160,8 @@ pub struct Node {
     handover: Option<(Arc<Handover>, Duration)>,
     /// Held while a hand-over prepares (holds the VIP, tells the peers, resigns).
     handing_over: tokio::sync::Mutex<()>,
+    /// The drains under way, which a stopping node waits for.
+    drains: TaskTracker,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -166,6 +173,9 @@ pub struct Drain {
     vips: Vec<Ipv4Addr>,
     /// This node's address on the VRID's link, where peers forward.
     via: Ipv4Addr,
+    /// Cancelled to stop the renewals; the task ends once a renewal in flight is answered.
+    stop_renewing: CancellationToken,
+    renewals: tokio::task::JoinHandle<()>,
 }
 
 /// What starting a drain came to.
@@ -194,6 +204,7 @@ impl Node {
             vrids,
             handover,
             handing_over: tokio::sync::Mutex::new(()),
+            drains: TaskTracker::new(),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         })
@@ -544,14 +555,17 @@ impl Node {
             else {
                 return;
             };
-            if !node.is_master(vrid) {
+            let status = vrrp.status();
+            let running = status.instances.iter().find(|i| i.vrid == vrid);
+            // The address owner never gives its VIP away (resigning does nothing for it).
+            if !running.is_some_and(|i| i.state == State::Master && i.priority != OWNER_PRIORITY) {
                 return;
             }
             match node.start_drain(local).await {
                 DrainStart::Started(drain) => {
                     vrrp.resign(vrid);
                     let time = node.handover.as_ref().map_or(Duration::ZERO, |(_, time)| *time);
-                    tokio::spawn(Arc::clone(&node).follow_drain(drain, deadline_after(time)));
+                    node.drains.spawn(Arc::clone(&node).follow_drain(drain, deadline_after(time)));
                 }
                 // Master again while its last drain goes on: that drain takes in what this
                 // mastership accepted.
@@ -593,17 +607,18 @@ impl Node {
         tracing::warn!(?timeout, "no other node took the VIPs over in time");
     }
 
-    /// Follows `drains` to their end, at `deadline` at the latest.
+    /// Follows `drains` to their end, at `deadline` at the latest, together with any drain
+    /// a hand-over started earlier (each ends by its own deadline).
     pub async fn finish_drains(
         self: &Arc<Self>,
         drains: Vec<Drain>,
         deadline: tokio::time::Instant,
     ) {
-        let mut following = JoinSet::new();
         for drain in drains {
-            following.spawn(Arc::clone(self).follow_drain(drain, deadline));
+            self.drains.spawn(Arc::clone(self).follow_drain(drain, deadline));
         }
-        following.join_all().await;
+        self.drains.close();
+        self.drains.wait().await;
     }
 
     fn is_master(&self, vrid: u8) -> bool {
@@ -630,8 +645,13 @@ impl Node {
                 return DrainStart::Unavailable;
             }
         }
-        let drain = Drain { vrid, vips: local.vips.clone(), via };
-        let forwarding = self.announce(&drain).await;
+        let request = PeerRequest::Draining {
+            vrid,
+            vips: local.vips.clone(),
+            via,
+            lease_ms: DRAIN_LEASE.as_millis() as u64,
+        };
+        let forwarding = self.announce(request.clone()).await;
         if forwarding.is_empty() {
             tracing::warn!(
                 vrid,
@@ -640,18 +660,32 @@ impl Node {
             handover.release(vrid).await;
             return DrainStart::Unavailable;
         }
+        // Renewed from now on, in order, by one task; stopped only between renewals, so the
+        // end of the drain is told after the last renewal was answered.
+        let stop_renewing = CancellationToken::new();
+        let renewals = tokio::spawn({
+            let (node, stop) = (Arc::clone(self), stop_renewing.clone());
+            async move {
+                let mut renew = tokio::time::interval(DRAIN_RENEW);
+                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                renew.tick().await; // announced just now
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = renew.tick() => {}
+                    }
+                    node.announce(request.clone()).await;
+                }
+            }
+        });
+        let drain = Drain { vrid, vips: local.vips.clone(), via, stop_renewing, renewals };
         tracing::info!(vrid, vips = ?drain.vips, peers_forwarding = ?forwarding, "handing the VIP over: its connections drain here");
         DrainStart::Started(drain)
     }
 
-    /// Tells every peer of `drain` (renewing its lease); returns those that forward for it.
-    async fn announce(self: &Arc<Self>, drain: &Drain) -> Vec<u64> {
-        let request = PeerRequest::Draining {
-            vrid: drain.vrid,
-            vips: drain.vips.clone(),
-            via: drain.via,
-            lease_ms: DRAIN_LEASE.as_millis() as u64,
-        };
+    /// Tells every peer of a drain (`Draining`, renewing its lease); returns those that
+    /// forward for it.
+    async fn announce(self: &Arc<Self>, request: PeerRequest) -> Vec<u64> {
         let peers = self.peer_ids();
         self.ask_within(&peers, request, ANNOUNCE_TIMEOUT)
             .await
@@ -674,35 +708,28 @@ impl Node {
         for vip in &drain.vips {
             self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Polite));
         }
-        // Renewed in order by one task, stopped before the drain's end is announced, so no
-        // renewal can outlive it.
-        let renewals = tokio::spawn({
-            let node = Arc::clone(&self);
-            let renewal = Drain { vips: drain.vips.clone(), ..drain };
-            async move {
-                let mut renew = tokio::time::interval(DRAIN_RENEW);
-                renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                renew.tick().await; // announced just now
-                loop {
-                    renew.tick().await;
-                    node.announce(&renewal).await;
-                }
-            }
-        });
         let mut look = tokio::time::interval(DRAIN_POLL);
         let mut closing = false;
         // VRRP reports the resignation a moment after it: "master again" counts only once
         // this node has been seen as backup.
         let mut left = false;
+        // When another node was first seen as master; a stopping node waited for that.
+        let mut taken_over = self.draining.load(Ordering::Relaxed).then(tokio::time::Instant::now);
         let ended = loop {
             look.tick().await;
             // A stopping node's VRRP has stopped and no longer says who is master.
             if !self.draining.load(Ordering::Relaxed) {
-                let master = self.is_master(vrid);
+                let status = self.vrrp.as_ref().map(|(vrrp, _)| vrrp.status()).unwrap_or_default();
+                let instance = status.instances.iter().find(|i| i.vrid == vrid);
+                let master = instance.is_some_and(|i| i.state == State::Master);
                 if left && master {
                     break "this node is master again";
                 }
                 left |= !master;
+                let other = instance.and_then(|i| i.master).is_some_and(|m| m != drain.via);
+                if taken_over.is_none() && !master && other {
+                    taken_over = Some(tokio::time::Instant::now());
+                }
             }
             let vips = drain.vips.clone();
             let open = tokio::task::spawn_blocking(move || {
@@ -729,7 +756,8 @@ impl Node {
                     usize::MAX
                 }
             };
-            if open == 0 {
+            let settled = taken_over.is_some_and(|at| at.elapsed() >= TAKEOVER_SETTLE);
+            if open == 0 && settled {
                 break "every connection ended";
             }
             let now = tokio::time::Instant::now();
@@ -754,8 +782,8 @@ impl Node {
                 );
             }
         };
-        renewals.abort();
-        let _ = renewals.await;
+        drain.stop_renewing.cancel();
+        let _ = drain.renewals.await;
         for vip in &drain.vips {
             self.plane.drain_address(IpAddr::V4(*vip), None);
         }
@@ -783,6 +811,9 @@ impl Node {
             return false;
         };
         let vips: Vec<Ipv4Addr> = vips.into_iter().filter(|vip| local.vips.contains(vip)).collect();
+        if vips.is_empty() {
+            return false;
+        }
         let lease = Duration::from_millis(lease_ms).min(MAX_LEASE);
         handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await;
         true

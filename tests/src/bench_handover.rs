@@ -163,6 +163,14 @@ fn fulcrum_handovers(lab: &Lab, handovers: usize) -> Result<Tally, LabError> {
     for node in &mut nodes {
         node.stop()?;
     }
+    // A node killed after its stop grace would leave its tables (and a VIP on lo) to skew the
+    // reference run on the same hosts.
+    for lb in &lbs {
+        for family in ["ip", "arp"] {
+            let _ = lab.exec(lb, "nft", &["delete", "table", family, "fulcrum"]);
+        }
+        let _ = lab.exec(lb, "ip", &["addr", "del", &format!("{}/32", vip(1)), "dev", "lo"]);
+    }
     Ok(tally)
 }
 

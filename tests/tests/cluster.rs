@@ -428,6 +428,17 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     let whole_download = usize::try_from(SECS * 10 * 1024).unwrap();
     let whole_session = usize::try_from(SECS * 10).unwrap();
 
+    // With no connection open, lb1 -> lb3 and back: the old master holds the VIP until the
+    // new one has it, so no new request falls in between.
+    for to in [&c.lbs[2], &c.lbs[0]] {
+        let probe = steady_probe(&c, Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(500));
+        c.ctl_ok(&[to], &["failover", "--vrid", "51", "--to", &node_id(to).to_string()]);
+        let report = probe.finish().unwrap();
+        assert_eq!(report.failures, 0, "requests failed moving to {}: {report}", to.name);
+        c.until_drained(&all, to);
+    }
+
     // fulcrumctl failover lb1 -> lb2, with a download and an echo session open on lb1 and
     // 200 new requests a second.
     let long = c.long_connections(&c.lbs[0], SECS, true);
@@ -489,9 +500,21 @@ fn a_node_that_dies_mid_drain_is_not_forwarded_to() {
         c.lab.ruleset(&c.lbs[1]).unwrap().contains(&to_lb1),
         "lb2 forwards to the draining lb1"
     );
+    // The session goes on through lb1 after the handover: its bytes keep arriving there.
+    let echoed = || {
+        let labels = "echo\",direction=\"in";
+        c.listener_metric(&c.lbs[0], "fulcrum_listener_bytes_total", labels)
+    };
+    let before = echoed();
+    let start = Instant::now();
+    while echoed() <= before {
+        assert!(start.elapsed() < Duration::from_secs(5), "the session stopped reaching lb1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
-    // lb1 dies mid-drain: lb2 stops forwarding to it once its lease runs out, and the echo
-    // session's next packet is answered with a reset instead of vanishing.
+    // lb1 dies mid-drain: lb2 stops forwarding to it once its lease runs out (2 s), and the
+    // echo session's next retransmission (about 3 s after the crash) is answered with a reset
+    // instead of vanishing, well within the session's 8 s read timeout.
     c.lab.crash(&c.lbs[0], &mut c.nodes[0]).unwrap();
     let start = Instant::now();
     while [&c.lbs[1], &c.lbs[2]].iter().any(|h| c.lab.ruleset(h).unwrap().contains(&to_lb1)) {

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::addresses::Phase;
-use super::listener::{Downstream, ListenerRuntime, drain_reaches};
+use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::metrics::{ErrorKind, RouteStats};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::Activity;
@@ -136,10 +136,12 @@ pub async fn serve<I>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let must_close = || drain_reaches(&listener, &addresses, downstream.local, Phase::Closed);
+    let closing = || must_close(&listener, &addresses, downstream.local);
     // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
     // client that connected to a VIP just handed over (its ARP entry not yet updated) would
-    // see that cut, so such a connection is wound down once it has its first request.
+    // see that cut, so such a connection is wound down once it has its first request. A
+    // stopping listener winds down at once: a stopping node stops accepting only once
+    // another node holds its VIPs, and a removed listener has no reason to wait.
     let wind_down = async {
         tokio::select! {
             () = listener.stopping() => {}
@@ -160,13 +162,13 @@ pub async fn serve<I>(
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => Some(result),
-                () = must_close() => {
+                () = closing() => {
                     listener.stats().error(ErrorKind::Drained);
                     None
                 }
             }
         }
-        () = must_close() => {
+        () = closing() => {
             listener.stats().error(ErrorKind::Drained);
             None
         }
@@ -499,7 +501,7 @@ async fn tunnel(
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             () = activity.idle_for(idle) => tunnel_listener.stats().error(ErrorKind::IdleTimeout),
             () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
-            () = drain_reaches(&tunnel_listener, &addresses, downstream.local, Phase::Closed) => {
+            () = must_close(&tunnel_listener, &addresses, downstream.local) => {
                 tunnel_listener.stats().error(ErrorKind::Drained)
             }
         }

@@ -11,8 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Shared;
-use super::addresses::Phase;
-use super::listener::{Downstream, ListenerRuntime, drain_reaches};
+use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::metrics::ErrorKind;
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::splice::{self, Activity, Direction};
@@ -34,7 +33,7 @@ pub async fn serve(
     let peer = from.peer;
     let pool = spec.default_pool.as_ref().and_then(|name| shared.pools.load().get(name).cloned());
     // A drain deadline, of the listener or of the address (a VIP handed over), closes it.
-    let must_close = || drain_reaches(listener, &shared.addresses, from.local, Phase::Closed);
+    let closing = || must_close(listener, &shared.addresses, from.local);
     let Some(pool) = pool else {
         // Fail fast: the client sees its connection closed, not a hang.
         listener.stats().error(ErrorKind::NoBackend);
@@ -43,7 +42,7 @@ pub async fn serve(
     // A node drain's deadline also cuts connections still connecting.
     let connected = tokio::select! {
         connected = connect(&pool, peer, listener) => connected,
-        () = must_close() => {
+        () = closing() => {
             listener.stats().error(ErrorKind::Drained);
             return;
         }
@@ -57,7 +56,7 @@ pub async fn serve(
         let local = client.local_addr().unwrap_or(spec.bind);
         let sent = tokio::select! {
             sent = send_proxy_header(&mut upstream, peer, local) => sent,
-            () = must_close() => Err(std::io::ErrorKind::Interrupted.into()),
+            () = closing() => Err(std::io::ErrorKind::Interrupted.into()),
         };
         if let Err(e) = sent {
             tracing::debug!(listener = %listener.name(), backend = %backend.address(), "PROXY header not sent: {e}");
@@ -86,7 +85,7 @@ pub async fn serve(
         },
         () = activity.idle_for(spec.idle_timeout) => Some(ErrorKind::IdleTimeout),
         () = close.cancelled() => Some(ErrorKind::Drained),
-        () = must_close() => Some(ErrorKind::Drained),
+        () = closing() => Some(ErrorKind::Drained),
     };
     if let Some(kind) = ended {
         listener.stats().error(kind);

@@ -199,23 +199,12 @@ pub struct Downstream {
     pub tls: bool,
 }
 
-/// Resolves once a connection to local address `local` must reach `phase` of a drain: its
-/// listener stops accepting (polite) or closes (closed), or `addresses` drains `local` that far.
-pub async fn drain_reaches(
-    listener: &ListenerRuntime,
-    addresses: &AddressDrains,
-    local: IpAddr,
-    phase: Phase,
-) {
-    let by_listener = async {
-        match phase {
-            Phase::Polite => listener.stopping().await,
-            Phase::Closed => listener.closed().await,
-        }
-    };
+/// Resolves once a connection to local address `local` must close now: its listener's drain
+/// deadline came, or that of `addresses` for `local` (a VIP handed over).
+pub async fn must_close(listener: &ListenerRuntime, addresses: &AddressDrains, local: IpAddr) {
     tokio::select! {
-        () = by_listener => {}
-        () = addresses.reached(local, phase) => {}
+        () = listener.closed() => {}
+        () = addresses.reached(local, Phase::Closed) => {}
     }
 }
 
