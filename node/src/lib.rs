@@ -1,7 +1,8 @@
 //! A Fulcrum cluster node: the wiring of the Raft store, VRRP and the data plane.
 //!
 //! It owns the data plane (`dataplane`: listeners, L4 forwarding, draining, metrics; `balance`:
-//! the balancing algorithms; `health`: health checks) and the node file. It never defines
+//! the balancing algorithms; `health`: health checks), the node file, and the handing over of
+//! a VIP with its connections (`handover`: second-chance forwarding). It never defines
 //! persisted state (that is fulcrum-model and fulcrum-raft-store) and never speaks VRRP itself
 //! (fulcrum-vrrp does).
 

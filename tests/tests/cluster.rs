@@ -1,6 +1,7 @@
 //! Three (or four) real `fulcrumd` cluster nodes — Raft store, admin API, VRRP, data plane —
 //! on the lab's load balancers, administered with `fulcrumctl` from the client host, with
-//! traffic through the VIP and through each node.
+//! traffic through the VIP and through each node, and planned handovers that keep their
+//! connections (second-chance forwarding) while a node that dies mid-drain is not forwarded to.
 //!
 //! These tests need root; without it they fail with a message that says so.
 
@@ -432,7 +433,6 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     // new one has it, so no new request falls in between.
     for to in [&c.lbs[2], &c.lbs[0]] {
         let probe = steady_probe(&c, Duration::from_secs(2));
-        std::thread::sleep(Duration::from_millis(500));
         c.ctl_ok(&[to], &["failover", "--vrid", "51", "--to", &node_id(to).to_string()]);
         let report = probe.finish().unwrap();
         assert_eq!(report.failures, 0, "requests failed moving to {}: {report}", to.name);
@@ -443,7 +443,6 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     // 200 new requests a second.
     let long = c.long_connections(&c.lbs[0], SECS, true);
     let probe = steady_probe(&c, Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(500));
     let lb2 = node_id(&c.lbs[1]).to_string();
     c.ctl_ok(&[&c.lbs[1]], &["failover", "--vrid", "51", "--to", &lb2]);
     let report = probe.finish().unwrap();
@@ -464,7 +463,6 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     // SIGTERM to lb2, the master now: the same, to lb1 or lb3.
     let long = c.long_connections(&c.lbs[1], SECS, true);
     let probe = steady_probe(&c, Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(500));
     c.nodes[1].signal(nix::sys::signal::Signal::SIGTERM).unwrap();
     let report = probe.finish().unwrap();
     assert_eq!(report.failures, 0, "requests failed during the stop: {report}");

@@ -136,7 +136,7 @@ pub async fn serve<I>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
-    let closing = || must_close(&listener, &addresses, downstream.local);
+    let closing = || must_close(&listener, &addresses, downstream.local_ip());
     // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
     // client that connected to a VIP just handed over (its ARP entry not yet updated) would
     // see that cut, so such a connection is wound down once it has its first request. A
@@ -146,7 +146,7 @@ pub async fn serve<I>(
         tokio::select! {
             () = listener.stopping() => {}
             () = async {
-                addresses.reached(downstream.local, Phase::Polite).await;
+                addresses.reached(downstream.local_ip(), Phase::Polite).await;
                 first_request.cancelled().await;
             } => {}
         }
@@ -501,7 +501,7 @@ async fn tunnel(
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             () = activity.idle_for(idle) => tunnel_listener.stats().error(ErrorKind::IdleTimeout),
             () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
-            () = must_close(&tunnel_listener, &addresses, downstream.local) => {
+            () = must_close(&tunnel_listener, &addresses, downstream.local_ip()) => {
                 tunnel_listener.stats().error(ErrorKind::Drained)
             }
         }

@@ -33,7 +33,7 @@ pub async fn serve(
     let peer = from.peer;
     let pool = spec.default_pool.as_ref().and_then(|name| shared.pools.load().get(name).cloned());
     // A drain deadline, of the listener or of the address (a VIP handed over), closes it.
-    let closing = || must_close(listener, &shared.addresses, from.local);
+    let closing = || must_close(listener, &shared.addresses, from.local_ip());
     let Some(pool) = pool else {
         // Fail fast: the client sees its connection closed, not a hang.
         listener.stats().error(ErrorKind::NoBackend);
@@ -53,9 +53,8 @@ pub async fn serve(
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     if spec.proxy_protocol {
-        let local = client.local_addr().unwrap_or(spec.bind);
         let sent = tokio::select! {
-            sent = send_proxy_header(&mut upstream, peer, local) => sent,
+            sent = send_proxy_header(&mut upstream, peer, from.local) => sent,
             () = closing() => Err(std::io::ErrorKind::Interrupted.into()),
         };
         if let Err(e) = sent {

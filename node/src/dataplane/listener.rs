@@ -194,9 +194,17 @@ pub struct Downstream {
     /// The client.
     pub peer: SocketAddr,
     /// The address it connected to (a VIP, for instance).
-    pub local: IpAddr,
+    pub local: SocketAddr,
     /// Whether it came through TLS.
     pub tls: bool,
+}
+
+impl Downstream {
+    /// The local IP address as drains name it: canonical, so an IPv4 client of a dual-stack
+    /// listener has its IPv4 address.
+    pub fn local_ip(&self) -> IpAddr {
+        self.local.ip().to_canonical()
+    }
 }
 
 /// Resolves once a connection to local address `local` must close now: its listener's drain
@@ -387,8 +395,13 @@ async fn serve(
     shared: Arc<Shared>,
 ) {
     listener.stats.total.fetch_add(1, Ordering::Relaxed);
-    // Canonical, so an IPv4 client of a dual-stack listener has its IPv4 local address.
-    let local = stream.local_addr().map_or(listener.spec().bind.ip(), |a| a.ip()).to_canonical();
+    // A listener bound to one address is what its connections reached; only a wildcard bind
+    // needs asking which address that was.
+    let bind = listener.spec().bind;
+    let local = match bind.ip().is_unspecified() {
+        true => stream.local_addr().unwrap_or(bind),
+        false => bind,
+    };
     let client = Downstream { peer, local, tls: false };
     match listener.spec.load().protocol {
         Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
