@@ -129,7 +129,10 @@ pub async fn serve<I>(
     let first_request = CancellationToken::new();
     let request_seen = first_request.clone();
     let service = hyper::service::service_fn(move |request| {
-        request_seen.cancel();
+        // Checked first: cancelling takes a lock, and this runs for every request.
+        if !request_seen.is_cancelled() {
+            request_seen.cancel();
+        }
         let listener = Arc::clone(&service_listener);
         let shared = Arc::clone(&shared);
         async move { Ok::<_, Infallible>(handle(request, downstream, &listener, &shared).await) }
