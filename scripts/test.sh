@@ -31,6 +31,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+scripts/check-structure.py
 # The lab tests run the binaries (fulcrumd next to the test executables); cargo builds a
 # package's binaries for tests only when that package has integration tests.
 cargo build --workspace --locked

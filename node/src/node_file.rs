@@ -12,10 +12,10 @@ use std::time::Duration;
 use fulcrum_model::file::line_of;
 use fulcrum_raft_store::rpc::MIN_SECRET_BYTES;
 use fulcrum_raft_store::{RaftTiming, StoreSettings};
-use fulcrum_vrrp::driver::{GarpSettings, InstanceSettings};
-use fulcrum_vrrp::machine::InstanceConfig;
-use fulcrum_vrrp::socket::Destination;
+use fulcrum_vrrp::Destination;
+use fulcrum_vrrp::InstanceConfig;
 use fulcrum_vrrp::wire::ChecksumForm;
+use fulcrum_vrrp::{GarpSettings, InstanceSettings};
 use serde::{Deserialize, Serialize};
 
 /// The node file.

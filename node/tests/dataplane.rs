@@ -10,7 +10,7 @@ use fulcrum_model::{
     Protocol,
 };
 use fulcrum_node::dataplane::DataPlane;
-use fulcrum_node::health::Health;
+use fulcrum_policy::Health;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -10,27 +10,29 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fulcrum_model::{ApplyError, Config, Revision};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{BasicNode, ChangeMembers, SnapshotPolicy};
+use openraft::{BasicNode, SnapshotPolicy};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::StoreError;
+use crate::log_store::LogStore;
 use crate::network::{CallError, Network, RpcClient};
 use crate::rpc::{
     AuthCounters, AuthCounts, ClusterAuth, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_WRITE,
     WeakSecret,
 };
-use crate::state_machine::StateMachineStore;
-use crate::{Applied, IdempotencyKey, NodeId, Raft, Request, Response};
+use crate::server::serve;
+use crate::shared::{MemberChange, MembershipError, PeerHandler, Redirect, Shared};
+use crate::store::open;
+use crate::types::{Applied, IdempotencyKey, NodeId, Raft, Request};
 
 /// How a node takes part in the store.
 #[derive(Clone, Debug)]
@@ -94,7 +96,7 @@ pub enum StartError {
     Settings(#[from] openraft::ConfigError),
     /// The data directory could not be opened.
     #[error(transparent)]
-    Store(#[from] crate::StoreError),
+    Store(#[from] StoreError),
     /// The RPC address could not be bound.
     #[error("cannot listen for Raft RPCs on {address}: {source}")]
     Listen {
@@ -135,77 +137,10 @@ pub enum ReadError {
     Unavailable(String),
 }
 
-/// Why a membership change did not happen.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
-pub enum MembershipError {
-    /// No leader took the change in time.
-    #[error("no leader took the membership change within {0:?}")]
-    NoLeader(Duration),
-    /// The learner did not catch up in time.
-    #[error("node {node} did not catch up within {timeout:?}")]
-    NotCaughtUp {
-        /// The learner.
-        node: NodeId,
-        /// How long it was given.
-        timeout: Duration,
-    },
-    /// openraft refused the change.
-    #[error("membership change refused: {0}")]
-    Refused(String),
-}
-
-/// A membership change, as forwarded to the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum MemberChange {
-    /// Add a learner.
-    AddLearner {
-        /// Its id.
-        id: NodeId,
-        /// Its RPC address.
-        address: String,
-    },
-    /// Make a caught-up learner a voter.
-    Promote {
-        /// Its id.
-        id: NodeId,
-        /// How long it may take to catch up.
-        catch_up: Duration,
-    },
-    /// Remove a voter or learner.
-    Remove {
-        /// Its id.
-        id: NodeId,
-    },
-}
-
-/// Answers one peer request: the bytes a peer sent, in; the bytes to send back, out.
-pub type PeerHandler =
-    Arc<dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> + Send + Sync>;
-
-/// What a leader answers a forwarded write or read with, when it cannot serve it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum Redirect {
-    /// It is not (or no longer) the leader; the leader it knows of, if any.
-    NotLeader(Option<(NodeId, String)>),
-    /// It failed for good.
-    Failed(String),
-}
-
 /// How long a write or a linearizable read may look for a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-
-/// The state the RPC server shares with the store.
-pub(crate) struct Shared {
-    pub(crate) node_id: NodeId,
-    pub(crate) raft: Raft,
-    pub(crate) auth: ClusterAuth,
-    pub(crate) auth_counters: AuthCounters,
-    state_machine: StateMachineStore,
-    commit_latency: LatencyHistogram,
-    peer_handler: OnceLock<PeerHandler>,
-}
 
 /// A running node of the configuration store.
 pub struct ConfigStore {
@@ -214,7 +149,8 @@ pub struct ConfigStore {
     stop: watch::Sender<bool>,
     /// Taken by the first shutdown.
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
-    log_store: crate::log_store::LogStore,
+    log_store: LogStore,
+    commit_latency: LatencyHistogram,
     next_key: AtomicU64,
 }
 
@@ -235,7 +171,7 @@ impl ConfigStore {
             ..openraft::Config::default()
         }
         .validate()?;
-        let (log_store, state_machine) = crate::open(&settings.data_dir)?;
+        let (log_store, state_machine) = open(&settings.data_dir)?;
         let client = RpcClient::new(auth.clone());
         let raft = Raft::new(
             settings.node_id,
@@ -255,17 +191,17 @@ impl ConfigStore {
             auth,
             auth_counters: AuthCounters::default(),
             state_machine,
-            commit_latency: LatencyHistogram::default(),
             peer_handler: OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&shared), stopped));
+        let server = tokio::spawn(serve(listener, Arc::clone(&shared), stopped));
         let store = ConfigStore {
             shared,
             client,
             stop,
             server: std::sync::Mutex::new(Some(server)),
             log_store,
+            commit_latency: LatencyHistogram::default(),
             next_key: AtomicU64::new(0),
         };
         store.bootstrap(&settings).await?;
@@ -330,7 +266,7 @@ impl ConfigStore {
                 None => WriteError::Timeout(LEADER_WAIT),
                 Some(problem) => WriteError::Unavailable(problem),
             })?;
-        self.shared.commit_latency.record(started.elapsed());
+        self.commit_latency.record(started.elapsed());
         Ok(response.result?)
     }
 
@@ -487,7 +423,7 @@ impl ConfigStore {
             applied_index: raft.last_applied.map_or(0, |log_id| log_id.index),
             revision: self.config().revision,
             replication_lag,
-            commit_latency: self.shared.commit_latency.snapshot(),
+            commit_latency: self.commit_latency.snapshot(),
             size_on_disk_bytes: self.log_store.size_on_disk(),
             refused_rpcs: self.shared.auth_counters.snapshot(),
         }
@@ -513,125 +449,6 @@ impl ConfigStore {
         key[8..].copy_from_slice(&(nanos ^ count.rotate_left(48)).to_be_bytes());
         IdempotencyKey(key)
     }
-}
-
-impl Shared {
-    /// Proposes `request` on this node, which must be the leader.
-    pub(crate) async fn write_as_leader(&self, request: Request) -> Result<Response, Redirect> {
-        match self.raft.client_write(request).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(Redirect::NotLeader(leader_of(forward)))
-            }
-            Err(other) => Err(Redirect::Failed(other.to_string())),
-        }
-    }
-
-    /// The configuration, once this node has confirmed it leads and applied everything
-    /// committed before the read.
-    pub(crate) async fn read_as_leader(&self) -> Result<Config, Redirect> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(Config::clone(&self.state_machine.config())),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(Redirect::NotLeader(leader_of(forward)))
-            }
-            // No quorum answered: maybe an election is under way; the caller retries.
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(Redirect::NotLeader(None))
-            }
-            Err(other) => Err(Redirect::Failed(other.to_string())),
-        }
-    }
-
-    /// Changes the membership on this node, which must be the leader.
-    pub(crate) async fn change_members_as_leader(
-        &self,
-        change: &MemberChange,
-    ) -> Result<Result<(), MembershipError>, Redirect> {
-        let raft = &self.raft;
-        let outcome = match change {
-            MemberChange::AddLearner { id, address } => {
-                raft.add_learner(*id, BasicNode::new(address), false).await.map(drop)
-            }
-            MemberChange::Promote { id, catch_up } => {
-                // Only the leader knows how far a learner got: elsewhere the wait would last
-                // its whole timeout before the change itself found out who leads.
-                let metrics = raft.metrics().borrow().clone();
-                if metrics.current_leader != Some(self.node_id) {
-                    let leader = metrics.current_leader.and_then(|leader| {
-                        let node = metrics.membership_config.membership().get_node(&leader)?;
-                        Some((leader, node.addr.clone()))
-                    });
-                    return Err(Redirect::NotLeader(leader));
-                }
-                if let Err(error) = self.wait_caught_up(*id, *catch_up).await {
-                    return Ok(Err(error));
-                }
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([*id])), false)
-                    .await
-                    .map(drop)
-            }
-            MemberChange::Remove { id } => {
-                let is_voter = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == *id);
-                let voters_removed = match is_voter {
-                    true => raft
-                        .change_membership(
-                            ChangeMembers::RemoveVoters(BTreeSet::from([*id])),
-                            false,
-                        )
-                        .await
-                        .map(drop),
-                    false => Ok(()),
-                };
-                match voters_removed {
-                    Ok(()) => raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
-                        .await
-                        .map(drop),
-                    Err(error) => Err(error),
-                }
-            }
-        };
-        match outcome {
-            Ok(()) => Ok(Ok(())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(Redirect::NotLeader(leader_of(forward)))
-            }
-            Err(other) => Ok(Err(MembershipError::Refused(other.to_string()))),
-        }
-    }
-
-    /// Waits until this leader has replicated its whole log to `id`.
-    async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<(), MembershipError> {
-        let mut metrics = self.raft.metrics();
-        let caught_up = |m: &openraft::RaftMetrics<NodeId, BasicNode>| {
-            let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten());
-            matched.map(|log_id| log_id.index) >= m.last_log_index
-        };
-        tokio::time::timeout(timeout, metrics.wait_for(caught_up))
-            .await
-            .map_err(|_| MembershipError::NotCaughtUp { node: id, timeout })?
-            .map(drop)
-            .map_err(|_| MembershipError::Refused("Raft stopped".into()))
-    }
-
-    /// Answers a peer request with the installed handler.
-    pub(crate) async fn answer_peer(&self, request: Vec<u8>) -> Result<Vec<u8>, String> {
-        match self.peer_handler.get() {
-            Some(handler) => Ok(handler(request).await),
-            None => Err(format!("node {} serves no peer requests yet", self.node_id)),
-        }
-    }
-}
-
-fn leader_of(forward: ForwardToLeader<NodeId, BasicNode>) -> Option<(NodeId, String)> {
-    forward.leader_id.zip(forward.leader_node.map(|node| node.addr))
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -666,7 +483,7 @@ pub struct StoreMetrics {
 }
 
 /// Upper bounds of the commit-latency buckets, in milliseconds; the last bucket is unbounded.
-pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+pub(crate) const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
 
 /// A commit-latency histogram with fixed buckets.
 #[derive(Debug, Default)]

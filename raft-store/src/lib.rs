@@ -6,25 +6,33 @@
 //! crate, with fulcrum-model, that defines what is persisted; it never moves traffic.
 //!
 //! # Layout
+//!
 //! - [`types`]: the openraft type configuration, [`Request`] and [`Response`].
+//! - `error`: [`StoreError`] and the loaders' failures, when a data directory cannot be opened.
 //! - [`log_store`]: the Raft log and vote in sled.
 //! - [`state_machine`]: the applied `Config` in sled, snapshots, and the watch.
-//! - [`open`]: opens both from one data directory.
+//! - `store`: [`open`], which opens both from one data directory.
 //! - [`rpc`]: the RPC paths and the signature every request carries.
 //! - [`network`]: the RPC client, openraft's network factory.
+//! - `shared`: the state the RPC server serves from, and the leader's side of forwarded calls.
 //! - `server`: the RPC server.
-//! - [`cluster`]: [`ConfigStore`], one running node: writes from any node, local and
-//!   linearizable reads, the watch, membership, metrics.
+//! - `cluster`: [`ConfigStore`], one running node: writes, reads, watch, membership, metrics.
 
-pub mod cluster;
+mod cluster;
+mod error;
 pub mod log_store;
 pub mod network;
 pub mod rpc;
 mod server;
+mod shared;
 pub mod state_machine;
 mod store;
 pub mod types;
 
-pub use cluster::{ConfigStore, MembershipError, PeerHandler, RaftTiming, StoreSettings};
-pub use store::{StoreError, open};
+pub use cluster::{ConfigStore, RaftTiming, ReadError, StoreSettings, WriteError};
+pub use error::StoreError;
+pub use network::CallError;
+pub use rpc::MIN_SECRET_BYTES;
+pub use shared::{MembershipError, PeerHandler};
+pub use store::open;
 pub use types::{Applied, IdempotencyKey, NodeId, Raft, Request, Response, TypeConfig};

@@ -21,7 +21,7 @@ use openraft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::Failure;
+use crate::error::Failure;
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -273,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_entry_is_a_storage_error() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = crate::open(dir.path()).unwrap();
+        let (mut log, _) = crate::store::open(dir.path()).unwrap();
         log.blocking_append((1..=3).map(blank)).await.unwrap();
         log.log.insert(index_key(2), &b"\x01garbage"[..]).unwrap();
         log.log.insert(index_key(4), codec::encode(&blank(5)).unwrap()).unwrap();
@@ -288,13 +288,13 @@ mod tests {
     async fn an_interrupted_purge_is_finished_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut log, _) = crate::open(dir.path()).unwrap();
+            let (mut log, _) = crate::store::open(dir.path()).unwrap();
             log.blocking_append((1..=5).map(blank)).await.unwrap();
             // What a crash between recording the purge and deleting leaves.
             log.meta.insert(KEY_LAST_PURGED, codec::encode(&Some(log_id(3))).unwrap()).unwrap();
             log.db.flush_async().await.unwrap();
         }
-        let (mut log, _) = crate::open(dir.path()).unwrap();
+        let (mut log, _) = crate::store::open(dir.path()).unwrap();
         assert_eq!(log.try_get_log_entries(..).await.unwrap(), vec![blank(4), blank(5)]);
         let state = log.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(3)));
@@ -304,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn odd_ranges_read_nothing_rather_than_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = crate::open(dir.path()).unwrap();
+        let (mut log, _) = crate::store::open(dir.path()).unwrap();
         log.blocking_append((1..=3).map(blank)).await.unwrap();
         let (from, to) = (3, 1);
         assert!(log.try_get_log_entries(from..to).await.unwrap().is_empty());
@@ -318,13 +318,13 @@ mod tests {
     async fn committed_and_vote_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut log, _) = crate::open(dir.path()).unwrap();
+            let (mut log, _) = crate::store::open(dir.path()).unwrap();
             assert_eq!(log.read_vote().await.unwrap(), None);
             assert_eq!(log.read_committed().await.unwrap(), None);
             log.save_vote(&Vote::new(4, 2)).await.unwrap();
             log.save_committed(Some(log_id(7))).await.unwrap();
         }
-        let (mut log, _) = crate::open(dir.path()).unwrap();
+        let (mut log, _) = crate::store::open(dir.path()).unwrap();
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(7)));
         assert!(log.size_on_disk() > 0);

@@ -30,7 +30,7 @@ use crate::rpc::{
     ClusterAuth, HEADER_CLUSTER, HEADER_SIGNATURE, HEADER_TARGET, PATH_APPEND, PATH_SNAPSHOT,
     PATH_VOTE,
 };
-use crate::{NodeId, TypeConfig};
+use crate::types::{NodeId, TypeConfig};
 
 /// Why an RPC got no usable answer.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::NodeId;
+use crate::types::NodeId;
 
 /// Append entries.
 pub const PATH_APPEND: &str = "/raft/append";

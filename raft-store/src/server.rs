@@ -17,13 +17,12 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::cluster::MemberChange;
-use crate::cluster::Shared;
 use crate::rpc::{
     AuthError, PATH_APPEND, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_SNAPSHOT, PATH_VOTE,
     PATH_WRITE,
 };
-use crate::{NodeId, Request, TypeConfig};
+use crate::shared::{MemberChange, Shared};
+use crate::types::{NodeId, Request, TypeConfig};
 
 /// Serves RPCs on `listener` until `stop` turns true.
 pub(crate) async fn serve(

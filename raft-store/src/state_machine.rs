@@ -29,7 +29,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionResult, TransactionResult};
 use tokio::sync::{Mutex, watch};
 
-use crate::store::Failure;
+use crate::error::Failure;
 use crate::types::{Applied, IdempotencyKey, NodeId, Request, Response, TypeConfig};
 
 /// How many idempotency keys are remembered: the most recently written ones. A write retried
@@ -667,7 +667,7 @@ mod tests {
 
     fn open_state_machine() -> (tempfile::TempDir, StateMachineStore) {
         let dir = tempfile::tempdir().unwrap();
-        let (_, state_machine) = crate::open(dir.path()).unwrap();
+        let (_, state_machine) = crate::store::open(dir.path()).unwrap();
         (dir, state_machine)
     }
 

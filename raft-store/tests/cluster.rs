@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use fulcrum_model::{ApplyError, Command, Name, Pool, Revision};
-use fulcrum_raft_store::cluster::{RaftTiming, WriteError};
 use fulcrum_raft_store::network::{CallError, RpcClient};
 use fulcrum_raft_store::rpc::{ClusterAuth, PATH_VOTE};
 use fulcrum_raft_store::{ConfigStore, IdempotencyKey, NodeId, Request, StoreSettings};
+use fulcrum_raft_store::{RaftTiming, WriteError};
 use tempfile::TempDir;
 
 const SECRET: &[u8] = b"a cluster secret of enough bytes";

@@ -15,49 +15,12 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub(crate) use crate::error::DriverError;
 use crate::garp::GarpSender;
-use crate::machine::{Action, ConfigError, InstanceConfig, Router, State, Timestamp};
+use crate::machine::{Action, InstanceConfig, Router, State, Timestamp};
 use crate::socket::{AdvertSocket, Destination};
 use crate::vip::VipManager;
 use crate::wire::{ChecksumForm, DropCounters, Packet, check_received};
-
-/// Why the driver could not start or act.
-#[derive(Debug, thiserror::Error)]
-pub enum DriverError {
-    /// The interface does not exist.
-    #[error("interface {0} does not exist")]
-    NoInterface(String),
-    /// The interface has no MAC address to announce VIPs with.
-    #[error("interface {0} has no Ethernet address")]
-    NoMac(String),
-    /// An instance's configuration is invalid.
-    #[error("VRRP instance VRID {vrid}: {source}")]
-    Config {
-        /// The instance.
-        vrid: u8,
-        /// What is wrong.
-        source: ConfigError,
-    },
-    /// Two instances on one interface have the same VRID.
-    #[error("VRID {vrid} is configured twice on {interface}")]
-    DuplicateVrid {
-        /// The VRID.
-        vrid: u8,
-        /// The interface.
-        interface: String,
-    },
-    /// A system call failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// A netlink request failed.
-    #[error("netlink: {0}")]
-    Netlink(String),
-}
 
 /// How a router announces its VIPs with gratuitous ARP.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use crate::driver::DriverError;
+use crate::error::DriverError;
 use crate::vip::interface_index;
 use crate::wire::{IP_PROTOCOL, MULTICAST_GROUP, TTL};
 
@@ -42,13 +42,13 @@ impl Destination {
 }
 
 /// A raw VRRP socket bound to one interface.
-pub struct AdvertSocket {
+pub(crate) struct AdvertSocket {
     socket: AsyncFd<Socket>,
 }
 
 impl AdvertSocket {
     /// Opens the socket on `interface`, sending from `source`.
-    pub fn open(
+    pub(crate) fn open(
         interface: &str,
         source: Ipv4Addr,
         destination: &Destination,
@@ -92,7 +92,7 @@ impl AdvertSocket {
     }
 
     /// Receives one packet, IPv4 header included.
-    pub async fn recv(&self, buffer: &mut [u8]) -> std::io::Result<usize> {
+    pub(crate) async fn recv(&self, buffer: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let mut ready = self.socket.readable().await?;
             match ready.try_io(|inner| inner.get_ref().read(buffer)) {
@@ -103,7 +103,7 @@ impl AdvertSocket {
     }
 
     /// Sends one advertisement (without IPv4 header) to `destination`: the group or a peer.
-    pub async fn send_to(
+    pub(crate) async fn send_to(
         &self,
         advertisement: &[u8],
         destination: Ipv4Addr,

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::TryStreamExt;
 use rtnetlink::Handle;
 
-use crate::driver::DriverError;
+use crate::error::DriverError;
 
 /// VIPs are host routes: a /32 never changes which subnet the interface is on.
 const VIP_PREFIX_LEN: u8 = 32;
@@ -85,7 +85,7 @@ impl VipManager {
 }
 
 /// The kernel's index of `interface`.
-pub fn interface_index(interface: &str) -> Result<u32, DriverError> {
+pub(crate) fn interface_index(interface: &str) -> Result<u32, DriverError> {
     nix::net::if_::if_nametoindex(interface)
         .map_err(|_| DriverError::NoInterface(interface.to_owned()))
 }

@@ -678,15 +678,18 @@ fn same_addresses(advertised: &[Ipv4Addr], configured: &[Ipv4Addr]) -> bool {
     advertised == configured
 }
 
-fn read_u16(bytes: &[u8], at: usize) -> u16 {
+/// The big-endian 16-bit word at `at`.
+pub(crate) fn read_u16(bytes: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
-fn write_u16(bytes: &mut [u8], at: usize, value: u16) {
+/// Writes `value` big-endian at `at`.
+pub(crate) fn write_u16(bytes: &mut [u8], at: usize, value: u16) {
     bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
-fn read_ipv4(bytes: &[u8], at: usize) -> Ipv4Addr {
+/// The IPv4 address at `at`.
+pub(crate) fn read_ipv4(bytes: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
 }
 

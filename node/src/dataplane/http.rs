@@ -11,100 +11,39 @@
 //! flight, HTTP/2 with GOAWAY.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use fulcrum_model::{Algorithm, HashKey, RateLimitKey, UpstreamProtocol};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use fulcrum_policy::PickKey;
+use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
+
 use super::addresses::Phase;
+use super::attempt::Attempts;
+use super::error::ErrorKind;
 use super::listener::{Downstream, ListenerRuntime, must_close};
-use super::metrics::{ErrorKind, RouteStats};
 use super::pool::{BackendRuntime, PoolRuntime};
+use super::shared::Shared;
 use super::splice::Activity;
-use crate::balance::PickKey;
-use crate::ratelimit::{Decision, retry_after_seconds};
-
-/// Errors of a body on its way through.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type both directions are forwarded as.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-/// The pooled client of one backend.
-pub type UpstreamClient = Client<BackendConnector, ProxyBody>;
-
-/// Dials one backend whatever authority a request names, so the client's own authority
-/// travels upstream (in `Host`, or HTTP/2's `:authority`) and connections are pooled per
-/// backend.
-#[derive(Clone, Debug)]
-pub struct BackendConnector {
-    inner: HttpConnector,
-    backend: Uri,
-}
-
-impl tower_service::Service<Uri> for BackendConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, _requested: Uri) -> Self::Future {
-        let connecting = self.inner.call(self.backend.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
-    }
-}
-
-/// Backends tried for one request when connecting fails (idempotent, bodiless requests only).
-const MAX_ATTEMPTS: usize = 3;
-/// How long a pooled backend connection may sit idle.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle pooled connections kept per backend (and per worker).
-const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
-
-/// Builds the pooled client for one backend.
-pub fn client(
-    backend: SocketAddr,
-    upstream: UpstreamProtocol,
-    connect_timeout: Duration,
-) -> UpstreamClient {
-    let mut inner = HttpConnector::new();
-    inner.set_connect_timeout(Some(connect_timeout));
-    inner.set_nodelay(true);
-    // A socket address always makes a valid authority.
-    let backend = Uri::try_from(format!("http://{backend}")).unwrap_or_default();
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if upstream == UpstreamProtocol::Http2 {
-        builder.http2_only(true);
-    }
-    builder.build(BackendConnector { inner, backend })
-}
+use super::stats::RouteStats;
+use super::upstream::{BoxError, ProxyBody};
 
 /// Serves one accepted client connection (already through TLS for https) to its end.
-pub async fn serve<I>(
+pub(crate) async fn serve<I>(
     io: I,
     downstream: Downstream,
     listener: Arc<ListenerRuntime>,
@@ -318,7 +257,7 @@ async fn forward(
     let selection = pool.selection();
     // A valid cookie naming a backend that may take traffic wins; otherwise the balancer.
     let pinned = target.sticky.and_then(|sticky| {
-        let value = super::sticky::cookie(request.headers(), &sticky.cookie)?;
+        let value = fulcrum_policy::sticky::cookie(request.headers(), &sticky.cookie)?;
         let address = shared.signer.pick(
             pool.name().as_str(),
             value,
@@ -331,19 +270,7 @@ async fn forward(
         _ => None,
     };
     let key = PickKey { source_ip: downstream.peer.ip(), hash_key: hash_bytes.as_deref() };
-    let mut choices: Vec<usize> = pinned.into_iter().collect();
-    choices.extend(
-        selection
-            .balancer
-            .choices(&key, Instant::now(), &mut fastrand::Rng::new())
-            .filter(|i| Some(*i) != pinned)
-            .take(MAX_ATTEMPTS),
-    );
-    if choices.is_empty() {
-        tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), "503: no healthy backend");
-        listener.stats().error(ErrorKind::NoBackend);
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend");
-    }
+    let mut attempts = Attempts::new(&selection, pinned, &key, Instant::now());
     let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
     let (parts, body) = request.into_parts();
     let limit = listener.spec().http.max_body_bytes;
@@ -353,16 +280,12 @@ async fn forward(
             .boxed_unsync(),
     );
     pool.note_request();
-    let mut last_error = "no backend took the request".to_owned();
-    for (attempt, index) in choices.into_iter().take(MAX_ATTEMPTS).enumerate() {
-        let Some(backend) = selection.backends.get(index) else { continue };
-        if attempt > 0 && !(replayable && pool.try_retry()) {
+    let mut failure = None;
+    for attempt in attempts.by_ref() {
+        let backend = attempt.backend;
+        if attempt.number > 0 && !(replayable && pool.try_retry()) {
             break;
         }
-        let Some(_in_flight) = backend.load().try_begin(backend.max_connections()) else {
-            backend.stats().error(ErrorKind::BackendAtLimit);
-            continue;
-        };
         // Bodiless requests get a fresh empty body on each attempt.
         let this_body = body.take().unwrap_or_else(empty_body);
         let Some(client) = pool.client(backend.address()) else { continue };
@@ -398,16 +321,11 @@ async fn forward(
         }
         match tokio::time::timeout(pool_spec.response_timeout, client.request(upstream)).await {
             Ok(Ok(response)) => {
-                let elapsed = sent.elapsed();
-                backend.stats().connect_latency.observe(elapsed);
-                if let Algorithm::PeakEwma { decay } = pool_spec.algorithm {
-                    backend.load().observe_latency(Instant::now(), elapsed, decay);
-                }
                 // A 5xx counts against the backend like a refused connection.
-                pool.record_connect(backend, !response.status().is_server_error());
+                attempt.answered(pool, sent.elapsed(), !response.status().is_server_error());
                 let mut response = downstream_response(response);
                 if let Some(sticky) = target.sticky
-                    && pinned != Some(index)
+                    && pinned != Some(attempt.index)
                 {
                     set_sticky_cookie(
                         response.headers_mut(),
@@ -420,9 +338,8 @@ async fn forward(
             }
             Ok(Err(e)) if e.is_connect() => {
                 tracing::debug!(pool = %pool.name(), backend = %backend.address(), "connect failed: {e}");
-                backend.stats().error(ErrorKind::ConnectFailed);
-                pool.record_connect(backend, false);
-                last_error = format!("cannot connect to {}", backend.address());
+                attempt.failed(pool, ErrorKind::ConnectFailed);
+                failure = Some(ErrorKind::ConnectFailed);
             }
             Ok(Err(e)) => {
                 if let Some(too_large) = body_limit_error(&e) {
@@ -443,9 +360,18 @@ async fn forward(
             }
         }
     }
-    tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), "502: {last_error}");
-    listener.stats().error(ErrorKind::ConnectFailed);
-    error_response(StatusCode::BAD_GATEWAY, "no backend could be reached")
+    match attempts.exhausted(failure) {
+        ErrorKind::NoBackend => {
+            tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), "503: no healthy backend");
+            listener.stats().error(ErrorKind::NoBackend);
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend")
+        }
+        failure => {
+            tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), fault = ?failure.fault(), "502: {failure}");
+            listener.stats().error(ErrorKind::ConnectFailed);
+            error_response(StatusCode::BAD_GATEWAY, "no backend could be reached")
+        }
+    }
 }
 
 /// Forwards an upgrade request (WebSocket) on a connection of its own and, once the backend
@@ -712,7 +638,7 @@ fn hash_key(key: &HashKey, request: &Request<Incoming>, peer: SocketAddr) -> Opt
             request.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec())
         }
         HashKey::Cookie(name) => {
-            super::sticky::cookie(request.headers(), name).map(|v| v.as_bytes().to_vec())
+            fulcrum_policy::sticky::cookie(request.headers(), name).map(|v| v.as_bytes().to_vec())
         }
     }
 }
@@ -744,7 +670,7 @@ fn finish(
 }
 
 /// A short plain-text answer from the proxy itself.
-pub fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
+pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
     let body = format!("{} {}: {why}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
     let mut response =
         Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());

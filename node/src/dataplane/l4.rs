@@ -1,5 +1,5 @@
 //! L4 forwarding: one client connection to one backend, chosen by the pool's balancer, with
-//! a bounded number of connect attempts, an optional PROXY protocol v2 header, zero-copy
+//! a bounded number of connect attempts (`attempt`), an optional PROXY protocol v2 header, zero-copy
 //! forwarding, an idle timeout, and closing on a drain deadline.
 
 use std::net::SocketAddr;
@@ -10,20 +10,18 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::Shared;
-use super::listener::{Downstream, ListenerRuntime, must_close};
-use super::metrics::ErrorKind;
-use super::pool::{BackendRuntime, PoolRuntime};
-use super::splice::{self, Activity, Direction};
-use crate::balance::{InFlight, PickKey};
-use fulcrum_model::Algorithm;
+use fulcrum_policy::{InFlight, PickKey};
 use tokio_util::sync::CancellationToken;
 
-/// Backends tried for one connection before it is given up.
-pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+use super::attempt::Attempts;
+use super::error::ErrorKind;
+use super::listener::{Downstream, ListenerRuntime, must_close};
+use super::pool::{BackendRuntime, PoolRuntime};
+use super::shared::Shared;
+use super::splice::{self, Activity, Direction};
 
 /// Serves one accepted client connection to its end.
-pub async fn serve(
+pub(crate) async fn serve(
     client: TcpStream,
     from: Downstream,
     listener: &ListenerRuntime,
@@ -102,71 +100,46 @@ struct Connected {
     in_flight: InFlight,
 }
 
-/// Connects to the first backend of the pool's choices that takes the connection, trying at
-/// most [`MAX_CONNECT_ATTEMPTS`].
+/// Connects to the first of the pool's choices that takes the connection (see `attempt`).
 async fn connect(
     pool: &Arc<PoolRuntime>,
     peer: SocketAddr,
     listener: &ListenerRuntime,
 ) -> Option<Connected> {
     let selection = pool.selection();
-    let pool_spec = pool.spec();
-    let ewma_decay = match pool_spec.algorithm {
-        Algorithm::PeakEwma { decay } => Some(decay),
-        _ => None,
-    };
+    let connect_timeout = pool.spec().connect_timeout;
     let key = PickKey { source_ip: peer.ip(), hash_key: None };
-    let mut rng = fastrand::Rng::new();
-    let mut attempts = 0;
-    let mut failure = ErrorKind::NoBackend;
-    for index in selection.balancer.choices(&key, Instant::now(), &mut rng) {
-        if attempts == MAX_CONNECT_ATTEMPTS {
-            break;
-        }
-        let Some(backend) = selection.backends.get(index) else { continue };
-        let Some(in_flight) = backend.load().try_begin(backend.max_connections()) else {
-            backend.stats().error(ErrorKind::BackendAtLimit);
-            failure = ErrorKind::BackendAtLimit;
-            continue;
-        };
-        attempts += 1;
+    let mut attempts = Attempts::new(&selection, None, &key, Instant::now());
+    let mut failure = None;
+    for attempt in attempts.by_ref() {
+        let backend = attempt.backend;
         let close = backend.close_signal();
         let started = Instant::now();
-        let outcome =
-            tokio::time::timeout(pool_spec.connect_timeout, TcpStream::connect(backend.address()))
-                .await;
-        let elapsed = started.elapsed();
-        if let Some(decay) = ewma_decay {
-            // Peak EWMA learns from connect times; a failure counts as a full timeout.
-            let sample =
-                if matches!(outcome, Ok(Ok(_))) { elapsed } else { pool_spec.connect_timeout };
-            backend.load().observe_latency(Instant::now(), sample, decay);
-        }
-        match outcome {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.address())).await {
             Ok(Ok(upstream)) => {
-                backend.stats().connect_latency.observe(elapsed);
+                let elapsed = started.elapsed();
+                attempt.answered(pool, elapsed, true);
                 listener.stats().connect_latency.observe(elapsed);
                 backend.stats().total.fetch_add(1, Ordering::Relaxed);
-                pool.record_connect(backend, true);
                 return Some(Connected {
                     backend: Arc::clone(backend),
                     upstream,
                     close,
-                    in_flight,
+                    in_flight: attempt.in_flight,
                 });
             }
             Ok(Err(e)) => {
                 tracing::debug!(pool = %pool.name(), backend = %backend.address(), "connect failed: {e}");
             }
             Err(_) => {
-                tracing::debug!(pool = %pool.name(), backend = %backend.address(), timeout = ?pool_spec.connect_timeout, "connect timed out");
+                tracing::debug!(pool = %pool.name(), backend = %backend.address(), timeout = ?connect_timeout, "connect timed out");
             }
         }
-        backend.stats().error(ErrorKind::ConnectFailed);
-        pool.record_connect(backend, false);
-        failure = ErrorKind::ConnectFailed;
+        attempt.failed(pool, ErrorKind::ConnectFailed);
+        failure = Some(ErrorKind::ConnectFailed);
     }
-    tracing::debug!(listener = %listener.name(), pool = %pool.name(), %peer, attempts, reason = failure.as_str(), "no backend took the connection");
+    let failure = attempts.exhausted(failure);
+    tracing::debug!(listener = %listener.name(), pool = %pool.name(), %peer, reason = failure.as_str(), fault = ?failure.fault(), "no backend took the connection");
     listener.stats().error(failure);
     None
 }

@@ -1,6 +1,6 @@
-//! Listening sockets: binding (IP_FREEBIND, so a VIP this node does not hold yet can be
-//! bound; SO_REUSEPORT, one socket per worker), the accept loop with its connection limit,
-//! and stopping to accept when a listener is removed or the node drains.
+//! One listener at run time: its configuration (swapped whole), counters, routes, TLS
+//! certificates, open connections and their limit, and its stop and drain signals. The
+//! sockets and the accept loop that feed it are `accept`'s.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,23 +10,39 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use fulcrum_model::{Listener, Name, Protocol};
-use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Handle;
+use fulcrum_policy::lock;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::addresses::{AddressDrains, Phase};
-use super::metrics::{RouteStats, TrafficStats};
-use super::router::Router;
-use super::tls::{CertStore, RELOAD_EVERY};
-use super::{ListenerError, Shared, http, l4};
+use super::stats::{RouteStats, TrafficStats};
+use super::tls::CertStore;
+use fulcrum_policy::Router;
 
-/// Connections waiting to be accepted.
-const BACKLOG: i32 = 1024;
+/// A listener that could not be started; the rest of the configuration still applies.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// The socket could not be bound.
+    #[error("listener '{name}' cannot listen on {bind}: {source}")]
+    Bind {
+        /// The listener.
+        name: Name,
+        /// Its address.
+        bind: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Its certificates cannot be used.
+    #[error("listener '{name}': {source}")]
+    Tls {
+        /// The listener.
+        name: Name,
+        /// What is wrong with the certificates.
+        source: super::tls::TlsError,
+    },
+}
 
 /// One configured listener while it runs (and, once removed, while its connections drain).
 #[derive(Debug)]
@@ -47,7 +63,7 @@ pub struct ListenerRuntime {
     /// Signalled when a connection ends or the limit changes, for accept loops at the limit.
     capacity: Notify,
     /// HTTP routes, rebuilt on every change of the listener.
-    router: ArcSwap<Router>,
+    router: ArcSwap<Router<Arc<RouteStats>>>,
     /// Request counters per route name (`""` for the default pool), kept across changes.
     route_stats: Mutex<HashMap<String, Arc<RouteStats>>>,
     /// Certificates and the TLS acceptor of an https listener.
@@ -81,6 +97,26 @@ impl TlsState {
 }
 
 impl ListenerRuntime {
+    /// A listener as configured, not accepting yet; fails if its certificates cannot be used.
+    pub fn new(spec: &Listener) -> Result<Arc<ListenerRuntime>, ListenerError> {
+        let tls = TlsState::load(spec)?;
+        let runtime = Arc::new(ListenerRuntime {
+            name: spec.name.clone(),
+            spec: ArcSwap::from_pointee(spec.clone()),
+            stats: TrafficStats::default(),
+            connections: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            close: CancellationToken::new(),
+            admitted: AtomicUsize::new(0),
+            capacity: Notify::new(),
+            router: ArcSwap::default(),
+            route_stats: Mutex::default(),
+            tls: ArcSwap::from_pointee(tls),
+        });
+        runtime.router.store(Arc::new(runtime.build_router(spec)));
+        Ok(runtime)
+    }
+
     /// The listener's name.
     pub fn name(&self) -> &Name {
         &self.name
@@ -134,33 +170,43 @@ impl ListenerRuntime {
     }
 
     /// The HTTP routes now.
-    pub fn router(&self) -> Arc<Router> {
+    pub fn router(&self) -> Arc<Router<Arc<RouteStats>>> {
         self.router.load_full()
     }
 
     /// The counters of `route`, or of the default pool for `None`.
     pub fn route_stats(&self, route: Option<&Name>) -> Arc<RouteStats> {
         let name = route.map_or("", |r| r.as_str());
-        let mut stats = crate::lock(&self.route_stats);
+        let mut stats = lock(&self.route_stats);
         Arc::clone(stats.entry(name.to_owned()).or_default())
     }
 
     /// Every route's counters, by route name (`""` for the default pool).
     pub fn all_route_stats(&self) -> Vec<(String, Arc<RouteStats>)> {
-        let mut all: Vec<_> = crate::lock(&self.route_stats)
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect();
+        let mut all: Vec<_> =
+            lock(&self.route_stats).iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
-    fn build_router(&self, spec: &Listener) -> Router {
+    fn build_router(&self, spec: &Listener) -> Router<Arc<RouteStats>> {
         // Counters of routes that no longer exist go with them.
-        crate::lock(&self.route_stats).retain(|name, _| {
+        lock(&self.route_stats).retain(|name, _| {
             name.is_empty() || spec.routes.iter().any(|r| r.name.as_str() == name)
         });
         Router::new(spec, |route| self.route_stats(route))
+    }
+
+    /// The TLS acceptor of an https listener, with the certificates current now.
+    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.load().as_ref().as_ref().map(|t| t.acceptor.clone())
+    }
+
+    /// Reads an https listener's certificate files again if they changed.
+    pub fn reload_certificates(&self) {
+        if let Some(tls) = self.tls.load().as_ref() {
+            tls.store.reload_changed();
+        }
     }
 
     /// Resolves once the listener stops accepting (removed, or the node drains).
@@ -217,7 +263,7 @@ pub async fn must_close(listener: &ListenerRuntime, addresses: &AddressDrains, l
 }
 
 /// One admitted client connection, counted against the listener's limit until dropped.
-struct Admission(Arc<ListenerRuntime>);
+pub struct Admission(Arc<ListenerRuntime>);
 
 impl Admission {
     /// Admits a connection if the listener is below its `max_connections`.
@@ -231,7 +277,7 @@ impl Admission {
     }
 
     /// Waits until a connection may be admitted; `None` once the listener stops accepting.
-    async fn wait(listener: &Arc<ListenerRuntime>) -> Option<Admission> {
+    pub async fn wait(listener: &Arc<ListenerRuntime>) -> Option<Admission> {
         loop {
             if let Some(admission) = Admission::try_new(listener) {
                 return Some(admission);
@@ -245,7 +291,7 @@ impl Admission {
 
 /// Waits until the listener is below its limit (without reserving anything); false once it
 /// stops accepting.
-async fn wait_for_capacity(listener: &ListenerRuntime) -> bool {
+pub async fn wait_for_capacity(listener: &ListenerRuntime) -> bool {
     let has_room = || {
         let max = listener.spec.load().max_connections.map_or(usize::MAX, |m| m as usize);
         listener.admitted.load(Ordering::Acquire) < max
@@ -273,159 +319,6 @@ impl Drop for Admission {
         self.0.admitted.fetch_sub(1, Ordering::AcqRel);
         if self.0.spec.load().max_connections.is_some() {
             self.0.capacity.notify_waiters();
-        }
-    }
-}
-
-/// Binds `spec.bind` once per worker and starts accepting on each; connections are
-/// forwarded with the pools current at the time they arrive. The task handles end when the
-/// sockets are closed.
-pub fn start(
-    spec: &Listener,
-    shared: Arc<Shared>,
-    workers: &[Handle],
-) -> Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>), ListenerError> {
-    let tls = TlsState::load(spec)?;
-    // All sockets are bound before any accepts, so a failure leaves nothing behind.
-    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>().map_err(
-        |source| ListenerError::Bind { name: spec.name.clone(), bind: spec.bind, source },
-    )?;
-    let runtime = Arc::new(ListenerRuntime {
-        name: spec.name.clone(),
-        spec: ArcSwap::from_pointee(spec.clone()),
-        stats: TrafficStats::default(),
-        connections: TaskTracker::new(),
-        stop_accepting: CancellationToken::new(),
-        close: CancellationToken::new(),
-        admitted: AtomicUsize::new(0),
-        capacity: Notify::new(),
-        router: ArcSwap::default(),
-        route_stats: Mutex::default(),
-        tls: ArcSwap::from_pointee(tls),
-    });
-    runtime.router.store(Arc::new(runtime.build_router(spec)));
-    if spec.protocol == Protocol::Https {
-        tokio::spawn(reload_certificates(Arc::clone(&runtime)));
-    }
-    let accepting = sockets
-        .into_iter()
-        .zip(workers)
-        .map(|(socket, worker)| {
-            let listener = Arc::clone(&runtime);
-            let shared = Arc::clone(&shared);
-            worker.spawn(async move {
-                // Registered with this worker's reactor, so its connections stay on it.
-                match TcpListener::from_std(socket) {
-                    Ok(socket) => accept_loop(socket, listener, shared).await,
-                    Err(e) => tracing::error!(listener = %listener.name, "cannot accept: {e}"),
-                }
-            })
-        })
-        .collect();
-    Ok((runtime, accepting))
-}
-
-/// Reads an https listener's certificate files again whenever they change, until it stops.
-async fn reload_certificates(listener: Arc<ListenerRuntime>) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(RELOAD_EVERY) => {}
-            () = listener.stopping() => return,
-        }
-        if let Some(tls) = listener.tls.load().as_ref() {
-            tls.store.reload_changed();
-        }
-    }
-}
-
-/// A listening socket on `address`, one of a SO_REUSEPORT group (one per worker); the address
-/// need not be local yet (IP_FREEBIND), so every node binds the VIPs and a takeover needs no
-/// rebind.
-fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    match address {
-        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
-        SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
-async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared: Arc<Shared>) {
-    loop {
-        // A listener at its limit leaves further clients in the kernel's backlog. Each worker
-        // reserves its slot only after accepting, so idle workers hold none; at worst a
-        // worker holds one accepted client until a slot frees.
-        if !wait_for_capacity(&listener).await {
-            break;
-        }
-        let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
-            _ = listener.stop_accepting.cancelled() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning on the error.
-                tracing::warn!(listener = %listener.name, "accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Some(admission) = Admission::wait(&listener).await else { break };
-        let connection = Arc::clone(&listener);
-        let shared = Arc::clone(&shared);
-        listener.connections.spawn(async move {
-            serve(stream, peer, connection, shared).await;
-            drop(admission);
-        });
-    }
-    tracing::debug!(listener = %listener.name, "stopped accepting");
-}
-
-/// Serves one accepted connection by the listener's protocol.
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: Arc<ListenerRuntime>,
-    shared: Arc<Shared>,
-) {
-    listener.stats.total.fetch_add(1, Ordering::Relaxed);
-    // A listener bound to one address is what its connections reached; only a wildcard bind
-    // needs asking which address that was.
-    let bind = listener.spec().bind;
-    let local = match bind.ip().is_unspecified() {
-        true => stream.local_addr().unwrap_or(bind),
-        false => bind,
-    };
-    let client = Downstream { peer, local, tls: false };
-    match listener.spec.load().protocol {
-        Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
-        Protocol::Http => http::serve(stream, client, listener, shared).await,
-        Protocol::Https => {
-            let Some(acceptor) = listener.tls.load().as_ref().as_ref().map(|t| t.acceptor.clone())
-            else {
-                return;
-            };
-            let _ = stream.set_nodelay(true);
-            // The handshake is part of the request head: a client slow to finish it is cut
-            // like a slowloris.
-            let timeout = listener.spec.load().http.header_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    http::serve(tls, Downstream { tls: true, ..client }, listener, shared).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %listener.name, %peer, "TLS handshake failed: {e}")
-                }
-                Err(_) => {
-                    tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out")
-                }
-            }
         }
     }
 }

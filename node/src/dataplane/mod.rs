@@ -7,97 +7,45 @@
 //! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
 //! takes a lock or waits on the configuration store or the disk.
 
+mod accept;
 pub mod addresses;
-pub mod http;
-pub mod l4;
+mod attempt;
+pub mod error;
+mod http;
+mod l4;
 pub mod listener;
-pub mod metrics;
+mod metrics;
 pub mod pool;
-pub mod router;
-pub mod splice;
-pub mod sticky;
-pub mod tls;
+mod probe;
+mod shared;
+mod splice;
+pub mod stats;
+mod tls;
+mod upstream;
 pub mod workers;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use fulcrum_model::api::PoolStatus;
-use fulcrum_model::{ClusterSpec, Config, Listener, Name, RateLimitKey, RateLimitPolicy};
+use fulcrum_model::{ClusterSpec, Config, Listener, Name};
 use tokio::task::JoinHandle;
 
-use addresses::{AddressDrains, Phase};
-use listener::ListenerRuntime;
+use fulcrum_policy::CookieSigner;
+use fulcrum_policy::ratelimit::{DEFAULT_MAX_KEYS, Limiter};
+
+use crate::time::deadline_after;
+use addresses::Phase;
+use listener::{ListenerError, ListenerRuntime};
 use pool::PoolRuntime;
-use sticky::CookieSigner;
-
-use crate::ratelimit::{DEFAULT_MAX_KEYS, Limiter};
+use shared::{LimiterMap, PoolMap, Shared};
 use workers::Workers;
-
-/// The pools by name, as the data path sees them.
-pub type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
-
-/// Rate-limit policies by name, each with its counters.
-type LimiterMap = HashMap<Name, (RateLimitPolicy, Arc<Limiter>)>;
-
-/// What every connection reads: swapped whole by `apply`, never locked.
-#[derive(Debug)]
-pub struct Shared {
-    /// The pools.
-    pub pools: ArcSwap<PoolMap>,
-    limiters: ArcSwap<LimiterMap>,
-    /// Signs and checks sticky cookies, alike on every node of the cluster.
-    pub signer: CookieSigner,
-    /// Local addresses (VIPs handed over) whose connections drain.
-    pub addresses: Arc<AddressDrains>,
-}
-
-impl Shared {
-    /// The rate-limit policy called `name`: what it is keyed on, and its counters.
-    pub fn limiter(&self, name: &Name) -> Option<(RateLimitKey, Arc<Limiter>)> {
-        self.limiters
-            .load()
-            .get(name)
-            .map(|(policy, limiter)| (policy.key.clone(), Arc::clone(limiter)))
-    }
-}
 
 /// How long a removed listener's connections may run when its pool is gone too.
 const FALLBACK_DRAIN: Duration = Duration::from_secs(30);
-
-/// The instant `timeout` from now, or a year from now for a timeout too large to represent
-/// (durations come from operators and are not bounded).
-pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
-/// A listener that could not be started; the rest of the configuration still applies.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    /// The socket could not be bound.
-    #[error("listener '{name}' cannot listen on {bind}: {source}")]
-    Bind {
-        /// The listener.
-        name: Name,
-        /// Its address.
-        bind: SocketAddr,
-        /// What the OS said.
-        source: io::Error,
-    },
-    /// Its certificates cannot be used.
-    #[error("listener '{name}': {source}")]
-    Tls {
-        /// The listener.
-        name: Name,
-        /// What is wrong with the certificates.
-        source: tls::TlsError,
-    },
-}
 
 /// What a node drain left behind.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -148,7 +96,8 @@ impl DataPlane {
     /// A data plane serving nothing yet, with one worker thread per core and sticky cookies
     /// valid for this process only.
     pub fn new() -> io::Result<DataPlane> {
-        DataPlane::with_workers(workers::default_count(), CookieSigner::random()?)
+        let key = crate::secret::random_secret()?;
+        DataPlane::with_workers(workers::default_count(), CookieSigner::new(&key))
     }
 
     /// A data plane serving nothing yet, with `count` worker threads (at least one).
@@ -203,7 +152,7 @@ impl DataPlane {
                 }
                 continue;
             }
-            match listener::start(listener, Arc::clone(&self.shared), self.workers.handles()) {
+            match accept::start(listener, Arc::clone(&self.shared), self.workers.handles()) {
                 Ok((runtime, accepting)) => {
                     tracing::info!(listener = %listener.name, bind = %listener.bind, "listener started");
                     control.listeners.insert(listener.name.clone(), Running { runtime, accepting });
@@ -223,7 +172,7 @@ impl DataPlane {
     /// Updates, adds and retires pools to match `spec`; returns the pools as they were.
     fn apply_pools(&self, spec: &ClusterSpec) -> Arc<PoolMap> {
         let old_pools = self.shared.pools.load_full();
-        let mut retired_pools = crate::lock(&self.retired_pools);
+        let mut retired_pools = fulcrum_policy::lock(&self.retired_pools);
         retired_pools.retain(|p| !p.is_idle());
         let mut pools = PoolMap::with_capacity(spec.pools.len());
         for pool in &spec.pools {
@@ -294,14 +243,14 @@ impl DataPlane {
             .as_ref()
             .and_then(|name| pools.get(name))
             .map_or(FALLBACK_DRAIN, |pool| pool.spec().drain_timeout);
-        crate::lock(&self.retired).push(Arc::clone(&runtime));
+        fulcrum_policy::lock(&self.retired).push(Arc::clone(&runtime));
         let retired = Arc::clone(&self.retired);
         tokio::spawn(async move {
             let closed = runtime.drain(deadline_after(timeout)).await;
             if closed > 0 {
                 tracing::warn!(listener = %runtime.name(), closed, "drain timeout: closed the removed listener's remaining connections");
             }
-            crate::lock(&retired).retain(|r| !Arc::ptr_eq(r, &runtime));
+            fulcrum_policy::lock(&retired).retain(|r| !Arc::ptr_eq(r, &runtime));
         });
     }
 
@@ -315,7 +264,7 @@ impl DataPlane {
             control.drained = true;
             control.listeners.values().map(|r| Arc::clone(&r.runtime)).collect()
         };
-        listeners.extend(crate::lock(&self.retired).iter().cloned());
+        listeners.extend(fulcrum_policy::lock(&self.retired).iter().cloned());
         tracing::info!(
             listeners = listeners.len(),
             open = listeners.iter().map(|l| l.active()).sum::<usize>(),
@@ -371,9 +320,11 @@ impl DataPlane {
         let mut listeners: Vec<_> =
             self.control.lock().await.listeners.values().map(|r| Arc::clone(&r.runtime)).collect();
         listeners.sort_by(|a, b| a.name().cmp(b.name()));
-        let retired = crate::lock(&self.retired).clone();
+        let retired = fulcrum_policy::lock(&self.retired).clone();
         let mut pools: Vec<_> = self.shared.pools.load().values().cloned().collect();
-        pools.extend(crate::lock(&self.retired_pools).iter().filter(|p| !p.is_idle()).cloned());
+        pools.extend(
+            fulcrum_policy::lock(&self.retired_pools).iter().filter(|p| !p.is_idle()).cloned(),
+        );
         pools.sort_by(|a, b| a.name().cmp(b.name()));
         metrics::render(&listeners, &retired, &pools)
     }

@@ -19,11 +19,12 @@ use fulcrum_model::{AdminState, Backend, Name, Pool};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{self, UpstreamClient};
-use super::metrics::TrafficStats;
-use crate::balance::{Balancer, Load, Member};
-use crate::health::{self, Health, Hysteresis, PassiveEjection};
-use crate::lock;
+use fulcrum_policy::health::next_check_in;
+use fulcrum_policy::{Balancer, Health, Hysteresis, Load, Member, PassiveEjection, lock};
+
+use super::probe::probe;
+use super::stats::TrafficStats;
+use super::upstream::{self, UpstreamClient};
 
 /// One backend of one pool.
 #[derive(Debug)]
@@ -204,7 +205,7 @@ impl BackendRuntime {
             }
             AdminState::Disabled => lock(&self.close).cancel(),
             AdminState::Draining => {
-                let deadline = super::deadline_after(timeout);
+                let deadline = crate::time::deadline_after(timeout);
                 if lock(&self.close).is_cancelled()
                     || pending.as_ref().is_some_and(|(at, _)| *at <= deadline)
                 {
@@ -237,9 +238,9 @@ fn clients_for(
     spec.backends
         .iter()
         .map(|b| {
-            let client = kept
-                .and_then(|k| k.get(&b.address).cloned())
-                .unwrap_or_else(|| http::client(b.address, spec.upstream, spec.connect_timeout));
+            let client = kept.and_then(|k| k.get(&b.address).cloned()).unwrap_or_else(|| {
+                upstream::client(b.address, spec.upstream, spec.connect_timeout)
+            });
             (b.address, client)
         })
         .collect()
@@ -506,7 +507,7 @@ impl PoolRuntime {
                 let mut rng = fastrand::Rng::new();
                 // The first check runs at once, so an unknown backend is decided quickly.
                 loop {
-                    let result = health::probe(backend.address, &check).await;
+                    let result = probe(backend.address, &check).await;
                     let (change, unejected) = backend.record_check(result.is_ok());
                     match (&result, change) {
                         (Ok(()), Some(state)) => {
@@ -523,7 +524,7 @@ impl PoolRuntime {
                     if change.is_some() || unejected {
                         pool.rebuild_selection();
                     }
-                    tokio::time::sleep(health::next_check_in(check.interval, &mut rng)).await;
+                    tokio::time::sleep(next_check_in(check.interval, &mut rng)).await;
                 }
             });
             tasks.push(task.abort_handle());

@@ -24,14 +24,14 @@ const COPY_BUFFER: usize = 16 * 1024;
 
 /// When bytes last moved in either direction, for the idle timeout.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
     /// Activity starting now.
-    pub fn new() -> Activity {
+    pub(crate) fn new() -> Activity {
         Activity { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 }
@@ -44,12 +44,12 @@ impl Default for Activity {
 
 impl Activity {
     /// Notes that bytes moved now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Resolves once nothing has moved for `timeout`.
-    pub async fn idle_for(&self, timeout: Duration) {
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = last.elapsed();
@@ -63,7 +63,7 @@ impl Activity {
 
 /// Which way bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// From the client to the backend.
     ToBackend,
     /// From the backend to the client.
@@ -72,7 +72,7 @@ pub enum Direction {
 
 /// Forwards both ways until both directions have ended; `counted` is told of every chunk.
 /// An error in either direction ends both (dropping the sockets resets what is left).
-pub async fn forward(
+pub(crate) async fn forward(
     client: &TcpStream,
     backend: &TcpStream,
     activity: &Activity,

@@ -14,7 +14,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 /// How often certificate files are checked for changes.
-pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a certificate could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,14 +49,14 @@ struct Loaded {
 
 /// A listener's certificates; the TLS handshake asks it which to present.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     files: Vec<Certificate>,
     loaded: ArcSwap<Vec<Loaded>>,
 }
 
 impl CertStore {
     /// Reads every certificate; fails on the first that cannot be used.
-    pub fn load(files: &[Certificate]) -> Result<CertStore, TlsError> {
+    pub(crate) fn load(files: &[Certificate]) -> Result<CertStore, TlsError> {
         if files.is_empty() {
             return Err(TlsError::NoCertificate);
         }
@@ -65,13 +65,13 @@ impl CertStore {
     }
 
     /// The files this store reads.
-    pub fn files(&self) -> &[Certificate] {
+    pub(crate) fn files(&self) -> &[Certificate] {
         &self.files
     }
 
     /// Reads again the certificates whose files changed. A file that no longer loads is
     /// reported and its previous certificate stays in use. Returns how many were replaced.
-    pub fn reload_changed(&self) -> usize {
+    pub(crate) fn reload_changed(&self) -> usize {
         let current = self.loaded.load();
         let mut next = Vec::with_capacity(self.files.len());
         let mut replaced = 0;
@@ -101,7 +101,7 @@ impl CertStore {
     }
 
     /// A TLS server configuration presenting this store's certificates.
-    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -45,7 +45,7 @@ pub fn node_file(dir: &Path) -> Result<NodeFile, DevError> {
     let token = dir.join("admin.token");
     for path in [&secret, &token] {
         if !path.exists() {
-            let random = crate::random_secret().map_err(io(path))?;
+            let random = crate::secret::random_secret().map_err(io(path))?;
             let text: String = random.iter().map(|b| format!("{b:02x}")).collect();
             write_private(path, &text).map_err(io(path))?;
         }

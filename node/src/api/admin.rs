@@ -7,7 +7,6 @@
 //! so a client retrying it at another node applies it once.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -22,25 +21,24 @@ use fulcrum_model::api::{
 use fulcrum_model::{
     ApplyError, Backend, Command, Listener, Name, Pool, RateLimitPolicy, Route, file,
 };
-use fulcrum_raft_store::cluster::{ReadError, WriteError};
-use fulcrum_raft_store::{IdempotencyKey, MembershipError, Request};
+use fulcrum_raft_store::{ConfigStore, IdempotencyKey, MembershipError, Request};
+use fulcrum_raft_store::{ReadError, WriteError};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::peers::{MoveError, Node};
+use super::HttpResponse;
+use crate::cluster::{MoveError, Node};
+use crate::dataplane::DataPlane;
+use crate::prometheus::CONTENT_TYPE;
 
 /// The largest request body read: a cluster file of thousands of objects fits.
 const MAX_BODY_BYTES: usize = 8 << 20;
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `wait` waits when the caller does not say.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// The longest `wait` accepted.
@@ -51,8 +49,6 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// The header a client names a retried write with: 32 hex digits.
 const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-type HttpResponse = hyper::Response<Full<Bytes>>;
 
 /// A failed call: its status and the [`ErrorBody`] sent with it.
 #[derive(Debug)]
@@ -132,7 +128,13 @@ type Reply = Result<HttpResponse, ApiError>;
 
 /// The admin API of one node.
 pub struct Admin {
+    /// The node as a member: status, cluster views, VIP moves.
     node: Arc<Node>,
+    /// The configuration: reads, writes, membership.
+    store: Arc<ConfigStore>,
+    /// The data plane, for its metrics.
+    plane: Arc<DataPlane>,
+    /// The bearer token every route but `/healthz` wants.
     token: Vec<u8>,
 }
 
@@ -156,34 +158,23 @@ impl Call {
 }
 
 impl Admin {
-    /// The API of `node`, guarded by `token`.
-    pub fn new(node: Arc<Node>, token: Vec<u8>) -> Arc<Admin> {
-        Arc::new(Admin { node, token })
+    /// The API of `node` with its store and data plane, guarded by `token`.
+    pub fn new(
+        node: Arc<Node>,
+        store: Arc<ConfigStore>,
+        plane: Arc<DataPlane>,
+        token: Vec<u8>,
+    ) -> Arc<Admin> {
+        Arc::new(Admin { node, store, plane, token })
     }
 
     /// Serves the API on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!("admin API: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let handler = move |peer, request| {
             let admin = Arc::clone(&self);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let admin = Arc::clone(&admin);
-                    async move { Ok::<_, Infallible>(admin.handle(peer, request).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                // A client that never finishes its headers does not hold a connection forever.
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
+            async move { admin.handle(peer, request).await }
+        };
+        super::serve(listener, "admin API", Arc::new(handler)).await;
     }
 
     async fn handle(&self, peer: SocketAddr, request: hyper::Request<Incoming>) -> HttpResponse {
@@ -259,13 +250,13 @@ impl Admin {
                 Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n")),
             }),
             (&Method::GET, ["metrics"]) => {
-                Ok(metrics(node.plane.metrics().await + &node.metrics()))
+                Ok(metrics(self.plane.metrics().await + &node.metrics()))
             }
             (&Method::GET, ["v1", "status"]) => json(StatusCode::OK, &node.cluster_status().await),
             (&Method::GET, ["v1", "node"]) => json(StatusCode::OK, &node.status()),
             (&Method::GET, ["v1", "config"]) => match call.query.get("local").map(String::as_str) {
-                Some("true") => json(StatusCode::OK, &*node.store.config()),
-                _ => json(StatusCode::OK, &*node.store.linearizable_config().await?),
+                Some("true") => json(StatusCode::OK, &*self.store.config()),
+                _ => json(StatusCode::OK, &*self.store.linearizable_config().await?),
             },
             (&Method::POST, ["v1", "config"]) => self.apply_file(call).await,
             (&Method::PUT, ["v1", "listeners", name]) => {
@@ -319,7 +310,7 @@ impl Admin {
             (&Method::GET, ["v1", "members"]) => json(StatusCode::OK, &node.members()),
             (&Method::POST, ["v1", "members"]) => {
                 let member: AddMember = body(call)?;
-                node.store.add_learner(member.id, &member.address).await?;
+                self.store.add_learner(member.id, &member.address).await?;
                 let what = format!("learner {} at {} added", member.id, member.address);
                 audit(call, &what, None, None);
                 json(StatusCode::OK, &node.members())
@@ -333,13 +324,13 @@ impl Admin {
                     )
                     .hint("`fulcrumctl member list` shows the members; add it first with `member add`"));
                 }
-                node.store.promote(id, CATCH_UP).await?;
+                self.store.promote(id, CATCH_UP).await?;
                 audit(call, &format!("node {id} promoted to voter"), None, None);
                 json(StatusCode::OK, &node.members())
             }
             (&Method::DELETE, ["v1", "members", id]) => {
                 let id = number::<u64>(id, "node id")?;
-                node.store.remove_node(id).await?;
+                self.store.remove_node(id).await?;
                 audit(call, &format!("node {id} removed"), None, None);
                 json(StatusCode::OK, &node.members())
             }
@@ -386,7 +377,7 @@ impl Admin {
                 .hint("nothing was changed; `fulcrumctl validate -f FILE` checks a file offline")
         })?;
         if call.query.get("dry_run").is_some_and(|v| v == "true") {
-            let current = self.node.store.linearizable_config().await?;
+            let current = self.store.linearizable_config().await?;
             let changes = fulcrum_model::diff::diff(&current.spec, &spec);
             return json(StatusCode::OK, &DryRun { revision: current.revision, changes });
         }
@@ -397,7 +388,7 @@ impl Admin {
     async fn write(&self, call: &Call, command: Command) -> Reply {
         let what = describe(&command);
         let request = Request { idempotency_key: call.idempotency_key, command };
-        let revision = self.node.store.write(request).await?;
+        let revision = self.store.write(request).await?;
         audit(call, &what, Some(revision), None);
         json(StatusCode::OK, &Written { revision })
     }
@@ -522,7 +513,7 @@ fn text(status: StatusCode, body: &str) -> HttpResponse {
 }
 
 fn metrics(body: String) -> HttpResponse {
-    with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+    with_type(StatusCode::OK, CONTENT_TYPE, body)
 }
 
 fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Reply {

@@ -42,11 +42,6 @@ impl CookieSigner {
         CookieSigner { mac: <Hmac<Sha256> as KeyInit>::new(&key.into()) }
     }
 
-    /// A signer with a random key: cookies last as long as this process.
-    pub fn random() -> std::io::Result<CookieSigner> {
-        Ok(CookieSigner::new(&crate::random_secret()?))
-    }
-
     fn tag(&self, pool: &str, address: &str) -> Vec<u8> {
         let mut mac = self.mac.clone();
         mac.update(pool.as_bytes());
@@ -83,9 +78,9 @@ impl CookieSigner {
 }
 
 /// The value of cookie `name` in a request's Cookie headers.
-pub fn cookie<'a>(headers: &'a hyper::HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
-        .get_all(hyper::header::COOKIE)
+        .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
@@ -120,9 +115,9 @@ mod tests {
 
     #[test]
     fn cookies_are_found_among_others() {
-        let mut headers = hyper::HeaderMap::new();
-        headers.append(hyper::header::COOKIE, "a=1; pin=abc.def".parse().expect("value"));
-        headers.append(hyper::header::COOKIE, "b=2".parse().expect("value"));
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1; pin=abc.def".parse().expect("value"));
+        headers.append(http::header::COOKIE, "b=2".parse().expect("value"));
         assert_eq!(cookie(&headers, "pin"), Some("abc.def"));
         assert_eq!(cookie(&headers, "b"), Some("2"));
         assert_eq!(cookie(&headers, "c"), None);

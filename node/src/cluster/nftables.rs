@@ -30,11 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fulcrum_vrrp::vip::VipManager;
+use fulcrum_vrrp::VipManager;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::lock;
+use fulcrum_policy::lock;
 
 /// The nftables table (in the `ip` and `arp` families) that holds this node's rules.
 const TABLE: &str = "fulcrum";
@@ -63,12 +63,12 @@ pub enum HandoverError {
     Interface(String),
     /// The VIP could not be kept on or taken off `lo`.
     #[error("cannot keep a VIP on lo: {0}")]
-    Loopback(#[from] fulcrum_vrrp::driver::DriverError),
+    Loopback(#[from] fulcrum_vrrp::DriverError),
 }
 
 /// Packets for `vip` that belong to no local connection go on to `to`, out of `interface`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Forward {
+pub(crate) struct Forward {
     /// The VIP.
     pub vip: Ipv4Addr,
     /// The old master's address on the VIP's link.
@@ -80,7 +80,7 @@ pub struct Forward {
 /// `vip` is held here while draining: hidden from ARP, and `source` (this node's link
 /// address) named in its ARP requests instead.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Hidden {
+pub(crate) struct Hidden {
     /// The VIP.
     pub vip: Ipv4Addr,
     /// This node's address on the VIP's link.
@@ -89,7 +89,7 @@ pub struct Hidden {
 
 /// Everything this node's ruleset does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// Forwarding for peers' drains.
     pub forward: Vec<Forward>,
     /// VIPs this node drains.
@@ -97,7 +97,7 @@ pub struct Rules {
 }
 
 /// The `nft -f` script that replaces this node's tables with `rules`, in one transaction.
-pub fn render(rules: &Rules) -> String {
+pub(crate) fn render(rules: &Rules) -> String {
     let mut script = String::new();
     let s = &mut script;
     for family in ["ip", "arp"] {
@@ -158,7 +158,7 @@ const STILL_TALKING: [&str; 6] = ["01", "03", "04", "08", "09", "0B"];
 /// How many sockets in a `/proc/net/tcp` or `/proc/net/tcp6` table (where an IPv4 client of
 /// a dual-stack listener shows as `::ffff:a.b.c.d`) have a local address among `vips` and
 /// still need the client's packets.
-pub fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
+pub(crate) fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
     table
         .lines()
         .skip(1)

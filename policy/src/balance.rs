@@ -582,6 +582,10 @@ impl Iterator for Choices {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests take an arbitrary origin for their explicit times"
+)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fulcrum_vrrp::driver::Vrrp;
+use fulcrum_vrrp::Vrrp;
 
 use crate::dataplane::DataPlane;
-use crate::lock;
+use fulcrum_policy::lock;
 
 /// What one VRID tracks, from the node file.
 #[derive(Clone, Debug)]

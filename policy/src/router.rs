@@ -1,26 +1,23 @@
 //! HTTP routing: a listener's routes compiled for matching, tried in order, first match wins,
 //! then the listener's default pool. Sans IO: a request is described by its parts, and a
-//! split's randomness is an argument.
-
-use std::sync::Arc;
+//! split's randomness is an argument. Each route carries a value of the caller's (the node's
+//! request counters), kept by route name across rebuilds.
 
 use fulcrum_model::{Listener, Name, PathMatch, Route, RouteAction};
-use hyper::http::HeaderMap;
-
-use super::metrics::RouteStats;
+use http::HeaderMap;
 
 /// What a route decided for one request.
 #[derive(Clone, Debug)]
-pub struct Routed<'a> {
+pub struct Routed<'a, S> {
     /// The matching route; `None` for the listener's default pool.
-    pub route: Option<&'a CompiledRoute>,
+    pub route: Option<&'a CompiledRoute<S>>,
     /// The pool chosen (for a split, the drawn one).
     pub pool: &'a Name,
 }
 
 /// One route, ready to match.
 #[derive(Debug)]
-pub struct CompiledRoute {
+pub struct CompiledRoute<S> {
     /// The route as configured.
     pub spec: Route,
     /// The host to match, lowercased, without port.
@@ -29,26 +26,23 @@ pub struct CompiledRoute {
     headers: Vec<(String, String)>,
     /// Split targets with cumulative weights, for one draw.
     split: Vec<(u64, Name)>,
-    /// Its request counters, kept across configuration changes by route name.
-    pub stats: Arc<RouteStats>,
+    /// The caller's value for this route (its request counters).
+    pub stats: S,
 }
 
 /// A listener's routes.
 #[derive(Debug, Default)]
-pub struct Router {
-    routes: Vec<CompiledRoute>,
+pub struct Router<S> {
+    routes: Vec<CompiledRoute<S>>,
     default_pool: Option<Name>,
-    /// Counters of requests no route takes.
-    default_stats: Arc<RouteStats>,
+    /// The caller's value for requests no route takes.
+    default_stats: S,
 }
 
-impl Router {
-    /// Compiles a listener's routes; `stats` gives each route its (kept) counters, and the
+impl<S> Router<S> {
+    /// Compiles a listener's routes; `stats` gives each route its (kept) value, and the
     /// default pool's for `None`.
-    pub fn new(
-        listener: &Listener,
-        mut stats: impl FnMut(Option<&Name>) -> Arc<RouteStats>,
-    ) -> Router {
+    pub fn new(listener: &Listener, mut stats: impl FnMut(Option<&Name>) -> S) -> Router<S> {
         let routes = listener
             .routes
             .iter()
@@ -85,8 +79,8 @@ impl Router {
         Router { routes, default_pool: listener.default_pool.clone(), default_stats: stats(None) }
     }
 
-    /// The counters of requests no route takes.
-    pub fn default_stats(&self) -> &Arc<RouteStats> {
+    /// The value for requests no route takes.
+    pub fn default_stats(&self) -> &S {
         &self.default_stats
     }
 
@@ -99,7 +93,7 @@ impl Router {
         path: &str,
         headers: &HeaderMap,
         rng: &mut fastrand::Rng,
-    ) -> Option<Routed<'a>> {
+    ) -> Option<Routed<'a, S>> {
         let host = host.map(host_without_port);
         for route in &self.routes {
             if route.matches(host, method, path, headers) {
@@ -114,7 +108,7 @@ impl Router {
     }
 }
 
-impl CompiledRoute {
+impl<S> CompiledRoute<S> {
     fn matches(&self, host: Option<&str>, method: &str, path: &str, headers: &HeaderMap) -> bool {
         let matcher = &self.spec.matcher;
         if let Some(want) = &self.host
@@ -215,7 +209,7 @@ mod tests {
         }
     }
 
-    fn router(routes: Vec<Route>, default_pool: Option<&str>) -> Router {
+    fn router(routes: Vec<Route>, default_pool: Option<&str>) -> Router<()> {
         let mut listener = Listener::new(
             name("web"),
             "127.0.0.1:80".parse().expect("addr"),
@@ -224,11 +218,11 @@ mod tests {
         );
         listener.default_pool = default_pool.map(name);
         listener.routes = routes;
-        Router::new(&listener, |_| Arc::default())
+        Router::new(&listener, |_| ())
     }
 
     fn pick(
-        router: &Router,
+        router: &Router<()>,
         host: &str,
         method: &str,
         path: &str,
@@ -237,7 +231,7 @@ mod tests {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
-                hyper::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
                 v.parse().expect("value"),
             );
         }

@@ -406,6 +406,10 @@ impl Shard {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests take an arbitrary origin for their explicit times"
+)]
 mod tests {
     use super::*;
 

@@ -1,0 +1,29 @@
+//! This node as a member of its cluster: what it tells its peers and answers them, the
+//! cluster-wide views, planned VIP moves, the VRRP priorities it asks for, and handing a VIP
+//! over with its connections.
+//!
+//! # Layout
+//! - `node`: [`Node`], what the member runs; its own status, gauges and readiness; how it
+//!   answers a peer.
+//! - `peer`: the peer requests and answers, and asking one, some or all members at once.
+//! - `views`: cluster status with each VRID's masters, membership, a revision's spread.
+//! - `moves`: planned VIP moves and why one is refused ([`MoveError`]).
+//! - `priorities`: the priority per VRID, lowered by tracked pools and planned moves.
+//! - `handover`: the old master's side of a hand-over and a peer's forwarding for it.
+//! - `drain`: when a hand-over's drain ends, as a pure function of observations and time.
+//! - `nftables`: the second-chance ruleset, rendered whole and loaded with `nft`.
+
+mod drain;
+mod handover;
+mod moves;
+mod nftables;
+mod node;
+mod peer;
+mod priorities;
+mod views;
+
+pub use handover::Drain;
+pub use moves::MoveError;
+pub use nftables::{Handover, HandoverError};
+pub use node::{LocalVrid, Node};
+pub use priorities::{Priorities, Tracked};

@@ -1,0 +1,218 @@
+//! The node as a cluster member: what it runs (store, data plane, VRRP with its
+//! priorities, second-chance forwarding), its own status and gauges, its readiness, and how
+//! it answers its peers. The cluster-wide views, VIP moves and hand-overs are methods of
+//! [`Node`] defined in their own modules.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fulcrum_model::api::{NodeStatus, VrrpStatus};
+use fulcrum_model::codec;
+use fulcrum_raft_store::ConfigStore;
+use fulcrum_vrrp::State;
+use fulcrum_vrrp::Vrrp;
+use tokio_util::task::TaskTracker;
+
+use super::nftables::Handover;
+use super::peer::{PeerAnswer, PeerRequest, Peers};
+use super::priorities::Priorities;
+use crate::dataplane::DataPlane;
+use crate::prometheus::Exposition;
+
+/// One virtual router of this node, as the node file declares it.
+#[derive(Clone, Debug)]
+pub struct LocalVrid {
+    /// The VRID.
+    pub vrid: u8,
+    /// Its link.
+    pub interface: String,
+    /// Its addresses.
+    pub vips: Vec<Ipv4Addr>,
+}
+
+/// The running node, as the admin API and its peers see it.
+pub struct Node {
+    /// The store: membership, Raft state, the peer transport.
+    pub(super) store: Arc<ConfigStore>,
+    /// The data plane, for the revision it serves, its pools and drains by address.
+    pub(super) plane: Arc<DataPlane>,
+    /// Asks the other members.
+    pub(super) peers: Arc<Peers>,
+    /// The VRRP driver with the priorities this node controls, if it runs VRRP.
+    pub(super) vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
+    /// The virtual routers the node file declares.
+    pub(super) vrids: Vec<LocalVrid>,
+    /// Second-chance forwarding, if on, and how long a handed-over VIP's connections drain.
+    pub(super) handover: Option<(Arc<Handover>, Duration)>,
+    /// Held while a hand-over prepares (holds the VIP, tells the peers, resigns).
+    pub(super) handing_over: tokio::sync::Mutex<()>,
+    /// The drains under way, which a stopping node waits for.
+    pub(super) drains: TaskTracker,
+    /// Set once the node stops: it reports so, and its VRRP no longer says who is master.
+    pub(super) draining: AtomicBool,
+    /// Set once it serves its configuration with VRRP started.
+    ready: AtomicBool,
+}
+
+impl Node {
+    /// The node; `vrrp` is its driver with the priorities it controls, if it runs VRRP, and
+    /// `handover` its second-chance forwarding with the drain time of a handed-over VIP. It
+    /// answers its peers from now on.
+    pub fn start(
+        store: Arc<ConfigStore>,
+        plane: Arc<DataPlane>,
+        vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
+        vrids: Vec<LocalVrid>,
+        handover: Option<(Arc<Handover>, Duration)>,
+    ) -> Arc<Node> {
+        let node = Arc::new(Node {
+            peers: Peers::new(Arc::clone(&store)),
+            store,
+            plane,
+            vrrp,
+            vrids,
+            handover,
+            handing_over: tokio::sync::Mutex::new(()),
+            drains: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&node);
+        node.peers.serve(Arc::new(move |request| {
+            let node = weak.clone();
+            Box::pin(async move {
+                let answer = match node.upgrade() {
+                    Some(node) => node.answer(&request).await,
+                    None => PeerAnswer::Malformed("the node is stopping".into()),
+                };
+                codec::encode(&answer).unwrap_or_default()
+            })
+        }));
+        node
+    }
+
+    // Getters.
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.store.node_id()
+    }
+
+    /// Why the node is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting".into());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining before it stops".into());
+        }
+        if self.store.metrics().leader.is_none() {
+            return Some("no Raft leader known: configuration writes would wait".into());
+        }
+        None
+    }
+
+    /// This node's own status.
+    pub fn status(&self) -> NodeStatus {
+        let store = self.store.metrics();
+        let vrrp_status = self.vrrp.as_ref().map(|(vrrp, _)| vrrp.status()).unwrap_or_default();
+        let vrrp = self
+            .vrids
+            .iter()
+            .map(|local| {
+                let running = vrrp_status.instances.iter().find(|i| i.vrid == local.vrid);
+                VrrpStatus {
+                    vrid: local.vrid,
+                    interface: local.interface.clone(),
+                    state: running.map_or("stopped".into(), |i| i.state.as_str().to_owned()),
+                    priority: running.map_or(0, |i| i.priority),
+                    vips: local.vips.clone(),
+                }
+            })
+            .collect();
+        NodeStatus {
+            id: self.id(),
+            role: store.state.to_lowercase(),
+            leader: store.leader,
+            term: store.term,
+            revision: self.plane.served_revision(),
+            vrrp,
+            pools: self.plane.pool_status(),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The node's own gauges (Raft, revision, VRRP, readiness) in the Prometheus text format;
+    /// the data plane renders the rest.
+    pub fn metrics(&self) -> String {
+        let status = self.status();
+        let mut page = Exposition::default();
+        page.family("fulcrum_raft_term", "gauge", "The Raft term this node is in.")
+            .sample("", status.term);
+        page.family("fulcrum_raft_leader", "gauge", "1 while this node leads the Raft group.")
+            .sample("", u8::from(status.leader == Some(status.id)));
+        page.family("fulcrum_config_revision", "gauge", "The configuration revision served here.")
+            .sample("", status.revision);
+        page.family("fulcrum_node_ready", "gauge", "1 while /readyz answers ready.")
+            .sample("", u8::from(self.not_ready().is_none()));
+        let mut master =
+            page.family("fulcrum_vrrp_master", "gauge", "1 while this node is master of the VRID.");
+        for vrrp in &status.vrrp {
+            master.sample(&format!("vrid=\"{}\"", vrrp.vrid), u8::from(vrrp.state == "master"));
+        }
+        let mut priority = page.family(
+            "fulcrum_vrrp_priority",
+            "gauge",
+            "The priority advertised for the VRID, after penalties.",
+        );
+        for vrrp in &status.vrrp {
+            priority.sample(&format!("vrid=\"{}\"", vrrp.vrid), vrrp.priority);
+        }
+        page.finish()
+    }
+
+    /// Whether VRRP makes this node master of `vrid` now.
+    pub(super) fn is_master(&self, vrid: u8) -> bool {
+        self.vrrp.as_ref().is_some_and(|(vrrp, _)| {
+            vrrp.status().instances.iter().any(|i| i.vrid == vrid && i.state == State::Master)
+        })
+    }
+
+    // Mutators.
+
+    /// Marks the node ready (serving its configuration, VRRP started) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Marks the node as draining: it reports so, and is no longer ready.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    // Peer requests.
+
+    /// Answers one peer request (or this node's own).
+    async fn answer(self: &Arc<Self>, request: &[u8]) -> PeerAnswer {
+        match codec::decode::<PeerRequest>(request) {
+            Ok(PeerRequest::Status) => PeerAnswer::Status(Box::new(self.status())),
+            Ok(PeerRequest::Revision) => PeerAnswer::Revision(self.plane.served_revision()),
+            Ok(PeerRequest::MoveVip { vrid, to }) => PeerAnswer::Moved(
+                self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.move_to(vrid, to)),
+            ),
+            Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid)),
+            Ok(PeerRequest::Draining { vrid, vips, via, lease_ms }) => {
+                PeerAnswer::Noted(self.forward_for(vrid, vips, via, lease_ms).await)
+            }
+            Ok(PeerRequest::Drained { vrid, via }) => {
+                if let Some((handover, _)) = &self.handover {
+                    handover.peer_drained(vrid, via).await;
+                }
+                PeerAnswer::Noted(self.handover.is_some())
+            }
+            Err(error) => PeerAnswer::Malformed(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Accepting connections: binding a listener's sockets (IP_FREEBIND, so a VIP this node does
+//! not hold yet can be bound; SO_REUSEPORT, one socket per worker), the accept loop with its
+//! connection limit, and handing each connection to L4 or L7 by the listener's protocol.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fulcrum_model::{Listener, Protocol};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wait_for_capacity};
+use super::shared::Shared;
+use super::tls::RELOAD_EVERY;
+use super::{http, l4};
+
+/// Connections waiting to be accepted.
+const BACKLOG: i32 = 1024;
+
+/// Binds `spec.bind` once per worker and starts accepting on each; connections are
+/// forwarded with the pools current at the time they arrive. The task handles end when the
+/// sockets are closed.
+pub(crate) fn start(
+    spec: &Listener,
+    shared: Arc<Shared>,
+    workers: &[Handle],
+) -> Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>), ListenerError> {
+    // All sockets are bound before any accepts, so a failure leaves nothing behind.
+    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>().map_err(
+        |source| ListenerError::Bind { name: spec.name.clone(), bind: spec.bind, source },
+    )?;
+    let runtime = ListenerRuntime::new(spec)?;
+    if spec.protocol == Protocol::Https {
+        tokio::spawn(reload_certificates(Arc::clone(&runtime)));
+    }
+    let accepting = sockets
+        .into_iter()
+        .zip(workers)
+        .map(|(socket, worker)| {
+            let listener = Arc::clone(&runtime);
+            let shared = Arc::clone(&shared);
+            worker.spawn(async move {
+                // Registered with this worker's reactor, so its connections stay on it.
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => accept_loop(socket, listener, shared).await,
+                    Err(e) => tracing::error!(listener = %listener.name(), "cannot accept: {e}"),
+                }
+            })
+        })
+        .collect();
+    Ok((runtime, accepting))
+}
+
+/// Reads an https listener's certificate files again whenever they change, until it stops.
+async fn reload_certificates(listener: Arc<ListenerRuntime>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RELOAD_EVERY) => {}
+            () = listener.stopping() => return,
+        }
+        listener.reload_certificates();
+    }
+}
+
+/// A listening socket on `address`, one of a SO_REUSEPORT group (one per worker); the address
+/// need not be local yet (IP_FREEBIND), so every node binds the VIPs and a takeover needs no
+/// rebind.
+fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    match address {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared: Arc<Shared>) {
+    loop {
+        // A listener at its limit leaves further clients in the kernel's backlog. Each worker
+        // reserves its slot only after accepting, so idle workers hold none; at worst a
+        // worker holds one accepted client until a slot frees.
+        if !wait_for_capacity(&listener).await {
+            break;
+        }
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = listener.stopping() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on the error.
+                tracing::warn!(listener = %listener.name(), "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(admission) = Admission::wait(&listener).await else { break };
+        let connection = Arc::clone(&listener);
+        let shared = Arc::clone(&shared);
+        listener.connections().spawn(async move {
+            serve(stream, peer, connection, shared).await;
+            drop(admission);
+        });
+    }
+    tracing::debug!(listener = %listener.name(), "stopped accepting");
+}
+
+/// Serves one accepted connection by the listener's protocol.
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) {
+    listener.stats().total.fetch_add(1, Ordering::Relaxed);
+    // A listener bound to one address is what its connections reached; only a wildcard bind
+    // needs asking which address that was.
+    let bind = listener.spec().bind;
+    let local = match bind.ip().is_unspecified() {
+        true => stream.local_addr().unwrap_or(bind),
+        false => bind,
+    };
+    let client = Downstream { peer, local, tls: false };
+    match listener.spec().protocol {
+        Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
+        Protocol::Http => http::serve(stream, client, listener, shared).await,
+        Protocol::Https => {
+            let Some(acceptor) = listener.tls_acceptor() else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            // The handshake is part of the request head: a client slow to finish it is cut
+            // like a slowloris.
+            let timeout = listener.spec().http.header_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    http::serve(tls, Downstream { tls: true, ..client }, listener, shared).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %listener.name(), %peer, "TLS handshake failed: {e}")
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %listener.name(), %peer, "TLS handshake timed out")
+                }
+            }
+        }
+    }
+}
