@@ -115,6 +115,23 @@ pub struct VrrpStatus {
     pub priority: u8,
     /// Its virtual addresses.
     pub vips: Vec<Ipv4Addr>,
+    /// Whether the VIPs are on this node's interface now (master, and with a lease if
+    /// fenced).
+    #[serde(default)]
+    pub holding: bool,
+    /// The quorum fence's lease this node holds for the VRID, if one runs.
+    #[serde(default)]
+    pub lease: Option<LeaseView>,
+}
+
+/// A quorum-fence lease as a status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseView {
+    /// The holding's epoch: the Raft term of the leader that granted it, and its count of
+    /// grants to a new holder.
+    pub epoch: (u64, u64),
+    /// How long the lease runs yet, in milliseconds.
+    pub left_ms: u64,
 }
 
 /// One pool as one node sees it.
@@ -163,9 +180,16 @@ pub struct VipOwner {
     pub vrid: u8,
     /// Its addresses.
     pub vips: Vec<Ipv4Addr>,
-    /// The nodes that report being master: one when all is well, none during an election,
-    /// two in a split brain.
+    /// The nodes that report being VRRP master: one when all is well, none during an
+    /// election; two while VRRP is partitioned (the fence then lets only one hold the VIPs).
     pub masters: Vec<u64>,
+    /// The nodes that have the VIPs on their interface: one when all is well, two in a split
+    /// brain.
+    #[serde(default)]
+    pub holders: Vec<u64>,
+    /// The holder's lease, when fenced.
+    #[serde(default)]
+    pub lease: Option<LeaseView>,
 }
 
 /// A member's answer to the status fan-out.

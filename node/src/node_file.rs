@@ -46,6 +46,21 @@ pub struct NodeFile {
     /// before they are closed.
     #[serde(default = "default_shutdown_drain", with = "fulcrum_model::duration")]
     pub shutdown_drain: Duration,
+    /// Whether a VRRP master holds its VIPs only with a lease the Raft quorum confirms
+    /// (`quorum`, the default with `[raft]`), or on VRRP's word alone (`off`, for a cluster
+    /// mixed with keepalived).
+    #[serde(default)]
+    pub fence: Option<FenceMode>,
+}
+
+/// How VIP ownership is fenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceMode {
+    /// A master holds its VIPs only with a quorum-confirmed lease.
+    Quorum,
+    /// A master holds its VIPs on VRRP's word alone.
+    Off,
 }
 
 fn default_shutdown_drain() -> Duration {
@@ -286,6 +301,9 @@ pub enum NodeFileError {
         /// What is wrong.
         problem: String,
     },
+    /// The quorum fence was asked for without a quorum to ask.
+    #[error("field `fence`: \"quorum\" needs a [raft] section (the quorum that confirms leases)")]
+    FenceWithoutRaft,
     /// A VRRP instance has no virtual IP.
     #[error("field `vrrp[{index}].vips`: a VRRP instance needs at least one VIP")]
     NoVips {
@@ -365,7 +383,16 @@ impl NodeFile {
         if let Some(index) = file.vrrp.iter().position(|instance| instance.vips.is_empty()) {
             return Err(NodeFileError::NoVips { index });
         }
+        if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
+            return Err(NodeFileError::FenceWithoutRaft);
+        }
         Ok(file)
+    }
+
+    /// Whether this node's VIPs are fenced by the Raft quorum: with `[raft]`, unless
+    /// `fence = "off"`.
+    pub fn fenced(&self) -> bool {
+        self.raft.is_some() && self.fence != Some(FenceMode::Off)
     }
 }
 
@@ -417,6 +444,7 @@ impl VrrpInstance {
     /// address when the file does not.
     pub fn settings(
         &self,
+        fenced: bool,
         interface_address: impl FnOnce(&str) -> Option<Ipv4Addr>,
     ) -> Result<InstanceSettings, NodeFileError> {
         let primary_address = match self.primary_address {
@@ -450,6 +478,7 @@ impl VrrpInstance {
                 spacing: self.garp_spacing,
                 refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
             },
+            fenced,
         })
     }
 }
@@ -475,7 +504,8 @@ vips = ["198.18.0.100"]
         )
         .unwrap();
         assert_eq!(file.log.format, LogFormat::Json);
-        let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        let settings =
+            file.vrrp[0].settings(false, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!(settings.router.priority, 150);
         assert_eq!(settings.router.advert_interval, Duration::from_millis(100));
         assert_eq!(settings.router.primary_address, Ipv4Addr::new(198, 18, 0, 11));
@@ -502,7 +532,8 @@ vips = ["198.18.0.100"]
     #[test]
     fn the_example_node_file_parses() {
         let file = NodeFile::parse(include_str!("../../examples/node.toml")).unwrap();
-        let settings = file.vrrp[0].settings(|_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        let settings =
+            file.vrrp[0].settings(false, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
         assert_eq!(
@@ -567,7 +598,7 @@ vips = ["198.18.0.100"]
             "node_id = 2\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 7\nvips = [\"198.18.0.100\"]\nunicast_peers = [\"198.18.0.12\"]\nprimary_address = \"198.18.0.11\"\n",
         )
         .unwrap();
-        let settings = file.vrrp[0].settings(|_| None).unwrap();
+        let settings = file.vrrp[0].settings(false, |_| None).unwrap();
         assert_eq!(settings.destination, Destination::Unicast(vec![Ipv4Addr::new(198, 18, 0, 12)]));
     }
 }

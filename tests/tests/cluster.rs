@@ -312,7 +312,7 @@ fn a_cluster_is_administered_as_one_and_refuses_bad_tokens_and_bad_input() {
 }
 
 #[test]
-fn writes_continue_without_the_leader_and_traffic_without_the_vip_owner() {
+fn writes_continue_without_the_leader_and_a_lone_survivor_holds_no_vip() {
     let mut c = cluster(3, 3, 3);
     let all: Vec<&Host> = c.lbs.iter().collect();
     c.leader(&all);
@@ -334,17 +334,31 @@ fn writes_continue_without_the_leader_and_traffic_without_the_vip_owner() {
     let new_leader = c.leader(&alive.iter().collect::<Vec<_>>());
     assert_ne!(new_leader, leader);
 
-    // Kill whoever holds the VIP now; the last node takes it and serves the same config.
-    let owner = c.lab.holders(&alive, vip(1)).unwrap();
-    assert_eq!(owner.len(), 1, "exactly one holder: {owner:?}");
-    let owner_index = c.lbs.iter().position(|h| h.name == owner[0]).unwrap();
-    c.lab.crash(&c.lbs[owner_index], &mut c.nodes[owner_index]).unwrap();
-    let survivor = alive.iter().find(|h| h.name != owner[0]).unwrap();
-    let took = c.lab.wait_for_holder(&c.lbs, survivor, vip(1), Duration::from_secs(10)).unwrap();
-    println!("{} took the VIP {took:?} after {} was killed", survivor.name, owner[0]);
+    // The two left are a quorum: exactly one of them holds the VIP and serves the new config.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let owner = loop {
+        let holders = c.lab.holders(&alive, vip(1)).unwrap();
+        if holders.len() == 1 || Instant::now() > deadline {
+            assert_eq!(holders.len(), 1, "exactly one holder of two: {holders:?}");
+            break holders[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 30);
     assert_eq!(report.successes, 30, "{report}");
-    assert!(report.answers.contains_key("be3"), "the survivor serves the added backend: {report}");
+    assert!(report.answers.contains_key("be3"), "the holder serves the added backend: {report}");
+
+    // Kill the holder too: the survivor alone cannot tell a crash from a partition, so the
+    // quorum fence keeps it from taking the VIP.
+    let owner_index = c.lbs.iter().position(|h| h.name == owner).unwrap();
+    c.lab.crash(&c.lbs[owner_index], &mut c.nodes[owner_index]).unwrap();
+    let survivor: Vec<Host> = alive.iter().filter(|h| h.name != owner).cloned().collect();
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        let holders = c.lab.holders(&survivor, vip(1)).unwrap();
+        assert!(holders.is_empty(), "a node without a quorum took the VIP: {holders:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -523,4 +537,135 @@ fn a_node_that_dies_mid_drain_is_not_forwarded_to() {
     let (_, echo) = long.finish();
     let cut = echo.expect_err("the session through a dead node cannot go on");
     assert!(cut.contains("ConnectionReset"), "the session should end with a reset: {cut}");
+}
+
+/// Drops every packet between `host` and the other load balancers, Raft and VRRP alike (its
+/// adverts to the VRRP group too), in a table of the test's own in `host`'s namespace; the
+/// client still reaches it.
+fn partition(c: &Cluster, host: &Host) {
+    let peers: Vec<String> =
+        c.lbs.iter().filter(|h| h.name != host.name).map(|h| h.address.to_string()).collect();
+    let peers = peers.join(", ");
+    let script = format!(
+        "table ip lab_partition {{\n\
+         \tchain incoming {{ type filter hook input priority -300; ip saddr {{ {peers} }} drop; }}\n\
+         \tchain outgoing {{ type filter hook output priority -300; ip daddr {{ {peers}, 224.0.0.18 }} drop; }}\n\
+         }}\n"
+    );
+    let file = c.lab.lab_file(&format!("partition-{}.nft", host.name), &script).unwrap();
+    c.lab.exec(host, "nft", &["-f", &file]).unwrap();
+}
+
+fn heal(c: &Cluster, host: &Host) {
+    c.lab.exec(host, "nft", &["delete", "table", "ip", "lab_partition"]).unwrap();
+}
+
+/// Whether `host` answers for the VIP now: the address is on its link and its kernel lets
+/// ARP replies and new connections for it through (the fence's `held` set holds it).
+fn answers(c: &Cluster, host: &Host) -> bool {
+    let holds = c.lab.holders(std::slice::from_ref(host), vip(1)).unwrap().len() == 1;
+    let held =
+        c.lab.exec(host, "nft", &["list", "set", "arp", "fulcrum", "held"]).unwrap_or_default();
+    holds && held.contains(&vip(1).to_string())
+}
+
+/// The load balancers that answer for the VIP now.
+fn answering(c: &Cluster) -> Vec<String> {
+    c.lbs.iter().filter(|h| answers(c, h)).map(|h| h.name.clone()).collect()
+}
+
+/// Samples who answers for the VIP for `span`, failing on two at once; returns when each
+/// load balancer was first seen as the only one answering.
+fn watch_answering(c: &Cluster, span: Duration, what: &str) -> Vec<(String, Duration)> {
+    let started = Instant::now();
+    let mut first_seen: Vec<(String, Duration)> = Vec::new();
+    while started.elapsed() < span {
+        let now = answering(c);
+        assert!(
+            now.len() <= 1,
+            "{what}: {now:?} answer for the VIP at once, {:?} in",
+            started.elapsed()
+        );
+        if let [one] = now.as_slice()
+            && !first_seen.iter().any(|(name, _)| name == one)
+        {
+            first_seen.push((one.clone(), started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first_seen
+}
+
+#[test]
+fn a_master_cut_off_from_its_peers_lets_the_vip_go_before_another_takes_it() {
+    let c = cluster(3, 3, 2);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+
+    // lb1 loses the quorum: it lets the VIP go, and lb2 (next priority) takes it only then.
+    partition(&c, &c.lbs[0]);
+    let started = Instant::now();
+    let mut lb1_gone = None;
+    let mut lb2_took = None;
+    while started.elapsed() < Duration::from_secs(8) {
+        let holders = c.lab.holders(&c.lbs, vip(1)).unwrap();
+        assert!(
+            holders.len() <= 1,
+            "two holders {holders:?} {:?} into the partition",
+            started.elapsed()
+        );
+        if lb1_gone.is_none() && !holders.contains(&c.lbs[0].name) {
+            lb1_gone = Some(started.elapsed());
+        }
+        if lb2_took.is_none() && holders == [c.lbs[1].name.clone()] {
+            lb2_took = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("partitioned lb1 let the VIP go after {lb1_gone:?}; lb2 took it after {lb2_took:?}");
+    assert!(lb1_gone.is_some() && lb2_took.is_some(), "{lb1_gone:?} {lb2_took:?}");
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "the majority's holder serves: {report}");
+
+    // Healed: lb1 (the highest priority) takes the VIP back, never with lb2 still holding.
+    heal(&c, &c.lbs[0]);
+    let seen = watch_answering(&c, Duration::from_secs(6), "after the partition healed");
+    println!("after healing, first answering: {seen:?}");
+    assert_eq!(answering(&c), [c.lbs[0].name.clone()], "lb1 holds again once healed");
+}
+
+#[test]
+fn a_paused_or_killed_master_stops_answering_by_itself() {
+    let mut c = cluster(3, 3, 2);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+
+    // Paused, lb1 cannot take its VIP away; its kernel stops answering for it when the lease
+    // runs out, before lb2 takes it.
+    c.nodes[0].signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let seen = watch_answering(&c, Duration::from_secs(6), "lb1 paused");
+    println!("lb1 paused; first answering: {seen:?}");
+    assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 answers while lb1 is paused");
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "{report}");
+
+    // Resumed, lb1 finds its lease gone: it never answers while lb2 holds, and takes the VIP
+    // back (its priority is higher) only through the fence.
+    c.nodes[0].signal(nix::sys::signal::Signal::SIGCONT).unwrap();
+    let seen = watch_answering(&c, Duration::from_secs(6), "lb1 resumed");
+    println!("lb1 resumed; first answering: {seen:?}");
+    assert_eq!(answering(&c), [c.lbs[0].name.clone()]);
+
+    // Killed with its host up, lb1 leaves its VIP and rules behind; the kernel stops
+    // answering when the lease runs out, and lb2 takes over.
+    c.nodes[0].crash().unwrap();
+    let seen = watch_answering(&c, Duration::from_secs(6), "lb1 killed");
+    println!("lb1 killed; first answering: {seen:?}");
+    assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 answers after lb1 was killed");
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "{report}");
 }

@@ -56,6 +56,10 @@ pub struct InstanceSettings {
     pub checksum: ChecksumForm,
     /// Gratuitous ARP behaviour.
     pub garp: GarpSettings,
+    /// The VIPs wait for a permit ([`Vrrp::permit`]) besides mastership: a fenced master
+    /// adds them, and announces them, only while permitted, and removes them when the permit
+    /// goes. An unfenced one holds them whenever it is master.
+    pub fenced: bool,
 }
 
 /// What one virtual router is doing, for logs, the admin API and metrics.
@@ -78,6 +82,8 @@ pub struct InstanceStatus {
     pub adverts_received: u64,
     /// State changes since start.
     pub transitions: u64,
+    /// Whether its VIPs are on the interface now (master, and permitted if fenced).
+    pub holding: bool,
 }
 
 /// Packets one link dropped, by reason.
@@ -115,6 +121,7 @@ fn drop_counts<S: serde::Serializer>(
 #[derive(Clone, Debug)]
 enum Control {
     Penalty { vrid: u8, penalty: u32 },
+    Permit { vrid: u8, permitted: bool },
     Resign { vrid: u8 },
     Shutdown,
 }
@@ -162,6 +169,7 @@ impl Vrrp {
                     adverts_sent: 0,
                     adverts_received: 0,
                     transitions: 0,
+                    holding: false,
                 })
                 .collect(),
             links: links
@@ -225,6 +233,12 @@ impl Vrrp {
     /// backup; see [`crate::machine::Router::resign`].
     pub fn resign(&self, vrid: u8) {
         let _ = self.control.send(Control::Resign { vrid });
+    }
+
+    /// Lets a fenced VRID's VIPs be held while master (`true`), or takes them away at once
+    /// (`false`); an unfenced VRID ignores it.
+    pub fn permit(&self, vrid: u8, permitted: bool) {
+        let _ = self.control.send(Control::Permit { vrid, permitted });
     }
 
     /// Steps down: every master advertises priority 0 and removes its VIPs; then the thread
@@ -318,6 +332,12 @@ struct Instance {
     adverts_sent: u64,
     adverts_received: u64,
     transitions: u64,
+    /// The state machine wants the VIPs held (it is master).
+    wants_vips: bool,
+    /// The VIPs are on the interface.
+    holding: bool,
+    /// A fenced instance's permit; always true for an unfenced one.
+    permitted: bool,
 }
 
 struct Link {
@@ -362,13 +382,16 @@ impl Link {
                     .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
                 Ok(Instance {
                     router,
-                    settings,
                     garp_burst: None,
                     next_garp_refresh: None,
                     master: None,
                     adverts_sent: 0,
                     adverts_received: 0,
                     transitions: 0,
+                    wants_vips: false,
+                    holding: false,
+                    permitted: !settings.fenced,
+                    settings,
                 })
             })
             .collect::<Result<_, DriverError>>()?;
@@ -422,6 +445,11 @@ impl Link {
                         if let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) {
                             self.instances[index].router.set_priority_penalty(now, penalty);
                             self.carry_out(index).await;
+                        }
+                    }
+                    Ok(Control::Permit { vrid, permitted }) => {
+                        if let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) {
+                            self.set_permit(index, permitted).await;
                         }
                     }
                     Ok(Control::Resign { vrid }) => {
@@ -591,32 +619,20 @@ impl Link {
                     }
                 }
                 Action::AddVips => {
-                    for vip in instance.router.config().vips.clone() {
-                        if let Err(e) = self.vips.add(vip).await {
-                            tracing::error!(vrid, "{e}");
-                        }
+                    instance.wants_vips = true;
+                    if instance.permitted {
+                        self.add_vips(index).await;
+                    } else {
+                        tracing::info!(interface = %self.interface, vrid, "master without a permit: VIPs wait for the fence");
                     }
                 }
                 Action::RemoveVips => {
-                    if let Some(burst) = instance.garp_burst.take() {
-                        burst.abort();
-                    }
-                    instance.next_garp_refresh = None;
-                    for vip in instance.router.config().vips.clone() {
-                        if let Err(e) = self.vips.remove(vip).await {
-                            tracing::error!(vrid, "{e}");
-                        }
-                    }
+                    instance.wants_vips = false;
+                    self.remove_vips(index).await;
                 }
-                Action::SendGratuitousArp => {
-                    let repeat = instance.settings.garp.repeat;
-                    instance.next_garp_refresh = instance
-                        .settings
-                        .garp
-                        .refresh
-                        .and_then(|every| Instant::now().checked_add(every));
-                    self.announce(index, repeat);
-                }
+                // Only a holder announces; a permit that comes later announces then.
+                Action::SendGratuitousArp if instance.holding => self.start_announcing(index),
+                Action::SendGratuitousArp => {}
                 Action::StateChanged { from, to } => {
                     instance.transitions += 1;
                     if to == State::Master {
@@ -629,6 +645,66 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Grants or takes away router `index`'s permit, adding or removing its VIPs as they
+    /// are now due.
+    async fn set_permit(&mut self, index: usize, permitted: bool) {
+        let instance = &mut self.instances[index];
+        if !instance.settings.fenced || instance.permitted == permitted {
+            return;
+        }
+        instance.permitted = permitted;
+        let vrid = instance.router.config().vrid;
+        match (permitted, instance.wants_vips, instance.holding) {
+            (true, true, false) => {
+                tracing::info!(interface = %self.interface, vrid, "fence permits: VIPs added");
+                self.add_vips(index).await;
+                self.start_announcing(index);
+            }
+            (false, _, true) => {
+                tracing::warn!(interface = %self.interface, vrid, "fence withdrawn: VIPs removed");
+                self.remove_vips(index).await;
+            }
+            _ => {}
+        }
+    }
+
+    async fn add_vips(&mut self, index: usize) {
+        let instance = &mut self.instances[index];
+        let vrid = instance.router.config().vrid;
+        instance.holding = true;
+        for vip in instance.router.config().vips.clone() {
+            if let Err(e) = self.vips.add(vip).await {
+                tracing::error!(vrid, "{e}");
+            }
+        }
+    }
+
+    async fn remove_vips(&mut self, index: usize) {
+        let instance = &mut self.instances[index];
+        let vrid = instance.router.config().vrid;
+        if let Some(burst) = instance.garp_burst.take() {
+            burst.abort();
+        }
+        instance.next_garp_refresh = None;
+        if !std::mem::replace(&mut instance.holding, false) {
+            return;
+        }
+        for vip in instance.router.config().vips.clone() {
+            if let Err(e) = self.vips.remove(vip).await {
+                tracing::error!(vrid, "{e}");
+            }
+        }
+    }
+
+    /// Announces router `index`'s VIPs now (a burst) and then every refresh interval.
+    fn start_announcing(&mut self, index: usize) {
+        let instance = &mut self.instances[index];
+        let repeat = instance.settings.garp.repeat;
+        instance.next_garp_refresh =
+            instance.settings.garp.refresh.and_then(|every| Instant::now().checked_add(every));
+        self.announce(index, repeat);
     }
 
     /// Sends `repeat` rounds of gratuitous ARP for every VIP of router `index`, spaced out,
@@ -678,6 +754,7 @@ impl Link {
                     entry.adverts_sent = instance.adverts_sent;
                     entry.adverts_received = instance.adverts_received;
                     entry.transitions = instance.transitions;
+                    entry.holding = instance.holding;
                 }
             }
             if let Some(link) = status.links.iter_mut().find(|l| l.interface == self.interface) {

@@ -3,6 +3,8 @@
 use std::io::{self, Write};
 
 use clap::Subcommand;
+#[cfg(test)]
+use fulcrum_model::api::LeaseView;
 use fulcrum_model::api::{AddMember, ClusterStatus, Failover, FailoverDone, Members, VipOwner};
 use hyper::Method;
 
@@ -15,7 +17,9 @@ use crate::output::{self, Table};
 pub(crate) enum VipCommand {
     /// Show who holds each virtual IP, and every node's virtual routers.
     ///
-    /// A VRID with no master is electing one; one with two masters is a split brain.
+    /// A VRID with no master is electing one; one with two holders (nodes with its VIPs on
+    /// their interface) is a split brain. With the quorum fence, LEASE shows the holder's
+    /// epoch and how long its lease runs yet.
     ///
     /// Example: fulcrumctl vip status
     Status,
@@ -242,20 +246,27 @@ pub(crate) async fn member(ctx: &Context, command: MemberCommand) -> anyhow::Res
     Ok(())
 }
 
-/// Who holds each VRID, a split brain or an election said in words.
+/// Who holds each VRID, a split brain or an election said in words: the VRRP masters, the
+/// nodes with the VIPs on their interface, and the holder's quorum lease.
 fn vip_owners(vips: &[VipOwner]) -> Table {
-    let mut table = Table::new(&["VRID", "VIPS", "MASTER"]);
+    let mut table = Table::new(&["VRID", "VIPS", "MASTER", "HOLDER", "LEASE"]);
+    let nodes = |ids: &[u64]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
     for owner in vips {
         let addresses: Vec<String> = owner.vips.iter().map(|a| a.to_string()).collect();
         let master = match owner.masters.as_slice() {
             [] => "none (election under way?)".to_owned(),
             [one] => format!("node {one}"),
-            many => {
-                let ids: Vec<String> = many.iter().map(|id| id.to_string()).collect();
-                format!("SPLIT BRAIN: nodes {}", ids.join(", "))
-            }
+            many => format!("nodes {}", nodes(many)),
         };
-        table.row(vec![owner.vrid.to_string(), addresses.join(", "), master]);
+        let holder = match owner.holders.as_slice() {
+            [] => "none".to_owned(),
+            [one] => format!("node {one}"),
+            many => format!("SPLIT BRAIN: nodes {}", nodes(many)),
+        };
+        let lease = owner.lease.as_ref().map_or("-".to_owned(), |lease| {
+            format!("epoch {}.{}, {} ms left", lease.epoch.0, lease.epoch.1, lease.left_ms)
+        });
+        table.row(vec![owner.vrid.to_string(), addresses.join(", "), master, holder, lease]);
     }
     table
 }
@@ -270,18 +281,26 @@ mod tests {
 
     #[test]
     fn vip_owners_show_elections_and_split_brains() {
-        let owner = |vrid, masters: &[u64]| VipOwner {
+        let owner = |vrid, masters: &[u64], holders: &[u64]| VipOwner {
             vrid,
             vips: vec!["198.18.0.100".parse().unwrap()],
             masters: masters.to_vec(),
+            holders: holders.to_vec(),
+            lease: (holders.len() == 1).then_some(LeaseView { epoch: (3, 1), left_ms: 540 }),
         };
-        let table = vip_owners(&[owner(51, &[1]), owner(52, &[]), owner(53, &[1, 2])]);
+        let table = vip_owners(&[
+            owner(51, &[1], &[1]),
+            owner(52, &[], &[]),
+            owner(53, &[1, 2], &[1]),
+            owner(54, &[1, 2], &[1, 2]),
+        ]);
         assert_eq!(
             table.render(),
-            "VRID  VIPS          MASTER\n\
-             51    198.18.0.100  node 1\n\
-             52    198.18.0.100  none (election under way?)\n\
-             53    198.18.0.100  SPLIT BRAIN: nodes 1, 2\n"
+            "VRID  VIPS          MASTER                      HOLDER                   LEASE\n\
+             51    198.18.0.100  node 1                      node 1                   epoch 3.1, 540 ms left\n\
+             52    198.18.0.100  none (election under way?)  none                     -\n\
+             53    198.18.0.100  nodes 1, 2                  node 1                   epoch 3.1, 540 ms left\n\
+             54    198.18.0.100  nodes 1, 2                  SPLIT BRAIN: nodes 1, 2  -\n"
         );
     }
 }

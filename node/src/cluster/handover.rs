@@ -82,15 +82,19 @@ impl Node {
             if !running.is_some_and(|i| i.state == State::Master && i.priority != OWNER_PRIORITY) {
                 return;
             }
-            match node.start_drain(local).await {
+            let drain = node.start_drain(local).await;
+            vrrp.resign(vrid);
+            // Given back as the VIPs leave, so the node that takes over is granted the lease
+            // on its first request.
+            node.give_up_lease(vrid).await;
+            match drain {
                 DrainStart::Started(drain) => {
-                    vrrp.resign(vrid);
                     let time = node.handover.as_ref().map_or(Duration::ZERO, |(_, time)| *time);
                     node.drains.spawn(Arc::clone(&node).follow_drain(drain, deadline_after(time)));
                 }
                 // Master again while its last drain goes on: that drain takes in what this
                 // mastership accepted.
-                DrainStart::UnderWay | DrainStart::Unavailable => vrrp.resign(vrid),
+                DrainStart::UnderWay | DrainStart::Unavailable => {}
             }
         });
         true
@@ -109,16 +113,16 @@ impl Node {
         drains
     }
 
-    /// Waits, for at most `timeout`, until another node is master of each of `drains`' VRIDs:
-    /// until then clients still reach this node for new connections, so a stopping node
-    /// keeps accepting them.
+    /// Waits, for at most `timeout`, until another node holds the VIPs of each of `drains`'
+    /// VRIDs (is master, with its lease if fenced): until then clients still reach this node
+    /// for new connections, so a stopping node keeps accepting them.
     pub async fn wait_for_takeover(self: &Arc<Self>, drains: &[Drain], timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         let me = self.id();
         while tokio::time::Instant::now() < deadline {
             let owners = vip_owners(&self.cluster_status().await.nodes);
             let taken = drains.iter().all(|drain| {
-                owners.iter().any(|o| o.vrid == drain.vrid && o.masters.iter().any(|m| *m != me))
+                owners.iter().any(|o| o.vrid == drain.vrid && o.holders.iter().any(|m| *m != me))
             });
             if taken {
                 return;

@@ -11,9 +11,15 @@
 //! - `priorities`: the priority per VRID, lowered by tracked pools and planned moves.
 //! - `handover`: the old master's side of a hand-over and a peer's forwarding for it.
 //! - `drain`: when a hand-over's drain ends, as a pure function of observations and time.
+//! - `fence`: the quorum fence's leases, as pure logic: the leader's arbiter, the holder's
+//!   lease, and the timings that keep one holder per VRID.
+//! - `fencing`: the fence at work: renewing leases, arbitrating them on the leader, and
+//!   letting VRRP and the kernel hold a VIP only while its lease runs.
 //! - `nftables`: the second-chance ruleset, rendered whole and loaded with `nft`.
 
 mod drain;
+mod fence;
+mod fencing;
 mod handover;
 mod moves;
 mod nftables;

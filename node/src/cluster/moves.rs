@@ -109,8 +109,12 @@ impl Node {
         let deadline = tokio::time::Instant::now() + MOVE_WAIT;
         loop {
             let owners = vip_owners(&self.cluster_status().await.nodes);
-            let masters = owners.iter().find(|o| o.vrid == vrid).map(|o| o.masters.clone());
-            let master = masters.filter(|m| m.len() == 1).map(|m| m[0]);
+            // Settled once one node both is master and has the VIPs (with the fence, a new
+            // master holds them only once its lease is granted).
+            let owner = owners.iter().find(|o| o.vrid == vrid);
+            let master = owner
+                .filter(|o| o.masters.len() == 1 && o.holders == o.masters)
+                .map(|o| o.masters[0]);
             let settled = match to {
                 Some(to) => master == Some(to),
                 None => master.is_some(),

@@ -94,10 +94,22 @@ pub(crate) struct Rules {
     pub forward: Vec<Forward>,
     /// VIPs this node drains.
     pub hidden: Vec<Hidden>,
+    /// VIPs under the quorum fence: ARP replies for them leave, and new connections to them
+    /// come in, only while they are in the `held` set, whose elements time out with the
+    /// lease (see `fence`).
+    pub fenced: Vec<Ipv4Addr>,
 }
 
-/// The `nft -f` script that replaces this node's tables with `rules`, in one transaction.
-pub(crate) fn render(rules: &Rules) -> String {
+/// The `held` set's elements: a fenced VIP this node holds a lease for, with how long the
+/// lease runs yet.
+pub(crate) type Held = [(Ipv4Addr, Duration)];
+
+/// The name of the set of fenced VIPs this node may answer for, in both tables.
+const HELD: &str = "held";
+
+/// The `nft -f` script that replaces this node's tables with `rules`, in one transaction,
+/// with `held` in the `held` set.
+pub(crate) fn render(rules: &Rules, held: &Held) -> String {
     let mut script = String::new();
     let s = &mut script;
     for family in ["ip", "arp"] {
@@ -105,6 +117,19 @@ pub(crate) fn render(rules: &Rules) -> String {
         let _ = writeln!(s, "add table {family} {TABLE}\ndelete table {family} {TABLE}");
     }
     let _ = writeln!(s, "table ip {TABLE} {{");
+    render_fence_sets(s, rules, held);
+    let _ = writeln!(s, "\tchain fence {{");
+    // After conntrack: a connection established while this node held the VIP (or one it
+    // drains after a hand-over) carries on; nothing new starts here without the lease.
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    // A VIP this node drains after a planned hand-over (on lo, hidden from ARP) still takes
+    // the clients whose ARP entry names this node until the new master's announcement
+    // reaches them: that is what keeps a planned move from losing a request.
+    for hidden in &rules.hidden {
+        let _ = writeln!(s, "\t\tip daddr {} accept", hidden.vip);
+    }
+    let _ = writeln!(s, "\t\tip daddr @fenced ip daddr != @{HELD} ct state new drop");
+    let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "\tchain second_chance {{");
     // After conntrack (-200), so every packet carries its connection's state.
     let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
@@ -123,6 +148,12 @@ pub(crate) fn render(rules: &Rules) -> String {
     }
     let _ = writeln!(s, "\t}}\n}}");
     let _ = writeln!(s, "table arp {TABLE} {{");
+    render_fence_sets(s, rules, held);
+    let _ = writeln!(s, "\tchain fence {{");
+    let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
+    let _ =
+        writeln!(s, "\t\tarp operation reply arp saddr ip @fenced arp saddr ip != @{HELD} drop");
+    let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "\tchain hide_requests {{");
     let _ = writeln!(s, "\t\ttype filter hook input priority filter; policy accept;");
     for hidden in &rules.hidden {
@@ -135,6 +166,55 @@ pub(crate) fn render(rules: &Rules) -> String {
     }
     let _ = writeln!(s, "\t}}\n}}");
     script
+}
+
+/// The `fenced` and `held` sets of one table.
+fn render_fence_sets(s: &mut String, rules: &Rules, held: &Held) {
+    let _ = writeln!(s, "\tset fenced {{\n\t\ttype ipv4_addr");
+    if !rules.fenced.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", list(rules.fenced.iter()));
+    }
+    let _ = writeln!(s, "\t}}\n\tset {HELD} {{\n\t\ttype ipv4_addr\n\t\tflags timeout");
+    let live: Vec<String> = held
+        .iter()
+        .filter(|(_, left)| left.as_millis() > 0)
+        .map(|(vip, left)| format!("{vip} timeout {}ms", left.as_millis()))
+        .collect();
+    if !live.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", live.join(", "));
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
+/// The script that puts `held` in the `held` sets with fresh timeouts (an element's timeout
+/// is set only when it is added, so each is added, deleted and added again, all in one
+/// transaction) and takes `dropped` out.
+pub(crate) fn render_held(held: &Held, dropped: &[Ipv4Addr]) -> String {
+    let mut script = String::new();
+    for family in ["ip", "arp"] {
+        for (vip, left) in held {
+            let set = format!("{family} {TABLE} {HELD}");
+            let _ = writeln!(script, "add element {set} {{ {vip} }}");
+            let _ = writeln!(script, "delete element {set} {{ {vip} }}");
+            if left.as_millis() > 0 {
+                let _ = writeln!(
+                    script,
+                    "add element {set} {{ {vip} timeout {}ms }}",
+                    left.as_millis()
+                );
+            }
+        }
+        for vip in dropped {
+            let set = format!("{family} {TABLE} {HELD}");
+            let _ = writeln!(script, "add element {set} {{ {vip} }}");
+            let _ = writeln!(script, "delete element {set} {{ {vip} }}");
+        }
+    }
+    script
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|item| item.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The script that removes this node's tables.
@@ -219,6 +299,10 @@ struct State {
     peers: BTreeMap<(u8, Ipv4Addr), PeerDrain>,
     /// By VRID.
     own: BTreeMap<u8, OwnDrain>,
+    /// The VIPs under the quorum fence.
+    fenced: Vec<Ipv4Addr>,
+    /// The fenced VIPs this node may answer for, until when.
+    held: BTreeMap<Ipv4Addr, Instant>,
 }
 
 impl State {
@@ -235,6 +319,7 @@ impl State {
         let mut rules = Rules {
             forward: newest.into_values().map(|(_, forward)| forward).collect(),
             hidden: Vec::new(),
+            fenced: self.fenced.clone(),
         };
         for drain in self.own.values() {
             rules
@@ -244,6 +329,11 @@ impl State {
         rules.hidden.sort();
         rules.hidden.dedup();
         rules
+    }
+
+    /// The held set as of `now`: each VIP with how long it may still be answered for.
+    fn held(&self, now: Instant) -> Vec<(Ipv4Addr, Duration)> {
+        self.held.iter().map(|(vip, until)| (*vip, until.saturating_duration_since(now))).collect()
     }
 }
 
@@ -261,17 +351,20 @@ pub struct Handover {
 impl Handover {
     /// Loads the empty ruleset and takes `vips` off `lo` (replacing whatever a killed run
     /// left), then keeps the rules up to date: peers' lapsed drains are dropped and a failed
-    /// load is retried. `interfaces` are the VRRP links, whose names go into rules.
+    /// load is retried. `interfaces` are the VRRP links, whose names go into rules; `fenced`
+    /// the VIPs this node may answer for only while it holds a lease.
     pub async fn start(
         interfaces: &[String],
         vips: &[Ipv4Addr],
+        fenced: &[Ipv4Addr],
     ) -> Result<Arc<Handover>, HandoverError> {
         if let Some(bad) = interfaces.iter().find(|i| !quotable(i)) {
             return Err(HandoverError::Interface(bad.clone()));
         }
+        let state = State { fenced: fenced.to_vec(), ..State::default() };
         let handover = Arc::new(Handover {
             loopback: VipManager::open("lo")?,
-            state: Mutex::default(),
+            state: Mutex::new(state),
             stopped: AtomicBool::new(false),
             loaded: tokio::sync::Mutex::new(None),
         });
@@ -396,6 +489,33 @@ impl Handover {
         }
     }
 
+    /// Lets this node answer for the fenced `vips` for `left` more (its lease), in the
+    /// kernel: the elements time out by themselves if nothing renews them.
+    pub async fn hold_fenced(
+        &self,
+        vips: &[Ipv4Addr],
+        left: Duration,
+    ) -> Result<(), HandoverError> {
+        let loaded = self.loaded.lock().await;
+        let until = Instant::now() + left;
+        lock(&self.state).held.extend(vips.iter().map(|vip| (*vip, until)));
+        if loaded.is_none() {
+            return Ok(());
+        }
+        let held: Vec<_> = vips.iter().map(|vip| (*vip, left)).collect();
+        load(&render_held(&held, &[])).await
+    }
+
+    /// Stops this node answering for the fenced `vips`, at once.
+    pub async fn drop_fenced(&self, vips: &[Ipv4Addr]) -> Result<(), HandoverError> {
+        let loaded = self.loaded.lock().await;
+        lock(&self.state).held.retain(|vip, _| !vips.contains(vip));
+        if loaded.is_none() {
+            return Ok(());
+        }
+        load(&render_held(&[], vips)).await
+    }
+
     async fn reconcile_or_log(&self) {
         if let Err(error) = self.reconcile().await {
             tracing::error!("second-chance forwarding not updated: {error}");
@@ -409,7 +529,8 @@ impl Handover {
         if loaded.as_ref() == Some(&wanted) || self.stopped.load(Ordering::Relaxed) {
             return Ok(());
         }
-        load(&render(&wanted)).await?;
+        let held = lock(&self.state).held(Instant::now());
+        load(&render(&wanted, &held)).await?;
         tracing::info!(forward = ?wanted.forward, hidden = ?wanted.hidden, "second-chance rules loaded");
         *loaded = Some(wanted);
         Ok(())
@@ -451,20 +572,20 @@ mod tests {
 
     #[test]
     fn the_empty_ruleset_keeps_conntrack_on_and_forwards_nothing() {
-        let script = render(&Rules::default());
+        let script = render(&Rules::default(), &[]);
         assert!(script.starts_with("add table ip fulcrum\ndelete table ip fulcrum\n"));
         assert!(script.contains("ct state established,related accept"));
         assert!(!script.contains("dup"));
-        assert!(!script.contains("drop"));
+        assert!(!script.contains("elements"), "nothing fenced, held or hidden: {script}");
     }
 
     #[test]
     fn a_peer_drain_forwards_what_is_not_a_new_connection() {
         let rules = Rules {
             forward: vec![Forward { vip: VIP, to: OLD_MASTER, interface: "eth0".into() }],
-            hidden: vec![],
+            ..Rules::default()
         };
-        let script = render(&rules);
+        let script = render(&rules, &[]);
         assert!(script.contains(
             "ct state new,invalid ip daddr 198.18.0.100 tcp flags & (syn | ack) != syn dup to 198.18.0.11 device \"eth0\" drop"
         ));
@@ -475,10 +596,43 @@ mod tests {
     #[test]
     fn a_held_vip_answers_no_arp_and_is_never_an_arp_source() {
         let rules =
-            Rules { forward: vec![], hidden: vec![Hidden { vip: VIP, source: OLD_MASTER }] };
-        let script = render(&rules);
+            Rules { hidden: vec![Hidden { vip: VIP, source: OLD_MASTER }], ..Rules::default() };
+        let script = render(&rules, &[]);
         assert!(script.contains("arp operation request arp daddr ip 198.18.0.100 drop"));
         assert!(script.contains("arp saddr ip 198.18.0.100 arp saddr ip set 198.18.0.11"));
+        let exempt = script.find("ip daddr 198.18.0.100 accept").expect("a drained VIP is exempt");
+        assert!(exempt < script.find("ip daddr @fenced").expect("before the fence's drop"));
+    }
+
+    #[test]
+    fn a_fenced_vip_is_answered_only_while_held() {
+        let rules = Rules { fenced: vec![VIP], ..Rules::default() };
+        let script = render(&rules, &[(VIP, Duration::from_millis(480))]);
+        assert_eq!(script.matches("elements = { 198.18.0.100 }").count(), 2, "{script}");
+        assert_eq!(script.matches("elements = { 198.18.0.100 timeout 480ms }").count(), 2);
+        assert!(script.contains("ip daddr @fenced ip daddr != @held ct state new drop"));
+        assert!(
+            script.contains("arp operation reply arp saddr ip @fenced arp saddr ip != @held drop")
+        );
+        let lapsed = render(&rules, &[(VIP, Duration::ZERO)]);
+        assert!(!lapsed.contains("timeout 0ms"), "a lapsed lease is not written back: {lapsed}");
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_element_in_both_tables_in_one_script() {
+        let other = Ipv4Addr::new(198, 18, 0, 101);
+        let script = render_held(&[(VIP, Duration::from_millis(588))], &[other]);
+        for family in ["ip", "arp"] {
+            let set = format!("{family} fulcrum held");
+            let renewal = format!(
+                "add element {set} {{ 198.18.0.100 }}\ndelete element {set} {{ 198.18.0.100 }}\nadd element {set} {{ 198.18.0.100 timeout 588ms }}\n"
+            );
+            assert!(script.contains(&renewal), "{script}");
+            let removal = format!(
+                "add element {set} {{ 198.18.0.101 }}\ndelete element {set} {{ 198.18.0.101 }}\n"
+            );
+            assert!(script.contains(&removal), "{script}");
+        }
     }
 
     #[test]

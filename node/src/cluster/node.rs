@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fulcrum_model::api::{NodeStatus, VrrpStatus};
+use fulcrum_model::api::{LeaseView, NodeStatus, VrrpStatus};
 use fulcrum_model::codec;
 use fulcrum_raft_store::ConfigStore;
 use fulcrum_vrrp::State;
 use fulcrum_vrrp::Vrrp;
 use tokio_util::task::TaskTracker;
 
+use super::fence::{Arbiter, Leases};
 use super::nftables::Handover;
 use super::peer::{PeerAnswer, PeerRequest, Peers};
 use super::priorities::Priorities;
@@ -54,20 +55,28 @@ pub struct Node {
     pub(super) draining: AtomicBool,
     /// Set once it serves its configuration with VRRP started.
     ready: AtomicBool,
+    /// The leases of a fenced node.
+    pub(super) fence: Option<FenceState>,
+    /// While this node leads the Raft group: who holds each VRID's lease.
+    pub(super) arbiter: std::sync::Mutex<Option<Arbiter>>,
 }
 
 impl Node {
     /// The node; `vrrp` is its driver with the priorities it controls, if it runs VRRP, and
-    /// `handover` its second-chance forwarding with the drain time of a handed-over VIP. It
-    /// answers its peers from now on.
+    /// `handover` its nftables rules (the fence's and second-chance forwarding's) with the
+    /// drain time of a handed-over VIP, and `fenced` whether it holds VIPs only with a lease.
+    /// It answers its peers from now on.
     pub fn start(
         store: Arc<ConfigStore>,
         plane: Arc<DataPlane>,
         vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
         vrids: Vec<LocalVrid>,
         handover: Option<(Arc<Handover>, Duration)>,
+        fenced: bool,
     ) -> Arc<Node> {
         let node = Arc::new(Node {
+            fence: fenced.then(FenceState::default),
+            arbiter: std::sync::Mutex::new(None),
             peers: Peers::new(Arc::clone(&store)),
             store,
             plane,
@@ -129,6 +138,11 @@ impl Node {
                     state: running.map_or("stopped".into(), |i| i.state.as_str().to_owned()),
                     priority: running.map_or(0, |i| i.priority),
                     vips: local.vips.clone(),
+                    holding: running.is_some_and(|i| i.holding),
+                    lease: self.lease_of(local.vrid).map(|(grant, left)| LeaseView {
+                        epoch: grant.epoch,
+                        left_ms: left.as_millis() as u64,
+                    }),
                 }
             })
             .collect();
@@ -212,7 +226,23 @@ impl Node {
                 }
                 PeerAnswer::Noted(self.handover.is_some())
             }
+            Ok(PeerRequest::Lease { vrid, node, claimed, generation }) => {
+                PeerAnswer::Lease(self.arbitrate(vrid, node, claimed, generation).await)
+            }
+            Ok(PeerRequest::Release { vrid, node, generation }) => {
+                self.released(vrid, node, generation);
+                PeerAnswer::Noted(true)
+            }
             Err(error) => PeerAnswer::Malformed(error.to_string()),
         }
     }
+}
+
+/// A fenced node's lease state.
+#[derive(Debug, Default)]
+pub(crate) struct FenceState {
+    /// The leases by VRID.
+    pub(crate) leases: std::sync::Mutex<Leases>,
+    /// Woken when a grant arrives, so VIPs are added at once.
+    pub(crate) granted: tokio::sync::Notify,
 }

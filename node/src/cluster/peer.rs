@@ -12,6 +12,8 @@ use fulcrum_raft_store::{ConfigStore, PeerHandler};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use super::fence::{Grant, LeaseRefusal};
+
 /// What one node asks another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum PeerRequest {
@@ -51,6 +53,26 @@ pub(crate) enum PeerRequest {
         /// The sender's own address on the link.
         via: Ipv4Addr,
     },
+    /// Node `node`, master of `vrid`, asks the leader for its lease (holding `claimed`).
+    Lease {
+        /// The VRID.
+        vrid: u8,
+        /// The node asking.
+        node: u64,
+        /// The grant it holds now, if its lease runs.
+        claimed: Option<Grant>,
+        /// How many times it gave the VRID up so far.
+        generation: u64,
+    },
+    /// Node `node` gave `vrid` up, its VIPs gone.
+    Release {
+        /// The VRID.
+        vrid: u8,
+        /// The node.
+        node: u64,
+        /// The generation given up: requests of it still on their way grant nothing.
+        generation: u64,
+    },
 }
 
 /// What it answers.
@@ -65,6 +87,8 @@ pub(crate) enum PeerAnswer {
     /// Whether this node forwards for the drain (it runs the VRID, with second-chance
     /// forwarding on).
     Noted(bool),
+    /// The leader's answer to a lease request.
+    Lease(Result<Grant, LeaseRefusal>),
     /// The request did not decode (a peer of another version).
     Malformed(String),
 }

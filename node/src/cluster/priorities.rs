@@ -38,6 +38,9 @@ struct Facts {
     unservable: bool,
     /// The node a planned move gave the VRID to, if any.
     moved_to: Option<u64>,
+    /// The quorum fence cannot reach a Raft leader here, so this node could not hold the
+    /// VIPs as master: it steps aside for a node that can.
+    unfenced: bool,
 }
 
 /// The penalty of `tracked` on node `me` given `facts`.
@@ -47,7 +50,8 @@ fn penalty(tracked: &Tracked, facts: Facts, me: u64) -> u32 {
         Some(to) if to != me => MOVED_AWAY,
         _ => 0,
     };
-    health.saturating_add(moved)
+    let unfenced = if facts.unfenced { MOVED_AWAY } else { 0 };
+    health.saturating_add(moved).saturating_add(unfenced)
 }
 
 /// The penalties of this node's virtual routers.
@@ -73,6 +77,21 @@ impl Priorities {
         }
         tracing::info!(vrid, to = ?to, "planned VRID move");
         true
+    }
+
+    /// Records whether the quorum fence can reach a Raft leader for `vrid` here; while it
+    /// cannot, the priority drops to 1.
+    pub fn set_unfenced(&self, vrid: u8, unfenced: bool) {
+        let changed =
+            self.change(vrid, |facts| std::mem::replace(&mut facts.unfenced, unfenced) != unfenced);
+        if changed == Some(true) && unfenced {
+            tracing::warn!(
+                vrid,
+                "no Raft leader answers the fence here: priority lowered so a node that can hold the VIP takes over"
+            );
+        } else if changed == Some(true) {
+            tracing::info!(vrid, "the fence reaches a Raft leader again: priority restored");
+        }
     }
 
     /// Follows pool health until the task is dropped.
@@ -132,17 +151,23 @@ mod tests {
 
     #[test]
     fn an_unservable_pool_costs_its_weight() {
-        let facts = Facts { unservable: true, moved_to: None };
+        let facts = Facts { unservable: true, moved_to: None, unfenced: false };
         assert_eq!(penalty(&tracked(50), facts, 1), 50);
         assert_eq!(penalty(&tracked(50), Facts::default(), 1), 0);
     }
 
     #[test]
     fn a_move_to_another_node_sinks_this_one_and_spares_the_chosen() {
-        let moved = |to| Facts { unservable: false, moved_to: Some(to) };
+        let moved = |to| Facts { moved_to: Some(to), ..Facts::default() };
         assert_eq!(penalty(&tracked(50), moved(2), 1), MOVED_AWAY);
         assert_eq!(penalty(&tracked(50), moved(1), 1), 0, "the chosen node keeps its priority");
-        let both = Facts { unservable: true, moved_to: Some(1) };
+        let both = Facts { unservable: true, moved_to: Some(1), unfenced: false };
         assert_eq!(penalty(&tracked(50), both, 1), 50, "health still counts on the chosen node");
+    }
+
+    #[test]
+    fn a_node_the_fence_cannot_serve_steps_aside() {
+        let unfenced = Facts { unfenced: true, ..Facts::default() };
+        assert_eq!(penalty(&tracked(50), unfenced, 1), MOVED_AWAY);
     }
 }

@@ -95,12 +95,19 @@ pub(super) fn vip_owners(nodes: &[NodeReport]) -> Vec<VipOwner> {
                         vrid: vrrp.vrid,
                         vips: vrrp.vips.clone(),
                         masters: Vec::new(),
+                        holders: Vec::new(),
+                        lease: None,
                     });
                     owners.len() - 1
                 }
             };
+            let owner = &mut owners[index];
             if vrrp.state == "master" {
-                owners[index].masters.push(status.id);
+                owner.masters.push(status.id);
+            }
+            if vrrp.holding {
+                owner.holders.push(status.id);
+                owner.lease = vrrp.lease.clone();
             }
         }
     }

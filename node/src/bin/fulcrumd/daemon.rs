@@ -96,7 +96,7 @@ impl Daemon {
         let vrrp_settings: Vec<InstanceSettings> = node
             .vrrp
             .iter()
-            .map(|i| i.settings(|interface| interface_address(interface, &i.vips)))
+            .map(|i| i.settings(node.fenced(), |interface| interface_address(interface, &i.vips)))
             .collect::<Result<_, _>>()
             .with_context(node_file)?;
         let admin_token =
@@ -133,7 +133,7 @@ impl Daemon {
         };
         // Before VRRP, so conntrack knows every connection this node accepts as master.
         let handover = match (&store, vrrp_settings.is_empty()) {
-            (Some(_), false) => start_handover(node).await,
+            (Some(_), false) => start_handover(node).await?,
             _ => None,
         };
         let vrrp = match vrrp_settings.is_empty() {
@@ -189,7 +189,15 @@ impl Daemon {
             .collect();
         let vrrp = self.vrrp.clone().zip(priorities);
         let handover = self.handover.clone().map(|h| (h, node.shutdown_drain));
-        let member = Node::start(Arc::clone(store), Arc::clone(&self.plane), vrrp, vrids, handover);
+        let member = Node::start(
+            Arc::clone(store),
+            Arc::clone(&self.plane),
+            vrrp,
+            vrids,
+            handover,
+            node.fenced(),
+        );
+        tokio::spawn(Arc::clone(&member).follow_fence());
         tokio::spawn(Arc::clone(&member).follow_priority());
         Some(member)
     }
@@ -236,6 +244,9 @@ impl Daemon {
         let deadline = deadline_after(shutdown_drain);
         if let Some(vrrp) = &self.vrrp {
             vrrp.shutdown();
+        }
+        if let Some(member) = &self.node {
+            member.give_up_leases().await;
         }
         if let (Some(member), false) = (&self.node, drains.is_empty()) {
             member.wait_for_takeover(&drains, TAKEOVER_WAIT).await;
@@ -312,18 +323,23 @@ async fn serve_configuration(
     Ok(())
 }
 
-/// Second-chance forwarding for the node's VRRP links; a node without it still moves its
-/// VIPs, only not their connections.
-async fn start_handover(node: &NodeFile) -> Option<Arc<Handover>> {
+/// This node's nftables rules for its VRRP links: the quorum fence's kernel side, and
+/// second-chance forwarding. A fenced node cannot run without them; an unfenced one still
+/// moves its VIPs, only not their connections.
+async fn start_handover(node: &NodeFile) -> anyhow::Result<Option<Arc<Handover>>> {
     let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
     let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.vips.iter().copied()).collect();
-    match Handover::start(&interfaces, &vips).await {
-        Ok(handover) => Some(handover),
+    let fenced = if node.fenced() { vips.clone() } else { Vec::new() };
+    match Handover::start(&interfaces, &vips, &fenced).await {
+        Ok(handover) => Ok(Some(handover)),
+        Err(error) if node.fenced() => Err(anyhow::anyhow!(
+            "the quorum fence needs nftables to stop this node answering for a VIP it has no lease for: {error} (install nftables, or set fence = \"off\" to run on VRRP alone)"
+        )),
         Err(error) => {
             tracing::error!(
                 "second-chance forwarding is off, so a planned VIP handover resets the connections it carries: {error}"
             );
-            None
+            Ok(None)
         }
     }
 }

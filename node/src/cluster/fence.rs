@@ -1,0 +1,317 @@
+//! The quorum fence, as pure logic: who may hold each VRID's VIPs, decided by the Raft leader
+//! and confirmed by a quorum, with time as a value.
+//!
+//! A node holds a VRID's VIPs only while VRRP makes it master *and* it holds a lease for the
+//! VRID. Leases are granted by the Raft leader, and only after the leader confirmed its
+//! leadership with a quorum (a heartbeat round) since the request was sent, so a leader cut
+//! off from the majority grants nothing. The [`Arbiter`] (the leader's side) grants a VRID to
+//! a new holder only once the last holder's lease has run out by the leader's own clock,
+//! allowing for clock-rate differences; a new leader, which does not know what its
+//! predecessor granted, waits out one whole lease before granting a VRID to anyone who does
+//! not already hold it. The [`Lease`] (the holder's side) counts its lease from when it sent
+//! the request, shortened by the same allowance, so it always ends before the leader may
+//! grant the VRID to another node. The kernel keeps the holder's end even if the process is
+//! paused or killed: the VIP's nftables set element times out with the lease.
+//!
+//! Between two honest nodes this gives: at most one node holds a lease for a VRID at any
+//! moment, assuming clocks run at rates within [`DRIFT`] of each other and a majority of the
+//! voters is the same majority across a leader change (Raft's).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a lease lasts, from the moment its holder asked for it: longer than a Raft
+/// election (a follower notices a dead leader after its 400 to 800 ms election timeout, and
+/// the vote takes a round trip or a retry), so a leader's death does not cost a VIP.
+pub(crate) const LEASE: Duration = Duration::from_millis(2000);
+/// How often a holder renews: many renewals may be lost before the lease runs out.
+pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(200);
+/// The largest relative difference of two nodes' clock rates allowed for (NTP keeps real
+/// clocks within 0.05 %; this leaves room for a virtual machine's clock).
+pub(crate) const DRIFT: f64 = 0.02;
+/// Added to the leader's wait for timer and scheduling delays.
+pub(crate) const SAFETY: Duration = Duration::from_millis(50);
+
+/// How long the leader waits after the last grant to a holder before the VRID may go to
+/// another node: the lease stretched by the clock allowance, plus the safety margin.
+pub(crate) fn takeover_wait() -> Duration {
+    LEASE.mul_f64(1.0 + DRIFT) + SAFETY
+}
+
+/// How long a holder counts its lease: shortened by the clock allowance.
+pub(crate) fn holder_validity() -> Duration {
+    LEASE.mul_f64(1.0 - DRIFT)
+}
+
+/// A grant: node `holder` may hold the VRID under `epoch` (which changes with every new
+/// holder, so a status can tell a renewal from a takeover).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Grant {
+    /// The node.
+    pub holder: u64,
+    /// The epoch of this holding: `(leader term, count)`.
+    pub epoch: (u64, u64),
+}
+
+/// Why a lease was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Refusal {
+    /// Another node holds the VRID, and may for this long yet.
+    HeldElsewhere {
+        /// The node holding it.
+        holder: u64,
+        /// How long until the leader may give it away, in milliseconds.
+        for_ms: u64,
+    },
+    /// This leader is new and waits out leases its predecessor may have granted.
+    NewLeader {
+        /// How long it still waits, in milliseconds.
+        for_ms: u64,
+    },
+    /// The request was sent before the node gave the VRID up (it arrived late).
+    GivenUp,
+}
+
+/// Why the leader gave no lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum LeaseRefusal {
+    /// The node asked does not lead with a quorum now.
+    NotLeader,
+    /// The arbiter said no.
+    Refused(Refusal),
+}
+
+/// The leader's side: the holder of each VRID and when it was last granted.
+#[derive(Debug)]
+pub(crate) struct Arbiter {
+    term: u64,
+    /// When this node became leader of `term`.
+    since: Instant,
+    holders: BTreeMap<u8, (Grant, Instant)>,
+    grants: u64,
+    /// The last generation each node gave each VRID up in, by (VRID, node): a request of
+    /// that generation or older arrived after the give-up and grants nothing.
+    given_up: BTreeMap<(u8, u64), u64>,
+}
+
+impl Arbiter {
+    /// A leader of `term`, leading since `since`, that knows of no holder yet.
+    pub(crate) fn new(term: u64, since: Instant) -> Arbiter {
+        Arbiter { term, since, holders: BTreeMap::new(), grants: 0, given_up: BTreeMap::new() }
+    }
+
+    /// The term this arbiter serves.
+    pub(crate) fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Node `node` asks for `vrid` at `now`, the request having been confirmed by a quorum
+    /// after it was sent; `claimed` is the grant it holds now, if any (a holder whose lease
+    /// runs renews it, across leader changes too), and `generation` counts the node's
+    /// give-ups of the VRID so far.
+    pub(crate) fn handle_request(
+        &mut self,
+        now: Instant,
+        vrid: u8,
+        node: u64,
+        claimed: Option<Grant>,
+        generation: u64,
+    ) -> Result<Grant, Refusal> {
+        if self.given_up.get(&(vrid, node)).is_some_and(|given_up| generation <= *given_up) {
+            return Err(Refusal::GivenUp);
+        }
+        let wait = takeover_wait();
+        if let Some((grant, at)) = self.holders.get(&vrid).copied() {
+            let elapsed = now.saturating_duration_since(at);
+            if grant.holder == node {
+                self.holders.insert(vrid, (grant, now));
+                return Ok(grant);
+            }
+            if elapsed < wait {
+                let for_ms = (wait - elapsed).as_millis() as u64;
+                return Err(Refusal::HeldElsewhere { holder: grant.holder, for_ms });
+            }
+        } else if let Some(claimed) = claimed.filter(|c| c.holder == node) {
+            // A holder of an earlier leader's grant: it still counts its lease, so renewing
+            // it keeps the one holder there is.
+            self.holders.insert(vrid, (claimed, now));
+            return Ok(claimed);
+        }
+        let leading = now.saturating_duration_since(self.since);
+        if leading < wait {
+            return Err(Refusal::NewLeader { for_ms: (wait - leading).as_millis() as u64 });
+        }
+        self.grants += 1;
+        let grant = Grant { holder: node, epoch: (self.term, self.grants) };
+        self.holders.insert(vrid, (grant, now));
+        Ok(grant)
+    }
+
+    /// Node `node` gave `vrid` up in `generation`, its VIPs already gone (it stopped being
+    /// master, or is stopping): the VRID may go to another node at once, and no request of
+    /// that generation still on its way renews it.
+    pub(crate) fn handle_release(&mut self, vrid: u8, node: u64, generation: u64) {
+        let given_up = self.given_up.entry((vrid, node)).or_default();
+        *given_up = (*given_up).max(generation);
+        if self.holders.get(&vrid).is_some_and(|(grant, _)| grant.holder == node) {
+            self.holders.remove(&vrid);
+        }
+    }
+}
+
+/// The holder's side of one VRID's lease.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lease {
+    held: Option<(Grant, Instant)>,
+}
+
+impl Lease {
+    /// A grant answered a request sent at `sent`: the lease runs until `sent` plus the
+    /// holder's validity. An answer to a request older than the lease held is ignored.
+    pub(crate) fn handle_grant(&mut self, sent: Instant, grant: Grant) {
+        let until = sent + holder_validity();
+        if self.held.is_none_or(|(_, current)| until > current) {
+            self.held = Some((grant, until));
+        }
+    }
+
+    /// The grant held at `now`, if the lease still runs.
+    pub(crate) fn valid(&self, now: Instant) -> Option<Grant> {
+        self.held.filter(|(_, until)| now < *until).map(|(grant, _)| grant)
+    }
+
+    /// How long the lease runs after `now` (zero once it ended): what the kernel's timeout
+    /// for the VIP is set to.
+    pub(crate) fn remaining(&self, now: Instant) -> Duration {
+        self.held.map_or(Duration::ZERO, |(_, until)| until.saturating_duration_since(now))
+    }
+}
+
+/// A fenced node's leases, one per VRID it runs.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    pub(crate) held: BTreeMap<u8, Lease>,
+    /// When a leader last answered (grant or refusal), per VRID.
+    pub(crate) answered: BTreeMap<u8, Instant>,
+    /// How long each VRID's kernel element was last set to run, so it is written only when
+    /// a grant moved it.
+    pub(crate) written: BTreeMap<u8, Instant>,
+    /// When each VRID's request in flight was sent.
+    pub(crate) asking: BTreeMap<u8, Instant>,
+    /// When each VRID was last asked for.
+    pub(crate) asked: BTreeMap<u8, Instant>,
+    /// How many times each VRID's lease was given up: a request carries it, so one sent
+    /// before a give-up and answered after it renews nothing.
+    pub(crate) generation: BTreeMap<u8, u64>,
+}
+
+impl Leases {
+    /// Gives `vrid`'s lease up: returns the generation given up, and whether a lease ran.
+    pub(crate) fn give_up(&mut self, vrid: u8, now: Instant) -> (u64, bool) {
+        let held = self.held.remove(&vrid).and_then(|l| l.valid(now)).is_some();
+        self.written.remove(&vrid);
+        let generation = self.generation.entry(vrid).or_default();
+        let given_up = *generation;
+        *generation += 1;
+        (given_up, held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn settled(t0: Instant) -> Arbiter {
+        // A leader long enough in office to grant at once.
+        Arbiter::new(3, t0 - takeover_wait())
+    }
+
+    #[test]
+    fn one_holder_at_a_time_and_the_next_only_after_the_lease_ran_out() {
+        let t0 = Instant::now();
+        let mut arbiter = settled(t0);
+        let a = arbiter.handle_request(t0, 7, 1, None, 0).expect("first holder");
+        assert_eq!(a, Grant { holder: 1, epoch: (3, 1) });
+        assert_eq!(arbiter.handle_request(at(t0, 100), 7, 1, Some(a), 0), Ok(a), "renewed");
+        let refused = arbiter.handle_request(at(t0, 150), 7, 2, None, 0);
+        assert!(matches!(refused, Err(Refusal::HeldElsewhere { holder: 1, .. })), "{refused:?}");
+        // Node 1 stops renewing at 100 ms; node 2 gets the VRID one takeover wait later.
+        let almost = at(t0, 100) + takeover_wait() - Duration::from_millis(1);
+        assert!(arbiter.handle_request(almost, 7, 2, None, 0).is_err());
+        let b = arbiter.handle_request(at(t0, 100) + takeover_wait(), 7, 2, None, 0);
+        assert_eq!(b, Ok(Grant { holder: 2, epoch: (3, 2) }));
+    }
+
+    #[test]
+    fn the_holders_lease_ends_before_the_leader_may_give_the_vrid_away() {
+        // The worst case: the slowest leader clock against the fastest holder clock.
+        let holder_lasts = holder_validity().mul_f64(1.0 + DRIFT);
+        let leader_waits = takeover_wait().mul_f64(1.0 - DRIFT);
+        assert!(holder_lasts + SAFETY / 2 < leader_waits, "{holder_lasts:?} vs {leader_waits:?}");
+        let t0 = Instant::now();
+        let mut lease = Lease::default();
+        lease.handle_grant(t0, Grant { holder: 1, epoch: (1, 1) });
+        assert!(lease.valid(at(t0, 1)).is_some());
+        assert!(lease.valid(t0 + holder_validity()).is_none());
+        assert_eq!(lease.remaining(t0 + LEASE), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_new_leader_renews_a_running_lease_but_grants_no_new_holder_until_it_waited() {
+        let t0 = Instant::now();
+        let mut arbiter = Arbiter::new(4, t0);
+        let held = Grant { holder: 1, epoch: (3, 9) };
+        assert_eq!(arbiter.handle_request(at(t0, 10), 7, 1, Some(held), 0), Ok(held));
+        assert!(matches!(
+            arbiter.handle_request(at(t0, 20), 9, 2, None, 0),
+            Err(Refusal::NewLeader { .. })
+        ));
+        // Node 2 cannot pass itself off as the holder another node renews.
+        let forged = Grant { holder: 1, epoch: (3, 9) };
+        assert!(matches!(
+            arbiter.handle_request(at(t0, 30), 7, 2, Some(forged), 0),
+            Err(Refusal::HeldElsewhere { holder: 1, .. })
+        ));
+        let later = t0 + takeover_wait();
+        assert_eq!(
+            arbiter.handle_request(later, 9, 2, None, 0),
+            Ok(Grant { holder: 2, epoch: (4, 1) })
+        );
+    }
+
+    #[test]
+    fn a_released_vrid_goes_to_the_next_node_at_once() {
+        let t0 = Instant::now();
+        let mut arbiter = settled(t0);
+        arbiter.handle_request(t0, 7, 1, None, 0).expect("first holder");
+        arbiter.handle_release(7, 2, 0);
+        assert!(
+            matches!(
+                arbiter.handle_request(at(t0, 10), 7, 2, None, 1),
+                Err(Refusal::HeldElsewhere { holder: 1, .. })
+            ),
+            "only the holder releases"
+        );
+        arbiter.handle_release(7, 1, 0);
+        assert_eq!(arbiter.handle_request(at(t0, 20), 7, 2, None, 1).map(|g| g.holder), Ok(2));
+        // Node 2 gives the VRID up; its renewal, sent before, arrives late and renews nothing.
+        arbiter.handle_release(7, 2, 1);
+        let late = Grant { holder: 2, epoch: (3, 2) };
+        assert_eq!(arbiter.handle_request(at(t0, 30), 7, 2, Some(late), 1), Err(Refusal::GivenUp));
+        assert_eq!(arbiter.handle_request(at(t0, 40), 7, 2, None, 2).map(|g| g.holder), Ok(2));
+    }
+
+    #[test]
+    fn a_late_answer_never_shortens_or_stretches_a_newer_lease() {
+        let t0 = Instant::now();
+        let grant = Grant { holder: 1, epoch: (1, 1) };
+        let mut lease = Lease::default();
+        lease.handle_grant(at(t0, 200), grant);
+        lease.handle_grant(at(t0, 100), grant);
+        assert_eq!(lease.remaining(at(t0, 200)), holder_validity());
+    }
+}
