@@ -15,7 +15,8 @@
 //!   lease, and the timings that keep one holder per VRID.
 //! - `fencing`: the fence at work: renewing leases, arbitrating them on the leader, and
 //!   letting VRRP and the kernel hold a VIP only while its lease runs.
-//! - `nftables`: the second-chance ruleset, rendered whole and loaded with `nft`.
+//! - `nftables`: this node's nftables ruleset (second-chance forwarding and the fence's
+//!   `fenced` and `held` sets), rendered whole and loaded with `nft`.
 
 mod drain;
 mod fence;

@@ -21,6 +21,10 @@
 //! change is atomic; loading it at start also removes anything a killed fulcrumd left.
 //! Conntrack is kept on from start (the ruleset always uses it), so a connection this node
 //! accepted before any drain began is known as its own and never handed on.
+//!
+//! The same tables carry the quorum fence's kernel side: the `fenced` set (the VIPs under the
+//! fence) and the `held` set (those this node holds a lease for, each element timing out with
+//! the lease); ARP replies and new connections for a fenced VIP pass only while it is held.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
