@@ -221,6 +221,10 @@ pub struct VrrpInstance {
     /// Advertise to these peers by unicast instead of multicast, and hear only them.
     #[serde(default)]
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// The other routers' addresses on the link; when set, advertisements from anyone else
+    /// are dropped, so a host that is not a member cannot take the VIPs away.
+    #[serde(default)]
+    pub members: Vec<Ipv4Addr>,
     /// Gratuitous ARP frames per VIP on becoming master.
     #[serde(default = "default_garp_repeat")]
     pub garp_repeat: u32,
@@ -461,6 +465,8 @@ impl VrrpInstance {
         router.advert_interval = self.advert_interval;
         router.preempt = self.preempt;
         router.preempt_delay = self.preempt_delay;
+        // Fenced, a forged advertisement claiming a long interval cannot stretch a takeover.
+        router.cap_master_interval = fenced;
         Ok(InstanceSettings {
             interface: self.interface.clone(),
             router,
@@ -479,6 +485,7 @@ impl VrrpInstance {
                 refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
             },
             fenced,
+            members: self.members.clone(),
         })
     }
 }

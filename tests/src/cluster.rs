@@ -80,6 +80,16 @@ impl Lab {
         let token = self.write_file("admin.token", &format!("{ADMIN_TOKEN}\n"))?;
         let mut file =
             format!("shutdown_drain = \"10s\"\n{}", fulcrumd_node_file(node_id(host), instances));
+        // Adverts only from the other members count (the fence's defence against forgery).
+        let others: Vec<String> = members
+            .iter()
+            .filter(|m| m.name != host.name)
+            .map(|m| format!("\"{}\"", m.address))
+            .collect();
+        if !others.is_empty() {
+            file = file
+                .replace("[[vrrp]]\n", &format!("[[vrrp]]\nmembers = [{}]\n", others.join(", ")));
+        }
         if !tracked_pools.is_empty() {
             let quoted: Vec<String> = tracked_pools.iter().map(|p| format!("{p:?}")).collect();
             file = file.replace(

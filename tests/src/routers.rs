@@ -162,7 +162,29 @@ pub fn keepalived_config(host: &Host, instances: &[Instance]) -> String {
     config
 }
 
+/// VRRP's multicast group (RFC 9568 §5.1.1.2).
+const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+
 impl Lab {
+    /// Sends the raw VRRP `message` from `host` to the VRRP group with `ttl`, as any host on
+    /// the link could (a forger, in the tests).
+    pub fn send_to_vrrp_group(
+        &self,
+        host: &Host,
+        message: Vec<u8>,
+        ttl: u32,
+    ) -> Result<(), LabError> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let source = host.address;
+        self.run_in(host, move || {
+            let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112)))?;
+            socket.set_multicast_ttl_v4(ttl)?;
+            socket.set_multicast_if_v4(&source)?;
+            socket.send_to(&message, &std::net::SocketAddrV4::new(VRRP_GROUP, 0).into()).map(drop)
+        })?
+        .map_err(|source| LabError::Io { what: format!("send VRRP from {}", host.name), source })
+    }
+
     /// Starts a VRRP router of `implementation` on `host` with `instances`, and waits until it
     /// has started (fulcrumd: running; keepalived: its instances entered a state).
     pub fn start_router(

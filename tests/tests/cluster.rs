@@ -2,6 +2,8 @@
 //! on the lab's load balancers, administered with `fulcrumctl` from the client host, with
 //! traffic through the VIP and through each node, and planned handovers that keep their
 //! connections (second-chance forwarding) while a node that dies mid-drain is not forwarded to.
+//! The quorum fence under faults: a master partitioned, paused or killed, VRRP alone lost, a
+//! forged advertisement — never two nodes answering for the VIP.
 //!
 //! These tests need root; without it they fail with a message that says so.
 
@@ -539,21 +541,51 @@ fn a_node_that_dies_mid_drain_is_not_forwarded_to() {
     assert!(cut.contains("ConnectionReset"), "the session should end with a reset: {cut}");
 }
 
-/// Drops every packet between `host` and the other load balancers, Raft and VRRP alike (its
-/// adverts to the VRRP group too), in a table of the test's own in `host`'s namespace; the
-/// client still reaches it.
-fn partition(c: &Cluster, host: &Host) {
-    let peers: Vec<String> =
-        c.lbs.iter().filter(|h| h.name != host.name).map(|h| h.address.to_string()).collect();
-    let peers = peers.join(", ");
+/// Three cluster nodes serving one pool of `backends` through the VIP, which lb1 holds.
+fn serving_cluster(backends: usize) -> Cluster {
+    let c = cluster(3, 3, backends);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    let pool: Vec<&Host> = c.backends.iter().collect();
+    c.apply(&c.lbs[0], &pool);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+    c
+}
+
+/// Drops, in `host`'s namespace, the packets in that match `incoming` and those out that match
+/// `outgoing`, in a table of the test's own that `heal` removes.
+fn isolate(c: &Cluster, host: &Host, incoming: &str, outgoing: &str) {
     let script = format!(
         "table ip lab_partition {{\n\
-         \tchain incoming {{ type filter hook input priority -300; ip saddr {{ {peers} }} drop; }}\n\
-         \tchain outgoing {{ type filter hook output priority -300; ip daddr {{ {peers}, 224.0.0.18 }} drop; }}\n\
+         \tchain incoming {{ type filter hook input priority -300; {incoming} drop; }}\n\
+         \tchain outgoing {{ type filter hook output priority -300; {outgoing} drop; }}\n\
          }}\n"
     );
     let file = c.lab.lab_file(&format!("partition-{}.nft", host.name), &script).unwrap();
     c.lab.exec(host, "nft", &["-f", &file]).unwrap();
+}
+
+/// The other load balancers' addresses, as an nftables set.
+fn peers_of(c: &Cluster, host: &Host) -> String {
+    let peers: Vec<String> =
+        c.lbs.iter().filter(|h| h.name != host.name).map(|h| h.address.to_string()).collect();
+    format!("{{ {} }}", peers.join(", "))
+}
+
+/// Drops every packet between `host` and the other load balancers, Raft and VRRP alike (its
+/// adverts to the VRRP group too), in a table of the test's own in `host`'s namespace; the
+/// client still reaches it.
+fn partition(c: &Cluster, host: &Host) {
+    let peers = peers_of(c, host);
+    let group = peers.replace(" }", ", 224.0.0.18 }");
+    isolate(c, host, &format!("ip saddr {peers}"), &format!("ip daddr {group}"));
+}
+
+/// Drops only VRRP between `host` and the other load balancers (its adverts, and theirs to
+/// it); Raft traffic flows.
+fn partition_vrrp(c: &Cluster, host: &Host) {
+    let peers = peers_of(c, host);
+    isolate(c, host, &format!("ip saddr {peers} ip protocol 112"), "ip protocol 112");
 }
 
 fn heal(c: &Cluster, host: &Host) {
@@ -598,11 +630,7 @@ fn watch_answering(c: &Cluster, span: Duration, what: &str) -> Vec<(String, Dura
 
 #[test]
 fn a_master_cut_off_from_its_peers_lets_the_vip_go_before_another_takes_it() {
-    let c = cluster(3, 3, 2);
-    let all: Vec<&Host> = c.lbs.iter().collect();
-    c.leader(&all);
-    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
-    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+    let c = serving_cluster(2);
 
     // lb1 loses the quorum: it lets the VIP go, and lb2 (next priority) takes it only then.
     partition(&c, &c.lbs[0]);
@@ -638,11 +666,7 @@ fn a_master_cut_off_from_its_peers_lets_the_vip_go_before_another_takes_it() {
 
 #[test]
 fn a_paused_or_killed_master_stops_answering_by_itself() {
-    let mut c = cluster(3, 3, 2);
-    let all: Vec<&Host> = c.lbs.iter().collect();
-    c.leader(&all);
-    c.apply(&c.lbs[0], &[&c.backends[0], &c.backends[1]]);
-    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+    let mut c = serving_cluster(2);
 
     // Paused, lb1 cannot take its VIP away; its kernel stops answering for it when the lease
     // runs out, before lb2 takes it.
@@ -668,4 +692,51 @@ fn a_paused_or_killed_master_stops_answering_by_itself() {
     assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 answers after lb1 was killed");
     let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
     assert_eq!(report.successes, 20, "{report}");
+}
+
+#[test]
+fn a_forged_advert_from_a_non_member_takes_nothing_away() {
+    use fulcrum_vrrp::ChecksumForm;
+    use fulcrum_vrrp::wire::{Advertisement, MULTICAST_GROUP, Packet};
+    let c = serving_cluster(1);
+
+    // The client claims VRID 51 as its owner (priority 255) with the longest interval: were
+    // it believed, every node would give the VIP up and wait 123 s.
+    let advertisement = Advertisement {
+        vrid: VRID,
+        priority: 255,
+        max_advert_interval_cs: 4095,
+        addresses: vec![vip(1)],
+    };
+    let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()]);
+    let source = c.client.address;
+    advertisement.emit(&mut packet, source, MULTICAST_GROUP, ChecksumForm::PseudoHeader).unwrap();
+    let message = packet.into_inner();
+    let probe = steady_probe(&c, Duration::from_secs(2));
+    for _ in 0..5 {
+        c.lab.send_to_vrrp_group(&c.client, message.clone(), 255).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = probe.finish().unwrap();
+    assert_eq!(report.failures, 0, "the forged advert cost requests: {report}");
+    assert_eq!(c.lab.holders(&c.lbs, vip(1)).unwrap(), [c.lbs[0].name.clone()]);
+}
+
+#[test]
+fn with_only_vrrp_lost_the_lease_holder_keeps_the_vip_alone() {
+    let c = serving_cluster(1);
+
+    // lb2 hears no adverts and becomes VRRP master too, but the leader will not give it the
+    // lease lb1 keeps renewing over Raft: lb1 alone answers, and keeps serving.
+    partition_vrrp(&c, &c.lbs[0]);
+    let probe = steady_probe(&c, Duration::from_secs(5));
+    let seen = watch_answering(&c, Duration::from_secs(5), "VRRP partitioned");
+    let report = probe.finish().unwrap();
+    println!("VRRP-only partition; first answering: {seen:?}");
+    assert_eq!(seen.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["lb1"]);
+    assert_eq!(report.failures, 0, "{report}");
+    let vips = c.ctl_ok(&[&c.lbs[1]], &["-o", "json", "vip", "status"]).json().unwrap();
+    let masters = &vips["vips"][0]["masters"];
+    assert_eq!(masters.as_array().map(Vec::len), Some(2), "two VRRP masters, one holder: {vips}");
+    heal(&c, &c.lbs[0]);
 }

@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -22,7 +22,6 @@ use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status, holds};
 use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, MULTICAST_GROUP, Packet, Version};
-use socket2::{Domain, Protocol, Socket, Type};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -384,16 +383,7 @@ fn keepalived_master_and_fulcrumd_backup_interoperate() {
 
 /// Sends `message` from the client to the VRRP group with `ttl`.
 fn inject(cluster: &Cluster, message: Vec<u8>, ttl: u32) {
-    let client = cluster.client.clone();
-    cluster
-        .lab
-        .run_in(&cluster.client, move || {
-            let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).unwrap();
-            socket.set_multicast_ttl_v4(ttl).unwrap();
-            socket.set_multicast_if_v4(&client.address).unwrap();
-            socket.send_to(&message, &SocketAddrV4::new(MULTICAST_GROUP, 0).into()).unwrap();
-        })
-        .unwrap();
+    cluster.lab.send_to_vrrp_group(&cluster.client, message, ttl).unwrap();
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub struct InstanceSettings {
     /// adds them, and announces them, only while permitted, and removes them when the permit
     /// goes. An unfenced one holds them whenever it is master.
     pub fenced: bool,
+    /// The other routers' addresses on the link: when not empty, advertisements from any
+    /// other source are dropped (counted as from an unknown peer), so a host that is not a
+    /// member cannot take the VIPs away.
+    pub members: Vec<Ipv4Addr>,
 }
 
 /// What one virtual router is doing, for logs, the admin API and metrics.
@@ -94,7 +98,7 @@ pub struct LinkStatus {
     /// Drops by the receive checks of RFC 9568 §7.1.
     #[serde(serialize_with = "drop_counts")]
     pub drops: DropCounters,
-    /// Advertisements from a source that is not a configured unicast peer.
+    /// Advertisements from a source that is not a configured unicast peer or member.
     pub unknown_peer: u64,
 }
 
@@ -535,10 +539,13 @@ impl Link {
         let Some(index) = self.instances.iter().position(|i| i.router.config().vrid == vrid) else {
             return;
         };
-        if !self.instances[index].settings.destination.accepts_from(received.src) {
+        let settings = &self.instances[index].settings;
+        if !settings.destination.accepts_from(received.src)
+            || !(settings.members.is_empty() || settings.members.contains(&received.src))
+        {
             self.unknown_peer += 1;
             self.log_drop(&format!(
-                "advertisement from {}, not a configured unicast peer",
+                "advertisement from {}, not a configured peer or member",
                 received.src
             ));
             return;

@@ -106,6 +106,10 @@ pub struct InstanceConfig {
     /// Whether a master that does not own the addresses accepts packets sent to them
     /// (RFC 9568 §6.1); a load balancer needs this on.
     pub accept_mode: bool,
+    /// Whether a backup caps the master's advertised interval at its own when it sets its
+    /// Master_Down_Timer (a departure from RFC 9568, for a fenced cluster: an advertisement
+    /// claiming a long interval cannot stretch a takeover).
+    pub cap_master_interval: bool,
 }
 
 impl InstanceConfig {
@@ -121,6 +125,7 @@ impl InstanceConfig {
             primary_address,
             vips,
             accept_mode: true,
+            cap_master_interval: false,
         }
     }
 }
@@ -328,7 +333,7 @@ impl Router {
                         master_down_at: now + skew_time(self.priority, master_adver_interval_cs),
                     };
                 } else if !self.preempts(now) || advert.priority >= self.priority {
-                    self.enter_backup(now, advert.max_advert_interval_cs);
+                    self.enter_backup(now, self.accepted_interval(advert));
                 }
                 // Otherwise this router outranks the sender and means to preempt it: ignoring
                 // the sender lets the Master_Down_Timer fire.
@@ -341,7 +346,7 @@ impl Router {
                     self.actions.push_back(Action::RemoveVips);
                     self.actions
                         .push_back(Action::StateChanged { from: State::Master, to: State::Backup });
-                    self.enter_backup(now, advert.max_advert_interval_cs);
+                    self.enter_backup(now, self.accepted_interval(advert));
                 } else {
                     // A lesser master: answer now so it steps down now, not at our next timer.
                     self.send_advert(now);
@@ -433,6 +438,14 @@ impl Router {
         ]);
         self.phase =
             Phase::Master { advert_at: now + centiseconds_to_duration(self.advert_interval_cs) };
+    }
+
+    /// The master's interval as this backup takes it: as advertised, or capped at its own.
+    fn accepted_interval(&self, advert: &Advertisement) -> u16 {
+        match self.config.cap_master_interval {
+            true => advert.max_advert_interval_cs.min(self.advert_interval_cs),
+            false => advert.max_advert_interval_cs,
+        }
     }
 
     fn enter_backup(&mut self, now: Timestamp, master_adver_interval_cs: u16) {
@@ -645,6 +658,19 @@ mod tests {
         assert_eq!(drain(&mut router), []);
         // 3 * 2 s + (156 * 2 s) / 256
         assert_eq!(router.poll_timeout(), Some(at(500) + Duration::from_micros(7_218_750)));
+    }
+
+    #[test]
+    fn a_capped_backup_does_not_let_a_slow_advert_stretch_its_takeover() {
+        let capped = InstanceConfig { cap_master_interval: true, ..config(100) };
+        let mut router = backup(capped.clone(), Timestamp::ZERO);
+        // 40.95 s claimed; the backup keeps its own 1 s.
+        router.handle_advert(at(500), HIGHER_PEER, &advert(255, 4095));
+        assert_eq!(router.poll_timeout(), Some(at(500) + master_down_interval(100, 100)));
+        let mut router = master(capped, at(0));
+        router.handle_advert(at(500), HIGHER_PEER, &advert(255, 4095));
+        assert_eq!(router.state(), State::Backup);
+        assert_eq!(router.poll_timeout(), Some(at(500) + master_down_interval(100, 100)));
     }
 
     #[test]
