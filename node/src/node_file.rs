@@ -485,6 +485,8 @@ impl VrrpInstance {
                 refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
             },
             fenced,
+            // As long as a lease (whole seconds), so a killed node's VIP goes with its lease.
+            address_lifetime: fenced.then_some(crate::cluster::LEASE),
             members: self.members.clone(),
         })
     }

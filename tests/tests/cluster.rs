@@ -692,6 +692,9 @@ fn a_paused_or_killed_master_stops_answering_by_itself() {
     assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 answers after lb1 was killed");
     let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
     assert_eq!(report.successes, 20, "{report}");
+    // The VIP was added with the lease's lifetime: the dead node's kernel has removed it too.
+    let stale = c.lab.holders(std::slice::from_ref(&c.lbs[0]), vip(1)).unwrap();
+    assert!(stale.is_empty(), "the killed node still has the VIP on its link");
 }
 
 #[test]

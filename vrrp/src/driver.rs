@@ -60,6 +60,9 @@ pub struct InstanceSettings {
     /// adds them, and announces them, only while permitted, and removes them when the permit
     /// goes. An unfenced one holds them whenever it is master.
     pub fenced: bool,
+    /// With the fence: how long the VIPs are added for, refreshed every third of it while
+    /// held, so the kernel removes them by itself when this process dies.
+    pub address_lifetime: Option<Duration>,
     /// The other routers' addresses on the link: when not empty, advertisements from any
     /// other source are dropped (counted as from an unknown peer), so a host that is not a
     /// member cannot take the VIPs away.
@@ -342,6 +345,8 @@ struct Instance {
     holding: bool,
     /// A fenced instance's permit; always true for an unfenced one.
     permitted: bool,
+    /// When the VIPs' lifetime is next refreshed, while held.
+    next_lifetime_refresh: Option<Instant>,
 }
 
 struct Link {
@@ -395,6 +400,7 @@ impl Link {
                     wants_vips: false,
                     holding: false,
                     permitted: !settings.fenced,
+                    next_lifetime_refresh: None,
                     settings,
                 })
             })
@@ -499,7 +505,11 @@ impl Link {
         self.instances
             .iter()
             .flat_map(|i| {
-                [i.router.poll_timeout().map(|t| self.instant_of(t)), i.next_garp_refresh]
+                [
+                    i.router.poll_timeout().map(|t| self.instant_of(t)),
+                    i.next_garp_refresh,
+                    i.next_lifetime_refresh,
+                ]
             })
             .flatten()
             .min()
@@ -512,6 +522,9 @@ impl Link {
             if self.instances[index].router.poll_timeout().is_some_and(|t| t <= now) {
                 self.instances[index].router.handle_timeout(now);
                 self.carry_out(index).await;
+            }
+            if self.instances[index].next_lifetime_refresh.is_some_and(|at| at <= wall) {
+                self.add_vips(index).await;
             }
             let instance = &mut self.instances[index];
             if instance.next_garp_refresh.is_some_and(|at| at <= wall) {
@@ -677,12 +690,20 @@ impl Link {
         }
     }
 
+    /// Adds router `index`'s VIPs, or refreshes their lifetime.
     async fn add_vips(&mut self, index: usize) {
         let instance = &mut self.instances[index];
         let vrid = instance.router.config().vrid;
         instance.holding = true;
+        let lifetime = instance.settings.address_lifetime;
+        instance.next_lifetime_refresh =
+            lifetime.and_then(|lifetime| Instant::now().checked_add(lifetime / 3));
         for vip in instance.router.config().vips.clone() {
-            if let Err(e) = self.vips.add(vip).await {
+            let added = match lifetime {
+                Some(lifetime) => self.vips.add_for(vip, lifetime).await,
+                None => self.vips.add(vip).await,
+            };
+            if let Err(e) = added {
                 tracing::error!(vrid, "{e}");
             }
         }
@@ -695,6 +716,7 @@ impl Link {
             burst.abort();
         }
         instance.next_garp_refresh = None;
+        instance.next_lifetime_refresh = None;
         if !std::mem::replace(&mut instance.holding, false) {
             return;
         }

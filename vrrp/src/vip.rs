@@ -2,9 +2,11 @@
 //! running `ip`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use rtnetlink::Handle;
+use rtnetlink::packet_route::address::{AddressAttribute, CacheInfo};
 
 use crate::error::DriverError;
 
@@ -40,6 +42,19 @@ impl VipManager {
             .execute()
             .await
             .map_err(|e| self.error("add", vip, e))
+    }
+
+    /// Adds `vip`, or refreshes it, to last `lifetime` (whole seconds, at least one) unless
+    /// added again: the kernel removes it by itself when nobody renews it.
+    pub async fn add_for(&self, vip: Ipv4Addr, lifetime: Duration) -> Result<(), DriverError> {
+        let seconds = u32::try_from(lifetime.as_secs().max(1)).unwrap_or(u32::MAX);
+        let mut request =
+            self.handle.address().add(self.index, IpAddr::V4(vip), VIP_PREFIX_LEN).replace();
+        let mut lifetimes = CacheInfo::default();
+        lifetimes.ifa_preferred = seconds;
+        lifetimes.ifa_valid = seconds;
+        request.message_mut().attributes.push(AddressAttribute::CacheInfo(lifetimes));
+        request.execute().await.map_err(|e| self.error("add", vip, e))
     }
 
     /// Removes `vip`; removing one that is not there is not an error.
