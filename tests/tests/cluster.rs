@@ -743,3 +743,23 @@ fn with_only_vrrp_lost_the_lease_holder_keeps_the_vip_alone() {
     assert_eq!(masters.as_array().map(Vec::len), Some(2), "two VRRP masters, one holder: {vips}");
     heal(&c, &c.lbs[0]);
 }
+
+#[test]
+fn a_master_cut_off_from_raft_alone_steps_aside_for_one_that_can_hold() {
+    let c = serving_cluster(1);
+    // VRRP still flows, so lb1's adverts would keep the others backup: lb1, whose lease no
+    // leader renews, lowers its priority so lb2 takes over, and never while lb1 answers.
+    let peers = peers_of(&c, &c.lbs[0]);
+    isolate(
+        &c,
+        &c.lbs[0],
+        &format!("ip saddr {peers} ip protocol tcp"),
+        &format!("ip daddr {peers} ip protocol tcp"),
+    );
+    let seen = watch_answering(&c, Duration::from_secs(8), "lb1 cut off from Raft");
+    println!("Raft-only partition; first answering: {seen:?}");
+    assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 holds the VIP");
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "{report}");
+    heal(&c, &c.lbs[0]);
+}

@@ -200,6 +200,11 @@ pub(crate) struct Leases {
     pub(crate) asking: BTreeMap<u8, Instant>,
     /// When each VRID was last asked for.
     pub(crate) asked: BTreeMap<u8, Instant>,
+    /// The permit last given to VRRP for each VRID, so it is sent only when it changes.
+    pub(crate) permitted: BTreeMap<u8, bool>,
+    /// VRIDs whose priority this node lowered because no leader answered it; it takes the
+    /// priority back once a leader with a quorum does.
+    pub(crate) stepped_aside: std::collections::BTreeSet<u8>,
     /// How many times each VRID's lease was given up: a request carries it, so one sent
     /// before a give-up and answered after it renews nothing.
     pub(crate) generation: BTreeMap<u8, u64>,

@@ -65,6 +65,10 @@ impl Node {
         for local in &self.vrids {
             let vrid = local.vrid;
             if !self.is_master(vrid) {
+                let stepped_aside = lock(&fence.leases).stepped_aside.contains(&vrid);
+                if let (true, Some(leader)) = (stepped_aside, leader) {
+                    self.check_back(vrid, leader);
+                }
                 continue;
             }
             let Some(leader) = leader else {
@@ -119,8 +123,18 @@ impl Node {
                 tracing::debug!(vrid, ?refusal, "lease refused");
                 leases.answered.insert(vrid, Instant::now());
             }
-            Ok(other) => tracing::debug!(vrid, ?other, "no lease from the leader"),
-            Err(error) => tracing::debug!(vrid, "no lease from the leader: {error}"),
+            // No leader with a quorum answered (a leader cut off from the majority says
+            // NotLeader): step aside if that lasts.
+            Ok(other) => {
+                drop(leases);
+                tracing::debug!(vrid, ?other, "no lease from the leader");
+                self.note_unanswered(vrid);
+            }
+            Err(error) => {
+                drop(leases);
+                tracing::debug!(vrid, "no lease from the leader: {error}");
+                self.note_unanswered(vrid);
+            }
         }
     }
 
@@ -134,8 +148,39 @@ impl Node {
         if since.elapsed() > takeover_wait()
             && let Some((_, priorities)) = &self.vrrp
         {
+            lock(&fence.leases).stepped_aside.insert(vrid);
             priorities.set_unfenced(vrid, true);
         }
+    }
+
+    /// A node that stepped aside asks the leader, as a master would, whether a leader with a
+    /// quorum answers it now; only then does it take its priority back (its own view of the
+    /// Raft leader may be stale, a leader cut off from the majority still thinks it leads).
+    fn check_back(self: &Arc<Self>, vrid: u8, leader: u64) {
+        let Some(fence) = &self.fence else { return };
+        let now = Instant::now();
+        {
+            let mut leases = lock(&fence.leases);
+            let due = leases.asked.get(&vrid).is_none_or(|at| now - *at >= RENEW_EVERY);
+            let in_flight = leases.asking.get(&vrid).is_some_and(|at| now - *at < ASK_TIMEOUT);
+            if !due || in_flight {
+                return;
+            }
+            leases.asked.insert(vrid, now);
+            leases.asking.insert(vrid, now);
+        }
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            let answer = node.peers.ask(leader, &PeerRequest::FenceCheck, ASK_TIMEOUT).await;
+            let Some(fence) = &node.fence else { return };
+            lock(&fence.leases).asking.remove(&vrid);
+            if matches!(answer, Ok(PeerAnswer::Noted(true)))
+                && lock(&fence.leases).stepped_aside.remove(&vrid)
+                && let Some((_, priorities)) = &node.vrrp
+            {
+                priorities.set_unfenced(vrid, false);
+            }
+        });
     }
 
     /// Lets VRRP hold each VRID's VIPs, and the kernel answer for them, exactly while this
@@ -143,7 +188,6 @@ impl Node {
     async fn enforce_leases(self: &Arc<Self>) {
         let (Some(fence), Some((vrrp, priorities))) = (&self.fence, &self.vrrp) else { return };
         let status = vrrp.status();
-        let knows_leader = self.store.raft().metrics().borrow().current_leader.is_some();
         for local in &self.vrids {
             let vrid = local.vrid;
             let master =
@@ -171,11 +215,15 @@ impl Node {
                         continue;
                     }
                 }
-                lock(&fence.leases).written.insert(vrid, until);
+                {
+                    let mut leases = lock(&fence.leases);
+                    leases.written.insert(vrid, until);
+                    leases.stepped_aside.remove(&vrid);
+                }
                 priorities.set_unfenced(vrid, false);
-                vrrp.permit(vrid, true);
+                self.permit(vrid, true);
             } else if valid.is_none() || !master {
-                vrrp.permit(vrid, false);
+                self.permit(vrid, false);
                 let was_written = lock(&fence.leases).written.remove(&vrid).is_some();
                 if was_written && master {
                     tracing::warn!(
@@ -195,9 +243,6 @@ impl Node {
                 if let Some(generation) = given_up {
                     self.give_back(vrid, generation);
                 }
-                if !master && knows_leader {
-                    priorities.set_unfenced(vrid, false);
-                }
             }
         }
     }
@@ -206,9 +251,9 @@ impl Node {
     /// they leave the interface and the kernel, and the leader hears of it (waiting for its
     /// answer), so the next master is granted the lease on its first request.
     pub async fn give_up_lease(self: &Arc<Self>, vrid: u8) {
-        let (Some(fence), Some((vrrp, _))) = (&self.fence, &self.vrrp) else { return };
+        let (Some(fence), Some(_)) = (&self.fence, &self.vrrp) else { return };
         let (generation, held) = lock(&fence.leases).give_up(vrid, Instant::now());
-        vrrp.permit(vrid, false);
+        self.permit(vrid, false);
         let Some(local) = self.vrids.iter().find(|v| v.vrid == vrid) else { return };
         if let Some((handover, _)) = &self.handover
             && let Err(error) = handover.drop_fenced(&local.vips).await
@@ -219,6 +264,15 @@ impl Node {
         if let (true, Some(leader)) = (held, leader) {
             let request = PeerRequest::Release { vrid, node: self.id(), generation };
             let _ = self.peers.ask(leader, &request, ASK_TIMEOUT).await;
+        }
+    }
+
+    /// Tells VRRP whether `vrid`'s VIPs may be held, only when that changes: VRRP's control
+    /// channel carries priorities and resignations too, and must not overflow.
+    fn permit(&self, vrid: u8, permitted: bool) {
+        let (Some(fence), Some((vrrp, _))) = (&self.fence, &self.vrrp) else { return };
+        if lock(&fence.leases).permitted.insert(vrid, permitted) != Some(permitted) {
+            vrrp.permit(vrid, permitted);
         }
     }
 
@@ -239,6 +293,13 @@ impl Node {
         });
     }
 
+    /// Whether this node leads the Raft group with a quorum now (a heartbeat round).
+    pub(super) async fn leads_with_quorum(&self) -> bool {
+        let raft = self.store.raft();
+        raft.metrics().borrow().current_leader == Some(self.id())
+            && raft.get_read_log_id().await.is_ok()
+    }
+
     /// The leader's answer to node `node` asking for `vrid`'s lease: after this node
     /// confirmed with a quorum that it leads, the arbiter decides.
     pub(super) async fn arbitrate(
@@ -248,13 +309,11 @@ impl Node {
         claimed: Option<Grant>,
         generation: u64,
     ) -> Result<Grant, LeaseRefusal> {
-        let raft = self.store.raft();
-        if raft.metrics().borrow().current_leader != Some(self.id()) {
+        // A heartbeat round to a quorum; the state machine need not catch up for a lease.
+        if !self.leads_with_quorum().await {
             return Err(LeaseRefusal::NotLeader);
         }
-        // A heartbeat round to a quorum; the state machine need not catch up for a lease.
-        raft.get_read_log_id().await.map_err(|_| LeaseRefusal::NotLeader)?;
-        let term = raft.metrics().borrow().current_term;
+        let term = self.store.raft().metrics().borrow().current_term;
         let now = Instant::now();
         let mut arbiter = lock(&self.arbiter);
         let arbiter = match arbiter.as_mut() {

@@ -229,6 +229,7 @@ impl Node {
             Ok(PeerRequest::Lease { vrid, node, claimed, generation }) => {
                 PeerAnswer::Lease(self.arbitrate(vrid, node, claimed, generation).await)
             }
+            Ok(PeerRequest::FenceCheck) => PeerAnswer::Noted(self.leads_with_quorum().await),
             Ok(PeerRequest::Release { vrid, node, generation }) => {
                 self.released(vrid, node, generation);
                 PeerAnswer::Noted(true)

@@ -64,6 +64,8 @@ pub(crate) enum PeerRequest {
         /// How many times it gave the VRID up so far.
         generation: u64,
     },
+    /// Whether the node asked leads the Raft group with a quorum now (`Noted`).
+    FenceCheck,
     /// Node `node` gave `vrid` up, its VIPs gone.
     Release {
         /// The VRID.
