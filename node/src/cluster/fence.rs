@@ -29,8 +29,9 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(200);
 /// The largest relative difference of two nodes' clock rates allowed for (NTP keeps real
 /// clocks within 0.05 %; this leaves room for a virtual machine's clock).
 pub(crate) const DRIFT: f64 = 0.02;
-/// Added to the leader's wait for timer and scheduling delays.
-pub(crate) const SAFETY: Duration = Duration::from_millis(50);
+/// Added to the leader's wait for timer and scheduling delays, and for the time `nft` takes
+/// to set the kernel's timeout after the holder reads its clock.
+pub(crate) const SAFETY: Duration = Duration::from_millis(100);
 
 /// How long the leader waits after the last grant to a holder before the VRID may go to
 /// another node: the lease stretched by the clock allowance, plus the safety margin.

@@ -210,7 +210,7 @@ impl Node {
                 if let Some((handover, _)) = &self.handover {
                     // The kernel first: ARP replies and new connections pass before the VIP
                     // is added and announced.
-                    if let Err(error) = handover.hold_fenced(&local.vips, until - now).await {
+                    if let Err(error) = handover.hold_fenced(&local.vips, until).await {
                         tracing::error!(vrid, "fence not renewed in the kernel: {error}");
                         continue;
                     }

@@ -493,14 +493,16 @@ impl Handover {
         }
     }
 
-    /// Lets this node answer for the fenced `vips` for `left` more (its lease), in the
-    /// kernel: the elements time out by themselves if nothing renews them.
-    pub async fn hold_fenced(
+    /// Lets this node answer for the fenced `vips` until `lease_end` (when its lease runs
+    /// out), in the kernel: the elements time out by themselves if nothing renews them. The
+    /// time left is taken as late as possible, just before `nft` runs.
+    pub(crate) async fn hold_fenced(
         &self,
         vips: &[Ipv4Addr],
-        left: Duration,
+        lease_end: std::time::Instant,
     ) -> Result<(), HandoverError> {
         let loaded = self.loaded.lock().await;
+        let left = lease_end.saturating_duration_since(std::time::Instant::now());
         let until = Instant::now() + left;
         lock(&self.state).held.extend(vips.iter().map(|vip| (*vip, until)));
         if loaded.is_none() {
