@@ -78,15 +78,17 @@ fulcrumctl status
 step "traffic through the VIP $vip:80 (lb1), round robin over be1 and be2"
 probe --duration 1s
 
-step "killing lb1's fulcrumd (SIGKILL, link down: a crash) while probing for 3 s"
+step "killing lb1's fulcrumd (SIGKILL, link down: a crash) while probing for 6 s"
 master=$("$lab" status --prefix "$prefix" | awk '/process fulcrumd on lb1 pid/ {print $6}')
-probe --duration 3s &
+probe --duration 6s &
 prober=$!
 sleep 0.5
 kill -KILL "$master"
 ip netns exec "$prefix-lb1" ip link set dev eth0 down
 wait "$prober"
-echo "the outage above is the time lb2 needed to notice (3 missed adverts) and take the VIP:"
+echo "the outage above is the time lb2 needed to notice (3 missed adverts) and to be granted"
+echo "the VIP's lease once lb1's had run out (the quorum fence: about 2 s, longer if lb1 also"
+echo "led the Raft group, which first elects a new leader):"
 holders
 
 step "planned handover with fulcrumctl: VRID 51 from lb2 to lb3, while probing for 3 s and downloading for 4 s"

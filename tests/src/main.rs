@@ -327,6 +327,12 @@ fn start_cluster(lab: &Lab) -> anyhow::Result<()> {
     )?;
     anyhow::ensure!(applied.ok(), "fulcrumctl apply failed: {}{}", applied.stdout, applied.stderr);
     print!("{}", applied.stdout);
+    // The VIP is held once VRRP has a master and the Raft leader has granted it the lease
+    // (a leader just elected first waits out one lease).
+    if let Some(first) = lbs.first() {
+        lab.wait_for_holder(&lbs, first, the_vip, Duration::from_secs(15))
+            .context("no load balancer took the VIP")?;
+    }
     Ok(())
 }
 
