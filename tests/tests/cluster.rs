@@ -37,6 +37,16 @@ struct Cluster {
 /// `voters` cluster nodes (VRRP priorities 150, 100, 50, … so lb1 owns the VIP) out of
 /// `load_balancers` hosts, and `backends` lab backends, all started.
 fn cluster(load_balancers: usize, voters: usize, backends: usize) -> Cluster {
+    cluster_with_witnesses(load_balancers, voters, 0, backends)
+}
+
+/// As [`cluster`], but the last `witnesses` voters only vote in Raft: no VRRP, no traffic.
+fn cluster_with_witnesses(
+    load_balancers: usize,
+    voters: usize,
+    witnesses: usize,
+    backends: usize,
+) -> Cluster {
     let topology = Topology { load_balancers, backends, prefix: None };
     let lab =
         Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
@@ -49,7 +59,8 @@ fn cluster(load_balancers: usize, voters: usize, backends: usize) -> Cluster {
         .map(|(i, lb)| {
             let priority = 150 - 50 * u8::try_from(i).unwrap();
             let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
-            lab.start_cluster_node(lb, members, &[instance], &["web"]).unwrap()
+            let instances = if i < voters - witnesses { vec![instance] } else { Vec::new() };
+            lab.start_cluster_node(lb, members, &instances, &["web"]).unwrap()
         })
         .collect();
     Cluster {
@@ -762,4 +773,22 @@ fn a_master_cut_off_from_raft_alone_steps_aside_for_one_that_can_hold() {
     let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
     assert_eq!(report.successes, 20, "{report}");
     heal(&c, &c.lbs[0]);
+}
+
+#[test]
+fn two_load_balancers_and_a_witness_keep_a_quorum_when_one_dies() {
+    // lb1 and lb2 run VRRP and serve; lb3 only votes in Raft (no VRRP, no traffic).
+    let mut c = cluster_with_witnesses(3, 3, 1, 1);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0]]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+
+    // lb1 crashes: lb2 and the witness are a majority, so lb2 is granted the VIP.
+    c.lab.crash(&c.lbs[0], &mut c.nodes[0]).unwrap();
+    let took = c.lab.wait_for_holder(&c.lbs[1..], &c.lbs[1], vip(1), Duration::from_secs(10));
+    println!("with a witness, lb2 took the VIP {took:?} after lb1 crashed");
+    took.unwrap();
+    let report = c.probe(SocketAddr::from((vip(1), FRONT_PORT)), 20);
+    assert_eq!(report.successes, 20, "{report}");
 }
