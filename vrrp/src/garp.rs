@@ -443,7 +443,9 @@ impl GarpSender {
             pnet_datalink::interfaces().into_iter().find(|i| i.name == interface);
         let link = found.ok_or_else(|| DriverError::NoInterface(interface.to_owned()))?;
         let mac = link.mac.ok_or_else(|| DriverError::NoMac(interface.to_owned()))?.octets();
-        let config = pnet_datalink::Config::default();
+        // Send-only: promiscuous mode (pnet's default) would make the link hand every frame
+        // on the wire to a socket nobody reads.
+        let config = pnet_datalink::Config { promiscuous: false, ..Default::default() };
         match pnet_datalink::channel(&link, config) {
             Ok(Channel::Ethernet(sender, _receiver)) => {
                 Ok(GarpSender { interface: interface.to_owned(), mac, sender })
