@@ -305,6 +305,16 @@ pub enum NodeFileError {
         /// What is wrong.
         problem: String,
     },
+    /// Raft elections could outlast the quorum fence's lease.
+    #[error(
+        "field `raft.election_timeout_max`: {max:?} is too long for the quorum fence (at most {limit:?}, so a Raft election ends within a lease); lower it, or set fence = \"off\""
+    )]
+    FenceTiming {
+        /// What the file says.
+        max: Duration,
+        /// The longest the fence allows.
+        limit: Duration,
+    },
     /// The quorum fence was asked for without a quorum to ask.
     #[error("field `fence`: \"quorum\" needs a [raft] section (the quorum that confirms leases)")]
     FenceWithoutRaft,
@@ -389,6 +399,14 @@ impl NodeFile {
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
             return Err(NodeFileError::FenceWithoutRaft);
+        }
+        // openraft refuses votes for election_timeout_max after the last heartbeat and then
+        // waits up to that long again: two of them must fit in one lease.
+        let limit = crate::cluster::LEASE / 2;
+        if let Some(raft) = file.raft.as_ref().filter(|_| file.fenced())
+            && raft.election_timeout_max > limit
+        {
+            return Err(NodeFileError::FenceTiming { max: raft.election_timeout_max, limit });
         }
         Ok(file)
     }
@@ -609,5 +627,21 @@ vips = ["198.18.0.100"]
         .unwrap();
         let settings = file.vrrp[0].settings(false, |_| None).unwrap();
         assert_eq!(settings.destination, Destination::Unicast(vec![Ipv4Addr::new(198, 18, 0, 12)]));
+    }
+
+    #[test]
+    fn the_fence_refuses_raft_elections_longer_than_its_lease() {
+        let file = |extra: &str| {
+            format!(
+                "node_id = 1\n{extra}[raft]\nlisten = \"198.18.0.11:7000\"\ndata_dir = \"/tmp/x\"\n\
+                 cluster_name = \"lab\"\nsecret_file = \"/tmp/s\"\nelection_timeout_min = \"1s\"\n\
+                 election_timeout_max = \"2s\"\n"
+            )
+        };
+        let error = NodeFile::parse(&file("")).unwrap_err().to_string();
+        assert!(error.contains("raft.election_timeout_max") && error.contains("fence"), "{error}");
+        NodeFile::parse(&file("fence = \"off\"\n")).expect("without the fence, any timing");
+        let quorum_without_raft = NodeFile::parse("node_id = 1\nfence = \"quorum\"\n");
+        assert!(matches!(quorum_without_raft, Err(NodeFileError::FenceWithoutRaft)));
     }
 }

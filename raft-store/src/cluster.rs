@@ -76,8 +76,11 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> RaftTiming {
         RaftTiming {
-            heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            // Elections well inside the quorum fence's 2 s lease: openraft refuses votes for
+            // election_timeout_max after the last heartbeat, so an election takes up to
+            // twice that.
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
             rpc_timeout: Duration::from_secs(2),
