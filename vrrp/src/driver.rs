@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub(crate) use crate::error::DriverError;
+use crate::error::DriverError;
 use crate::garp::GarpSender;
 use crate::machine::{Action, InstanceConfig, Router, State, Timestamp};
 use crate::socket::{AdvertSocket, Destination};
