@@ -212,6 +212,25 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
+    /// Whether a request for `vrid` may go at `now`: the last went `every` ago or more, and
+    /// none is in flight (one older than `timeout` counts as lost). If so, it is marked sent.
+    pub(crate) fn start_asking(
+        &mut self,
+        vrid: u8,
+        now: Instant,
+        every: Duration,
+        timeout: Duration,
+    ) -> bool {
+        let due = self.asked.get(&vrid).is_none_or(|at| now - *at >= every);
+        let in_flight = self.asking.get(&vrid).is_some_and(|at| now - *at < timeout);
+        if !due || in_flight {
+            return false;
+        }
+        self.asked.insert(vrid, now);
+        self.asking.insert(vrid, now);
+        true
+    }
+
     /// Gives `vrid`'s lease up: returns the generation given up, and whether a lease ran.
     pub(crate) fn give_up(&mut self, vrid: u8, now: Instant) -> (u64, bool) {
         let held = self.held.remove(&vrid).and_then(|l| l.valid(now)).is_some();

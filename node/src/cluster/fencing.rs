@@ -81,13 +81,9 @@ impl Node {
                 let claimed = leases.held.get(&vrid).and_then(|l| l.valid(sent));
                 let generation = leases.generation.get(&vrid).copied().unwrap_or_default();
                 let every = if claimed.is_some() { RENEW_EVERY } else { ACQUIRE_RETRY };
-                let due = leases.asked.get(&vrid).is_none_or(|at| sent - *at >= every);
-                let in_flight = leases.asking.get(&vrid).is_some_and(|at| sent - *at < ASK_TIMEOUT);
-                if !due || in_flight {
+                if !leases.start_asking(vrid, sent, every, ASK_TIMEOUT) {
                     continue;
                 }
-                leases.asked.insert(vrid, sent);
-                leases.asking.insert(vrid, sent);
                 (claimed, generation)
             };
             let node = Arc::clone(self);
@@ -158,16 +154,8 @@ impl Node {
     /// Raft leader may be stale, a leader cut off from the majority still thinks it leads).
     fn check_back(self: &Arc<Self>, vrid: u8, leader: u64) {
         let Some(fence) = &self.fence else { return };
-        let now = Instant::now();
-        {
-            let mut leases = lock(&fence.leases);
-            let due = leases.asked.get(&vrid).is_none_or(|at| now - *at >= RENEW_EVERY);
-            let in_flight = leases.asking.get(&vrid).is_some_and(|at| now - *at < ASK_TIMEOUT);
-            if !due || in_flight {
-                return;
-            }
-            leases.asked.insert(vrid, now);
-            leases.asking.insert(vrid, now);
+        if !lock(&fence.leases).start_asking(vrid, Instant::now(), RENEW_EVERY, ASK_TIMEOUT) {
+            return;
         }
         let node = Arc::clone(self);
         tokio::spawn(async move {

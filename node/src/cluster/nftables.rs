@@ -195,9 +195,11 @@ fn render_fence_sets(s: &mut String, rules: &Rules, held: &Held) {
 /// transaction) and takes `dropped` out.
 pub(crate) fn render_held(held: &Held, dropped: &[Ipv4Addr]) -> String {
     let mut script = String::new();
+    let gone = dropped.iter().map(|vip| (*vip, Duration::ZERO));
+    let elements: Vec<(Ipv4Addr, Duration)> = held.iter().copied().chain(gone).collect();
     for family in ["ip", "arp"] {
-        for (vip, left) in held {
-            let set = format!("{family} {TABLE} {HELD}");
+        let set = format!("{family} {TABLE} {HELD}");
+        for (vip, left) in &elements {
             let _ = writeln!(script, "add element {set} {{ {vip} }}");
             let _ = writeln!(script, "delete element {set} {{ {vip} }}");
             if left.as_millis() > 0 {
@@ -207,11 +209,6 @@ pub(crate) fn render_held(held: &Held, dropped: &[Ipv4Addr]) -> String {
                     left.as_millis()
                 );
             }
-        }
-        for vip in dropped {
-            let set = format!("{family} {TABLE} {HELD}");
-            let _ = writeln!(script, "add element {set} {{ {vip} }}");
-            let _ = writeln!(script, "delete element {set} {{ {vip} }}");
         }
     }
     script

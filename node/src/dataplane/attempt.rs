@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fulcrum_model::Algorithm;
+use fulcrum_model::{Algorithm, Pool};
 use fulcrum_policy::balance::Choices;
 use fulcrum_policy::{InFlight, PickKey};
 
@@ -29,6 +29,17 @@ pub(crate) struct Attempts<'a> {
     made: usize,
     /// Why the last candidate passed over was not tried.
     passed_over: Option<ErrorKind>,
+    /// What each attempt records, read once from the pool's configuration.
+    learning: Learning,
+}
+
+/// What an attempt's outcome teaches the pool, from its configuration.
+#[derive(Clone, Copy, Debug)]
+struct Learning {
+    /// Peak EWMA's decay, when the pool balances by it.
+    ewma_decay: Option<Duration>,
+    /// What a failed try counts as for peak EWMA.
+    connect_timeout: Duration,
 }
 
 /// One backend being tried.
@@ -42,18 +53,34 @@ pub(crate) struct Attempt<'a> {
     pub number: usize,
     /// Counts the connection or request against the backend while it lives.
     pub in_flight: InFlight,
+    learning: Learning,
 }
 
 impl<'a> Attempts<'a> {
-    /// The backends of `selection` for a client described by `key`, `pinned` first.
+    /// The backends of `selection` (of the pool configured as `pool`) for a client described
+    /// by `key`, `pinned` first.
     pub(crate) fn new(
         selection: &'a Selection,
+        pool: &Pool,
         pinned: Option<usize>,
         key: &PickKey<'_>,
         now: Instant,
     ) -> Attempts<'a> {
         let choices = selection.balancer.choices(key, now, &mut fastrand::Rng::new());
-        Attempts { selection, pinned, pinned_index: pinned, choices, made: 0, passed_over: None }
+        let ewma_decay = match pool.algorithm {
+            Algorithm::PeakEwma { decay } => Some(decay),
+            _ => None,
+        };
+        let learning = Learning { ewma_decay, connect_timeout: pool.connect_timeout };
+        Attempts {
+            selection,
+            pinned,
+            pinned_index: pinned,
+            choices,
+            made: 0,
+            passed_over: None,
+            learning,
+        }
     }
 
     /// Why nothing (more) could be tried: the last failure of a backend tried, else a backend
@@ -83,7 +110,7 @@ impl<'a> Iterator for Attempts<'a> {
             };
             let number = self.made;
             self.made += 1;
-            return Some(Attempt { backend, index, number, in_flight });
+            return Some(Attempt { backend, index, number, in_flight, learning: self.learning });
         }
         None
     }
@@ -94,7 +121,7 @@ impl Attempt<'_> {
     /// began; `healthy` is false for an answer that counts against it (a 5xx).
     pub(crate) fn answered(&self, pool: &Arc<PoolRuntime>, elapsed: Duration, healthy: bool) {
         self.backend.stats().connect_latency.observe(elapsed);
-        self.learn_latency(pool, elapsed);
+        self.learn_latency(elapsed);
         pool.record_connect(self.backend, healthy);
     }
 
@@ -102,12 +129,12 @@ impl Attempt<'_> {
     /// connect timeout.
     pub(crate) fn failed(&self, pool: &Arc<PoolRuntime>, kind: ErrorKind) {
         self.backend.stats().error(kind);
-        self.learn_latency(pool, pool.spec().connect_timeout);
+        self.learn_latency(self.learning.connect_timeout);
         pool.record_connect(self.backend, false);
     }
 
-    fn learn_latency(&self, pool: &PoolRuntime, sample: Duration) {
-        if let Algorithm::PeakEwma { decay } = pool.spec().algorithm {
+    fn learn_latency(&self, sample: Duration) {
+        if let Some(decay) = self.learning.ewma_decay {
             self.backend.load().observe_latency(Instant::now(), sample, decay);
         }
     }

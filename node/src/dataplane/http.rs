@@ -270,7 +270,7 @@ async fn forward(
         _ => None,
     };
     let key = PickKey { source_ip: downstream.peer.ip(), hash_key: hash_bytes.as_deref() };
-    let mut attempts = Attempts::new(&selection, pinned, &key, Instant::now());
+    let mut attempts = Attempts::new(&selection, &pool_spec, pinned, &key, Instant::now());
     let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
     let (parts, body) = request.into_parts();
     let limit = listener.spec().http.max_body_bytes;

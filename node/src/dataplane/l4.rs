@@ -107,9 +107,10 @@ async fn connect(
     listener: &ListenerRuntime,
 ) -> Option<Connected> {
     let selection = pool.selection();
-    let connect_timeout = pool.spec().connect_timeout;
+    let pool_spec = pool.spec();
+    let connect_timeout = pool_spec.connect_timeout;
     let key = PickKey { source_ip: peer.ip(), hash_key: None };
-    let mut attempts = Attempts::new(&selection, None, &key, Instant::now());
+    let mut attempts = Attempts::new(&selection, &pool_spec, None, &key, Instant::now());
     let mut failure = None;
     for attempt in attempts.by_ref() {
         let backend = attempt.backend;
