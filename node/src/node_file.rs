@@ -18,6 +18,8 @@ use fulcrum_vrrp::wire::ChecksumForm;
 use fulcrum_vrrp::{GarpSettings, InstanceSettings};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::FenceTimes;
+
 /// The node file.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +53,14 @@ pub struct NodeFile {
     /// mixed with keepalived).
     #[serde(default)]
     pub fence: Option<FenceMode>,
+    /// How long a fence lease lasts: the same on every node. A crashed master's VIPs move
+    /// after about this long; Raft elections must fit in it (checked).
+    #[serde(default = "default_fence_lease", with = "fulcrum_model::duration")]
+    pub fence_lease: Duration,
+}
+
+fn default_fence_lease() -> Duration {
+    crate::cluster::DEFAULT_LEASE
 }
 
 /// How VIP ownership is fenced.
@@ -263,7 +273,8 @@ fn default_priority() -> u8 {
     fulcrum_vrrp::machine::DEFAULT_PRIORITY
 }
 fn default_advert_interval() -> Duration {
-    Duration::from_secs(1)
+    // A crashed master's backups notice within about 350 ms (three adverts and the skew).
+    Duration::from_millis(100)
 }
 fn default_track_weight() -> u32 {
     255
@@ -307,14 +318,21 @@ pub enum NodeFileError {
     },
     /// Raft elections could outlast the quorum fence's lease.
     #[error(
-        "field `raft.election_timeout_max`: {max:?} is too long for the quorum fence (at most {limit:?}, so a Raft election ends within a lease); lower it, or set fence = \"off\""
+        "field `raft.election_timeout_max`: {max:?} is too long for a fence_lease of {lease:?} with a {heartbeat:?} heartbeat (at most {limit:?}, so a Raft election ends within a lease); lower it, raise fence_lease on every node, or set fence = \"off\""
     )]
     FenceTiming {
         /// What the file says.
         max: Duration,
         /// The longest the fence allows.
         limit: Duration,
+        /// The lease.
+        lease: Duration,
+        /// The Raft heartbeat.
+        heartbeat: Duration,
     },
+    /// The fence lease is out of range.
+    #[error("field `fence_lease`: {0:?} is out of range (100ms to 10s)")]
+    FenceLease(Duration),
     /// The quorum fence was asked for without a quorum to ask.
     #[error("field `fence`: \"quorum\" needs a [raft] section (the quorum that confirms leases)")]
     FenceWithoutRaft,
@@ -400,15 +418,26 @@ impl NodeFile {
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
             return Err(NodeFileError::FenceWithoutRaft);
         }
-        // openraft refuses votes for election_timeout_max after the last heartbeat and then
-        // waits up to that long again: two of them must fit in one lease.
-        let limit = crate::cluster::LEASE / 2;
-        if let Some(raft) = file.raft.as_ref().filter(|_| file.fenced())
-            && raft.election_timeout_max > limit
-        {
-            return Err(NodeFileError::FenceTiming { max: raft.election_timeout_max, limit });
+        if !(Duration::from_millis(100)..=Duration::from_secs(10)).contains(&file.fence_lease) {
+            return Err(NodeFileError::FenceLease(file.fence_lease));
+        }
+        if let Some(raft) = file.raft.as_ref().filter(|_| file.fenced()) {
+            let limit = file.fence_times().longest_election_allowed(raft.heartbeat);
+            if raft.election_timeout_max > limit {
+                return Err(NodeFileError::FenceTiming {
+                    max: raft.election_timeout_max,
+                    limit,
+                    lease: file.fence_lease,
+                    heartbeat: raft.heartbeat,
+                });
+            }
         }
         Ok(file)
+    }
+
+    /// The quorum fence's timings.
+    pub fn fence_times(&self) -> FenceTimes {
+        FenceTimes { lease: self.fence_lease }
     }
 
     /// Whether this node's VIPs are fenced by the Raft quorum: with `[raft]`, unless
@@ -466,7 +495,7 @@ impl VrrpInstance {
     /// address when the file does not.
     pub fn settings(
         &self,
-        fenced: bool,
+        fence: Option<FenceTimes>,
         interface_address: impl FnOnce(&str) -> Option<Ipv4Addr>,
     ) -> Result<InstanceSettings, NodeFileError> {
         let primary_address = match self.primary_address {
@@ -484,7 +513,7 @@ impl VrrpInstance {
         router.preempt = self.preempt;
         router.preempt_delay = self.preempt_delay;
         // Fenced, a forged advertisement claiming a long interval cannot stretch a takeover.
-        router.cap_master_interval = fenced;
+        router.cap_master_interval = fence.is_some();
         Ok(InstanceSettings {
             interface: self.interface.clone(),
             router,
@@ -502,9 +531,10 @@ impl VrrpInstance {
                 spacing: self.garp_spacing,
                 refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
             },
-            fenced,
-            // As long as a lease (whole seconds), so a killed node's VIP goes with its lease.
-            address_lifetime: fenced.then_some(crate::cluster::LEASE),
+            fenced: fence.is_some(),
+            // As long as a lease (the kernel counts whole seconds, at least one), so a killed
+            // node's VIP goes soon after its lease.
+            address_lifetime: fence.map(|times| times.lease),
             members: self.members.clone(),
         })
     }
@@ -532,7 +562,7 @@ vips = ["198.18.0.100"]
         .unwrap();
         assert_eq!(file.log.format, LogFormat::Json);
         let settings =
-            file.vrrp[0].settings(false, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+            file.vrrp[0].settings(None, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!(settings.router.priority, 150);
         assert_eq!(settings.router.advert_interval, Duration::from_millis(100));
         assert_eq!(settings.router.primary_address, Ipv4Addr::new(198, 18, 0, 11));
@@ -560,7 +590,7 @@ vips = ["198.18.0.100"]
     fn the_example_node_file_parses() {
         let file = NodeFile::parse(include_str!("../../examples/node.toml")).unwrap();
         let settings =
-            file.vrrp[0].settings(false, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+            file.vrrp[0].settings(None, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
         assert_eq!(
@@ -589,7 +619,7 @@ vips = ["198.18.0.100"]
         std::fs::write(&secret_file, secret).unwrap();
         let text = format!(
             "node_id = 2\n[raft]\nlisten = \"198.18.0.12:7000\"\ndata_dir = \"/var/lib/fulcrum\"\n\
-             cluster_name = \"lab\"\nsecret_file = {:?}\nelection_timeout_min = \"500ms\"\n{members}",
+             cluster_name = \"lab\"\nsecret_file = {:?}\nelection_timeout_min = \"100ms\"\n{members}",
             secret_file.display().to_string()
         );
         (dir, NodeFile::parse(&text).unwrap())
@@ -604,7 +634,7 @@ vips = ["198.18.0.100"]
         assert_eq!(settings.secret, b"0123456789abcdef0123");
         assert_eq!(settings.advertise, "198.18.0.12:7000");
         assert_eq!(settings.initial_members.len(), 2);
-        assert_eq!(settings.timing.election_timeout.0, Duration::from_millis(500));
+        assert_eq!(settings.timing.election_timeout.0, Duration::from_millis(100));
     }
 
     #[test]
@@ -625,7 +655,7 @@ vips = ["198.18.0.100"]
             "node_id = 2\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 7\nvips = [\"198.18.0.100\"]\nunicast_peers = [\"198.18.0.12\"]\nprimary_address = \"198.18.0.11\"\n",
         )
         .unwrap();
-        let settings = file.vrrp[0].settings(false, |_| None).unwrap();
+        let settings = file.vrrp[0].settings(None, |_| None).unwrap();
         assert_eq!(settings.destination, Destination::Unicast(vec![Ipv4Addr::new(198, 18, 0, 12)]));
     }
 
@@ -641,7 +671,18 @@ vips = ["198.18.0.100"]
         let error = NodeFile::parse(&file("")).unwrap_err().to_string();
         assert!(error.contains("raft.election_timeout_max") && error.contains("fence"), "{error}");
         NodeFile::parse(&file("fence = \"off\"\n")).expect("without the fence, any timing");
+        NodeFile::parse(&file("fence_lease = \"5s\"\n")).expect("a lease that outlives them");
+        let error = NodeFile::parse(&file("fence_lease = \"20s\"\n")).unwrap_err().to_string();
+        assert!(error.contains("fence_lease"), "{error}");
         let quorum_without_raft = NodeFile::parse("node_id = 1\nfence = \"quorum\"\n");
+        // The defaults fit: an election at the default Raft timings ends within the lease.
+        let defaults = RaftTiming::default();
+        let limit = FenceTimes::default().longest_election_allowed(defaults.heartbeat);
+        assert!(
+            defaults.election_timeout.1 <= limit,
+            "{:?} > {limit:?}",
+            defaults.election_timeout
+        );
         assert!(matches!(quorum_without_raft, Err(NodeFileError::FenceWithoutRaft)));
     }
 }

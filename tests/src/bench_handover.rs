@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cluster::{node_id, web_cluster_file, with_echo_listener};
+use crate::cluster::{Timing, node_id, web_cluster_file, with_echo_listener};
 use crate::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use crate::process::LabProcess;
 use crate::routers::{Implementation, Instance};
@@ -117,7 +117,7 @@ fn fulcrum_handovers(lab: &Lab, handovers: usize) -> Result<Tally, LabError> {
         .zip([150, 120, 100])
         .map(|(lb, priority)| {
             let instance = Instance::new(VRID, priority, ADVERT, &[vip(1)]);
-            lab.start_cluster_node(lb, &lbs, &[instance], &[])
+            lab.start_cluster_node(Timing::Lab, lb, &lbs, &[instance], &[])
         })
         .collect::<Result<_, _>>()?;
     let backend_refs: Vec<&Host> = backends.iter().collect();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::bench_raft::percentile;
-use crate::cluster::{CtlOutput, web_cluster_file};
+use crate::cluster::{CtlOutput, Timing, web_cluster_file};
 use crate::probe::http_once;
 use crate::{HostRole, Lab, LabError, Topology};
 
@@ -49,7 +49,7 @@ pub fn propagation(lab_binary: &std::path::Path, changes: usize) -> Result<Figur
     let _backends = lab.start_backends()?;
     let _nodes: Vec<_> = lbs
         .iter()
-        .map(|lb| lab.start_cluster_node(lb, &lbs, &[], &[]))
+        .map(|lb| lab.start_cluster_node(Timing::Lab, lb, &lbs, &[], &[]))
         .collect::<Result<_, _>>()?;
     let file = lab.lab_file("cluster.toml", &web_cluster_file(FRONT_PORT, &[&backends[0]]))?;
     let all: Vec<_> = lbs.iter().collect();

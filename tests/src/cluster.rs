@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::process::LabProcess;
 use crate::routers::{Instance, fulcrumd_node_file};
@@ -26,6 +27,17 @@ pub fn node_id(host: &Host) -> u64 {
 /// The admin API endpoint of `host`.
 pub fn admin_endpoint(host: &Host) -> String {
     format!("http://{}:{ADMIN_PORT}", host.address)
+}
+
+/// The fence and Raft timings of a lab cluster node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// Slower Raft (400-800 ms elections) and a 2 s lease, so nodes of several labs at once on
+    /// a busy host keep their leaders and leases: the tests' choice.
+    Lab,
+    /// fulcrumd's defaults (a 400 ms lease, 80-130 ms elections): what the benchmarks and the
+    /// chaos suite measure.
+    Defaults,
 }
 
 /// What `fulcrumctl` did.
@@ -66,11 +78,12 @@ impl Lab {
         Ok(path)
     }
 
-    /// The node file of a cluster node on `host`: Raft with `members` as initial members
-    /// (none for a node that will join), the admin API, and the VRRP `instances`, each
-    /// tracking `tracked_pools`.
+    /// The node file of a cluster node on `host` at `timing`: Raft with `members` as initial
+    /// members (none for a node that will join), the admin API, and the VRRP `instances`,
+    /// each tracking `tracked_pools`.
     pub fn cluster_node_file(
         &self,
+        timing: Timing,
         host: &Host,
         members: &[Host],
         instances: &[Instance],
@@ -78,8 +91,14 @@ impl Lab {
     ) -> Result<String, LabError> {
         let secret = self.write_file("cluster.secret", "a lab cluster secret of 32 bytes\n")?;
         let token = self.write_file("admin.token", &format!("{ADMIN_TOKEN}\n"))?;
-        let mut file =
-            format!("shutdown_drain = \"10s\"\n{}", fulcrumd_node_file(node_id(host), instances));
+        let lease = match timing {
+            Timing::Lab => "fence_lease = \"2s\"\n",
+            Timing::Defaults => "",
+        };
+        let mut file = format!(
+            "shutdown_drain = \"10s\"\n{lease}{}",
+            fulcrumd_node_file(node_id(host), instances)
+        );
         // Adverts only from the other members count (the fence's defence against forgery).
         let others: Vec<String> = members
             .iter()
@@ -100,11 +119,15 @@ impl Lab {
         file.push_str(&format!(
             "\n[admin]\nlisten = \"{address}:{ADMIN_PORT}\"\ntoken_file = {token:?}\n\n\
              [raft]\nlisten = \"{address}:{RAFT_PORT}\"\ndata_dir = {data:?}\ncluster_name = \"lab\"\n\
-             secret_file = {secret:?}\nheartbeat = \"50ms\"\nelection_timeout_min = \"400ms\"\n\
-             election_timeout_max = \"800ms\"\n",
+             secret_file = {secret:?}\n{raft_timing}",
+            raft_timing = match timing {
+                Timing::Lab => "heartbeat = \"50ms\"\nelection_timeout_min = \"400ms\"\n\
+                                election_timeout_max = \"800ms\"\n",
+                Timing::Defaults => "",
+            },
             address = host.address,
             token = token.display().to_string(),
-            data = self.log_dir().join(format!("{}-raft", host.name)).display().to_string(),
+            data = self.raft_data_dir(host).display().to_string(),
             secret = secret.display().to_string(),
         ));
         for member in members {
@@ -121,12 +144,13 @@ impl Lab {
     /// runs.
     pub fn start_cluster_node(
         &self,
+        timing: Timing,
         host: &Host,
         members: &[Host],
         instances: &[Instance],
         tracked_pools: &[&str],
     ) -> Result<LabProcess, LabError> {
-        let file = self.cluster_node_file(host, members, instances, tracked_pools)?;
+        let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
         self.start_fulcrumd(host, &file)
     }
 
@@ -156,6 +180,40 @@ impl Lab {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
+    }
+
+    /// The Raft leader every node of `asked` agrees on, asked with `fulcrumctl status` from
+    /// `client`, waiting for one for up to `timeout`.
+    pub fn agreed_leader(
+        &self,
+        client: &Host,
+        asked: &[&Host],
+        timeout: Duration,
+    ) -> Result<u64, LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<u64>> = asked
+                .iter()
+                .map(|host| {
+                    let status = self.fulcrumctl(client, &[host], None, &["-o", "json", "status"]);
+                    status.ok()?.json().ok()?["leader"].as_u64()
+                })
+                .collect();
+            if let Some(Some(leader)) = leaders.first()
+                && leaders.iter().all(|l| l == &Some(*leader))
+            {
+                return Ok(*leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Invalid(format!("no agreed Raft leader: {leaders:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Where a cluster node on `host` keeps its Raft log and state.
+    pub fn raft_data_dir(&self, host: &Host) -> PathBuf {
+        self.log_dir().join(format!("{}-raft", host.name))
     }
 
     /// Writes `text` as a file in the lab's directory and returns its path, for `-f`.

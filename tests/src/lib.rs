@@ -13,6 +13,8 @@
 //! - [`backend`]: the lab's HTTP and TCP echo backend server.
 //! - [`probe`]: the prober that measures successes, failures and outages from the client.
 //! - [`bench`]: the failover benchmark, fulcrumd against keepalived.
+//! - [`bench_fence`]: what each fault of the master costs a client, and time with two
+//!   answering, a fenced Fulcrum cluster against keepalived.
 //! - [`bench_handover`]: what planned handovers under load cost the client, Fulcrum against
 //!   keepalived + HAProxy.
 //! - [`bench_l4`]: the L4 benchmark, fulcrumd against HAProxy and a direct connection.
@@ -21,25 +23,35 @@
 //! - [`bench_propagation`]: time from `fulcrumctl backend add --wait` to the backend serving
 //!   on every node.
 //! - [`bench_raft`]: the configuration-write benchmark, Fulcrum's Raft store against etcd.
+//! - [`chaos`]: the chaos suite: seeded faults on a cluster, invariants checked all along.
+//! - [`linearizability`]: the checker for the chaos suite's history of reads and writes.
 //! - [`cluster`]: whole cluster nodes (Raft, admin API, VRRP) and `fulcrumctl` against them.
+//! - [`faults`]: partitions between load balancers, and who answers for a VIP meanwhile.
 //! - [`serving`]: `fulcrumd` serving a cluster file, its metrics, and checked `/slow`
 //!   downloads through it.
+//! - [`soak`]: a cluster at default settings under full HTTP load, counting VRRP transitions,
+//!   lease lapses and Raft elections that should not happen.
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
 pub mod backend;
 pub mod bench;
+pub mod bench_fence;
 pub mod bench_handover;
 pub mod bench_l4;
 pub mod bench_l7;
 pub mod bench_propagation;
 pub mod bench_raft;
+pub mod chaos;
 pub mod cluster;
+pub mod faults;
+pub mod linearizability;
 pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod routers;
 pub mod serving;
+pub mod soak;
 pub mod topology;
 
 pub use topology::{Host, HostRole, Lab, LabError, Topology};

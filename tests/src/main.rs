@@ -134,16 +134,47 @@ enum Command {
         changes: u64,
     },
     /// Measure the client's outage on a VIP failover, fulcrumd against keepalived (needs
-    /// root and keepalived); prints a Markdown table.
+    /// root and keepalived); prints a Markdown table. Plain VRRP between two routers by
+    /// default; with --faults, three-node Fulcrum clusters at default settings (quorum fence)
+    /// under each kind of fault, with the time two nodes answered for the VIP at once.
     ///
     /// Example: fulcrum-lab bench-failover --runs 5 --interval 1s --interval 100ms
+    /// Example: fulcrum-lab bench-failover --runs 5 --faults
     BenchFailover {
         /// Runs per configuration.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
         runs: u64,
-        /// Advertisement intervals to measure (repeatable).
+        /// Advertisement intervals to measure (repeatable; plain VRRP only).
         #[arg(long = "interval", default_values = ["1s", "100ms"], value_parser = parse_interval)]
         intervals: Vec<Duration>,
+        /// Measure fenced clusters under faults instead of plain VRRP.
+        #[arg(long)]
+        faults: bool,
+    },
+    /// Strike a three-node cluster at default settings with a seeded random schedule of
+    /// faults while a client probes the VIP and a writer and a reader use the configuration;
+    /// check that at most one node answers for the VIP, that every acknowledged write
+    /// reaches every node and that the history is linearizable (needs root). Prints a table
+    /// per fault kind; exits 1 on a violation. The same seed repeats the schedule.
+    ///
+    /// Example: fulcrum-lab chaos --minutes 10 --seed 7
+    Chaos {
+        /// How long to run, in minutes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+        minutes: u64,
+        /// The schedule's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run a three-node cluster at default settings under full HTTP load (wrk through the VIP)
+    /// and count VRRP transitions, leases that ran out and Raft elections, none of which
+    /// should happen without a fault (needs root and wrk).
+    ///
+    /// Example: fulcrum-lab soak --minutes 10
+    Soak {
+        /// How long the load lasts, in minutes.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        minutes: u64,
     },
     /// Count failed requests and cut connections across planned VIP handovers under load,
     /// Fulcrum (`fulcrumctl failover`) against keepalived + HAProxy (needs root, keepalived
@@ -235,12 +266,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = terminated() => Ok(()),
             }
         }),
-        Command::BenchFailover { runs, intervals } => {
+        Command::BenchFailover { runs, faults: true, .. } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let runs = usize::try_from(runs).context("too many runs")?;
+            let all = fulcrum_lab::bench_fence::Fault::ALL;
+            let series = fulcrum_lab::bench_fence::faults(&exe, &all, runs)
+                .context("the fault benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_fence::report(&series));
+            Ok(())
+        }
+        Command::BenchFailover { runs, intervals, faults: false } => {
             let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
             let runs = usize::try_from(runs).context("too many runs")?;
             let series = fulcrum_lab::bench::failover(&exe, &intervals, runs)
                 .context("the failover benchmark failed")?;
             print!("{}", fulcrum_lab::bench::report(&series));
+            Ok(())
+        }
+        Command::Chaos { minutes, seed } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let duration = Duration::from_secs(minutes * 60);
+            let report = fulcrum_lab::chaos::run(&exe, duration, seed)
+                .context("the chaos run could not go on")?;
+            print!("{}", fulcrum_lab::chaos::table(&report));
+            if !report.violations.is_empty() {
+                anyhow::bail!("{} invariant violations (seed {seed})", report.violations.len());
+            }
+            Ok(())
+        }
+        Command::Soak { minutes } => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let report = fulcrum_lab::soak::soak(&exe, Duration::from_secs(minutes * 60))
+                .context("the soak run failed")?;
+            println!("{report}");
             Ok(())
         }
         Command::BenchHandover { handovers } => {
@@ -312,7 +370,7 @@ fn start_cluster(lab: &Lab) -> anyhow::Result<()> {
     for (n, lb) in lbs.iter().enumerate() {
         let priority = u8::try_from(150 - 10 * n).context("too many load balancers")?;
         let instance = Instance::new(51, priority, Duration::from_millis(100), &[the_vip]);
-        lab.start_cluster_node(lb, &lbs, &[instance], &["web"])?.detach();
+        lab.start_cluster_node(cluster::Timing::Lab, lb, &lbs, &[instance], &["web"])?.detach();
     }
     let backends = lab.hosts_of(HostRole::Backend);
     let file = cluster::web_cluster_file(DEMO_PORT, &backends.iter().collect::<Vec<_>>());

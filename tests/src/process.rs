@@ -204,6 +204,28 @@ impl LabProcess {
         })
     }
 
+    /// Sends `signal` to the process and every process it forked (its process group), if it
+    /// is still running: SIGSTOP pauses a forking daemon as a whole.
+    pub fn signal_group(&mut self, signal: Signal) -> Result<(), LabError> {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return Ok(());
+        }
+        killpg(Pid::from_raw(self.record.pid as i32), signal).map_err(|e| LabError::Io {
+            what: format!("signal {signal} to {}", self.label),
+            source: e.into(),
+        })
+    }
+
+    /// The file its standard error (its log) goes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
     /// Kills the process and every process it forked at once with SIGKILL, as a crash would,
     /// and reaps it.
     pub fn crash(&mut self) -> Result<ExitStatus, LabError> {

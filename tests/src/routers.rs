@@ -11,7 +11,7 @@ use crate::process::LabProcess;
 use crate::topology::{Host, Lab, LabError};
 
 /// The lab's link on every host.
-const INTERFACE: &str = "eth0";
+pub(crate) const INTERFACE: &str = "eth0";
 
 /// How long a router gets to start.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

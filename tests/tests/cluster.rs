@@ -12,7 +12,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fulcrum_lab::cluster::{CtlOutput, node_id, web_cluster_file, with_echo_listener};
+use fulcrum_lab::cluster::{CtlOutput, Timing, node_id, web_cluster_file, with_echo_listener};
+use fulcrum_lab::faults::Cut;
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::routers::Instance;
@@ -60,7 +61,7 @@ fn cluster_with_witnesses(
             let priority = 150 - 50 * u8::try_from(i).unwrap();
             let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
             let instances = if i < voters - witnesses { vec![instance] } else { Vec::new() };
-            lab.start_cluster_node(lb, members, &instances, &["web"]).unwrap()
+            lab.start_cluster_node(Timing::Lab, lb, members, &instances, &["web"]).unwrap()
         })
         .collect();
     Cluster {
@@ -91,23 +92,7 @@ impl Cluster {
 
     /// The leader every node agrees on, waiting for one for up to 15 s.
     fn leader(&self, asked: &[&Host]) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let leaders: Vec<Option<u64>> = asked
-                .iter()
-                .map(|h| {
-                    let node = self.ctl(&[h], &["-o", "json", "status"]).json().ok()?;
-                    node["leader"].as_u64()
-                })
-                .collect();
-            if let Some(Some(leader)) = leaders.first()
-                && leaders.iter().all(|l| l == &Some(*leader))
-            {
-                return *leader;
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.lab.agreed_leader(&self.client, asked, Duration::from_secs(15)).unwrap()
     }
 
     fn apply(&self, endpoint: &Host, backends: &[&Host]) -> CtlOutput {
@@ -383,7 +368,7 @@ fn a_fourth_node_joins_with_member_add_and_receives_the_whole_config() {
     let revision = c.revision(&c.lbs[0]);
 
     let joiner = c.lbs[3].clone();
-    c.nodes.push(c.lab.start_cluster_node(&joiner, &[], &[], &[]).unwrap());
+    c.nodes.push(c.lab.start_cluster_node(Timing::Lab, &joiner, &[], &[], &[]).unwrap());
     let id = node_id(&joiner).to_string();
     let address = format!("{}:{}", joiner.address, fulcrum_lab::cluster::RAFT_PORT);
     c.ctl_ok(&[&c.lbs[0]], &["member", "add", &id, &address]);
@@ -563,58 +548,17 @@ fn serving_cluster(backends: usize) -> Cluster {
     c
 }
 
-/// Drops, in `host`'s namespace, the packets in that match `incoming` and those out that match
-/// `outgoing`, in a table of the test's own that `heal` removes.
-fn isolate(c: &Cluster, host: &Host, incoming: &str, outgoing: &str) {
-    let script = format!(
-        "table ip lab_partition {{\n\
-         \tchain incoming {{ type filter hook input priority -300; {incoming} drop; }}\n\
-         \tchain outgoing {{ type filter hook output priority -300; {outgoing} drop; }}\n\
-         }}\n"
-    );
-    let file = c.lab.lab_file(&format!("partition-{}.nft", host.name), &script).unwrap();
-    c.lab.exec(host, "nft", &["-f", &file]).unwrap();
+/// The load balancers that answer for the VIP now.
+fn answering(c: &Cluster) -> Vec<String> {
+    c.lab.answering(&c.lbs, vip(1)).unwrap()
 }
 
-/// The other load balancers' addresses, as an nftables set.
-fn peers_of(c: &Cluster, host: &Host) -> String {
-    let peers: Vec<String> =
-        c.lbs.iter().filter(|h| h.name != host.name).map(|h| h.address.to_string()).collect();
-    format!("{{ {} }}", peers.join(", "))
-}
-
-/// Drops every packet between `host` and the other load balancers, Raft and VRRP alike (its
-/// adverts to the VRRP group too), in a table of the test's own in `host`'s namespace; the
-/// client still reaches it.
-fn partition(c: &Cluster, host: &Host) {
-    let peers = peers_of(c, host);
-    let group = peers.replace(" }", ", 224.0.0.18 }");
-    isolate(c, host, &format!("ip saddr {peers}"), &format!("ip daddr {group}"));
-}
-
-/// Drops only VRRP between `host` and the other load balancers (its adverts, and theirs to
-/// it); Raft traffic flows.
-fn partition_vrrp(c: &Cluster, host: &Host) {
-    let peers = peers_of(c, host);
-    isolate(c, host, &format!("ip saddr {peers} ip protocol 112"), "ip protocol 112");
+fn partition(c: &Cluster, host: &Host, cut: Cut) {
+    c.lab.partition(host, &c.lbs, cut).unwrap();
 }
 
 fn heal(c: &Cluster, host: &Host) {
-    c.lab.exec(host, "nft", &["delete", "table", "ip", "lab_partition"]).unwrap();
-}
-
-/// Whether `host` answers for the VIP now: the address is on its link and its kernel lets
-/// ARP replies and new connections for it through (the fence's `held` set holds it).
-fn answers(c: &Cluster, host: &Host) -> bool {
-    let holds = c.lab.holders(std::slice::from_ref(host), vip(1)).unwrap().len() == 1;
-    let held =
-        c.lab.exec(host, "nft", &["list", "set", "arp", "fulcrum", "held"]).unwrap_or_default();
-    holds && held.contains(&vip(1).to_string())
-}
-
-/// The load balancers that answer for the VIP now.
-fn answering(c: &Cluster) -> Vec<String> {
-    c.lbs.iter().filter(|h| answers(c, h)).map(|h| h.name.clone()).collect()
+    c.lab.heal(host).unwrap();
 }
 
 /// Samples who answers for the VIP for `span`, failing on two at once; returns when each
@@ -644,7 +588,7 @@ fn a_master_cut_off_from_its_peers_lets_the_vip_go_before_another_takes_it() {
     let c = serving_cluster(2);
 
     // lb1 loses the quorum: it lets the VIP go, and lb2 (next priority) takes it only then.
-    partition(&c, &c.lbs[0]);
+    partition(&c, &c.lbs[0], Cut::Whole);
     let started = Instant::now();
     let mut lb1_gone = None;
     let mut lb2_took = None;
@@ -742,7 +686,7 @@ fn with_only_vrrp_lost_the_lease_holder_keeps_the_vip_alone() {
 
     // lb2 hears no adverts and becomes VRRP master too, but the leader will not give it the
     // lease lb1 keeps renewing over Raft: lb1 alone answers, and keeps serving.
-    partition_vrrp(&c, &c.lbs[0]);
+    partition(&c, &c.lbs[0], Cut::VrrpOnly);
     let probe = steady_probe(&c, Duration::from_secs(5));
     let seen = watch_answering(&c, Duration::from_secs(5), "VRRP partitioned");
     let report = probe.finish().unwrap();
@@ -760,13 +704,7 @@ fn a_master_cut_off_from_raft_alone_steps_aside_for_one_that_can_hold() {
     let c = serving_cluster(1);
     // VRRP still flows, so lb1's adverts would keep the others backup: lb1, whose lease no
     // leader renews, lowers its priority so lb2 takes over, and never while lb1 answers.
-    let peers = peers_of(&c, &c.lbs[0]);
-    isolate(
-        &c,
-        &c.lbs[0],
-        &format!("ip saddr {peers} ip protocol tcp"),
-        &format!("ip daddr {peers} ip protocol tcp"),
-    );
+    partition(&c, &c.lbs[0], Cut::RaftOnly);
     let seen = watch_answering(&c, Duration::from_secs(8), "lb1 cut off from Raft");
     println!("Raft-only partition; first answering: {seen:?}");
     assert_eq!(answering(&c), [c.lbs[1].name.clone()], "lb2 holds the VIP");

@@ -8,13 +8,14 @@
 
 use std::time::{Duration, Instant};
 
+use fulcrum_lab::cluster::Timing;
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
 
 fn node_file(lab: &Lab, host: &Host, members: &[Host]) -> String {
-    lab.cluster_node_file(host, members, &[], &[]).unwrap()
+    lab.cluster_node_file(Timing::Lab, host, members, &[], &[]).unwrap()
 }
 
 /// The store metrics a node logs on SIGUSR1.

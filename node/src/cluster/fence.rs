@@ -20,28 +20,63 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How long a lease lasts, from the moment its holder asked for it: longer than a Raft
-/// election (a follower notices a dead leader after its 400 to 800 ms election timeout, and
-/// the vote takes a round trip or a retry), so a leader's death does not cost a VIP.
-pub(crate) const LEASE: Duration = Duration::from_millis(2000);
-/// How often a holder renews: many renewals may be lost before the lease runs out.
-pub(crate) const RENEW_EVERY: Duration = Duration::from_millis(200);
 /// The largest relative difference of two nodes' clock rates allowed for (NTP keeps real
 /// clocks within 0.05 %; this leaves room for a virtual machine's clock).
 pub(crate) const DRIFT: f64 = 0.02;
 /// Added to the leader's wait for timer and scheduling delays, and for the time `nft` takes
-/// to set the kernel's timeout after the holder reads its clock.
-pub(crate) const SAFETY: Duration = Duration::from_millis(100);
+/// to set the kernel's timeout after the holder reads its clock (beyond the 30 ms by which
+/// the kernel's element ends before the lease).
+pub(crate) const SAFETY: Duration = Duration::from_millis(40);
+/// The default lease: it outlives a Raft election at the default Raft timings (see
+/// [`FenceTimes::longest_election_allowed`]), and a crashed holder's VRID goes to the next
+/// master within half a second.
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(400);
 
-/// How long the leader waits after the last grant to a holder before the VRID may go to
-/// another node: the lease stretched by the clock allowance, plus the safety margin.
-pub(crate) fn takeover_wait() -> Duration {
-    LEASE.mul_f64(1.0 + DRIFT) + SAFETY
+/// The fence's timings, all derived from the lease, which every node of a cluster must set
+/// alike (a leader refuses a request for a lease of another length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FenceTimes {
+    /// How long a lease lasts, from the moment its holder asked for it.
+    pub lease: Duration,
 }
 
-/// How long a holder counts its lease: shortened by the clock allowance.
-pub(crate) fn holder_validity() -> Duration {
-    LEASE.mul_f64(1.0 - DRIFT)
+impl Default for FenceTimes {
+    fn default() -> FenceTimes {
+        FenceTimes { lease: DEFAULT_LEASE }
+    }
+}
+
+impl FenceTimes {
+    /// How often a holder renews: many renewals may be lost before the lease runs out.
+    pub(crate) fn renew_every(&self) -> Duration {
+        (self.lease / 10).max(Duration::from_millis(20))
+    }
+
+    /// How long a lease request may take before another is sent: several fit in one lease.
+    pub(crate) fn ask_timeout(&self) -> Duration {
+        self.lease / 4
+    }
+
+    /// How long the leader waits after the last grant to a holder before the VRID may go to
+    /// another node: the lease stretched by the clock allowance, plus the safety margin.
+    pub(crate) fn takeover_wait(&self) -> Duration {
+        self.lease.mul_f64(1.0 + DRIFT) + SAFETY
+    }
+
+    /// How long a holder counts its lease: shortened by the clock allowance.
+    pub(crate) fn holder_validity(&self) -> Duration {
+        self.lease.mul_f64(1.0 - DRIFT)
+    }
+
+    /// The longest Raft `election_timeout_max` a holder outlives when the leader dies: openraft
+    /// refuses votes for `election_timeout_max` after the last heartbeat and starts an
+    /// election up to `election_timeout_max` later, on a tick of 1.5 heartbeats; the holder's
+    /// last renewal may be one renewal interval old, and the new leader's grant takes a round
+    /// trip (20 ms allowed).
+    pub fn longest_election_allowed(&self, heartbeat: Duration) -> Duration {
+        let spent = heartbeat.mul_f64(1.5) + self.renew_every() + Duration::from_millis(20);
+        self.holder_validity().saturating_sub(spent) / 2
+    }
 }
 
 /// A grant: node `holder` may hold the VRID under `epoch` (which changes with every new
@@ -69,6 +104,11 @@ pub(crate) enum Refusal {
         /// How long it still waits, in milliseconds.
         for_ms: u64,
     },
+    /// The request's lease is not the leader's: the nodes' `fence_lease` settings differ.
+    LeaseMismatch {
+        /// The leader's lease, in milliseconds.
+        leader_ms: u64,
+    },
     /// The request was sent before the node gave the VRID up (it arrived late).
     GivenUp,
 }
@@ -85,6 +125,7 @@ pub(crate) enum LeaseRefusal {
 /// The leader's side: the holder of each VRID and when it was last granted.
 #[derive(Debug)]
 pub(crate) struct Arbiter {
+    times: FenceTimes,
     term: u64,
     /// When this node became leader of `term`.
     since: Instant,
@@ -96,9 +137,17 @@ pub(crate) struct Arbiter {
 }
 
 impl Arbiter {
-    /// A leader of `term`, leading since `since`, that knows of no holder yet.
-    pub(crate) fn new(term: u64, since: Instant) -> Arbiter {
-        Arbiter { term, since, holders: BTreeMap::new(), grants: 0, given_up: BTreeMap::new() }
+    /// A leader of `term` with the fence timings `times`, leading since `since`, that knows
+    /// of no holder yet.
+    pub(crate) fn new(times: FenceTimes, term: u64, since: Instant) -> Arbiter {
+        Arbiter {
+            times,
+            term,
+            since,
+            holders: BTreeMap::new(),
+            grants: 0,
+            given_up: BTreeMap::new(),
+        }
     }
 
     /// The term this arbiter serves.
@@ -108,8 +157,8 @@ impl Arbiter {
 
     /// Node `node` asks for `vrid` at `now`, the request having been confirmed by a quorum
     /// after it was sent; `claimed` is the grant it holds now, if any (a holder whose lease
-    /// runs renews it, across leader changes too), and `generation` counts the node's
-    /// give-ups of the VRID so far.
+    /// runs renews it, across leader changes too), `generation` counts the node's give-ups
+    /// of the VRID so far, and `lease` is the lease the node counts.
     pub(crate) fn handle_request(
         &mut self,
         now: Instant,
@@ -117,11 +166,15 @@ impl Arbiter {
         node: u64,
         claimed: Option<Grant>,
         generation: u64,
+        lease: Duration,
     ) -> Result<Grant, Refusal> {
+        if lease != self.times.lease {
+            return Err(Refusal::LeaseMismatch { leader_ms: self.times.lease.as_millis() as u64 });
+        }
         if self.given_up.get(&(vrid, node)).is_some_and(|given_up| generation <= *given_up) {
             return Err(Refusal::GivenUp);
         }
-        let wait = takeover_wait();
+        let wait = self.times.takeover_wait();
         if let Some((grant, at)) = self.holders.get(&vrid).copied() {
             let elapsed = now.saturating_duration_since(at);
             if grant.holder == node {
@@ -167,10 +220,10 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// A grant answered a request sent at `sent`: the lease runs until `sent` plus the
-    /// holder's validity. An answer to a request older than the lease held is ignored.
-    pub(crate) fn handle_grant(&mut self, sent: Instant, grant: Grant) {
-        let until = sent + holder_validity();
+    /// A grant answered a request sent at `sent`: the lease runs for `validity` (the
+    /// holder's) from `sent`. An answer to a request older than the lease held is ignored.
+    pub(crate) fn handle_grant(&mut self, sent: Instant, grant: Grant, validity: Duration) {
+        let until = sent + validity;
         if self.held.is_none_or(|(_, current)| until > current) {
             self.held = Some((grant, until));
         }
@@ -197,8 +250,8 @@ pub(crate) struct Leases {
     /// How long each VRID's kernel element was last set to run, so it is written only when
     /// a grant moved it.
     pub(crate) written: BTreeMap<u8, Instant>,
-    /// When each VRID's request in flight was sent.
-    pub(crate) asking: BTreeMap<u8, Instant>,
+    /// When each VRID's request in flight was sent, and to which leader.
+    pub(crate) asking: BTreeMap<u8, (Instant, u64)>,
     /// When each VRID was last asked for.
     pub(crate) asked: BTreeMap<u8, Instant>,
     /// The permit last given to VRRP for each VRID, so it is sent only when it changes.
@@ -212,22 +265,26 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    /// Whether a request for `vrid` may go at `now`: the last went `every` ago or more, and
-    /// none is in flight (one older than `timeout` counts as lost). If so, it is marked sent.
+    /// Whether a request for `vrid` may go to `leader` at `now`: the last went `every` ago
+    /// or more, and none to this leader is in flight (one older than `timeout` counts as
+    /// lost; one to a former leader does not wait, so a new leader is asked at once). If so,
+    /// it is marked sent.
     pub(crate) fn start_asking(
         &mut self,
         vrid: u8,
+        leader: u64,
         now: Instant,
         every: Duration,
         timeout: Duration,
     ) -> bool {
         let due = self.asked.get(&vrid).is_none_or(|at| now - *at >= every);
-        let in_flight = self.asking.get(&vrid).is_some_and(|at| now - *at < timeout);
+        let in_flight =
+            self.asking.get(&vrid).is_some_and(|(at, to)| *to == leader && now - *at < timeout);
         if !due || in_flight {
             return false;
         }
         self.asked.insert(vrid, now);
-        self.asking.insert(vrid, now);
+        self.asking.insert(vrid, (now, leader));
         true
     }
 
@@ -246,88 +303,98 @@ impl Leases {
 mod tests {
     use super::*;
 
+    const TIMES: FenceTimes = FenceTimes { lease: DEFAULT_LEASE };
+
+    fn ask(
+        arbiter: &mut Arbiter,
+        now: Instant,
+        vrid: u8,
+        node: u64,
+        claimed: Option<Grant>,
+        generation: u64,
+    ) -> Result<Grant, Refusal> {
+        arbiter.handle_request(now, vrid, node, claimed, generation, TIMES.lease)
+    }
+
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
     }
 
     fn settled(t0: Instant) -> Arbiter {
         // A leader long enough in office to grant at once.
-        Arbiter::new(3, t0 - takeover_wait())
+        Arbiter::new(TIMES, 3, t0 - TIMES.takeover_wait())
     }
 
     #[test]
     fn one_holder_at_a_time_and_the_next_only_after_the_lease_ran_out() {
         let t0 = Instant::now();
         let mut arbiter = settled(t0);
-        let a = arbiter.handle_request(t0, 7, 1, None, 0).expect("first holder");
+        let a = ask(&mut arbiter, t0, 7, 1, None, 0).expect("first holder");
         assert_eq!(a, Grant { holder: 1, epoch: (3, 1) });
-        assert_eq!(arbiter.handle_request(at(t0, 100), 7, 1, Some(a), 0), Ok(a), "renewed");
-        let refused = arbiter.handle_request(at(t0, 150), 7, 2, None, 0);
+        assert_eq!(ask(&mut arbiter, at(t0, 100), 7, 1, Some(a), 0), Ok(a), "renewed");
+        let refused = ask(&mut arbiter, at(t0, 150), 7, 2, None, 0);
         assert!(matches!(refused, Err(Refusal::HeldElsewhere { holder: 1, .. })), "{refused:?}");
         // Node 1 stops renewing at 100 ms; node 2 gets the VRID one takeover wait later.
-        let almost = at(t0, 100) + takeover_wait() - Duration::from_millis(1);
-        assert!(arbiter.handle_request(almost, 7, 2, None, 0).is_err());
-        let b = arbiter.handle_request(at(t0, 100) + takeover_wait(), 7, 2, None, 0);
+        let almost = at(t0, 100) + TIMES.takeover_wait() - Duration::from_millis(1);
+        assert!(ask(&mut arbiter, almost, 7, 2, None, 0).is_err());
+        let b = ask(&mut arbiter, at(t0, 100) + TIMES.takeover_wait(), 7, 2, None, 0);
         assert_eq!(b, Ok(Grant { holder: 2, epoch: (3, 2) }));
     }
 
     #[test]
     fn the_holders_lease_ends_before_the_leader_may_give_the_vrid_away() {
         // The worst case: the slowest leader clock against the fastest holder clock.
-        let holder_lasts = holder_validity().mul_f64(1.0 + DRIFT);
-        let leader_waits = takeover_wait().mul_f64(1.0 - DRIFT);
+        let holder_lasts = TIMES.holder_validity().mul_f64(1.0 + DRIFT);
+        let leader_waits = TIMES.takeover_wait().mul_f64(1.0 - DRIFT);
         assert!(holder_lasts + SAFETY / 2 < leader_waits, "{holder_lasts:?} vs {leader_waits:?}");
         let t0 = Instant::now();
         let mut lease = Lease::default();
-        lease.handle_grant(t0, Grant { holder: 1, epoch: (1, 1) });
+        lease.handle_grant(t0, Grant { holder: 1, epoch: (1, 1) }, TIMES.holder_validity());
         assert!(lease.valid(at(t0, 1)).is_some());
-        assert!(lease.valid(t0 + holder_validity()).is_none());
-        assert_eq!(lease.remaining(t0 + LEASE), Duration::ZERO);
+        assert!(lease.valid(t0 + TIMES.holder_validity()).is_none());
+        assert_eq!(lease.remaining(t0 + TIMES.lease), Duration::ZERO);
     }
 
     #[test]
     fn a_new_leader_renews_a_running_lease_but_grants_no_new_holder_until_it_waited() {
         let t0 = Instant::now();
-        let mut arbiter = Arbiter::new(4, t0);
+        let mut arbiter = Arbiter::new(TIMES, 4, t0);
         let held = Grant { holder: 1, epoch: (3, 9) };
-        assert_eq!(arbiter.handle_request(at(t0, 10), 7, 1, Some(held), 0), Ok(held));
+        assert_eq!(ask(&mut arbiter, at(t0, 10), 7, 1, Some(held), 0), Ok(held));
         assert!(matches!(
-            arbiter.handle_request(at(t0, 20), 9, 2, None, 0),
+            ask(&mut arbiter, at(t0, 20), 9, 2, None, 0),
             Err(Refusal::NewLeader { .. })
         ));
         // Node 2 cannot pass itself off as the holder another node renews.
         let forged = Grant { holder: 1, epoch: (3, 9) };
         assert!(matches!(
-            arbiter.handle_request(at(t0, 30), 7, 2, Some(forged), 0),
+            ask(&mut arbiter, at(t0, 30), 7, 2, Some(forged), 0),
             Err(Refusal::HeldElsewhere { holder: 1, .. })
         ));
-        let later = t0 + takeover_wait();
-        assert_eq!(
-            arbiter.handle_request(later, 9, 2, None, 0),
-            Ok(Grant { holder: 2, epoch: (4, 1) })
-        );
+        let later = t0 + TIMES.takeover_wait();
+        assert_eq!(ask(&mut arbiter, later, 9, 2, None, 0), Ok(Grant { holder: 2, epoch: (4, 1) }));
     }
 
     #[test]
     fn a_released_vrid_goes_to_the_next_node_at_once() {
         let t0 = Instant::now();
         let mut arbiter = settled(t0);
-        arbiter.handle_request(t0, 7, 1, None, 0).expect("first holder");
+        ask(&mut arbiter, t0, 7, 1, None, 0).expect("first holder");
         arbiter.handle_release(7, 2, 0);
         assert!(
             matches!(
-                arbiter.handle_request(at(t0, 10), 7, 2, None, 1),
+                ask(&mut arbiter, at(t0, 10), 7, 2, None, 1),
                 Err(Refusal::HeldElsewhere { holder: 1, .. })
             ),
             "only the holder releases"
         );
         arbiter.handle_release(7, 1, 0);
-        assert_eq!(arbiter.handle_request(at(t0, 20), 7, 2, None, 1).map(|g| g.holder), Ok(2));
+        assert_eq!(ask(&mut arbiter, at(t0, 20), 7, 2, None, 1).map(|g| g.holder), Ok(2));
         // Node 2 gives the VRID up; its renewal, sent before, arrives late and renews nothing.
         arbiter.handle_release(7, 2, 1);
         let late = Grant { holder: 2, epoch: (3, 2) };
-        assert_eq!(arbiter.handle_request(at(t0, 30), 7, 2, Some(late), 1), Err(Refusal::GivenUp));
-        assert_eq!(arbiter.handle_request(at(t0, 40), 7, 2, None, 2).map(|g| g.holder), Ok(2));
+        assert_eq!(ask(&mut arbiter, at(t0, 30), 7, 2, Some(late), 1), Err(Refusal::GivenUp));
+        assert_eq!(ask(&mut arbiter, at(t0, 40), 7, 2, None, 2).map(|g| g.holder), Ok(2));
     }
 
     #[test]
@@ -335,8 +402,34 @@ mod tests {
         let t0 = Instant::now();
         let grant = Grant { holder: 1, epoch: (1, 1) };
         let mut lease = Lease::default();
-        lease.handle_grant(at(t0, 200), grant);
-        lease.handle_grant(at(t0, 100), grant);
-        assert_eq!(lease.remaining(at(t0, 200)), holder_validity());
+        lease.handle_grant(at(t0, 200), grant, TIMES.holder_validity());
+        lease.handle_grant(at(t0, 100), grant, TIMES.holder_validity());
+        assert_eq!(lease.remaining(at(t0, 200)), TIMES.holder_validity());
+    }
+
+    #[test]
+    fn a_lease_of_another_length_is_refused() {
+        let t0 = Instant::now();
+        let mut arbiter = settled(t0);
+        let longer = TIMES.lease * 2;
+        assert_eq!(
+            arbiter.handle_request(t0, 7, 1, None, 0, longer),
+            Err(Refusal::LeaseMismatch { leader_ms: TIMES.lease.as_millis() as u64 })
+        );
+        assert!(ask(&mut arbiter, t0, 7, 1, None, 0).is_ok(), "the VRID is still free");
+    }
+
+    #[test]
+    fn a_new_leader_is_asked_at_once_while_a_request_to_the_old_one_hangs() {
+        let t0 = Instant::now();
+        let mut leases = Leases::default();
+        let (every, timeout) = (TIMES.renew_every(), TIMES.ask_timeout());
+        assert!(leases.start_asking(7, 1, t0, every, timeout));
+        assert!(
+            !leases.start_asking(7, 1, t0 + every, every, timeout),
+            "one in flight to leader 1"
+        );
+        assert!(leases.start_asking(7, 2, t0 + every, every, timeout), "leader 2 asked at once");
+        assert!(leases.start_asking(7, 2, t0 + every + timeout, every, timeout), "a lost request");
     }
 }

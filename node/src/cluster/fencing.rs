@@ -1,5 +1,5 @@
 //! The quorum fence at work (the logic is `fence`'s): a master asks the Raft leader for its
-//! VRID's lease every [`RENEW_EVERY`], the leader arbitrates after confirming its leadership
+//! VRID's lease every tenth of a lease, the leader arbitrates after confirming its leadership
 //! with a quorum, and the node lets VRRP hold the VIPs, and the kernel answer for them, only
 //! while the lease runs. The kernel's side is an nftables set element that times out with
 //! the lease (`nftables`), so a paused or killed process stops answering by itself.
@@ -10,18 +10,16 @@ use std::time::{Duration, Instant};
 use fulcrum_policy::lock;
 use fulcrum_vrrp::State;
 
-use super::fence::{Arbiter, Grant, LeaseRefusal, RENEW_EVERY, takeover_wait};
+use super::fence::{Arbiter, Grant, LeaseRefusal, Refusal};
 use super::node::Node;
 use super::peer::{PeerAnswer, PeerRequest};
 
-/// How long a lease request may take: several fit in one lease.
-const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a master without a lease asks again: a VRID given back is taken up at once.
 const ACQUIRE_RETRY: Duration = Duration::from_millis(20);
 
 impl Node {
     /// Keeps this node's leases and enforces them until the task is dropped: renews every
-    /// [`RENEW_EVERY`] while master (a master without a lease asks every [`ACQUIRE_RETRY`]),
+    /// tenth of a lease while master (a master without a lease asks every [`ACQUIRE_RETRY`]),
     /// and applies a change the moment VRRP changes state, a grant arrives or a lease runs
     /// out.
     pub async fn follow_fence(self: Arc<Self>) {
@@ -61,6 +59,7 @@ impl Node {
     /// and that is due, each in the background.
     fn renew_leases(self: &Arc<Self>) {
         let Some(fence) = &self.fence else { return };
+        let times = self.fence_times;
         let leader = self.store.raft().metrics().borrow().current_leader;
         for local in &self.vrids {
             let vrid = local.vrid;
@@ -80,16 +79,18 @@ impl Node {
                 let mut leases = lock(&fence.leases);
                 let claimed = leases.held.get(&vrid).and_then(|l| l.valid(sent));
                 let generation = leases.generation.get(&vrid).copied().unwrap_or_default();
-                let every = if claimed.is_some() { RENEW_EVERY } else { ACQUIRE_RETRY };
-                if !leases.start_asking(vrid, sent, every, ASK_TIMEOUT) {
+                let every = if claimed.is_some() { times.renew_every() } else { ACQUIRE_RETRY };
+                if !leases.start_asking(vrid, leader, sent, every, times.ask_timeout()) {
                     continue;
                 }
                 (claimed, generation)
             };
             let node = Arc::clone(self);
             tokio::spawn(async move {
-                let request = PeerRequest::Lease { vrid, node: node.id(), claimed, generation };
-                let answer = node.peers.ask(leader, &request, ASK_TIMEOUT).await;
+                let lease_ms = times.lease.as_millis() as u64;
+                let request =
+                    PeerRequest::Lease { vrid, node: node.id(), claimed, generation, lease_ms };
+                let answer = node.peers.ask(leader, &request, times.ask_timeout()).await;
                 node.take_lease_answer(vrid, sent, generation, answer);
             });
         }
@@ -110,10 +111,21 @@ impl Node {
             // Asked for before this node gave the VRID up: it is not held.
             Ok(PeerAnswer::Lease(Ok(_))) if generation != current => {}
             Ok(PeerAnswer::Lease(Ok(grant))) => {
-                leases.held.entry(vrid).or_default().handle_grant(sent, grant);
+                let validity = self.fence_times.holder_validity();
+                leases.held.entry(vrid).or_default().handle_grant(sent, grant, validity);
                 leases.answered.insert(vrid, Instant::now());
                 drop(leases);
                 fence.granted.notify_one();
+            }
+            Ok(PeerAnswer::Lease(Err(LeaseRefusal::Refused(Refusal::LeaseMismatch {
+                leader_ms,
+            })))) => {
+                tracing::error!(
+                    vrid,
+                    "lease refused: the leader's fence_lease is {leader_ms} ms, this node's {} ms; set fence_lease alike on every node",
+                    self.fence_times.lease.as_millis()
+                );
+                leases.answered.insert(vrid, Instant::now());
             }
             Ok(PeerAnswer::Lease(Err(LeaseRefusal::Refused(refusal)))) => {
                 tracing::debug!(vrid, ?refusal, "lease refused");
@@ -141,7 +153,7 @@ impl Node {
         let mut leases = lock(&fence.leases);
         let since = *leases.answered.entry(vrid).or_insert_with(Instant::now);
         drop(leases);
-        if since.elapsed() > takeover_wait()
+        if since.elapsed() > self.fence_times.takeover_wait()
             && let Some((_, priorities)) = &self.vrrp
         {
             lock(&fence.leases).stepped_aside.insert(vrid);
@@ -154,12 +166,13 @@ impl Node {
     /// Raft leader may be stale, a leader cut off from the majority still thinks it leads).
     fn check_back(self: &Arc<Self>, vrid: u8, leader: u64) {
         let Some(fence) = &self.fence else { return };
-        if !lock(&fence.leases).start_asking(vrid, Instant::now(), RENEW_EVERY, ASK_TIMEOUT) {
+        let (every, timeout) = (self.fence_times.renew_every(), self.fence_times.ask_timeout());
+        if !lock(&fence.leases).start_asking(vrid, leader, Instant::now(), every, timeout) {
             return;
         }
         let node = Arc::clone(self);
         tokio::spawn(async move {
-            let answer = node.peers.ask(leader, &PeerRequest::FenceCheck, ASK_TIMEOUT).await;
+            let answer = node.peers.ask(leader, &PeerRequest::FenceCheck, timeout).await;
             let Some(fence) = &node.fence else { return };
             lock(&fence.leases).asking.remove(&vrid);
             if matches!(answer, Ok(PeerAnswer::Noted(true)))
@@ -251,7 +264,7 @@ impl Node {
         let leader = self.store.raft().metrics().borrow().current_leader;
         if let (true, Some(leader)) = (held, leader) {
             let request = PeerRequest::Release { vrid, node: self.id(), generation };
-            let _ = self.peers.ask(leader, &request, ASK_TIMEOUT).await;
+            let _ = self.peers.ask(leader, &request, self.fence_times.ask_timeout()).await;
         }
     }
 
@@ -273,11 +286,15 @@ impl Node {
 
     /// Tells the leader this node gave `vrid` up, its VIPs gone, so another may take it now.
     fn give_back(self: &Arc<Self>, vrid: u8, generation: u64) {
+        if self.fence.is_none() {
+            return;
+        }
         let Some(leader) = self.store.raft().metrics().borrow().current_leader else { return };
+        let timeout = self.fence_times.ask_timeout();
         let node = Arc::clone(self);
         tokio::spawn(async move {
             let request = PeerRequest::Release { vrid, node: node.id(), generation };
-            let _ = node.peers.ask(leader, &request, ASK_TIMEOUT).await;
+            let _ = node.peers.ask(leader, &request, timeout).await;
         });
     }
 
@@ -296,6 +313,7 @@ impl Node {
         node: u64,
         claimed: Option<Grant>,
         generation: u64,
+        lease: Duration,
     ) -> Result<Grant, LeaseRefusal> {
         // A heartbeat round to a quorum; the state machine need not catch up for a lease.
         if !self.leads_with_quorum().await {
@@ -306,9 +324,11 @@ impl Node {
         let mut arbiter = lock(&self.arbiter);
         let arbiter = match arbiter.as_mut() {
             Some(current) if current.term() == term => current,
-            _ => arbiter.insert(Arbiter::new(term, now)),
+            _ => arbiter.insert(Arbiter::new(self.fence_times, term, now)),
         };
-        arbiter.handle_request(now, vrid, node, claimed, generation).map_err(LeaseRefusal::Refused)
+        arbiter
+            .handle_request(now, vrid, node, claimed, generation, lease)
+            .map_err(LeaseRefusal::Refused)
     }
 
     /// Node `node` gave `vrid` up in `generation`.

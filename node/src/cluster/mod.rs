@@ -29,7 +29,7 @@ mod peer;
 mod priorities;
 mod views;
 
-pub(crate) use fence::LEASE;
+pub use fence::{DEFAULT_LEASE, FenceTimes};
 pub use handover::Drain;
 pub use moves::MoveError;
 pub use nftables::{Handover, HandoverError};

@@ -42,6 +42,9 @@ use fulcrum_policy::lock;
 
 /// The nftables table (in the `ip` and `arp` families) that holds this node's rules.
 const TABLE: &str = "fulcrum";
+/// How much earlier than the lease a fenced VIP's `held` element is set to end: room for
+/// `nft` to apply it late without the kernel answering past the lease.
+const KERNEL_LEAD: Duration = Duration::from_millis(30);
 /// How often lapsed leases are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 /// How long `nft` may take to load a ruleset.
@@ -499,7 +502,11 @@ impl Handover {
         lease_end: std::time::Instant,
     ) -> Result<(), HandoverError> {
         let loaded = self.loaded.lock().await;
-        let left = lease_end.saturating_duration_since(std::time::Instant::now());
+        // The element ends a little before the lease, so the time `nft` takes to set it
+        // does not carry it past the lease's end.
+        let left = lease_end
+            .saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(KERNEL_LEAD);
         let until = Instant::now() + left;
         lock(&self.state).held.extend(vips.iter().map(|vip| (*vip, until)));
         if loaded.is_none() {

@@ -15,7 +15,7 @@ use fulcrum_vrrp::State;
 use fulcrum_vrrp::Vrrp;
 use tokio_util::task::TaskTracker;
 
-use super::fence::{Arbiter, Leases};
+use super::fence::{Arbiter, FenceTimes, Leases};
 use super::nftables::Handover;
 use super::peer::{PeerAnswer, PeerRequest, Peers};
 use super::priorities::Priorities;
@@ -55,6 +55,8 @@ pub struct Node {
     pub(super) draining: AtomicBool,
     /// Set once it serves its configuration with VRRP started.
     ready: AtomicBool,
+    /// The fence's timings.
+    pub(super) fence_times: FenceTimes,
     /// The leases of a fenced node.
     pub(super) fence: Option<FenceState>,
     /// While this node leads the Raft group: who holds each VRID's lease.
@@ -64,17 +66,20 @@ pub struct Node {
 impl Node {
     /// The node; `vrrp` is its driver with the priorities it controls, if it runs VRRP, and
     /// `handover` its nftables rules (the fence's and second-chance forwarding's) with the
-    /// drain time of a handed-over VIP, and `fenced` whether it holds VIPs only with a lease.
-    /// It answers its peers from now on.
+    /// drain time of a handed-over VIP, `fence_times` the fence's timings (a leader
+    /// arbitrates with them, fenced or not) and `fenced` whether it holds VIPs only with a
+    /// lease. It answers its peers from now on.
     pub fn start(
         store: Arc<ConfigStore>,
         plane: Arc<DataPlane>,
         vrrp: Option<(Arc<Vrrp>, Arc<Priorities>)>,
         vrids: Vec<LocalVrid>,
         handover: Option<(Arc<Handover>, Duration)>,
+        fence_times: FenceTimes,
         fenced: bool,
     ) -> Arc<Node> {
         let node = Arc::new(Node {
+            fence_times,
             fence: fenced.then(FenceState::default),
             arbiter: std::sync::Mutex::new(None),
             peers: Peers::new(Arc::clone(&store)),
@@ -226,8 +231,9 @@ impl Node {
                 }
                 PeerAnswer::Noted(self.handover.is_some())
             }
-            Ok(PeerRequest::Lease { vrid, node, claimed, generation }) => {
-                PeerAnswer::Lease(self.arbitrate(vrid, node, claimed, generation).await)
+            Ok(PeerRequest::Lease { vrid, node, claimed, generation, lease_ms }) => {
+                let lease = Duration::from_millis(lease_ms);
+                PeerAnswer::Lease(self.arbitrate(vrid, node, claimed, generation, lease).await)
             }
             Ok(PeerRequest::FenceCheck) => PeerAnswer::Noted(self.leads_with_quorum().await),
             Ok(PeerRequest::Release { vrid, node, generation }) => {

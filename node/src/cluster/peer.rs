@@ -63,6 +63,8 @@ pub(crate) enum PeerRequest {
         claimed: Option<Grant>,
         /// How many times it gave the VRID up so far.
         generation: u64,
+        /// The lease it counts, in milliseconds (the leader's must be the same).
+        lease_ms: u64,
     },
     /// Whether the node asked leads the Raft group with a quorum now (`Noted`).
     FenceCheck,

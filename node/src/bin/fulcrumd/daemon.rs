@@ -96,7 +96,10 @@ impl Daemon {
         let vrrp_settings: Vec<InstanceSettings> = node
             .vrrp
             .iter()
-            .map(|i| i.settings(node.fenced(), |interface| interface_address(interface, &i.vips)))
+            .map(|i| {
+                let fence = node.fenced().then(|| node.fence_times());
+                i.settings(fence, |interface| interface_address(interface, &i.vips))
+            })
             .collect::<Result<_, _>>()
             .with_context(node_file)?;
         let admin_token =
@@ -195,6 +198,7 @@ impl Daemon {
             vrrp,
             vrids,
             handover,
+            node.fence_times(),
             node.fenced(),
         );
         tokio::spawn(Arc::clone(&member).follow_fence());
