@@ -76,11 +76,11 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> RaftTiming {
         RaftTiming {
-            // Elections inside the quorum fence's 400 ms lease: openraft refuses votes for
+            // Elections inside the quorum fence's 350 ms lease: openraft refuses votes for
             // election_timeout_max after the last heartbeat, so an election takes up to
             // twice that (fulcrumd checks the fit).
             heartbeat: Duration::from_millis(30),
-            election_timeout: (Duration::from_millis(80), Duration::from_millis(130)),
+            election_timeout: (Duration::from_millis(70), Duration::from_millis(120)),
             snapshot_every: 5000,
             logs_kept_after_snapshot: 1000,
             rpc_timeout: Duration::from_secs(2),

@@ -1,6 +1,6 @@
 //! The fault benchmark: what each kind of fault of the VIP's master costs a client, and how
 //! long two load balancers answer for the VIP at once, for Fulcrum at its default settings
-//! (quorum fence, 100 ms adverts, 400 ms lease) and for keepalived at the same advert
+//! (quorum fence, 100 ms adverts, 350 ms lease) and for keepalived at the same advert
 //! interval, three load balancers each, in the same lab and run.
 //!
 //! Every load balancer runs a responder on the VIP that answers with its name; the client

@@ -2,7 +2,8 @@
 //! default settings, with the invariants checked all along.
 //!
 //! While faults strike (a node partitioned whole, VRRP-only loss, one-way loss, SIGSTOP then
-//! SIGCONT, SIGKILL then restart, a host crash then its return, the Raft leader killed), the
+//! SIGCONT, SIGKILL then restart, a host crash then its return, the Raft leader killed, a node
+//! whose data directory was wiped removed from the membership and added back), the
 //! client probes the VIP on new connections every 10 ms, a writer changes one configuration
 //! value with `fulcrumctl ... --wait` and a reader reads it back, and a sampler reads who
 //! answers for the VIP on every node. The invariants:
@@ -56,10 +57,14 @@ pub enum ChaosFault {
     HostCrash,
     /// The Raft leader's fulcrumd killed, then started again.
     LeaderKill,
+    /// A node killed, removed from the Raft membership and its data directory wiped, then
+    /// started empty and added back (`fulcrumctl member add`, `member promote`), as the
+    /// operator guide says to bring back a node that lost its disk.
+    WipeRejoin,
 }
 
 impl ChaosFault {
-    const ALL: [ChaosFault; 7] = [
+    const ALL: [ChaosFault; 8] = [
         ChaosFault::Partition,
         ChaosFault::VrrpLoss,
         ChaosFault::OneWayLoss,
@@ -67,6 +72,7 @@ impl ChaosFault {
         ChaosFault::KillRestart,
         ChaosFault::HostCrash,
         ChaosFault::LeaderKill,
+        ChaosFault::WipeRejoin,
     ];
 }
 
@@ -80,6 +86,7 @@ impl std::fmt::Display for ChaosFault {
             ChaosFault::KillRestart => "SIGKILL, restart",
             ChaosFault::HostCrash => "host crash, return",
             ChaosFault::LeaderKill => "Raft leader killed",
+            ChaosFault::WipeRejoin => "data wiped, rejoined",
         })
     }
 }
@@ -427,9 +434,9 @@ fn schedule(
         args.timeout = Duration::from_millis(100);
         let probe = lab.start_probe(client, &args)?;
         let from = history.started.elapsed();
-        strike(lab, lbs, nodes, target, fault, true)?;
+        strike(lab, lbs, client, nodes, target, fault, true)?;
         std::thread::sleep(hold);
-        strike(lab, lbs, nodes, target, fault, false)?;
+        strike(lab, lbs, client, nodes, target, fault, false)?;
         let recovered = wait_recovered(lab, lbs, client, RECOVERY);
         let report = probe.finish()?;
         let to = history.started.elapsed();
@@ -469,17 +476,56 @@ fn longest_two_answering(log: &[(Duration, usize)], from: Duration, to: Duration
     since.map_or(longest, |start| longest.max(to.saturating_sub(start)))
 }
 
-/// Applies (`on`) or undoes a fault on `lbs[target]`.
+/// Applies (`on`) or undoes a fault on `lbs[target]`; `client` runs `fulcrumctl`.
 fn strike(
     lab: &Lab,
     lbs: &[Host],
+    client: &Host,
     nodes: &mut [LabProcess],
     target: usize,
     fault: ChaosFault,
     on: bool,
 ) -> Result<(), LabError> {
     let host = &lbs[target];
+    let others: Vec<&Host> = lbs.iter().filter(|h| h.name != host.name).collect();
+    let ctl = |args: &[&str]| -> Result<(), LabError> {
+        let output = lab.fulcrumctl(client, &others, None, args)?;
+        if output.ok() {
+            Ok(())
+        } else {
+            Err(LabError::Invalid(format!("fulcrumctl {args:?} failed: {output:?}")))
+        }
+    };
+    let id = node_id(host).to_string();
     match (fault, on) {
+        (ChaosFault::WipeRejoin, true) => {
+            nodes[target].crash()?;
+            ctl(&["member", "remove", &id])?;
+            let data = lab.raft_data_dir(host);
+            std::fs::remove_dir_all(&data).map_err(|source| LabError::Io {
+                what: format!("remove {}", data.display()),
+                source,
+            })
+        }
+        (ChaosFault::WipeRejoin, false) => {
+            let priority = 150 - 50 * u8::try_from(target).unwrap_or(0);
+            let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
+            // Empty, it joins rather than starting a cluster of its own.
+            nodes[target] =
+                lab.start_cluster_node(Timing::Defaults, host, &[], &[instance], &[])?;
+            let address = format!("{}:{}", host.address, crate::cluster::RAFT_PORT);
+            ctl(&["member", "add", &id, &address])?;
+            // A learner is promoted once it caught up: a few tries.
+            let mut promoted = ctl(&["member", "promote", &id]);
+            for _ in 0..20 {
+                if promoted.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                promoted = ctl(&["member", "promote", &id]);
+            }
+            promoted
+        }
         (ChaosFault::Partition, true) => lab.partition(host, lbs, Cut::Whole),
         (ChaosFault::VrrpLoss, true) => lab.partition(host, lbs, Cut::VrrpOnly),
         (ChaosFault::OneWayLoss, true) => lab.partition(host, lbs, Cut::Incoming),

@@ -35,7 +35,7 @@ pub enum Timing {
     /// Slower Raft (400-800 ms elections) and a 2 s lease, so nodes of several labs at once on
     /// a busy host keep their leaders and leases: the tests' choice.
     Lab,
-    /// fulcrumd's defaults (a 400 ms lease, 80-130 ms elections): what the benchmarks and the
+    /// fulcrumd's defaults (a 350 ms lease, 70-120 ms elections): what the benchmarks and the
     /// chaos suite measure.
     Defaults,
 }

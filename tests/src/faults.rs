@@ -111,7 +111,9 @@ impl Lab {
             asked
                 .into_iter()
                 .map(|thread| {
-                    thread.join().unwrap_or_else(|_| Err(LabError::Invalid("a probe panicked".into())))
+                    thread
+                        .join()
+                        .unwrap_or_else(|_| Err(LabError::Invalid("a probe panicked".into())))
                 })
                 .collect()
         });

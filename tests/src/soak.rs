@@ -1,5 +1,5 @@
 //! The soak run: a three-node cluster at fulcrumd's default settings (100 ms adverts, 30 ms
-//! Raft heartbeats, 400 ms lease) under full HTTP load through the VIP (wrk from the client)
+//! Raft heartbeats, 350 ms lease) under full HTTP load through the VIP (wrk from the client)
 //! for a while, counting what must not happen when nothing fails: VRRP transitions, leases
 //! running out while master, Raft elections.
 

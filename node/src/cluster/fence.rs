@@ -30,7 +30,7 @@ pub(crate) const SAFETY: Duration = Duration::from_millis(40);
 /// The default lease: it outlives a Raft election at the default Raft timings (see
 /// [`FenceTimes::longest_election_allowed`]), and a crashed holder's VRID goes to the next
 /// master within half a second.
-pub const DEFAULT_LEASE: Duration = Duration::from_millis(400);
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(350);
 
 /// The fence's timings, all derived from the lease, which every node of a cluster must set
 /// alike (a leader refuses a request for a lease of another length).
