@@ -532,9 +532,11 @@ impl VrrpInstance {
                 refresh: Some(self.garp_refresh).filter(|d| !d.is_zero()),
             },
             fenced: fence.is_some(),
-            // As long as a lease (the kernel counts whole seconds, at least one), so a killed
-            // node's VIP goes soon after its lease.
-            address_lifetime: fence.map(|times| times.lease),
+            // The lease in whole seconds, at least one (the kernel counts no finer), so a
+            // killed node's kernel removes the address a second or two after its lease; the
+            // `held` set has silenced it at the lease's end already.
+            address_lifetime: fence
+                .map(|times| Duration::from_secs(times.lease.as_secs_f64().ceil().max(1.0) as u64)),
             members: self.members.clone(),
         })
     }

@@ -123,12 +123,27 @@ pub struct ChaosReport {
     pub samples: (usize, u64),
 }
 
-/// A fulcrumctl operation on the register, as the history records it.
+/// The reads and writes of the register, with times from the run's start.
 struct History {
     started: Instant,
     entries: Mutex<Vec<Entry>>,
     /// The highest revision an acknowledged write reported.
     acknowledged: Mutex<u64>,
+}
+
+impl History {
+    fn record(&self, entry: Entry) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+    }
+}
+
+/// Clears `running` when dropped, so the helper threads end even if the schedule fails.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Runs the chaos suite for `duration` with `seed`.
@@ -177,18 +192,24 @@ fn run_in(lab: &Lab, duration: Duration, seed: u64) -> Result<ChaosReport, LabEr
     let scheduled = std::thread::scope(|scope| {
         let sampler =
             scope.spawn(|| sample_answering(lab, &lbs, &history, &running, &answering_log));
-        let writer = scope.spawn(|| write_and_read(lab, &client, &lbs, &history, &running));
+        let writer = scope.spawn(|| write_register(lab, &client, &lbs, &history, &running));
+        let reader = scope.spawn(|| read_register(lab, &client, &lbs, &history, &running));
+        let stop = StopOnDrop(&running);
         let faults =
             schedule(lab, &lbs, &client, &mut nodes, duration, seed, &history, &answering_log);
-        running.store(false, Ordering::Relaxed);
-        let sampled = sampler.join().map_err(|_| LabError::Invalid("the sampler panicked".into()));
-        let written = writer.join().map_err(|_| LabError::Invalid("the writer panicked".into()));
-        (faults, sampled, written)
+        drop(stop);
+        let joined = |thread: std::thread::ScopedJoinHandle<'_, Result<(), LabError>>, what| {
+            thread.join().unwrap_or_else(|_| Err(LabError::Invalid(format!("the {what} panicked"))))
+        };
+        let helpers =
+            [joined(sampler, "sampler"), joined(writer, "writer"), joined(reader, "reader")];
+        (faults, helpers)
     });
-    let (faults, sampled, written) = scheduled;
+    let (faults, helpers) = scheduled;
     report.faults = faults?;
-    sampled??;
-    written??;
+    for helper in helpers {
+        helper?;
+    }
 
     // Two answering at any sample is a violation.
     let log = answering_log.into_inner().unwrap_or_default();
@@ -265,9 +286,8 @@ fn revisions_at_least(lab: &Lab, client: &Host, lbs: &[Host], wanted: u64) -> Ve
     }
 }
 
-/// Samples who answers for the VIP, as fast as the commands allow, until `running` clears.
-/// An overlap shorter than one pass over the nodes (a few tens of milliseconds) can go
-/// unseen.
+/// Samples who answers for the VIP, every node at once, as fast as the commands allow, until
+/// `running` clears. An overlap shorter than the time between samples can go unseen.
 fn sample_answering(
     lab: &Lab,
     lbs: &[Host],
@@ -275,15 +295,8 @@ fn sample_answering(
     running: &AtomicBool,
     log: &Mutex<Vec<(Duration, usize)>>,
 ) -> Result<(), LabError> {
-    let reversed: Vec<Host> = lbs.iter().rev().cloned().collect();
     while running.load(Ordering::Relaxed) {
-        let mut answering = lab.answering(lbs, vip(1))?.len();
-        // The nodes are read one after another: a hand-over between two reads (one node
-        // letting go just after it was read, the next taking over just before) looks like
-        // two answering. Two count only if a second pass, in the other order, sees them too.
-        if answering >= 2 {
-            answering = answering.min(lab.answering(&reversed, vip(1))?.len());
-        }
+        let answering = lab.answering(lbs, vip(1))?.len();
         let at = history.started.elapsed();
         log.lock().unwrap_or_else(|e| e.into_inner()).push((at, answering));
         std::thread::sleep(Duration::from_millis(10));
@@ -291,9 +304,14 @@ fn sample_answering(
     Ok(())
 }
 
-/// Alternately writes a new value of the register and reads it, each through a different
-/// node first, recording every call and outcome.
-fn write_and_read(
+/// The nodes in the order the `turn`th call tries them: each call starts at another node.
+fn rotated(lbs: &[Host], turn: usize) -> Vec<&Host> {
+    (0..lbs.len()).map(|i| &lbs[(turn + i) % lbs.len()]).collect()
+}
+
+/// Writes 1, 2, 3, … to the register with `fulcrumctl ... --wait` until `running` clears,
+/// recording every call and outcome.
+fn write_register(
     lab: &Lab,
     client: &Host,
     lbs: &[Host],
@@ -301,66 +319,67 @@ fn write_and_read(
     running: &AtomicBool,
 ) -> Result<(), LabError> {
     let mut value = 0u64;
+    while running.load(Ordering::Relaxed) {
+        value += 1;
+        let limit = value.to_string();
+        let args = [
+            "--timeout",
+            "2s",
+            "ratelimit",
+            "set",
+            REGISTER,
+            "--key",
+            "client_ip",
+            "--sliding-window",
+            &limit,
+            "--window",
+            "1s",
+            "--wait",
+        ];
+        let call = history.started.elapsed();
+        let output = lab.fulcrumctl(client, &rotated(lbs, value as usize), None, &args)?;
+        // A reported revision means committed (exit code 6 only says some node had not
+        // applied it in time); otherwise the outcome is unknown.
+        let revision = output
+            .stdout
+            .split("(revision ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|r| r.parse::<u64>().ok());
+        let ret = revision.map(|revision| {
+            let mut acknowledged = history.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
+            *acknowledged = (*acknowledged).max(revision);
+            history.started.elapsed()
+        });
+        history.record(Entry { op: Op::Write(value), call, ret });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Reads the register with `fulcrumctl ratelimit list` until `running` clears, while the
+/// writer writes, recording every call and outcome.
+fn read_register(
+    lab: &Lab,
+    client: &Host,
+    lbs: &[Host],
+    history: &History,
+    running: &AtomicBool,
+) -> Result<(), LabError> {
     let mut turn = 0usize;
     while running.load(Ordering::Relaxed) {
         turn += 1;
-        // Each call tries the nodes in another order.
-        let endpoints: Vec<&Host> = (0..lbs.len()).map(|i| &lbs[(turn + i) % lbs.len()]).collect();
+        let args = ["--timeout", "2s", "-o", "json", "ratelimit", "list"];
         let call = history.started.elapsed();
-        let entry = if turn % 2 == 1 {
-            value += 1;
-            let limit = value.to_string();
-            let args = [
-                "--timeout",
-                "2s",
-                "ratelimit",
-                "set",
-                REGISTER,
-                "--key",
-                "client_ip",
-                "--sliding-window",
-                &limit,
-                "--window",
-                "1s",
-                "--wait",
-            ];
-            let output = lab.fulcrumctl(client, &endpoints, None, &args)?;
-            // A reported revision means committed (exit code 6 only says some node had not
-            // applied it in time); otherwise the outcome is unknown.
-            let revision = output
-                .stdout
-                .split("(revision ")
-                .nth(1)
-                .and_then(|rest| rest.split(')').next())
-                .and_then(|r| r.parse::<u64>().ok());
-            let ret = revision.map(|revision| {
-                let mut acknowledged =
-                    history.acknowledged.lock().unwrap_or_else(|e| e.into_inner());
-                *acknowledged = (*acknowledged).max(revision);
-                history.started.elapsed()
-            });
-            Entry { op: Op::Write(value), call, ret }
-        } else {
-            let output = lab.fulcrumctl(
-                client,
-                &endpoints,
-                None,
-                &["--timeout", "2s", "-o", "json", "ratelimit", "list"],
-            )?;
-            let read = output.ok().then(|| output.json().ok()).flatten().map(|policies| {
-                policies.as_array().and_then(|all| {
-                    all.iter().find(|p| p["name"] == REGISTER).and_then(|p| p["limit"].as_u64())
-                })
-            });
-            match read {
-                Some(read) => {
-                    Entry { op: Op::Read(read), call, ret: Some(history.started.elapsed()) }
-                }
-                None => Entry { op: Op::Read(None), call, ret: None },
-            }
-        };
-        history.entries.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
-        std::thread::sleep(Duration::from_millis(50));
+        let output = lab.fulcrumctl(client, &rotated(lbs, turn), None, &args)?;
+        let read = output.ok().then(|| output.json().ok()).flatten().map(|policies| {
+            policies.as_array().and_then(|all| {
+                all.iter().find(|p| p["name"] == REGISTER).and_then(|p| p["limit"].as_u64())
+            })
+        });
+        let ret = read.is_some().then(|| history.started.elapsed());
+        history.record(Entry { op: Op::Read(read.flatten()), call, ret });
+        std::thread::sleep(Duration::from_millis(30));
     }
     Ok(())
 }

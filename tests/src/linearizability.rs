@@ -67,7 +67,7 @@ pub fn check(history: &[Entry], budget: usize) -> Result<Result<(), Violation>, 
     let completed: Vec<usize> = (0..count).filter(|&i| entries[i].ret.is_some()).collect();
     let mut search = Search {
         entries: &entries,
-        done: vec![false; count],
+        done: vec![0; count.div_ceil(64)],
         seen: HashSet::new(),
         budget,
         best: (0, None),
@@ -89,10 +89,10 @@ pub fn check(history: &[Entry], budget: usize) -> Result<Result<(), Violation>, 
 
 struct Search<'a> {
     entries: &'a [Entry],
-    /// Which operations are linearized on the current path.
-    done: Vec<bool>,
+    /// Which operations are linearized on the current path, a bit each.
+    done: Vec<u64>,
     /// States already explored: (linearized set, register value).
-    seen: HashSet<(Vec<bool>, Option<u64>)>,
+    seen: HashSet<(Vec<u64>, Option<u64>)>,
     budget: usize,
     /// The most completed operations ordered on any path, and an operation that could not
     /// follow there.
@@ -100,6 +100,14 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
+    fn is_done(&self, i: usize) -> bool {
+        self.done[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn flip(&mut self, i: usize) {
+        self.done[i / 64] ^= 1 << (i % 64);
+    }
+
     /// Tries every operation that may come next from `value` with `remaining` completed
     /// operations still to order: `Some(true)` if one order places them all, `Some(false)` if
     /// none does, `None` when the budget ran out.
@@ -116,15 +124,16 @@ impl Search<'_> {
         // The next operation must have been called before every operation not yet ordered
         // had returned.
         let first_return = (0..self.entries.len())
-            .filter(|&i| !self.done[i])
+            .filter(|&i| !self.is_done(i))
             .filter_map(|i| self.entries[i].ret)
             .min()
             .unwrap_or(Duration::MAX);
-        let ordered = self.done.iter().zip(self.entries).filter(|(d, e)| **d && e.ret.is_some());
+        let ordered =
+            (0..self.entries.len()).filter(|&i| self.is_done(i) && self.entries[i].ret.is_some());
         let ordered = ordered.count();
         for i in 0..self.entries.len() {
             let entry = self.entries[i];
-            if self.done[i] || entry.call > first_return {
+            if self.is_done(i) || entry.call > first_return {
                 continue;
             }
             let next = match entry.op {
@@ -137,10 +146,10 @@ impl Search<'_> {
                     continue;
                 }
             };
-            self.done[i] = true;
+            self.flip(i);
             let left = remaining - usize::from(entry.ret.is_some());
             let found = self.step(next, left);
-            self.done[i] = false;
+            self.flip(i);
             match found {
                 Some(false) => {}
                 other => return other,

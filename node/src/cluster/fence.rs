@@ -72,7 +72,9 @@ impl FenceTimes {
     /// refuses votes for `election_timeout_max` after the last heartbeat and starts an
     /// election up to `election_timeout_max` later, on a tick of 1.5 heartbeats; the holder's
     /// last renewal may be one renewal interval old, and the new leader's grant takes a round
-    /// trip (20 ms allowed).
+    /// trip (20 ms allowed). It leaves out the kernel's 30 ms lead and the vote's round trip:
+    /// the worst election at the limit can cost the holder its VIPs for a moment (never a
+    /// second holder).
     pub fn longest_election_allowed(&self, heartbeat: Duration) -> Duration {
         let spent = heartbeat.mul_f64(1.5) + self.renew_every() + Duration::from_millis(20);
         self.holder_validity().saturating_sub(spent) / 2
@@ -220,9 +222,22 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    /// A grant answered a request sent at `sent`: the lease runs for `validity` (the
-    /// holder's) from `sent`. An answer to a request older than the lease held is ignored.
-    pub(crate) fn handle_grant(&mut self, sent: Instant, grant: Grant, validity: Duration) {
+    /// A grant answered, at `now`, a request sent at `sent`: the lease runs for `validity`
+    /// (the holder's) from `sent`. An answer to a request older than the lease held is
+    /// ignored, and so is one renewing a claimed lease (`renewal`) that ran out before the
+    /// answer came: a new leader takes a claim on trust, and a lease that ran out meanwhile
+    /// may have gone to another node.
+    pub(crate) fn handle_grant(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        grant: Grant,
+        validity: Duration,
+        renewal: bool,
+    ) {
+        if renewal && self.valid(now).is_none() {
+            return;
+        }
         let until = sent + validity;
         if self.held.is_none_or(|(_, current)| until > current) {
             self.held = Some((grant, until));
@@ -252,8 +267,8 @@ pub(crate) struct Leases {
     pub(crate) written: BTreeMap<u8, Instant>,
     /// When each VRID's request in flight was sent, and to which leader.
     pub(crate) asking: BTreeMap<u8, (Instant, u64)>,
-    /// When each VRID was last asked for.
-    pub(crate) asked: BTreeMap<u8, Instant>,
+    /// When each VRID was last asked for, and of which leader.
+    pub(crate) asked: BTreeMap<u8, (Instant, u64)>,
     /// The permit last given to VRRP for each VRID, so it is sent only when it changes.
     pub(crate) permitted: BTreeMap<u8, bool>,
     /// VRIDs whose priority this node lowered because no leader answered it; it takes the
@@ -266,9 +281,8 @@ pub(crate) struct Leases {
 
 impl Leases {
     /// Whether a request for `vrid` may go to `leader` at `now`: the last went `every` ago
-    /// or more, and none to this leader is in flight (one older than `timeout` counts as
-    /// lost; one to a former leader does not wait, so a new leader is asked at once). If so,
-    /// it is marked sent.
+    /// or more, or to another leader, and none to this leader is in flight (one older than
+    /// `timeout` counts as lost). So a new leader is asked at once. If so, it is marked sent.
     pub(crate) fn start_asking(
         &mut self,
         vrid: u8,
@@ -277,15 +291,23 @@ impl Leases {
         every: Duration,
         timeout: Duration,
     ) -> bool {
-        let due = self.asked.get(&vrid).is_none_or(|at| now - *at >= every);
+        let due = self.asked.get(&vrid).is_none_or(|(at, to)| *to != leader || now - *at >= every);
         let in_flight =
             self.asking.get(&vrid).is_some_and(|(at, to)| *to == leader && now - *at < timeout);
         if !due || in_flight {
             return false;
         }
-        self.asked.insert(vrid, now);
+        self.asked.insert(vrid, (now, leader));
         self.asking.insert(vrid, (now, leader));
         true
+    }
+
+    /// The request for `vrid` sent at `sent` was answered (or failed): it is no longer in
+    /// flight, unless a later one to another leader is.
+    pub(crate) fn done_asking(&mut self, vrid: u8, sent: Instant) {
+        if self.asking.get(&vrid).is_some_and(|(at, _)| *at == sent) {
+            self.asking.remove(&vrid);
+        }
     }
 
     /// Gives `vrid`'s lease up: returns the generation given up, and whether a lease ran.
@@ -349,7 +371,13 @@ mod tests {
         assert!(holder_lasts + SAFETY / 2 < leader_waits, "{holder_lasts:?} vs {leader_waits:?}");
         let t0 = Instant::now();
         let mut lease = Lease::default();
-        lease.handle_grant(t0, Grant { holder: 1, epoch: (1, 1) }, TIMES.holder_validity());
+        lease.handle_grant(
+            t0,
+            t0,
+            Grant { holder: 1, epoch: (1, 1) },
+            TIMES.holder_validity(),
+            false,
+        );
         assert!(lease.valid(at(t0, 1)).is_some());
         assert!(lease.valid(t0 + TIMES.holder_validity()).is_none());
         assert_eq!(lease.remaining(t0 + TIMES.lease), Duration::ZERO);
@@ -402,8 +430,8 @@ mod tests {
         let t0 = Instant::now();
         let grant = Grant { holder: 1, epoch: (1, 1) };
         let mut lease = Lease::default();
-        lease.handle_grant(at(t0, 200), grant, TIMES.holder_validity());
-        lease.handle_grant(at(t0, 100), grant, TIMES.holder_validity());
+        lease.handle_grant(at(t0, 210), at(t0, 200), grant, TIMES.holder_validity(), false);
+        lease.handle_grant(at(t0, 220), at(t0, 100), grant, TIMES.holder_validity(), true);
         assert_eq!(lease.remaining(at(t0, 200)), TIMES.holder_validity());
     }
 
@@ -431,5 +459,24 @@ mod tests {
         );
         assert!(leases.start_asking(7, 2, t0 + every, every, timeout), "leader 2 asked at once");
         assert!(leases.start_asking(7, 2, t0 + every + timeout, every, timeout), "a lost request");
+    }
+
+    #[test]
+    fn a_late_renewal_never_revives_a_lease_that_ran_out() {
+        // The holder claimed its lease at 0 ms; the answer comes after the lease ended, from a
+        // leader that took the claim on trust: the VRID may be another node's by now.
+        let t0 = Instant::now();
+        let grant = Grant { holder: 1, epoch: (1, 1) };
+        let validity = TIMES.holder_validity();
+        let mut lease = Lease::default();
+        lease.handle_grant(t0, t0, grant, validity, false);
+        let late = t0 + validity + Duration::from_millis(1);
+        lease.handle_grant(late, t0 + Duration::from_millis(50), grant, validity, true);
+        assert!(lease.valid(late).is_none(), "revived");
+        // In time, the same renewal extends it.
+        let mut lease = Lease::default();
+        lease.handle_grant(t0, t0, grant, validity, false);
+        lease.handle_grant(at(t0, 100), at(t0, 50), grant, validity, true);
+        assert_eq!(lease.remaining(at(t0, 100)), validity - Duration::from_millis(50));
     }
 }

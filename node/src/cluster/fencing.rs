@@ -91,7 +91,7 @@ impl Node {
                 let request =
                     PeerRequest::Lease { vrid, node: node.id(), claimed, generation, lease_ms };
                 let answer = node.peers.ask(leader, &request, times.ask_timeout()).await;
-                node.take_lease_answer(vrid, sent, generation, answer);
+                node.take_lease_answer(vrid, sent, generation, claimed.is_some(), answer);
             });
         }
     }
@@ -101,18 +101,21 @@ impl Node {
         vrid: u8,
         sent: Instant,
         generation: u64,
+        renewal: bool,
         answer: Result<PeerAnswer, String>,
     ) {
         let Some(fence) = &self.fence else { return };
         let mut leases = lock(&fence.leases);
-        leases.asking.remove(&vrid);
+        leases.done_asking(vrid, sent);
         let current = leases.generation.get(&vrid).copied().unwrap_or_default();
         match answer {
             // Asked for before this node gave the VRID up: it is not held.
             Ok(PeerAnswer::Lease(Ok(_))) if generation != current => {}
             Ok(PeerAnswer::Lease(Ok(grant))) => {
                 let validity = self.fence_times.holder_validity();
-                leases.held.entry(vrid).or_default().handle_grant(sent, grant, validity);
+                let now = Instant::now();
+                let lease = leases.held.entry(vrid).or_default();
+                lease.handle_grant(now, sent, grant, validity, renewal);
                 leases.answered.insert(vrid, Instant::now());
                 drop(leases);
                 fence.granted.notify_one();
@@ -167,14 +170,15 @@ impl Node {
     fn check_back(self: &Arc<Self>, vrid: u8, leader: u64) {
         let Some(fence) = &self.fence else { return };
         let (every, timeout) = (self.fence_times.renew_every(), self.fence_times.ask_timeout());
-        if !lock(&fence.leases).start_asking(vrid, leader, Instant::now(), every, timeout) {
+        let sent = Instant::now();
+        if !lock(&fence.leases).start_asking(vrid, leader, sent, every, timeout) {
             return;
         }
         let node = Arc::clone(self);
         tokio::spawn(async move {
             let answer = node.peers.ask(leader, &PeerRequest::FenceCheck, timeout).await;
             let Some(fence) = &node.fence else { return };
-            lock(&fence.leases).asking.remove(&vrid);
+            lock(&fence.leases).done_asking(vrid, sent);
             if matches!(answer, Ok(PeerAnswer::Noted(true)))
                 && lock(&fence.leases).stepped_aside.remove(&vrid)
                 && let Some((_, priorities)) = &node.vrrp

@@ -45,6 +45,12 @@ const TABLE: &str = "fulcrum";
 /// How much earlier than the lease a fenced VIP's `held` element is set to end: room for
 /// `nft` to apply it late without the kernel answering past the lease.
 const KERNEL_LEAD: Duration = Duration::from_millis(30);
+/// The longest `nft` may take to set a lease's timeout: the lead above plus half the
+/// leader's safety margin (`fence::SAFETY`), so the element still ends before the leader may
+/// give the VRID away.
+const SLOWEST_LOAD: Duration = Duration::from_millis(50);
+/// How many times a lease's timeout is written before a slow `nft` costs the VIPs.
+const SLOW_LOAD_TRIES: usize = 3;
 /// How often lapsed leases are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 /// How long `nft` may take to load a ruleset.
@@ -65,6 +71,9 @@ pub enum HandoverError {
     /// `nft` did not finish.
     #[error("nft did not finish within {NFT_TIMEOUT:?}")]
     NftTimeout,
+    /// `nft` took longer than the fence allows to set a lease's timeout, again and again.
+    #[error("nft took over {0:?} to set a lease's timeout on every try: the VIPs are dropped")]
+    NftSlow(Duration),
     /// An interface name nftables could not take quoted.
     #[error("interface name {0:?} cannot be written in an nftables rule")]
     Interface(String),
@@ -503,17 +512,26 @@ impl Handover {
     ) -> Result<(), HandoverError> {
         let loaded = self.loaded.lock().await;
         // The element ends a little before the lease, so the time `nft` takes to set it
-        // does not carry it past the lease's end.
-        let left = lease_end
-            .saturating_duration_since(std::time::Instant::now())
-            .saturating_sub(KERNEL_LEAD);
-        let until = Instant::now() + left;
-        lock(&self.state).held.extend(vips.iter().map(|vip| (*vip, until)));
-        if loaded.is_none() {
-            return Ok(());
+        // does not carry it past the lease's end; a load slower than the margins allow is
+        // written again with the time then left (a few tries), and failing that the VIPs
+        // are dropped.
+        for _ in 0..SLOW_LOAD_TRIES {
+            let started = std::time::Instant::now();
+            let left = lease_end.saturating_duration_since(started).saturating_sub(KERNEL_LEAD);
+            let until = Instant::now() + left;
+            lock(&self.state).held.extend(vips.iter().map(|vip| (*vip, until)));
+            if loaded.is_none() {
+                return Ok(());
+            }
+            let held: Vec<_> = vips.iter().map(|vip| (*vip, left)).collect();
+            load(&render_held(&held, &[])).await?;
+            if started.elapsed() <= SLOWEST_LOAD {
+                return Ok(());
+            }
         }
-        let held: Vec<_> = vips.iter().map(|vip| (*vip, left)).collect();
-        load(&render_held(&held, &[])).await
+        lock(&self.state).held.retain(|vip, _| !vips.contains(vip));
+        load(&render_held(&[], vips)).await?;
+        Err(HandoverError::NftSlow(SLOWEST_LOAD))
     }
 
     /// Stops this node answering for the fenced `vips`, at once.
