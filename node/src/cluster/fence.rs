@@ -274,6 +274,9 @@ pub(crate) struct Leases {
     /// VRIDs whose priority this node lowered because no leader answered it; it takes the
     /// priority back once a leader with a quorum does.
     pub(crate) stepped_aside: std::collections::BTreeSet<u8>,
+    /// VRIDs whose last answer was a refusal for another `fence_lease`, so the error is
+    /// logged once, not on every request.
+    pub(crate) mismatched: std::collections::BTreeSet<u8>,
     /// How many times each VRID's lease was given up: a request carries it, so one sent
     /// before a give-up and answered after it renews nothing.
     pub(crate) generation: BTreeMap<u8, u64>,

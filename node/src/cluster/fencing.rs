@@ -117,17 +117,20 @@ impl Node {
                 let lease = leases.held.entry(vrid).or_default();
                 lease.handle_grant(now, sent, grant, validity, renewal);
                 leases.answered.insert(vrid, Instant::now());
+                leases.mismatched.remove(&vrid);
                 drop(leases);
                 fence.granted.notify_one();
             }
             Ok(PeerAnswer::Lease(Err(LeaseRefusal::Refused(Refusal::LeaseMismatch {
                 leader_ms,
             })))) => {
-                tracing::error!(
-                    vrid,
-                    "lease refused: the leader's fence_lease is {leader_ms} ms, this node's {} ms; set fence_lease alike on every node",
-                    self.fence_times.lease.as_millis()
-                );
+                if leases.mismatched.insert(vrid) {
+                    tracing::error!(
+                        vrid,
+                        "lease refused: the leader's fence_lease is {leader_ms} ms, this node's {} ms; set fence_lease alike on every node",
+                        self.fence_times.lease.as_millis()
+                    );
+                }
                 leases.answered.insert(vrid, Instant::now());
             }
             Ok(PeerAnswer::Lease(Err(LeaseRefusal::Refused(refusal)))) => {
