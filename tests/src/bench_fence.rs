@@ -30,7 +30,6 @@ const FAULT_FOR: Duration = Duration::from_secs(3);
 /// How long the run is watched after the fault is undone.
 const AFTER: Duration = Duration::from_secs(2);
 const VRID: u8 = 51;
-const ADVERT: Duration = Duration::from_millis(100);
 
 /// A fault of the VIP's master.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,8 +171,7 @@ fn start_router(
     implementation: Implementation,
     index: usize,
 ) -> Result<LabProcess, LabError> {
-    let priority = 150 - 50 * u8::try_from(index).unwrap_or(0);
-    let instances = [Instance::new(VRID, priority, ADVERT, &[vip(1)])];
+    let instances = [Instance::ranked(VRID, index, &[vip(1)])];
     match implementation {
         Implementation::Fulcrumd => {
             lab.start_cluster_node(Timing::Defaults, &lbs[index], lbs, &instances, &[])

@@ -159,8 +159,7 @@ pub fn run(
 }
 
 fn start_node(lab: &Lab, lbs: &[Host], index: usize) -> Result<LabProcess, LabError> {
-    let priority = 150 - 50 * u8::try_from(index).unwrap_or(0);
-    let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
+    let instance = Instance::ranked(VRID, index, &[vip(1)]);
     lab.start_cluster_node(Timing::Defaults, &lbs[index], lbs, &[instance], &[])
 }
 
@@ -267,12 +266,12 @@ fn revisions_at_least(lab: &Lab, client: &Host, lbs: &[Host], wanted: u64) -> Ve
             .fulcrumctl(client, &all, None, &["-o", "json", "status"])
             .ok()
             .and_then(|output| output.json().ok());
+        let nodes = status.as_ref().and_then(|s| s["nodes"].as_array().cloned());
+        let nodes = nodes.unwrap_or_default();
         let revisions: Vec<u64> = lbs
             .iter()
             .map(|lb| {
-                let nodes = status.as_ref().and_then(|s| s["nodes"].as_array().cloned());
                 nodes
-                    .unwrap_or_default()
                     .iter()
                     .find(|node| node["id"].as_u64() == Some(node_id(lb)))
                     .and_then(|node| node["status"]["revision"].as_u64())
@@ -527,8 +526,7 @@ fn strike(
             })
         }
         (ChaosFault::WipeRejoin, false) => {
-            let priority = 150 - 50 * u8::try_from(target).unwrap_or(0);
-            let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
+            let instance = Instance::ranked(VRID, target, &[vip(1)]);
             // Empty, it joins rather than starting a cluster of its own.
             nodes[target] =
                 lab.start_cluster_node(Timing::Defaults, host, &[], &[instance], &[])?;

@@ -85,12 +85,13 @@ impl Lab {
 
     /// Whether `host` answers for `vip` now: its link is up, the address is on it, and its
     /// kernel lets ARP replies for it through (a fenced node's `held` set holds it; a host
-    /// without the fence's table answers whenever it has the address). One command, so
-    /// sampling several hosts stays fast.
+    /// without the fence's table answers whenever it has the address; an `nft` that fails
+    /// on a fenced host is an error, not a guess). One command, so sampling stays fast.
     pub fn answers(&self, host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
         let script = format!(
             "ip -o link show dev {INTERFACE}; ip -o -4 addr show dev {INTERFACE}; echo '--'; \
-             nft list set arp fulcrum held 2>/dev/null || echo 'no fence'"
+             if nft list table arp fulcrum >/dev/null 2>&1; then nft list set arp fulcrum held; \
+             else echo 'no fence'; fi"
         );
         let output = self.exec(host, "sh", &["-c", &script])?;
         let (interface, fence) = output.split_once("\n--\n").unwrap_or((&output, ""));

@@ -66,6 +66,14 @@ impl Instance {
             unicast_peers: Vec::new(),
         }
     }
+
+    /// The instance of the `rank`th load balancer of a lab cluster (0 first): priority 150,
+    /// 100, 50, … (at least 1; the first owns the VIPs), 100 ms advertisements.
+    pub fn ranked(vrid: u8, rank: usize, vips: &[Ipv4Addr]) -> Instance {
+        let lowered = u8::try_from(rank).unwrap_or(u8::MAX).saturating_mul(50);
+        let priority = 150u8.saturating_sub(lowered).max(1);
+        Instance::new(vrid, priority, Duration::from_millis(100), vips)
+    }
 }
 
 /// The `fulcrumd` executable: `$FULCRUMD`, or the one built next to this program.

@@ -71,8 +71,7 @@ fn soak_in(lab: &Lab, duration: Duration) -> Result<SoakReport, LabError> {
         .iter()
         .enumerate()
         .map(|(i, lb)| {
-            let priority = 150 - 50 * u8::try_from(i).unwrap_or(0);
-            let instance = Instance::new(51, priority, Duration::from_millis(100), &[vip(1)]);
+            let instance = Instance::ranked(51, i, &[vip(1)]);
             lab.start_cluster_node(Timing::Defaults, lb, &lbs, &[instance], &[])
         })
         .collect::<Result<Vec<_>, _>>()?;

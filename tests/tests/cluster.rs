@@ -58,8 +58,7 @@ fn cluster_with_witnesses(
         .iter()
         .enumerate()
         .map(|(i, lb)| {
-            let priority = 150 - 50 * u8::try_from(i).unwrap();
-            let instance = Instance::new(VRID, priority, Duration::from_millis(100), &[vip(1)]);
+            let instance = Instance::ranked(VRID, i, &[vip(1)]);
             let instances = if i < voters - witnesses { vec![instance] } else { Vec::new() };
             lab.start_cluster_node(Timing::Lab, lb, members, &instances, &["web"]).unwrap()
         })
