@@ -116,7 +116,32 @@ impl<'a> Iterator for Attempts<'a> {
     }
 }
 
-impl Attempt<'_> {
+impl<'a> Attempt<'a> {
+    /// What the attempt needs to report its outcome once its in-flight guard has moved on
+    /// (into a response body that streams after the outcome is known).
+    pub(crate) fn tried(&self) -> Tried<'a> {
+        Tried { backend: self.backend, learning: self.learning }
+    }
+
+    /// See [`Tried::answered`].
+    pub(crate) fn answered(&self, pool: &Arc<PoolRuntime>, elapsed: Duration, healthy: bool) {
+        self.tried().answered(pool, elapsed, healthy);
+    }
+
+    /// See [`Tried::failed`].
+    pub(crate) fn failed(&self, pool: &Arc<PoolRuntime>, kind: ErrorKind) {
+        self.tried().failed(pool, kind);
+    }
+}
+
+/// A backend tried, without its in-flight guard.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tried<'a> {
+    backend: &'a Arc<BackendRuntime>,
+    learning: Learning,
+}
+
+impl Tried<'_> {
     /// The backend answered (connected, or sent a response head) `elapsed` after the try
     /// began; `healthy` is false for an answer that counts against it (a 5xx).
     pub(crate) fn answered(&self, pool: &Arc<PoolRuntime>, elapsed: Duration, healthy: bool) {

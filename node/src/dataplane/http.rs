@@ -40,7 +40,7 @@ use super::pool::{BackendRuntime, PoolRuntime};
 use super::shared::Shared;
 use super::splice::Activity;
 use super::stats::RouteStats;
-use super::upstream::{BoxError, ProxyBody};
+use super::upstream::{BoxError, CountingRequestBody, ProxyBody, UpstreamError};
 
 /// Serves one accepted client connection (already through TLS for https) to its end.
 pub(crate) async fn serve<I>(
@@ -274,11 +274,21 @@ async fn forward(
     let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
     let (parts, body) = request.into_parts();
     let limit = listener.spec().http.max_body_bytes;
-    let mut body = Some(
-        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
-            .boxed_unsync(),
-    );
+    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .map_err(BoxError::from)
+        .boxed_unsync();
+    let hop = Hop {
+        h2: pool_spec.upstream == UpstreamProtocol::Http2,
+        upgrading: upgrade.is_some(),
+        rewritten: target.rewritten.as_deref(),
+    };
+    // Built once: a connect failure hands the unsent request back for the next backend.
+    let mut upstream = match upstream_request(parts, body, &hop, downstream.peer, downstream.tls) {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            return error_response(StatusCode::BAD_REQUEST, &format!("cannot forward: {e}"));
+        }
+    };
     pool.note_request();
     let mut failure = None;
     for attempt in attempts.by_ref() {
@@ -286,25 +296,11 @@ async fn forward(
         if attempt.number > 0 && !(replayable && pool.try_retry()) {
             break;
         }
-        // Bodiless requests get a fresh empty body on each attempt.
-        let this_body = body.take().unwrap_or_else(empty_body);
         let Some(client) = pool.client(backend.address()) else { continue };
-        let hop = Hop {
-            backend: backend.address(),
-            h2: pool_spec.upstream == UpstreamProtocol::Http2,
-            upgrading: upgrade.is_some(),
-            rewritten: target.rewritten.as_deref(),
-        };
-        let upstream =
-            match upstream_request(&parts, this_body, &hop, downstream.peer, downstream.tls) {
-                Ok(upstream) => upstream,
-                Err(e) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        &format!("cannot forward: {e}"),
-                    );
-                }
-            };
+        if hop.h2 && upstream.uri().authority().is_none() {
+            // HTTP/2 needs an :authority; a client that named none gets the backend's.
+            set_authority(&mut upstream, &backend.address().to_string());
+        }
         backend.stats().total.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
@@ -319,13 +315,22 @@ async fn forward(
             )
             .await;
         }
-        match tokio::time::timeout(pool_spec.response_timeout, client.request(upstream)).await {
-            Ok(Ok(response)) => {
+        let counted = CountingRequestBody::wrap(
+            std::mem::replace(upstream.body_mut(), empty_body()),
+            backend.shared_stats(),
+        );
+        *upstream.body_mut() = counted;
+        let tried = attempt.tried();
+        let index = attempt.index;
+        // The response body holds the request in flight until its last byte.
+        let sending = client.send(upstream, attempt.in_flight, backend.shared_stats());
+        match tokio::time::timeout(pool_spec.response_timeout, sending).await {
+            Ok(Ok(mut response)) => {
                 // A 5xx counts against the backend like a refused connection.
-                attempt.answered(pool, sent.elapsed(), !response.status().is_server_error());
-                let mut response = downstream_response(response);
+                tried.answered(pool, sent.elapsed(), !response.status().is_server_error());
+                downstream_headers(response.headers_mut());
                 if let Some(sticky) = target.sticky
-                    && pinned != Some(attempt.index)
+                    && pinned != Some(index)
                 {
                     set_sticky_cookie(
                         response.headers_mut(),
@@ -336,12 +341,13 @@ async fn forward(
                 }
                 return response;
             }
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(pool = %pool.name(), backend = %backend.address(), "connect failed: {e}");
-                attempt.failed(pool, ErrorKind::ConnectFailed);
+            Ok(Err(UpstreamError::Connect { backend: address, source, request })) => {
+                tracing::debug!(pool = %pool.name(), backend = %address, "connect failed: {source}");
+                tried.failed(pool, ErrorKind::ConnectFailed);
                 failure = Some(ErrorKind::ConnectFailed);
+                upstream = *request;
             }
-            Ok(Err(e)) => {
+            Ok(Err(UpstreamError::Http(e))) => {
                 if let Some(too_large) = body_limit_error(&e) {
                     return too_large;
                 }
@@ -439,9 +445,8 @@ async fn tunnel(
     response.map(|body| body.map_err(BoxError::from).boxed_unsync())
 }
 
-/// Where and how one request goes upstream.
+/// How one request goes upstream.
 struct Hop<'a> {
-    backend: SocketAddr,
     /// The pool speaks HTTP/2 to its backends.
     h2: bool,
     /// The request is an upgrade (WebSocket) and keeps its Upgrade header.
@@ -450,48 +455,63 @@ struct Hop<'a> {
     rewritten: Option<&'a str>,
 }
 
-/// The request as sent upstream: the client's authority in an absolute URI (the connector
-/// dials the backend), hop-by-hop headers out, forwarding headers in.
+/// The client's request made ready to go upstream, changed in place: hop-by-hop headers
+/// out, forwarding headers in, the authority the client named (HTTP/2's `:authority` before
+/// `Host`, RFC 9113 §8.3.1) in `Host` for HTTP/1.1 and in the URI for HTTP/2.
 fn upstream_request(
-    parts: &hyper::http::request::Parts,
+    mut parts: hyper::http::request::Parts,
     body: ProxyBody,
     hop: &Hop<'_>,
     peer: SocketAddr,
     tls: bool,
 ) -> Result<Request<ProxyBody>, hyper::http::Error> {
-    let Hop { backend, h2, upgrading, rewritten } = *hop;
+    let Hop { h2, upgrading, rewritten } = *hop;
+    let authority = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let upgrade = parts.headers.remove(header::UPGRADE).filter(|_| upgrading);
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    merge_cookies(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    match (&authority, h2) {
+        // HTTP/2 says it in :authority; a Host field as well would be redundant.
+        (_, true) => drop(headers.remove(header::HOST)),
+        (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
+        (None, false) => {}
+    }
+    forwarding_headers(headers, peer, tls, authority.as_ref());
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    // The client's authority goes upstream; the connector dials the backend regardless.
-    let authority = host
+    let valid_authority = authority
         .as_ref()
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
-        .map_or_else(|| backend.to_string(), |a| a.to_string());
-    let uri = format!("http://{authority}{path}");
-    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
-    let upgrade = parts.headers.get(header::UPGRADE).filter(|_| upgrading).cloned();
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers.clone();
-        strip_hop_by_hop(headers);
-        merge_cookies(headers);
-        if let Some(upgrade) = upgrade {
-            headers.insert(header::UPGRADE, upgrade);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        match (&host, h2) {
-            // HTTP/2 says it in :authority; a Host field as well would be redundant.
-            (_, true) => drop(headers.remove(header::HOST)),
-            (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
-            (None, false) => {}
-        }
-        forwarding_headers(headers, peer, tls, host.as_ref());
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+    parts.uri = match (h2, valid_authority) {
+        (true, Some(authority)) => hyper::Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()?,
+        // Origin form; an h2 backend's authority is filled in per backend.
+        _ if rewritten.is_none() && parts.uri.scheme().is_none() => parts.uri,
+        _ => hyper::Uri::builder().path_and_query(path).build()?,
+    };
+    parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Gives an HTTP/2 request that named no authority the backend's.
+fn set_authority(request: &mut Request<ProxyBody>, authority: &str) {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) =
+        hyper::Uri::builder().scheme("http").authority(authority).path_and_query(path).build()
+    {
+        *request.uri_mut() = uri;
     }
-    builder.body(body)
 }
 
 /// Joins several Cookie fields (as HTTP/2 clients send them) into one, as HTTP/1.1 backends
@@ -586,10 +606,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A backend's response headers made ready for the client: hop-by-hop headers out.
+fn downstream_headers(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::TE);
+}
+
 fn downstream_response(response: Response<Incoming>) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::TE);
+    downstream_headers(&mut parts.headers);
     Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
 }
 
@@ -686,7 +711,7 @@ fn empty_body() -> ProxyBody {
 }
 
 /// A 413 when `error` comes from the request body passing the listener's limit mid-stream.
-fn body_limit_error(error: &hyper_util::client::legacy::Error) -> Option<Response<ProxyBody>> {
+fn body_limit_error(error: &hyper::Error) -> Option<Response<ProxyBody>> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(cause) = source {
         if cause.is::<http_body_util::LengthLimitError>() {

@@ -34,7 +34,7 @@ pub struct BackendRuntime {
     /// What the configuration says of it; replaced on every change.
     spec: ArcSwap<Backend>,
     load: Arc<Load>,
-    stats: TrafficStats,
+    stats: Arc<TrafficStats>,
     hysteresis: Mutex<Hysteresis>,
     passive: Mutex<PassiveEjection>,
     /// Set while `passive` has failures to forget, so a success needs no lock otherwise.
@@ -60,7 +60,7 @@ impl BackendRuntime {
             pool: pool.name.clone(),
             spec: ArcSwap::from_pointee(spec),
             load: Arc::default(),
-            stats: TrafficStats::default(),
+            stats: Arc::default(),
             hysteresis: Mutex::new(Hysteresis::new(check.rise, check.fall)),
             passive: Mutex::default(),
             failing: AtomicBool::new(false),
@@ -86,6 +86,11 @@ impl BackendRuntime {
     /// Its traffic counters.
     pub fn stats(&self) -> &TrafficStats {
         &self.stats
+    }
+
+    /// Its traffic counters, for a response body that outlives the request's borrow.
+    pub fn shared_stats(&self) -> Arc<TrafficStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Its configured connection limit.
@@ -332,7 +337,7 @@ impl PoolRuntime {
     }
 
     /// The pooled HTTP client of `backend` for the calling worker.
-    pub fn client(&self, backend: SocketAddr) -> Option<UpstreamClient> {
+    pub(crate) fn client(&self, backend: SocketAddr) -> Option<UpstreamClient> {
         // Never empty: built with at least one set.
         let index = super::workers::current_index() % self.clients.len();
         self.clients[index].load().get(&backend).cloned()

@@ -1,75 +1,361 @@
-//! The upstream side of L7: one pooled hyper client per backend (and per worker), HTTP/1.1
-//! or h2c as the pool says, dialling that backend whatever authority a request names.
+//! The upstream side of L7: each worker's own pool of connections to each backend, HTTP/1.1
+//! or h2c as the pool says. A request takes an idle HTTP/1.1 connection (the most recently
+//! used, so the rest can age out) or dials a new one, and its connection returns to the pool
+//! when the response body has been read to its end; h2c shares one connection per backend
+//! and worker. Nothing here crosses threads or waits on a lock held by another request: the
+//! pool is per worker, so its mutex is never contended.
+//!
+//! The response body carries the request's [`InFlight`] and counts the backend's bytes, so a
+//! streaming download counts against its backend until its last byte.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fulcrum_model::UpstreamProtocol;
+use fulcrum_policy::InFlight;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::stats::TrafficStats;
 
 /// Errors of a body on its way through.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type both directions are forwarded as.
 pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-/// The pooled client of one backend.
-pub(crate) type UpstreamClient = Client<BackendConnector, ProxyBody>;
-
-/// Dials one backend whatever authority a request names, so the client's own authority
-/// travels upstream (in `Host`, or HTTP/2's `:authority`) and connections are pooled per
-/// backend.
-#[derive(Clone, Debug)]
-pub struct BackendConnector {
-    inner: HttpConnector,
-    backend: Uri,
-}
-
-impl tower_service::Service<Uri> for BackendConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, _requested: Uri) -> Self::Future {
-        let connecting = self.inner.call(self.backend.clone());
-        Box::pin(async move { connecting.await.map_err(Into::into) })
-    }
-}
 
 /// How long a pooled backend connection may sit idle.
 const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle pooled connections kept per backend (and per worker).
-const POOL_MAX_IDLE_PER_BACKEND: usize = 64;
+/// Idle HTTP/1.1 connections kept per backend and worker: enough for an h2 client's
+/// concurrent streams (each needs its own HTTP/1.1 connection upstream) without redialling.
+const POOL_MAX_IDLE_PER_BACKEND: usize = 256;
 
-/// Builds the pooled client for one backend.
+/// Why a request did not get a response head from its backend.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// No connection could be made: nothing reached the backend, and the request is given
+    /// back so it can be tried elsewhere.
+    #[error("cannot connect to {backend}: {source}")]
+    Connect {
+        /// The backend dialled.
+        backend: SocketAddr,
+        /// Why the connection failed.
+        source: std::io::Error,
+        /// The request, unsent.
+        request: Box<Request<ProxyBody>>,
+    },
+    /// The request was sent (or partly sent) and failed.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// One worker's connections to one backend.
+#[derive(Debug)]
+pub(crate) struct BackendConnections {
+    backend: SocketAddr,
+    protocol: UpstreamProtocol,
+    connect_timeout: Duration,
+    /// Ready HTTP/1.1 connections, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// The shared h2c connection.
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// Whether the task closing idle connections past [`POOL_IDLE`] runs.
+    sweeping: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl Idle {
+    /// Open, and idle for less than [`POOL_IDLE`]; dropping one that is not closes it.
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < POOL_IDLE
+    }
+}
+
+/// The pooled connections of one backend (and one worker).
+pub(crate) type UpstreamClient = Arc<BackendConnections>;
+
+/// Builds the (empty) pool of one backend.
 pub(crate) fn client(
     backend: SocketAddr,
-    upstream: UpstreamProtocol,
+    protocol: UpstreamProtocol,
     connect_timeout: Duration,
 ) -> UpstreamClient {
-    let mut inner = HttpConnector::new();
-    inner.set_connect_timeout(Some(connect_timeout));
-    inner.set_nodelay(true);
-    // A socket address always makes a valid authority.
-    let backend = Uri::try_from(format!("http://{backend}")).unwrap_or_default();
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_BACKEND)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if upstream == UpstreamProtocol::Http2 {
-        builder.http2_only(true);
+    Arc::new(BackendConnections {
+        backend,
+        protocol,
+        connect_timeout,
+        idle: Mutex::new(Vec::new()),
+        h2: Mutex::new(None),
+        sweeping: AtomicBool::new(false),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves a plain list; keep using it.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl BackendConnections {
+    /// Sends `request` on a pooled or new connection and returns the response, whose body
+    /// holds `in_flight` and counts into `stats` until its end. A request a reused HTTP/1.1
+    /// connection could not take (the backend had closed it) is sent again on a new one.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        request: Request<ProxyBody>,
+        in_flight: InFlight,
+        stats: Arc<TrafficStats>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (response, checkin) = match self.protocol {
+            UpstreamProtocol::Http1 => {
+                let (response, sender) = self.send_http1(request).await?;
+                (response, Some(Checkin { sender, connections: Arc::clone(self) }))
+            }
+            UpstreamProtocol::Http2 => (self.send_http2(request).await?, None),
+        };
+        let (parts, body) = response.into_parts();
+        let body = CountedBody { inner: body, checkin, in_flight: Some(in_flight), stats };
+        Ok(Response::from_parts(parts, body.finish_if_empty().boxed()))
     }
-    builder.build(BackendConnector { inner, backend })
+
+    async fn send_http1(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), UpstreamError> {
+        while let Some(mut sender) = self.take_idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, sender)),
+                Err(mut failed) => match failed.take_message() {
+                    // Closed by the backend before the request went out: try the next.
+                    Some(unsent) => request = unsent,
+                    None => return Err(failed.into_error().into()),
+                },
+            }
+        }
+        let stream = match self.dial().await {
+            Ok(stream) => stream,
+            Err(source) => {
+                return Err(UpstreamError::Connect {
+                    backend: self.backend,
+                    source,
+                    request: Box::new(request),
+                });
+            }
+        };
+        let (mut sender, connection) = http1::Builder::new().handshake(stream).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("backend connection ended: {e}");
+            }
+        });
+        let response = sender.send_request(request).await?;
+        Ok((response, sender))
+    }
+
+    async fn send_http2(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let shared = lock(&self.h2).clone().filter(|sender| !sender.is_closed());
+        let mut sender = match shared {
+            Some(sender) => sender,
+            None => {
+                let stream = match self.dial().await {
+                    Ok(stream) => stream,
+                    Err(source) => {
+                        return Err(UpstreamError::Connect {
+                            backend: self.backend,
+                            source,
+                            request: Box::new(request),
+                        });
+                    }
+                };
+                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(stream)
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("backend h2c connection ended: {e}");
+                    }
+                });
+                *lock(&self.h2) = Some(sender.clone());
+                sender
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// A connection to the backend, within the connect timeout.
+    async fn dial(&self) -> std::io::Result<TokioIo<TcpStream>> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.backend))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(stream))
+    }
+
+    /// The most recently used idle connection still open and not past [`POOL_IDLE`].
+    fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        while let Some(connection) = idle.pop() {
+            if connection.usable(now) {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= POOL_MAX_IDLE_PER_BACKEND {
+            // The least recently used goes.
+            idle.remove(0);
+        }
+        idle.push(Idle { sender, since: Instant::now() });
+    }
+}
+
+/// Closes idle connections past [`POOL_IDLE`] of a backend that gets no more requests, until
+/// the pool is gone (a removed backend or a changed pool).
+async fn sweep(connections: Weak<BackendConnections>) {
+    loop {
+        tokio::time::sleep(POOL_IDLE / 2).await;
+        let Some(connections) = connections.upgrade() else { return };
+        let now = Instant::now();
+        lock(&connections.idle).retain(|c| c.usable(now));
+    }
+}
+
+/// A connection to hand back once its response body ended.
+struct Checkin {
+    sender: http1::SendRequest<ProxyBody>,
+    connections: Arc<BackendConnections>,
+}
+
+/// A backend's response body: counts its bytes, holds the request in flight, and returns
+/// an HTTP/1.1 connection to the pool at its end (dropped early, the connection closes).
+struct CountedBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+    in_flight: Option<InFlight>,
+    stats: Arc<TrafficStats>,
+}
+
+impl CountedBody {
+    /// Ends at once a body that is empty from the start (a 204, a HEAD answer).
+    fn finish_if_empty(mut self) -> CountedBody {
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+        self
+    }
+
+    fn finish(&mut self) {
+        self.in_flight = None;
+        if let Some(Checkin { sender, connections }) = self.checkin.take() {
+            connections.put_back(sender);
+        }
+    }
+
+    fn boxed(self) -> ProxyBody {
+        UnsyncBoxBody::new(self)
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.stats.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            None => self.finish(),
+            // A failed body leaves its connection unusable: it closes when dropped.
+            Some(Err(_)) => self.checkin = None,
+        }
+        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts a request body's bytes into its backend's `bytes_in` as they are sent.
+pub(crate) struct CountingRequestBody {
+    inner: ProxyBody,
+    counter: Arc<TrafficStats>,
+}
+
+impl CountingRequestBody {
+    /// `inner`, counted into `counter`.
+    pub(crate) fn wrap(inner: ProxyBody, counter: Arc<TrafficStats>) -> ProxyBody {
+        UnsyncBoxBody::new(CountingRequestBody { inner, counter })
+    }
+}
+
+impl Body for CountingRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
