@@ -76,6 +76,11 @@ async fn answer(
     response.headers_mut().insert("x-backend", backend.parse().expect("value"));
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(2)).await;
+    } else if path == "/consume" {
+        // Answers only once the whole request body arrived.
+        let received = request.body_mut().collect().await.map(|b| b.to_bytes().len());
+        *response.body_mut() = Full::new(Bytes::from(format!("{received:?}")));
+        return Ok(response);
     } else if let Some(code) = path.strip_prefix("/status/") {
         *response.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -686,4 +691,223 @@ async fn a_changed_certificate_is_served_without_a_restart() {
         handshake(port.address, "one.example.test", old_root).await.is_err(),
         "the old one is gone"
     );
+}
+
+/// One raw HTTP/1.1 exchange on a new connection (`request` sent as is, `Connection: close`
+/// expected in it): the status code and the whole answer.
+async fn raw_exchange(front: SocketAddr, request: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(front).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
+        (status, answer)
+    };
+    tokio::time::timeout(PATIENCE, exchange).await.expect("answered in time")
+}
+
+async fn raw_get(front: SocketAddr, target: &str) -> (u16, String) {
+    raw_exchange(front, &format!("GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"))
+        .await
+}
+
+/// The value of the sample of `family` whose labels contain `labels`.
+fn sample(metrics: &str, family: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(family) && line[family.len()..].starts_with('{'))
+        .find(|line| line.contains(labels))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_routes_and_rate_limits_and_odd_ones_refused() {
+    let web = HttpBackend::start("web").await;
+    let api = HttpBackend::start("api").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    let mut api_route = route("api", "/api/", "api");
+    api_route.rate_limit = Some(name("two"));
+    listener.routes = vec![api_route];
+    let policy = RateLimitPolicy {
+        name: name("two"),
+        key: RateLimitKey::ClientIp,
+        limit: RateLimit::TokenBucket { capacity: 2, refill_per_second: 0.001 },
+    };
+    let _plane =
+        serve(vec![listener], vec![pool("web", &[&web]), pool("api", &[&api])], vec![policy]).await;
+
+    let (status, answer) = raw_get(port.address, "//api//users?id=1").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains("api GET /api/users?id=1 "),
+        "the backend sees the normal form: {answer}"
+    );
+    let (status, answer) = raw_get(port.address, "/x/../%61pi/./users").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("api GET /api/users "), "{answer}");
+    // Two tokens spent: no spelling of /api gets past the route's limit.
+    for target in ["/api/users", "//api/users", "/%61pi/users", "/x/../api/users", "/API/../api/"] {
+        let (status, answer) = raw_get(port.address, target).await;
+        assert_eq!(status, 429, "{target}: {answer}");
+    }
+    for target in ["/api%2Fusers", "/api%2fusers", "/a%5Cb", "/a%zz", "/a%00"] {
+        let (status, answer) = raw_get(port.address, target).await;
+        assert_eq!(status, 400, "{target}: {answer}");
+    }
+    let (status, answer) = raw_get(port.address, "/other/./page").await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("web GET /other/page "), "{answer}");
+}
+
+#[tokio::test]
+async fn a_listener_rate_limit_counts_requests_that_match_no_route() {
+    let api = HttpBackend::start("api").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "api");
+    listener.default_pool = None;
+    listener.routes = vec![route("api", "/api/", "api")];
+    listener.rate_limit = Some(name("two"));
+    let policy = RateLimitPolicy {
+        name: name("two"),
+        key: RateLimitKey::ClientIp,
+        limit: RateLimit::TokenBucket { capacity: 2, refill_per_second: 0.001 },
+    };
+    let _plane = serve(vec![listener], vec![pool("api", &[&api])], vec![policy]).await;
+
+    for remaining in ["1", "0"] {
+        let (status, headers, _) = get(port.address, "/nowhere", &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers["x-ratelimit-remaining"], remaining);
+    }
+    let (status, _, _) = get(port.address, "/nowhere", &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "unrouted requests spend the listener's tokens"
+    );
+    let (status, _, _) = get(port.address, "/api/x", &[]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "and so do routed ones");
+}
+
+#[tokio::test]
+async fn the_h2_authority_wins_over_a_host_header() {
+    let web = HttpBackend::start("web").await;
+    let right = HttpBackend::start("right").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    let mut by_host = route("right", "/", "right");
+    by_host.matcher.host = Some("right.example.test".into());
+    listener.routes = vec![by_host];
+    let _plane =
+        serve(vec![listener], vec![pool("web", &[&web]), pool("right", &[&right])], vec![]).await;
+
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c");
+    tokio::spawn(connection);
+    let request = Request::get("http://right.example.test/")
+        .header("host", "wrong.example.test")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(response.headers()["x-backend"], "right", "routed by :authority (RFC 9113 §8.3.1)");
+}
+
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_gets_413_from_either_upstream_protocol() {
+    let a = HttpBackend::start("a").await;
+    for upstream in [fulcrum_model::UpstreamProtocol::Http1, fulcrum_model::UpstreamProtocol::Http2]
+    {
+        let port = free_port();
+        let mut listener = http_listener(port.address, "web");
+        listener.http.max_body_bytes = 1000;
+        let mut web = pool("web", &[&a]);
+        web.upstream = upstream;
+        let _plane = serve(vec![listener], vec![web], vec![]).await;
+
+        let chunk = "y".repeat(600);
+        let request = format!(
+            "POST /consume HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n\
+             258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+        );
+        let (status, answer) = raw_exchange(port.address, &request).await;
+        assert_eq!(status, 413, "{upstream:?}: {answer}");
+        let small = format!(
+            "POST /consume HTTP/1.1\r\nhost: a\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n\
+             258\r\n{chunk}\r\n0\r\n\r\n"
+        );
+        let (status, answer) = raw_exchange(port.address, &small).await;
+        assert_eq!(status, 200, "{upstream:?}: {answer}");
+        assert!(answer.ends_with("Ok(600)"), "{upstream:?}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_response_counts_in_flight_until_its_last_byte_and_its_bytes_are_counted() {
+    // A backend that sends half its body, then the rest once told to.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = backend.local_addr().expect("address");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = backend.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).await.is_ok() {
+            head.push(byte[0]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello")
+            .await
+            .expect("head");
+        let _ = released.await;
+        stream.write_all(b"world").await.expect("rest");
+        // Held open: the connection goes back to the pool.
+        tokio::time::sleep(PATIENCE).await;
+    });
+    let port = free_port();
+    let mut web = Pool::new(name("web"));
+    web.backends = vec![Backend::new(address)];
+    let plane = serve(vec![http_listener(port.address, "web")], vec![web], vec![]).await;
+    let labels = format!("backend=\"{address}\"");
+    let active = |metrics: &str| sample(metrics, "fulcrum_backend_active_connections", &labels);
+
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(connection);
+    let request = Request::get("/download")
+        .header("host", "a")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("response head");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(PATIENCE, body.frame()).await.expect("in time");
+    let first = first.expect("a frame").expect("data").into_data().expect("data");
+    assert_eq!(&first[..], b"hello");
+    assert_eq!(active(&plane.metrics().await), Some(1.0), "in flight while the body streams");
+
+    release.send(()).expect("backend waiting");
+    let rest =
+        tokio::time::timeout(PATIENCE, body.collect()).await.expect("in time").expect("body");
+    assert_eq!(&rest.to_bytes()[..], b"world");
+    let metrics = plane.metrics().await;
+    assert_eq!(active(&metrics), Some(0.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "fulcrum_backend_bytes_total", &format!("{labels},direction=\"out\"")),
+        Some(10.0),
+        "{metrics}"
+    );
+    server.abort();
 }

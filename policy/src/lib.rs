@@ -11,11 +11,13 @@
 //!   fallback order, and the per-backend [`Load`] they read.
 //! - [`ratelimit`]: token bucket and sliding window over hashed keys, bounded in memory.
 //! - [`health`]: rise/fall [`Hysteresis`], [`PassiveEjection`] and the check interval.
+//! - [`path`]: a request path in normal form before routing, or why it cannot be.
 //! - [`router`]: a listener's routes compiled for first-match routing and weighted splits.
 //! - [`sticky`]: the signed sticky-session cookie and finding it among a request's cookies.
 
 pub mod balance;
 pub mod health;
+pub mod path;
 pub mod ratelimit;
 pub mod router;
 pub mod sticky;

@@ -10,6 +10,7 @@
 //! gracefully when its listener drains: HTTP/1.1 with `Connection: close` after the request in
 //! flight, HTTP/2 with GOAWAY.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,7 +41,7 @@ use super::pool::{BackendRuntime, PoolRuntime};
 use super::shared::Shared;
 use super::splice::Activity;
 use super::stats::RouteStats;
-use super::upstream::{BoxError, CountingRequestBody, ProxyBody, UpstreamError};
+use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, UpstreamError};
 
 /// Serves one accepted client connection (already through TLS for https) to its end.
 pub(crate) async fn serve<I>(
@@ -165,27 +166,32 @@ async fn route_and_forward(
 ) -> Response<ProxyBody> {
     let spec = listener.spec();
     let router = listener.router();
+    // Routes and rate limits see the path in normal form, and so does the backend.
+    match fulcrum_policy::path::normalize(request.uri().path()) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(normal)) => match with_path(request.uri(), &normal) {
+            Some(uri) => *request.uri_mut() = uri,
+            None => return bad_path(router.default_stats(), started, "cannot be rebuilt"),
+        },
+        Err(e) => return bad_path(router.default_stats(), started, &e.to_string()),
+    }
     let host = request_host(&request).map(str::to_owned);
     let mut rng = fastrand::Rng::new();
-    let Some(routed) = router.route(
+    let routed = router.route(
         host.as_deref(),
         request.method().as_str(),
         request.uri().path(),
         request.headers(),
         &mut rng,
-    ) else {
-        return finish(
-            router.default_stats(),
-            started,
-            error_response(StatusCode::NOT_FOUND, "no route for this request"),
-        );
-    };
-    let stats = Arc::clone(routed.route.map_or(router.default_stats(), |r| &r.stats));
-    let route_name = routed.route.map_or("(default)", |r| r.spec.name.as_str());
+    );
+    let route = routed.as_ref().and_then(|r| r.route);
+    let stats = Arc::clone(route.map_or(router.default_stats(), |r| &r.stats));
+    let route_name = route.map_or("(default)", |r| r.spec.name.as_str());
 
-    // Rate limits: the listener's, then the route's; the headers speak of the narrower one.
+    // Rate limits: the listener's (on every request, routed or not), then the route's; the
+    // headers speak of the narrower one.
     let mut shown: Option<Decision> = None;
-    for policy in [spec.rate_limit.as_ref(), routed.route.and_then(|r| r.spec.rate_limit.as_ref())]
+    for policy in [spec.rate_limit.as_ref(), route.and_then(|r| r.spec.rate_limit.as_ref())]
         .into_iter()
         .flatten()
     {
@@ -204,6 +210,10 @@ async fn route_and_forward(
             return finish(&stats, started, response);
         }
     }
+    let Some(routed) = routed else {
+        let response = error_response(StatusCode::NOT_FOUND, "no route for this request");
+        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+    };
 
     if body_too_large(&request, spec.http.max_body_bytes) {
         let response = error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
@@ -274,9 +284,13 @@ async fn forward(
     let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
     let (parts, body) = request.into_parts();
     let limit = listener.spec().http.max_body_bytes;
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .map_err(BoxError::from)
-        .boxed_unsync();
+    let request_bytes = Arc::new(RequestBytes::default());
+    let body = CountingRequestBody::wrap(
+        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed_unsync(),
+        Arc::clone(&request_bytes),
+    );
     let hop = Hop {
         h2: pool_spec.upstream == UpstreamProtocol::Http2,
         upgrading: upgrade.is_some(),
@@ -315,11 +329,7 @@ async fn forward(
             )
             .await;
         }
-        let counted = CountingRequestBody::wrap(
-            std::mem::replace(upstream.body_mut(), empty_body()),
-            backend.shared_stats(),
-        );
-        *upstream.body_mut() = counted;
+        request_bytes.count_for(backend.shared_stats());
         let tried = attempt.tried();
         let index = attempt.index;
         // The response body holds the request in flight until its last byte.
@@ -348,8 +358,8 @@ async fn forward(
                 upstream = *request;
             }
             Ok(Err(UpstreamError::Http(e))) => {
-                if let Some(too_large) = body_limit_error(&e) {
-                    return too_large;
+                if request_bytes.over_limit() {
+                    return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
                 // Not counted against the backend: the client (an aborted upload) may be at fault.
                 tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), "502: {e}");
@@ -706,28 +716,30 @@ pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBod
     response
 }
 
-fn empty_body() -> ProxyBody {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A 413 when `error` comes from the request body passing the listener's limit mid-stream.
-fn body_limit_error(error: &hyper::Error) -> Option<Response<ProxyBody>> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return Some(error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
-        }
-        source = cause.source();
-    }
-    None
-}
-
+/// The authority the client asked for: HTTP/2's `:authority` (or an absolute-form target)
+/// before `Host` (RFC 9113 §8.3.1, RFC 9112 §3.2.2).
 fn request_host(request: &Request<Incoming>) -> Option<&str> {
     request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// `uri` with its path replaced by `path` (query kept).
+fn with_path(uri: &hyper::Uri, path: &str) -> Option<hyper::Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse().ok()?);
+    hyper::Uri::from_parts(parts).ok()
+}
+
+/// A 400 for a path that cannot be put in normal form.
+fn bad_path(stats: &RouteStats, started: Instant, why: &str) -> Response<ProxyBody> {
+    finish(stats, started, error_response(StatusCode::BAD_REQUEST, &format!("the path has {why}")))
 }
 
 fn body_too_large(request: &Request<Incoming>, limit: u64) -> bool {

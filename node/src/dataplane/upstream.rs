@@ -12,13 +12,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use fulcrum_model::UpstreamProtocol;
-use fulcrum_policy::InFlight;
+use fulcrum_policy::{InFlight, lock};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -102,11 +103,6 @@ pub(crate) fn client(
         h2: Mutex::new(None),
         sweeping: AtomicBool::new(false),
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves a plain list; keep using it.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl BackendConnections {
@@ -321,16 +317,37 @@ impl Body for CountedBody {
     }
 }
 
-/// Counts a request body's bytes into its backend's `bytes_in` as they are sent.
+/// What a request body met on its way up: the backend its bytes count for (set for each
+/// attempt), and whether it passed the listener's body limit mid-stream.
+#[derive(Debug, Default)]
+pub(crate) struct RequestBytes {
+    backend: ArcSwapOption<TrafficStats>,
+    over_limit: AtomicBool,
+}
+
+impl RequestBytes {
+    /// Counts what is sent from now on for `backend`.
+    pub(crate) fn count_for(&self, backend: Arc<TrafficStats>) {
+        self.backend.store(Some(backend));
+    }
+
+    /// Whether the body passed the listener's limit (so a failed request is the client's
+    /// 413, not the backend's 502).
+    pub(crate) fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+}
+
+/// A request body on its way up, counted into [`RequestBytes`].
 pub(crate) struct CountingRequestBody {
     inner: ProxyBody,
-    counter: Arc<TrafficStats>,
+    bytes: Arc<RequestBytes>,
 }
 
 impl CountingRequestBody {
-    /// `inner`, counted into `counter`.
-    pub(crate) fn wrap(inner: ProxyBody, counter: Arc<TrafficStats>) -> ProxyBody {
-        UnsyncBoxBody::new(CountingRequestBody { inner, counter })
+    /// `inner`, counted into `bytes`.
+    pub(crate) fn wrap(inner: ProxyBody, bytes: Arc<RequestBytes>) -> ProxyBody {
+        UnsyncBoxBody::new(CountingRequestBody { inner, bytes })
     }
 }
 
@@ -343,10 +360,18 @@ impl Body for CountingRequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame
-            && let Some(data) = frame.data_ref()
-        {
-            self.counter.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &frame {
+            Some(Ok(frame)) => {
+                if let (Some(data), Some(backend)) =
+                    (frame.data_ref(), self.bytes.backend.load().as_ref())
+                {
+                    backend.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                self.bytes.over_limit.store(true, Ordering::Relaxed);
+            }
+            _ => {}
         }
         Poll::Ready(frame)
     }
