@@ -911,3 +911,46 @@ async fn a_streaming_response_counts_in_flight_until_its_last_byte_and_its_bytes
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn tls_1_2_clients_get_a_forward_secret_aead_suite() {
+    let a = HttpBackend::start("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (files, root) = write_certificate(dir.path(), "one.example.test");
+    let port = free_port();
+    let mut listener = Listener::new(name("web"), port.address, Protocol::Https, name("web"));
+    listener.tls = Some(Tls { certificates: vec![files] });
+    let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("TLS 1.2")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let stream = TcpStream::connect(port.address).await.expect("connect");
+    let server_name = rustls_pki_types::ServerName::try_from("one.example.test").expect("name");
+    let mut tls = tokio::time::timeout(
+        PATIENCE,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, stream),
+    )
+    .await
+    .expect("in time")
+    .expect("a TLS 1.2 handshake");
+    let session = tls.get_ref().1;
+    assert_eq!(session.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let suite = format!("{:?}", session.negotiated_cipher_suite().expect("a suite").suite());
+    assert!(
+        suite.starts_with("TLS_ECDHE_") && (suite.contains("_GCM_") || suite.contains("CHACHA20")),
+        "{suite}"
+    );
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: one.example.test\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer)).await.expect("in time");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}

@@ -58,6 +58,10 @@ pub struct Figures {
     pub http1: Vec<Run>,
     /// h2c runs (h2load).
     pub h2: Vec<Run>,
+    /// HTTP/1.1 runs with `Connection: close`: a new connection per request.
+    pub closing: Vec<Run>,
+    /// Resident memory added per idle keep-alive client connection, in bytes.
+    pub idle_bytes_per_connection: Option<u64>,
     /// The proxy's peak resident memory after the runs, in KiB.
     pub peak_rss_kib: Option<u64>,
 }
@@ -73,6 +77,8 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
             )));
         }
     }
+    // Room for the idle-connection count on every side (children inherit the limit).
+    raise_open_files(IDLE_CONNECTIONS as u64 + 1000)?;
     let lab = Lab::up(&Topology { load_balancers: 1, backends: 1, prefix: None }, lab_binary)?;
     let lb = lab.host("lb1")?;
     let backend = lab.hosts_of(HostRole::Backend).remove(0);
@@ -105,22 +111,42 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
     }
     let mut figures: Vec<Figures> = paths
         .iter()
-        .map(|(path, ..)| Figures { path, http1: Vec::new(), h2: Vec::new(), peak_rss_kib: None })
+        .map(|(path, ..)| Figures {
+            path,
+            http1: Vec::new(),
+            h2: Vec::new(),
+            closing: Vec::new(),
+            idle_bytes_per_connection: None,
+            peak_rss_kib: None,
+        })
         .collect();
     // Interleaved, so a slow phase of the machine hits every path alike.
     for run in 0..settings.runs {
         for ((path, http1, h2, _), figures) in paths.iter().zip(&mut figures) {
             figures
                 .http1
-                .push(wrk(&lab, &client, *http1, &settings).map_err(|e| context(path, e))?);
+                .push(wrk(&lab, &client, *http1, &settings, &[]).map_err(|e| context(path, e))?);
             let log = lab.log_dir().join(format!("h2load-{path}-{run}.log"));
             figures
                 .h2
                 .push(h2load(&lab, &client, *h2, &settings, &log).map_err(|e| context(path, e))?);
+            figures.closing.push(
+                wrk(&lab, &client, *http1, &settings, &["-H", "Connection: close"])
+                    .map_err(|e| context(path, e))?,
+            );
         }
     }
     for ((_, _, _, pid), figures) in paths.iter().zip(&mut figures) {
         figures.peak_rss_kib = pid.and_then(peak_rss_kib);
+    }
+    // After the peaks are read, so they are the traffic's, not the idle connections'.
+    for ((path, http1, _, pid), figures) in paths.iter().zip(&mut figures) {
+        if let (Some(pid), "fulcrumd" | "haproxy") = (pid, *path) {
+            figures.idle_bytes_per_connection = Some(
+                lab.run_in(&client, || in_runtime(idle_memory(*http1, *pid)))?
+                    .map_err(|e| context(path, e))?,
+            );
+        }
     }
     stop(&mut node, &mut [&mut haproxy, &mut nginx]);
     Ok(figures)
@@ -147,12 +173,13 @@ fn write_config(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf,
 
 fn start_haproxy(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
     let config = format!(
-        "global\n    nbthread 2\n    maxconn 4000\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option http-keep-alive\n\n\
+        "global\n    nbthread 2\n    maxconn {maxconn}\n    no strict-limits\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option http-keep-alive\n\n\
          frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    default_backend web\n\n\
          backend web\n    http-reuse always\n    server be {upstream}\n",
         HAPROXY_PORTS.0,
         HAPROXY_PORTS.1,
         lb = lb.address,
+        maxconn = IDLE_CONNECTIONS + 1000,
     );
     let path = write_config(lab, "haproxy-l7.cfg", &config)?;
     lab.spawn(
@@ -166,7 +193,7 @@ fn start_haproxy(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProces
 fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
     let dir = lab.log_dir();
     let config = format!(
-        "user root;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 4096; }}\n\
+        "user root;\nworker_processes 2;\npid {dir}/nginx.pid;\nerror_log stderr warn;\nevents {{ worker_connections 20000; }}\n\
          http {{\n    access_log off;\n    keepalive_requests 1000000;\n    client_body_temp_path {dir}/nginx-body;\n    proxy_temp_path {dir}/nginx-proxy;\n\
              fastcgi_temp_path {dir}/nginx-fastcgi;\n    uwsgi_temp_path {dir}/nginx-uwsgi;\n    scgi_temp_path {dir}/nginx-scgi;\n\
              upstream web {{ server {upstream}; keepalive 64; }}\n\
@@ -183,18 +210,84 @@ fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess,
     lab.spawn(lb, "nginx on lb1", Path::new(NGINX), &args)
 }
 
-/// One wrk run (HTTP/1.1 keep-alive) from the client host.
+/// Idle keep-alive connections opened to measure memory per connection.
+const IDLE_CONNECTIONS: usize = 10_000;
+
+/// Raises this process's soft open-file limit to its hard one, for the proxies and clients
+/// it starts (they inherit it), and checks that it leaves room for `wanted`.
+fn raise_open_files(wanted: u64) -> Result<(), LabError> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|e| LabError::Invalid(format!("read the open-file limit: {e}")))?;
+    if hard < wanted {
+        return Err(LabError::Invalid(format!(
+            "the open-file limit is {hard}; the idle-connection run needs {wanted}: raise it (ulimit -Hn)"
+        )));
+    }
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            .map_err(|e| LabError::Invalid(format!("raise the open-file limit to {hard}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Resident memory of `pid` now, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Opens [`IDLE_CONNECTIONS`] keep-alive connections to `address`, each after one answered
+/// request, and returns the growth of `pid`'s resident memory divided by their number.
+async fn idle_memory(address: SocketAddr, pid: u32) -> Result<u64, LabError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET / HTTP/1.1\r\nhost: {address}\r\n\r\n");
+    let before = rss_kib(pid).ok_or_else(|| LabError::Invalid(format!("no process {pid}")))?;
+    let mut open = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(address).await.map_err(|source| {
+            LabError::Io { what: format!("idle connection {} to {address}", open.len()), source }
+        })?;
+        let exchange = async {
+            stream.write_all(request.as_bytes()).await?;
+            let mut answer = [0u8; 4096];
+            let n = stream.read(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer[..n].starts_with(b"HTTP/1.1 200"))
+        };
+        match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+            Ok(Ok(true)) => open.push(stream),
+            _ => {
+                return Err(LabError::Invalid(format!(
+                    "no answer on idle connection {}",
+                    open.len()
+                )));
+            }
+        }
+    }
+    // Let the proxy settle into its idle state.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid).ok_or_else(|| LabError::Invalid(format!("no process {pid}")))?;
+    drop(open);
+    Ok(after.saturating_sub(before) * 1024 / IDLE_CONNECTIONS as u64)
+}
+
+/// One wrk run from the client host: HTTP/1.1 keep-alive, or with `extra` arguments (a
+/// `Connection: close` header for a new connection per request).
 fn wrk(
     lab: &Lab,
     client: &Host,
     address: SocketAddr,
     settings: &Settings,
+    extra: &[&str],
 ) -> Result<Run, LabError> {
     let seconds = format!("{}s", settings.duration.as_secs().max(1));
     let url = format!("http://{address}/");
     let connections = settings.connections.to_string();
-    let output =
-        lab.exec(client, WRK, &["-t2", "-c", &connections, "-d", &seconds, "--latency", &url])?;
+    let mut args = vec!["-t2", "-c", &connections, "-d", &seconds, "--latency"];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    let output = lab.exec(client, WRK, &args)?;
     parse_wrk(&output).ok_or_else(|| LabError::Invalid(format!("unexpected wrk output:\n{output}")))
 }
 
@@ -292,6 +385,7 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
     for (protocol, runs_of) in [
         ("HTTP/1.1", (|f: &Figures| f.http1.clone()) as fn(&Figures) -> Vec<Run>),
         ("h2c", |f: &Figures| f.h2.clone()),
+        ("HTTP/1.1 new connection each", |f: &Figures| f.closing.clone()),
     ] {
         let reference = haproxy.map(|h| median(&runs_of(h), |r| r.rps));
         for f in figures {
@@ -310,6 +404,15 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
                 f.peak_rss_kib
                     .map_or("-".to_owned(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
             );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nMemory per idle keep-alive client connection ({IDLE_CONNECTIONS} open, resident memory growth divided):\n"
+    );
+    for f in figures {
+        if let Some(bytes) = f.idle_bytes_per_connection {
+            let _ = writeln!(out, "- {}: {:.1} KiB", f.path, bytes as f64 / 1024.0);
         }
     }
     out

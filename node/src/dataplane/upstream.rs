@@ -146,13 +146,7 @@ impl BackendConnections {
         }
         let stream = match self.dial().await {
             Ok(stream) => stream,
-            Err(source) => {
-                return Err(UpstreamError::Connect {
-                    backend: self.backend,
-                    source,
-                    request: Box::new(request),
-                });
-            }
+            Err(source) => return Err(self.connect_failed(source, request)),
         };
         let (mut sender, connection) = http1::Builder::new().handshake(stream).await?;
         tokio::spawn(async move {
@@ -174,13 +168,7 @@ impl BackendConnections {
             None => {
                 let stream = match self.dial().await {
                     Ok(stream) => stream,
-                    Err(source) => {
-                        return Err(UpstreamError::Connect {
-                            backend: self.backend,
-                            source,
-                            request: Box::new(request),
-                        });
-                    }
+                    Err(source) => return Err(self.connect_failed(source, request)),
                 };
                 let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
@@ -197,6 +185,11 @@ impl BackendConnections {
         };
         sender.ready().await?;
         Ok(sender.send_request(request).await?)
+    }
+
+    /// The error of a failed connect, with the unsent request to try elsewhere.
+    fn connect_failed(&self, source: std::io::Error, request: Request<ProxyBody>) -> UpstreamError {
+        UpstreamError::Connect { backend: self.backend, source, request: Box::new(request) }
     }
 
     /// A connection to the backend, within the connect timeout.

@@ -44,6 +44,7 @@ pub(crate) struct Options {
 pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     init_logging(&options.node.log)?;
     check_sections(&options)?;
+    raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,6 +55,21 @@ pub(crate) fn run(options: Options) -> anyhow::Result<()> {
     let signal = runtime.block_on(serve_signals(&daemon))?;
     runtime.block_on(daemon.stop(signal, options.node.shutdown_drain));
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every client and backend connection is a
+/// descriptor, and the usual soft default of 1024 would refuse connections long before the
+/// machine runs out of anything.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, "cannot raise the open-file limit: {e}"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// Refuses node files whose sections contradict each other or the arguments.
