@@ -64,10 +64,10 @@ fn raise_open_files() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open-file limit raised"),
             Err(e) => tracing::warn!(soft, hard, "cannot raise the open-file limit: {e}"),
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open-file limit"),
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
         Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
     }
 }
