@@ -870,8 +870,8 @@ async fn a_streaming_response_counts_in_flight_until_its_last_byte_and_its_bytes
             .expect("head");
         let _ = released.await;
         stream.write_all(b"world").await.expect("rest");
-        // Held open: the connection goes back to the pool.
-        tokio::time::sleep(PATIENCE).await;
+        // Held open until the proxy closes it: the connection went back to its pool.
+        let _ = stream.read(&mut byte).await;
     });
     let port = free_port();
     let mut web = Pool::new(name("web"));
@@ -953,4 +953,25 @@ async fn tls_1_2_clients_get_a_forward_secret_aead_suite() {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, tls.read_to_end(&mut answer)).await.expect("in time");
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}
+
+#[tokio::test]
+async fn a_post_whose_backend_refuses_the_connection_goes_to_another_with_its_body() {
+    let a = HttpBackend::start("a").await;
+    let dead = free_port();
+    let port = free_port();
+    let mut web = Pool::new(name("web"));
+    // Round robin offers the dead backend first to every other request.
+    web.backends = vec![Backend::new(dead.address), Backend::new(a.address)];
+    let _plane = serve(vec![http_listener(port.address, "web")], vec![web], vec![]).await;
+
+    let body = "z".repeat(600);
+    for _ in 0..4 {
+        let request = format!(
+            "POST /consume HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 600\r\n\r\n{body}"
+        );
+        let (status, answer) = raw_exchange(port.address, &request).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.ends_with("Ok(600)"), "the whole body reached the live backend: {answer}");
+    }
 }

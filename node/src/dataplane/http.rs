@@ -2,11 +2,12 @@
 //! knowledge on plain), routed per request to a pool, and forwarded to one backend over
 //! pooled HTTP/1.1 or h2c connections.
 //!
-//! Per request: route, rate limits (429 with Retry-After and X-RateLimit-*), body limit (413),
-//! sticky cookie or the pool's balancer, forwarding headers (X-Forwarded-*, Forwarded) with
-//! hop-by-hop headers stripped, a bounded and budgeted retry of idempotent bodiless requests
-//! on connect failure, timeouts (502/503/504 with a short body and a log line that says why),
-//! upgrades (WebSocket) tunnelled, trailers (gRPC) passed through. A connection closes
+//! Per request: the path in normal form, route, rate limits (429 with Retry-After and
+//! X-RateLimit-*), body limit (413), sticky cookie or the pool's balancer, forwarding headers
+//! (X-Forwarded-*, Forwarded) with hop-by-hop headers stripped, a bounded and budgeted retry
+//! on another backend when connecting fails (nothing was sent, so any request may go again),
+//! timeouts (502/503/504 with a short body and a log line that says why), upgrades
+//! (WebSocket) tunnelled, trailers (gRPC) passed through. A connection closes
 //! gracefully when its listener drains: HTTP/1.1 with `Connection: close` after the request in
 //! flight, HTTP/2 with GOAWAY.
 
@@ -24,7 +25,7 @@ use fulcrum_model::{Algorithm, HashKey, RateLimitKey, UpstreamProtocol};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -281,16 +282,22 @@ async fn forward(
     };
     let key = PickKey { source_ip: downstream.peer.ip(), hash_key: hash_bytes.as_deref() };
     let mut attempts = Attempts::new(&selection, &pool_spec, pinned, &key, Instant::now());
-    let replayable = is_idempotent(request.method()) && request_has_no_body(&request);
+    // A body is limited and counted; a request without one pays for neither (an empty body
+    // boxes without allocating).
+    let request_bytes = (!request_has_no_body(&request)).then(|| Arc::new(RequestBytes::default()));
     let (parts, body) = request.into_parts();
-    let limit = listener.spec().http.max_body_bytes;
-    let request_bytes = Arc::new(RequestBytes::default());
-    let body = CountingRequestBody::wrap(
-        Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
-            .boxed_unsync(),
-        Arc::clone(&request_bytes),
-    );
+    let body = match &request_bytes {
+        Some(bytes) => {
+            let limit = listener.spec().http.max_body_bytes;
+            CountingRequestBody::wrap(
+                Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+                    .map_err(BoxError::from)
+                    .boxed_unsync(),
+                Arc::clone(bytes),
+            )
+        }
+        None => http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
+    };
     let hop = Hop {
         h2: pool_spec.upstream == UpstreamProtocol::Http2,
         upgrading: upgrade.is_some(),
@@ -307,7 +314,9 @@ async fn forward(
     let mut failure = None;
     for attempt in attempts.by_ref() {
         let backend = attempt.backend;
-        if attempt.number > 0 && !(replayable && pool.try_retry()) {
+        // Only a failed connect leads here again, with the request unsent: any request may
+        // be retried, within the pool's budget.
+        if attempt.number > 0 && !pool.try_retry() {
             break;
         }
         let Some(client) = pool.client(backend.address()) else { continue };
@@ -329,11 +338,14 @@ async fn forward(
             )
             .await;
         }
-        request_bytes.count_for(backend.shared_stats());
+        let stats = backend.shared_stats();
+        if let Some(bytes) = &request_bytes {
+            bytes.count_for(Arc::clone(&stats));
+        }
         let tried = attempt.tried();
         let index = attempt.index;
         // The response body holds the request in flight until its last byte.
-        let sending = client.send(upstream, attempt.in_flight, backend.shared_stats());
+        let sending = client.send(upstream, attempt.in_flight, stats);
         match tokio::time::timeout(pool_spec.response_timeout, sending).await {
             Ok(Ok(mut response)) => {
                 // A 5xx counts against the backend like a refused connection.
@@ -358,7 +370,7 @@ async fn forward(
                 upstream = *request;
             }
             Ok(Err(UpstreamError::Http(e))) => {
-                if request_bytes.over_limit() {
+                if request_bytes.as_ref().is_some_and(|bytes| bytes.over_limit()) {
                     return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
                 // Not counted against the backend: the client (an aborted upload) may be at fault.
@@ -757,13 +769,6 @@ fn is_upgrade(request: &Request<Incoming>) -> bool {
         && request.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
         })
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 fn request_has_no_body(request: &Request<Incoming>) -> bool {
