@@ -102,9 +102,18 @@ pub struct Listener {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpOptions {
-    /// A client must send a request's headers within this (slowloris protection).
+    /// A client must send a request's headers within this (slowloris protection), counted
+    /// from its connection for the first request and from the first byte for later ones.
     #[serde(default = "default_header_timeout", with = "crate::duration")]
     pub header_timeout: Duration,
+    /// An HTTP/1.1 connection may wait this long, idle, for its next request.
+    #[serde(default = "default_keep_alive_timeout", with = "crate::duration")]
+    pub keep_alive_timeout: Duration,
+    /// Clients (other proxies of yours) whose X-Forwarded-For and Forwarded are kept and
+    /// appended to; from anyone else those headers are replaced, so a client cannot forge
+    /// the address a backend sees.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A request must be answered (response headers sent) within this, body upload included.
     #[serde(default = "default_request_timeout", with = "crate::duration")]
     pub request_timeout: Duration,
@@ -122,6 +131,9 @@ pub struct HttpOptions {
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_keep_alive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -136,6 +148,8 @@ impl Default for HttpOptions {
     fn default() -> HttpOptions {
         HttpOptions {
             header_timeout: default_header_timeout(),
+            keep_alive_timeout: default_keep_alive_timeout(),
+            trusted_proxies: Vec::new(),
             request_timeout: default_request_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body_bytes(),

@@ -136,6 +136,7 @@ impl Checker {
         for (field, value) in [
             ("idle_timeout", listener.idle_timeout),
             ("http.header_timeout", listener.http.header_timeout),
+            ("http.keep_alive_timeout", listener.http.keep_alive_timeout),
             ("http.request_timeout", listener.http.request_timeout),
         ] {
             self.at_most_a_year(&object, field, value);

@@ -115,6 +115,24 @@ protocol = "http"
 }
 
 #[test]
+fn a_trusted_proxy_that_is_no_network_names_listener_and_field() {
+    let (object, field, line, problem) = field_error(
+        r#"
+[[listeners]]
+name = "public"
+bind = "198.18.0.100:80"
+protocol = "http"
+http = { trusted_proxies = ["198.18.0.0/40"] }
+"#,
+    );
+    assert_eq!(
+        (object.as_str(), field.as_str(), line),
+        ("listener 'public'", "http.trusted_proxies[0]", 6)
+    );
+    assert!(problem.contains("invalid IP address"), "{problem}");
+}
+
+#[test]
 fn route_with_pool_and_split_names_the_route() {
     let (object, _, _, problem) = field_error(
         r#"

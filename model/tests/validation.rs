@@ -378,6 +378,9 @@ fn timeouts_beyond_a_year_and_tiny_header_limits() {
     spec.listeners[1].http.header_timeout = std::time::Duration::MAX;
     only_violation(&spec, "listener 'db'", "http.header_timeout");
     let mut spec = base();
+    spec.listeners[1].http.keep_alive_timeout = std::time::Duration::MAX;
+    only_violation(&spec, "listener 'db'", "http.keep_alive_timeout");
+    let mut spec = base();
     spec.listeners[1].http.max_header_bytes = 4096;
     only_violation(&spec, "listener 'db'", "http.max_header_bytes");
 }

@@ -188,13 +188,14 @@ async fn requests_are_routed_rewritten_and_carry_forwarding_headers() {
     let _plane =
         serve(vec![listener], vec![pool("web", &[&web]), pool("api", &[&api])], vec![]).await;
 
-    let (status, headers, body) =
-        get(port.address, "/api/users?id=7", &[("x-forwarded-for", "203.0.113.9")]).await;
+    // A client that is no trusted proxy cannot put words in the backend's mouth.
+    let forged = [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9")];
+    let (status, headers, body) = get(port.address, "/api/users?id=7", &forged).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-backend"], "api");
     assert_eq!(
         body,
-        "api GET /users?id=7 203.0.113.9, 127.0.0.1 http for=127.0.0.1;proto=http;host=\"www.example.test\""
+        "api GET /users?id=7 127.0.0.1 http for=127.0.0.1;proto=http;host=\"www.example.test\""
     );
     let (_, headers, body) = get(port.address, "/other", &[]).await;
     assert_eq!(headers["x-backend"], "web");
@@ -974,4 +975,90 @@ async fn a_post_whose_backend_refuses_the_connection_goes_to_another_with_its_bo
         assert_eq!(status, 200, "{answer}");
         assert!(answer.ends_with("Ok(600)"), "the whole body reached the live backend: {answer}");
     }
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_are_appended_to() {
+    let web = HttpBackend::start("web").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.http.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
+    let _plane = serve(vec![listener], vec![pool("web", &[&web])], vec![]).await;
+
+    let forwarded = [("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=203.0.113.9")];
+    let (status, _, body) = get(port.address, "/", &forwarded).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        "web GET / 203.0.113.9, 127.0.0.1 http for=203.0.113.9, for=127.0.0.1;proto=http;host=\"www.example.test\""
+    );
+}
+
+/// A plane with one HTTP listener in front of `web`, with these head timeouts.
+async fn with_head_timeouts(
+    web: &HttpBackend,
+    header: Duration,
+    keep_alive: Duration,
+) -> (DataPlane, SocketAddr) {
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.http.header_timeout = header;
+    listener.http.keep_alive_timeout = keep_alive;
+    (serve(vec![listener], vec![pool("web", &[web])], vec![]).await, port.address)
+}
+
+/// Sends one keep-alive request on `stream` and checks the answer is a 200.
+async fn keep_alive_get(stream: &mut TcpStream) {
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.expect("the connection is open");
+    let mut answer = [0u8; 1024];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+/// Waits for the proxy to close `stream` (a 408 first is allowed), within [`PATIENCE`].
+async fn closed_by_the_proxy(stream: &mut TcpStream) {
+    let mut answer = [0u8; 1024];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || answer[..n].starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_may_idle_past_the_header_timeout_but_not_send_a_head_slowly() {
+    let web = HttpBackend::start("web").await;
+    // A keep-alive timeout far beyond the test's patience: only the header timeout can act.
+    let (_plane, front) =
+        with_head_timeouts(&web, Duration::from_millis(300), Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    keep_alive_get(&mut stream).await;
+    // Idle for longer than the header timeout: still open.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    keep_alive_get(&mut stream).await;
+    // A head begun and never finished is cut off.
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.expect("first bytes");
+    closed_by_the_proxy(&mut stream).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() {
+    let web = HttpBackend::start("web").await;
+    // A header timeout far beyond the test's patience: only the keep-alive timeout can act.
+    let (_plane, front) =
+        with_head_timeouts(&web, Duration::from_secs(60), Duration::from_millis(300)).await;
+    let mut stream = TcpStream::connect(front).await.expect("connect");
+    keep_alive_get(&mut stream).await;
+    closed_by_the_proxy(&mut stream).await;
 }

@@ -36,11 +36,11 @@ use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
 
 use super::addresses::Phase;
 use super::attempt::Attempts;
+use super::client_clock::{ClientClock, HeadTimer};
 use super::error::ErrorKind;
 use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::shared::Shared;
-use super::splice::Activity;
 use super::stats::RouteStats;
 use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, UpstreamError};
 
@@ -54,14 +54,17 @@ pub(crate) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let spec = listener.spec();
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Tracked { inner: io, activity: Arc::clone(&activity) });
+    let clock = Arc::new(ClientClock::default());
+    let io = TokioIo::new(Tracked { inner: io, clock: Arc::clone(&clock) });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper refuses buffers under 8 KiB; validation keeps the setting above that.
     let max_head = (spec.http.max_header_bytes as usize).max(8192);
+    let head_timer =
+        HeadTimer::new(Arc::clone(&clock), spec.http.header_timeout, spec.http.keep_alive_timeout);
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(head_timer)
+        // Turns hyper's head timer on; its deadlines are the head timer's own.
         .header_read_timeout(spec.http.header_timeout)
         .max_buf_size(max_head);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(spec.http.max_header_bytes);
@@ -69,9 +72,9 @@ pub(crate) async fn serve<I>(
     let addresses = Arc::clone(&shared.addresses);
     let first_request = CancellationToken::new();
     let request_seen = first_request.clone();
+    let service_clock = Arc::clone(&clock);
     let service = hyper::service::service_fn(move |request| {
-        // Checked first: cancelling takes a lock, and this runs for every request.
-        if !request_seen.is_cancelled() {
+        if service_clock.requested() {
             request_seen.cancel();
         }
         let listener = Arc::clone(&service_listener);
@@ -97,7 +100,7 @@ pub(crate) async fn serve<I>(
     };
     let ended = tokio::select! {
         result = connection.as_mut() => Some(result),
-        () = activity.idle_for(spec.idle_timeout) => {
+        () = clock.activity.idle_for(spec.idle_timeout) => {
             listener.stats().error(ErrorKind::IdleTimeout);
             None
         }
@@ -298,10 +301,12 @@ async fn forward(
         }
         None => http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
     };
+    let trusted = &listener.spec().http.trusted_proxies;
     let hop = Hop {
         h2: pool_spec.upstream == UpstreamProtocol::Http2,
         upgrading: upgrade.is_some(),
         rewritten: target.rewritten.as_deref(),
+        keeps_forwarded: trusted.iter().any(|net| net.contains(&downstream.peer.ip())),
     };
     // Built once: a connect failure hands the unsent request back for the next backend.
     let mut upstream = match upstream_request(parts, body, &hop, downstream.peer, downstream.tls) {
@@ -450,13 +455,15 @@ async fn tunnel(
         let (Ok(client), Ok(upstream)) = tokio::join!(on_client_upgrade, on_backend_upgrade) else {
             return;
         };
-        let activity = Arc::new(Activity::new());
-        let mut client = Tracked { inner: TokioIo::new(client), activity: Arc::clone(&activity) };
+        let clock = Arc::new(ClientClock::default());
+        let mut client = Tracked { inner: TokioIo::new(client), clock: Arc::clone(&clock) };
         let mut upstream = TokioIo::new(upstream);
         let idle = tunnel_listener.spec().idle_timeout;
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-            () = activity.idle_for(idle) => tunnel_listener.stats().error(ErrorKind::IdleTimeout),
+            () = clock.activity.idle_for(idle) => {
+                tunnel_listener.stats().error(ErrorKind::IdleTimeout)
+            }
             () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
             () = must_close(&tunnel_listener, &addresses, downstream.local_ip()) => {
                 tunnel_listener.stats().error(ErrorKind::Drained)
@@ -475,6 +482,9 @@ struct Hop<'a> {
     upgrading: bool,
     /// The path after the route's prefix rewrite, if it changed.
     rewritten: Option<&'a str>,
+    /// The client is a trusted proxy: its X-Forwarded-For and Forwarded are appended to,
+    /// not replaced.
+    keeps_forwarded: bool,
 }
 
 /// The client's request made ready to go upstream, changed in place: hop-by-hop headers
@@ -487,7 +497,7 @@ fn upstream_request(
     peer: SocketAddr,
     tls: bool,
 ) -> Result<Request<ProxyBody>, hyper::http::Error> {
-    let Hop { h2, upgrading, rewritten } = *hop;
+    let Hop { h2, upgrading, rewritten, keeps_forwarded } = *hop;
     let authority = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
@@ -505,6 +515,10 @@ fn upstream_request(
         (_, true) => drop(headers.remove(header::HOST)),
         (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
         (None, false) => {}
+    }
+    if !keeps_forwarded {
+        headers.remove("x-forwarded-for");
+        headers.remove(header::FORWARDED);
     }
     forwarding_headers(headers, peer, tls, authority.as_ref());
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
@@ -555,7 +569,8 @@ fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-/// Adds X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
+/// Adds X-Forwarded-For and Forwarded (appended to what is left of them),
+/// X-Forwarded-Proto and X-Forwarded-Host.
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
@@ -776,10 +791,10 @@ fn request_has_no_body(request: &Request<Incoming>) -> bool {
     request.body().is_end_stream() || request.body().size_hint().exact() == Some(0)
 }
 
-/// Client IO that notes when bytes move, for the idle timeout.
+/// Client IO that notes when bytes move, for the idle and head timers.
 struct Tracked<I> {
     inner: I,
-    activity: Arc<Activity>,
+    clock: Arc<ClientClock>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -791,7 +806,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.clock.read();
         }
         result
     }
@@ -805,7 +820,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.clock.activity.touch();
         }
         result
     }
@@ -825,7 +840,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.clock.activity.touch();
         }
         result
     }

@@ -10,6 +10,7 @@
 mod accept;
 pub mod addresses;
 mod attempt;
+mod client_clock;
 pub mod error;
 mod http;
 mod l4;
