@@ -179,10 +179,9 @@ async fn route_and_forward(
         },
         Err(e) => return bad_path(router.default_stats(), started, &e.to_string()),
     }
-    let host = request_host(&request).map(str::to_owned);
     let mut rng = fastrand::Rng::new();
     let routed = router.route(
-        host.as_deref(),
+        request_host(&request),
         request.method().as_str(),
         request.uri().path(),
         request.headers(),
@@ -570,43 +569,44 @@ fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String
 }
 
 /// Adds X-Forwarded-For and Forwarded (appended to what is left of them),
-/// X-Forwarded-Proto and X-Forwarded-Host.
+/// X-Forwarded-Proto and X-Forwarded-Host. Each value is built in one `String` that becomes
+/// the header without a copy.
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let client = peer.ip().to_string();
+    use std::fmt::Write as _;
+    let client = peer.ip();
     let proto = if tls { "https" } else { "http" };
-    let xff = match joined(headers, "x-forwarded-for") {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.clone(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    let mut xff = joined(headers, "x-forwarded-for").map_or_else(String::new, |e| e + ", ");
+    let _ = write!(xff, "{client}");
+    if let Ok(value) = HeaderValue::try_from(xff) {
         headers.insert("x-forwarded-for", value);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     // Only a host that is a valid authority is passed on: a quote or comma in it could
     // otherwise forge a Forwarded element.
-    let host = host.and_then(|h| h.to_str().ok()).filter(|h| {
-        h.parse::<hyper::http::uri::Authority>().is_ok() && !h.contains(['"', ',', ';'])
+    let host = host.filter(|h| {
+        h.to_str().is_ok_and(|h| {
+            h.parse::<hyper::http::uri::Authority>().is_ok() && !h.contains(['"', ',', ';'])
+        })
     });
-    match host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        Some(value) => headers.insert("x-forwarded-host", value),
+    match host {
+        Some(value) => headers.insert("x-forwarded-host", value.clone()),
         None => headers.remove("x-forwarded-host"),
     };
+    let mut forwarded = joined(headers, header::FORWARDED).map_or_else(String::new, |e| e + ", ");
     // RFC 7239: IPv6 addresses are quoted and bracketed.
-    let node = if peer.is_ipv6() { format!("\"[{client}]\"") } else { client };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host {
-        element.push_str(&format!(";host=\"{host}\""));
-    }
-    let forwarded = match joined(headers, header::FORWARDED) {
-        Some(earlier) => format!("{earlier}, {element}"),
-        None => element,
+    let _ = match client {
+        std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
+        std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        let _ = write!(forwarded, ";host=\"{host}\"");
+    }
+    if let Ok(value) = HeaderValue::try_from(forwarded) {
         headers.insert(header::FORWARDED, value);
     }
 }
