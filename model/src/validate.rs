@@ -187,6 +187,16 @@ impl Checker {
             if listener.default_pool.is_none() {
                 self.report(&object, "default_pool", "a tcp listener needs a `default_pool`");
             }
+            let policy = listener.rate_limit.as_ref().and_then(|p| spec.rate_limit(p.as_str()));
+            if let Some(RateLimitKey::Header(name)) = policy.map(|p| &p.key) {
+                self.report(
+                    &object,
+                    "rate_limit",
+                    format!(
+                        "a tcp listener has no header {name} to key by; use a policy keyed by `client_ip` or `route`"
+                    ),
+                );
+            }
         } else if listener.default_pool.is_none() && listener.routes.is_empty() {
             self.report(
                 &object,

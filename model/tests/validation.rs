@@ -237,6 +237,16 @@ fn tcp_listener_with_routes() {
 }
 
 #[test]
+fn tcp_listener_rate_limited_by_a_header() {
+    let mut spec = base();
+    spec.listeners[1].rate_limit = Some(name("per-client"));
+    spec.validate().expect("a client_ip policy suits a tcp listener");
+    spec.rate_limits[0].key = RateLimitKey::Header("x-api-key".parse().unwrap());
+    let message = only_violation(&spec, "listener 'db'", "rate_limit");
+    assert!(message.contains("client_ip"), "{message}");
+}
+
+#[test]
 fn tcp_listener_without_default_pool() {
     let mut spec = base();
     spec.listeners[1].default_pool = None;

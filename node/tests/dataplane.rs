@@ -655,3 +655,44 @@ async fn a_listener_at_its_limit_leaves_clients_in_the_backlog() {
     let third = tokio::time::timeout(PATIENCE, third).await.expect("served").expect("task");
     third.expect("the third client is served once the first leaves");
 }
+
+#[tokio::test]
+async fn a_tcp_listener_rate_limit_refuses_connections_per_client_before_any_backend() {
+    use fulcrum_model::{RateLimit, RateLimitKey, RateLimitPolicy};
+    let backend = TestBackend::start("a").await;
+    let front = free_port().address;
+    let mut listener = tcp_listener(front, "web");
+    listener.rate_limit = Some(name("two"));
+    let policy = RateLimitPolicy {
+        name: name("two"),
+        key: RateLimitKey::ClientIp,
+        limit: RateLimit::TokenBucket { capacity: 2, refill_per_second: 0.001 },
+    };
+    let plane = DataPlane::new().expect("workers start");
+    let mut config = config(vec![listener], vec![pool("web", Algorithm::RoundRobin, &[&backend])]);
+    config.spec.rate_limits = vec![policy];
+    apply(&plane, &config).await;
+
+    for _ in 0..2 {
+        let mut session = Session::open(front).await.expect("within the limit");
+        session.echo("hello").await.expect("forwarded");
+    }
+    let refused = Session::open(front).await;
+    assert!(refused.is_err(), "a third connection from one client got through");
+    // Another client address has its own counter.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).expect("bind 127.0.0.2");
+    let mut other = BufReader::new(socket.connect(front).await.expect("connect"));
+    let mut greeting = String::new();
+    tokio::time::timeout(PATIENCE, other.read_line(&mut greeting)).await.expect("in time").ok();
+    assert_eq!(greeting, "a\n", "another client is counted apart");
+    let metrics = plane.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "fulcrum_listener_errors_total",
+            "listener=\"front\",kind=\"rate_limited\""
+        ),
+        1.0
+    );
+}

@@ -697,8 +697,19 @@ async fn a_changed_certificate_is_served_without_a_restart() {
 /// One raw HTTP/1.1 exchange on a new connection (`request` sent as is, `Connection: close`
 /// expected in it): the status code and the whole answer.
 async fn raw_exchange(front: SocketAddr, request: &str) -> (u16, String) {
+    raw_exchange_from([127, 0, 0, 1].into(), front, request).await
+}
+
+/// [`raw_exchange`] from the client address `source` (any of 127.0.0.0/8).
+async fn raw_exchange_from(
+    source: std::net::IpAddr,
+    front: SocketAddr,
+    request: &str,
+) -> (u16, String) {
     let exchange = async {
-        let mut stream = TcpStream::connect(front).await.expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(source, 0)).expect("bind the client address");
+        let mut stream = socket.connect(front).await.expect("connect");
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer).await;
@@ -792,6 +803,36 @@ async fn a_listener_rate_limit_counts_requests_that_match_no_route() {
     );
     let (status, _, _) = get(port.address, "/api/x", &[]).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "and so do routed ones");
+}
+
+#[tokio::test]
+async fn a_header_keyed_limit_counts_each_value_and_each_client_so_varying_it_gains_nothing() {
+    let web = HttpBackend::start("web").await;
+    let port = free_port();
+    let mut listener = http_listener(port.address, "web");
+    listener.rate_limit = Some(name("per-key"));
+    let policy = RateLimitPolicy {
+        name: name("per-key"),
+        key: RateLimitKey::Header("x-api-key".parse().expect("header name")),
+        limit: RateLimit::TokenBucket { capacity: 2, refill_per_second: 0.001 },
+    };
+    let _plane = serve(vec![listener], vec![pool("web", &[&web])], vec![policy]).await;
+    let ask = |client: [u8; 4], key: &str| {
+        let request =
+            format!("GET / HTTP/1.1\r\nhost: a\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n");
+        async move { raw_exchange_from(client.into(), port.address, &request).await.0 }
+    };
+    let (one, two, three) = ([127, 0, 0, 1], [127, 0, 0, 2], [127, 0, 0, 3]);
+    assert_eq!((ask(one, "k1").await, ask(one, "k1").await), (200, 200));
+    assert_eq!(ask(one, "k2").await, 429, "a fresh header value does not refill this client");
+    assert_eq!(ask(two, "k1").await, 429, "the value's own limit holds from another client");
+    assert_eq!(ask(two, "k3").await, 200, "another client with another value is counted apart");
+    // Without the header, a client is counted by its address alone: not in one shared
+    // counter with every other client that sends none.
+    let bare = "GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_exchange_from(three.into(), port.address, bare).await.0, 200);
+    assert_eq!(raw_exchange_from(three.into(), port.address, bare).await.0, 200);
+    assert_eq!(raw_exchange_from(three.into(), port.address, bare).await.0, 429);
 }
 
 #[tokio::test]

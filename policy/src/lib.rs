@@ -24,7 +24,7 @@ pub mod sticky;
 
 pub use balance::{Balancer, InFlight, Load, Member, PickKey};
 pub use health::{Health, Hysteresis, PassiveEjection};
-pub use ratelimit::{Decision, Limiter};
+pub use ratelimit::{Decision, Limiter, client_key, narrower};
 pub use router::{CompiledRoute, Routed, Router};
 pub use sticky::CookieSigner;
 

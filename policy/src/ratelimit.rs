@@ -70,6 +70,33 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
+/// The counter key of a client address: an IPv4 address, or an IPv6 client's whole /64
+/// (keying by /128 would hand one client endless fresh keys), tagged by family.
+pub fn client_key(ip: std::net::IpAddr) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(ip) => {
+            key[0] = 4;
+            key[1..5].copy_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            key[0] = 6;
+            key[1..].copy_from_slice(&ip.octets()[..8]);
+        }
+    }
+    key
+}
+
+/// The narrower of two decisions on one request: a refusal, else the one with less left.
+pub fn narrower(a: Decision, b: Decision) -> Decision {
+    match (a.allowed, b.allowed) {
+        (false, _) => a,
+        (true, false) => b,
+        (true, true) if b.remaining < a.remaining => b,
+        (true, true) => a,
+    }
+}
+
 /// One policy's counters, keyed (client IP, header value, or one key for a whole route).
 ///
 /// Send + Sync: one limiter per policy is shared by all connections of a node.
@@ -693,5 +720,30 @@ mod tests {
             assert!(seen.contains(&base) && seen.contains(&(base + jitter)), "{retry:?}");
         }
         assert_eq!(retry_after_seconds(Duration::MAX, &mut rng), u64::MAX);
+    }
+
+    #[test]
+    fn client_keys_cover_an_ipv6_slash_64_and_keep_families_apart() {
+        use std::net::IpAddr;
+        let key = |text: &str| client_key(text.parse::<IpAddr>().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:198.18.0.1"), key("198.18.0.1"), "a mapped address is its IPv4 one");
+        assert_ne!(key("198.18.0.1"), key("0400:c612:0001::"), "families never share a key");
+    }
+
+    #[test]
+    fn the_narrower_decision_is_a_refusal_or_the_one_with_less_left() {
+        let decision = |allowed, remaining| Decision {
+            allowed,
+            limit: 10,
+            remaining,
+            reset: Duration::ZERO,
+            retry_after: None,
+        };
+        assert_eq!(narrower(decision(true, 5), decision(true, 2)).remaining, 2);
+        assert_eq!(narrower(decision(true, 1), decision(true, 2)).remaining, 1);
+        assert!(!narrower(decision(true, 5), decision(false, 0)).allowed);
+        assert!(!narrower(decision(false, 0), decision(true, 9)).allowed);
     }
 }

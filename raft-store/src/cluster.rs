@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::network::{CallError, Network, RpcClient};
+use crate::port::RefusalLog;
 use crate::rpc::{
     AuthCounters, AuthCounts, ClusterAuth, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_WRITE,
     WeakSecret,
@@ -193,6 +194,8 @@ impl ConfigStore {
             raft: raft.clone(),
             auth,
             auth_counters: AuthCounters::default(),
+            nonces: std::sync::Mutex::default(),
+            refusals: RefusalLog::default(),
             state_machine,
             peer_handler: OnceLock::new(),
         });

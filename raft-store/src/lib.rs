@@ -14,6 +14,7 @@
 //! - `store`: [`open`], which opens both from one data directory.
 //! - [`rpc`]: the RPC paths and the signature every request carries.
 //! - [`network`]: the RPC client, openraft's network factory.
+//! - [`port`]: connection limits and refusal logs for ports that face the network.
 //! - `shared`: the state the RPC server serves from, and the leader's side of forwarded calls.
 //! - `server`: the RPC server.
 //! - `cluster`: [`ConfigStore`], one running node: writes, reads, watch, membership, metrics.
@@ -22,6 +23,7 @@ mod cluster;
 mod error;
 pub mod log_store;
 pub mod network;
+pub mod port;
 pub mod rpc;
 mod server;
 mod shared;

@@ -6,7 +6,7 @@
 //! the expected body (a refusal, a decoding error) is a `Network` error; an error raised by the
 //! peer's Raft comes back as a `RemoteError`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fulcrum_model::codec::{self, CodecError};
@@ -26,10 +26,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::rpc::{
-    ClusterAuth, HEADER_CLUSTER, HEADER_SIGNATURE, HEADER_TARGET, PATH_APPEND, PATH_SNAPSHOT,
-    PATH_VOTE,
-};
+use crate::rpc::{ClusterAuth, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, unix_ms};
 use crate::types::{NodeId, TypeConfig};
 
 /// Why an RPC got no usable answer.
@@ -123,10 +120,13 @@ impl RpcClient {
     ) -> Result<Bytes, CallError> {
         let broken =
             |problem: String| CallError::Broken { target, address: address.to_owned(), problem };
-        let request = hyper::Request::post(format!("http://{address}{path}"))
-            .header(HEADER_CLUSTER, self.auth.cluster())
-            .header(HEADER_TARGET, target.to_string())
-            .header(HEADER_SIGNATURE, self.auth.sign(target, path, &body))
+        let mut request = hyper::Request::post(format!("http://{address}{path}"));
+        // Signed as it leaves: a retry by the caller is a new request with a new nonce.
+        let sent_ms = unix_ms(SystemTime::now());
+        for (name, value) in self.auth.sign(target, path, &body, sent_ms, fastrand::u64(..)) {
+            request = request.header(name, value);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| broken(format!("cannot build the request: {e}")))?;
         let response = self.http.request(request).await.map_err(|e| {

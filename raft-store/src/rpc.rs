@@ -2,18 +2,23 @@
 //! request carries. Bodies are encoded with `fulcrum_model::codec` (bincode 2 behind a format
 //! version byte and a size limit) on both sides.
 //!
-//! Each request names the cluster and the node it is meant for, and is signed with
-//! HMAC-SHA256 over those, the path and the body, keyed by the cluster secret; the secret never
-//! crosses the network and signatures are compared in constant time. A node of another
-//! cluster, a request meant for another node (say, after an address was reused) and a wrong
-//! secret are each told apart, counted and refused before the body is decoded.
+//! Each request's head names the cluster and the node it is meant for, the time it was sent
+//! and a nonce, and carries the body's length and SHA-256; an HMAC-SHA256 over all of those,
+//! keyed by the cluster secret, signs the head. So the receiver authenticates a request
+//! before it reads a byte of its body (nobody without the secret can make a node buffer
+//! anything), then checks the body against the signed digest. A head older or newer than
+//! [`FRESHNESS`] is refused, and so is a nonce seen within it: a captured request cannot be
+//! replayed. The secret never crosses the network and signatures are compared in constant
+//! time. Every refusal has its own reason, counted for metrics.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use crate::types::NodeId;
 
@@ -36,13 +41,29 @@ pub const PATH_PEER: &str = "/raft/peer";
 pub const HEADER_CLUSTER: &str = "x-fulcrum-cluster";
 /// The id of the node the request is meant for.
 pub const HEADER_TARGET: &str = "x-fulcrum-target";
-/// Hex HMAC-SHA256 of cluster, target, path and body.
+/// When the request was sent: milliseconds since the Unix epoch, by the sender's clock.
+pub const HEADER_SENT: &str = "x-fulcrum-sent";
+/// A random number, never sent twice.
+pub const HEADER_NONCE: &str = "x-fulcrum-nonce";
+/// Hex SHA-256 of the body.
+pub const HEADER_BODY_DIGEST: &str = "x-fulcrum-body-sha256";
+/// Hex HMAC-SHA256 of cluster, target, path, sent, nonce, body length and body digest.
 pub const HEADER_SIGNATURE: &str = "x-fulcrum-signature";
 
 /// The shortest secret accepted: 128 bits.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// Why a request was refused before it was read.
+/// How far a request's sending time may be from the receiver's clock, either way: the
+/// window a captured request could be replayed in, were nonces not remembered for as long,
+/// and the clock difference between nodes that is tolerated (NTP keeps it to milliseconds).
+pub const FRESHNESS: Duration = Duration::from_secs(30);
+
+/// Nonces remembered at most; past it, requests are refused until old ones expire. Peers
+/// send a few hundred requests a second at most, so only a flood of valid requests (from a
+/// holder of the secret) fills it.
+const MAX_REMEMBERED_NONCES: usize = 1 << 20;
+
+/// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// A header is missing or not text.
@@ -67,6 +88,21 @@ pub enum AuthError {
     /// Signed with another secret, or altered on the way.
     #[error("bad signature: the cluster secrets differ, or the request was altered")]
     BadSignature,
+    /// Sent too long ago or too far ahead: an old capture, or clocks that disagree.
+    #[error(
+        "the request was sent {skew_ms} ms from this node's clock, more than the {} s allowed: a replay, or the nodes' clocks differ (check NTP)",
+        FRESHNESS.as_secs()
+    )]
+    Stale {
+        /// Sender's time minus this node's, in milliseconds.
+        skew_ms: i64,
+    },
+    /// The nonce was seen before: a replay.
+    #[error("the request's nonce was already used: a replay")]
+    Replayed,
+    /// The body's length or digest differs from the signed ones.
+    #[error("the body does not match the signed length and digest")]
+    BodyMismatch,
 }
 
 /// Refused requests, by reason, for metrics.
@@ -80,6 +116,12 @@ pub struct AuthCounters {
     pub wrong_target: AtomicU64,
     /// [`AuthError::BadSignature`].
     pub bad_signature: AtomicU64,
+    /// [`AuthError::Stale`].
+    pub stale: AtomicU64,
+    /// [`AuthError::Replayed`].
+    pub replayed: AtomicU64,
+    /// [`AuthError::BodyMismatch`].
+    pub body_mismatch: AtomicU64,
 }
 
 impl AuthCounters {
@@ -90,17 +132,24 @@ impl AuthCounters {
             AuthError::WrongCluster { .. } => &self.wrong_cluster,
             AuthError::WrongTarget { .. } => &self.wrong_target,
             AuthError::BadSignature => &self.bad_signature,
+            AuthError::Stale { .. } => &self.stale,
+            AuthError::Replayed => &self.replayed,
+            AuthError::BodyMismatch => &self.body_mismatch,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts so far.
     pub fn snapshot(&self) -> AuthCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         AuthCounts {
-            missing_header: self.missing_header.load(Ordering::Relaxed),
-            wrong_cluster: self.wrong_cluster.load(Ordering::Relaxed),
-            wrong_target: self.wrong_target.load(Ordering::Relaxed),
-            bad_signature: self.bad_signature.load(Ordering::Relaxed),
+            missing_header: load(&self.missing_header),
+            wrong_cluster: load(&self.wrong_cluster),
+            wrong_target: load(&self.wrong_target),
+            bad_signature: load(&self.bad_signature),
+            stale: load(&self.stale),
+            replayed: load(&self.replayed),
+            body_mismatch: load(&self.body_mismatch),
         }
     }
 }
@@ -116,12 +165,21 @@ pub struct AuthCounts {
     pub wrong_target: u64,
     /// Requests with a bad signature.
     pub bad_signature: u64,
+    /// Requests sent outside the freshness window.
+    pub stale: u64,
+    /// Requests whose nonce was used before.
+    pub replayed: u64,
+    /// Requests whose body differs from the signed digest.
+    pub body_mismatch: u64,
 }
 
 /// A secret shorter than [`MIN_SECRET_BYTES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the cluster secret has {0} bytes; it needs at least {MIN_SECRET_BYTES}")]
 pub struct WeakSecret(pub usize);
+
+/// The headers that authenticate one request, as `(name, value)`.
+pub type SignedHead = [(&'static str, String); 6];
 
 /// The cluster's name and secret: signs outgoing requests and checks incoming ones.
 #[derive(Clone)]
@@ -135,6 +193,22 @@ impl std::fmt::Debug for ClusterAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
         f.debug_struct("ClusterAuth").field("cluster", &self.cluster).finish_non_exhaustive()
+    }
+}
+
+/// What a verified head promises about its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerifiedHead {
+    /// The body's length.
+    pub length: u64,
+    digest: [u8; 32],
+}
+
+impl VerifiedHead {
+    /// Checks that `body` is the one the head was signed for.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), AuthError> {
+        let matches = body.len() as u64 == self.length && Sha256::digest(body)[..] == self.digest;
+        if matches { Ok(()) } else { Err(AuthError::BodyMismatch) }
     }
 }
 
@@ -154,29 +228,63 @@ impl ClusterAuth {
         &self.cluster
     }
 
-    /// The signature header's value for a request to `target` at `path` with `body`.
-    pub fn sign(&self, target: NodeId, path: &str, body: &[u8]) -> String {
-        let mac = self.mac(&self.cluster, &target.to_string(), path, body);
-        mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect()
+    /// The authenticating headers of a request to `target` at `path` with `body`, sent at
+    /// `sent_ms` (milliseconds since the Unix epoch) with a `nonce` never used before.
+    pub fn sign(
+        &self,
+        target: NodeId,
+        path: &str,
+        body: &[u8],
+        sent_ms: u64,
+        nonce: u64,
+    ) -> SignedHead {
+        let digest = Sha256::digest(body);
+        let (target, sent, nonce) =
+            (target.to_string(), sent_ms.to_string(), hex(&nonce.to_be_bytes()));
+        let head = Head {
+            cluster: &self.cluster,
+            target: &target,
+            path,
+            sent: &sent,
+            nonce: &nonce,
+            length: body.len() as u64,
+            digest: &digest,
+        };
+        let signature = hex(&self.mac(&head).finalize().into_bytes());
+        [
+            (HEADER_CLUSTER, self.cluster.to_string()),
+            (HEADER_TARGET, target),
+            (HEADER_SENT, sent),
+            (HEADER_NONCE, nonce),
+            (HEADER_BODY_DIGEST, hex(&digest)),
+            (HEADER_SIGNATURE, signature),
+        ]
     }
 
-    /// Checks a request's headers, as `name -> value`, against this node (`local`).
-    pub fn verify<'a>(
+    /// Checks a request's head, its headers as `name -> value` and its declared body
+    /// `length`, against this node (`local`) at `now_ms`; the nonce is checked and
+    /// remembered by `nonces` once the signature holds, so forged requests fill nothing.
+    pub fn verify_head<'a>(
         &self,
         header: impl Fn(&'static str) -> Option<&'a str>,
         local: NodeId,
         path: &str,
-        body: &[u8],
-    ) -> Result<(), AuthError> {
+        length: u64,
+        now_ms: u64,
+        nonces: &mut NonceMemory,
+    ) -> Result<VerifiedHead, AuthError> {
         let get = |name| header(name).ok_or(AuthError::MissingHeader(name));
         let cluster = get(HEADER_CLUSTER)?;
         let target = get(HEADER_TARGET)?;
-        let signature = get(HEADER_SIGNATURE)?;
-        let signature = decode_hex(signature).ok_or(AuthError::BadSignature)?;
+        let sent = get(HEADER_SENT)?;
+        let nonce = get(HEADER_NONCE)?;
+        let digest: [u8; 32] = decode_hex(get(HEADER_BODY_DIGEST)?)
+            .and_then(|d| d.try_into().ok())
+            .ok_or(AuthError::MissingHeader(HEADER_BODY_DIGEST))?;
+        let signature = decode_hex(get(HEADER_SIGNATURE)?).ok_or(AuthError::BadSignature)?;
+        let head = Head { cluster, target, path, sent, nonce, length, digest: &digest };
         // The signature first: an unauthenticated sender learns nothing about this node.
-        self.mac(cluster, target, path, body)
-            .verify_slice(&signature)
-            .map_err(|_| AuthError::BadSignature)?;
+        self.mac(&head).verify_slice(&signature).map_err(|_| AuthError::BadSignature)?;
         if cluster != &*self.cluster {
             return Err(AuthError::WrongCluster {
                 expected: self.cluster.to_string(),
@@ -186,19 +294,81 @@ impl ClusterAuth {
         if target != local.to_string() {
             return Err(AuthError::WrongTarget { expected: local, got: target.to_owned() });
         }
-        Ok(())
+        let sent_ms: u64 = sent.parse().map_err(|_| AuthError::MissingHeader(HEADER_SENT))?;
+        let nonce = decode_hex(nonce)
+            .and_then(|n| <[u8; 8]>::try_from(n).ok())
+            .map(u64::from_be_bytes)
+            .ok_or(AuthError::MissingHeader(HEADER_NONCE))?;
+        nonces.admit(nonce, sent_ms, now_ms)?;
+        Ok(VerifiedHead { length, digest })
     }
 
-    fn mac(&self, cluster: &str, target: &str, path: &str, body: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, head: &Head<'_>) -> Hmac<Sha256> {
         let mut mac = self.keyed.clone();
         // Lengths first, so no two different tuples sign the same bytes.
-        for part in [cluster.as_bytes(), target.as_bytes(), path.as_bytes()] {
+        for part in [head.cluster, head.target, head.path, head.sent, head.nonce] {
             mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
+            mac.update(part.as_bytes());
         }
-        mac.update(body);
+        mac.update(&head.length.to_be_bytes());
+        mac.update(head.digest);
         mac
     }
+}
+
+/// The signed fields of a request's head, as sent.
+struct Head<'a> {
+    cluster: &'a str,
+    target: &'a str,
+    path: &'a str,
+    sent: &'a str,
+    nonce: &'a str,
+    length: u64,
+    digest: &'a [u8],
+}
+
+/// The nonces of requests accepted within the freshness window: a nonce seen again is a
+/// replay. Entries leave once their request is too old to be accepted anyway.
+#[derive(Debug, Default)]
+pub struct NonceMemory {
+    seen: HashSet<u64>,
+    /// (sent_ms, nonce) in the order accepted.
+    order: VecDeque<(u64, u64)>,
+}
+
+impl NonceMemory {
+    /// Accepts a request sent at `sent_ms` with `nonce` if it is fresh at `now_ms` and the
+    /// nonce is new, and remembers the nonce.
+    pub fn admit(&mut self, nonce: u64, sent_ms: u64, now_ms: u64) -> Result<(), AuthError> {
+        let window = FRESHNESS.as_millis() as u64;
+        let skew_ms = i64::try_from(sent_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(now_ms).unwrap_or(i64::MAX));
+        if skew_ms.unsigned_abs() > window {
+            return Err(AuthError::Stale { skew_ms });
+        }
+        while let Some(&(sent, old)) = self.order.front() {
+            if sent.saturating_add(window) >= now_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&old);
+        }
+        if self.seen.len() >= MAX_REMEMBERED_NONCES || !self.seen.insert(nonce) {
+            return Err(AuthError::Replayed);
+        }
+        self.order.push_back((sent_ms, nonce));
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch now, by this node's clock (0 if it is set before 1970).
+pub fn unix_ms(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -218,30 +388,32 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-    fn headers(cluster: &str, target: NodeId, signature: String) -> Vec<(&'static str, String)> {
-        vec![
-            (HEADER_CLUSTER, cluster.to_owned()),
-            (HEADER_TARGET, target.to_string()),
-            (HEADER_SIGNATURE, signature),
-        ]
-    }
+    const NOW: u64 = 1_800_000_000_000;
 
     fn verify(
         auth: &ClusterAuth,
         headers: &[(&'static str, String)],
         body: &[u8],
+        nonces: &mut NonceMemory,
     ) -> Result<(), AuthError> {
         let lookup =
             |name| headers.iter().find(|(n, _)| *n == name).map(|(_, value)| value.as_str());
-        auth.verify(lookup, 2, PATH_APPEND, body)
+        auth.verify_head(lookup, 2, PATH_APPEND, body.len() as u64, NOW, nonces)?.check_body(body)
+    }
+
+    fn signed(auth: &ClusterAuth, target: NodeId, body: &[u8], nonce: u64) -> SignedHead {
+        auth.sign(target, PATH_APPEND, body, NOW, nonce)
     }
 
     #[test]
-    fn a_signed_request_verifies() {
+    fn a_signed_request_verifies_once() {
         let auth = ClusterAuth::new("prod", SECRET).unwrap();
-        let signature = auth.sign(2, PATH_APPEND, b"body");
-        assert_eq!(verify(&auth, &headers("prod", 2, signature), b"body"), Ok(()));
+        let mut nonces = NonceMemory::default();
+        let head = signed(&auth, 2, b"body", 7);
+        assert_eq!(verify(&auth, &head, b"body", &mut nonces), Ok(()));
+        assert_eq!(verify(&auth, &head, b"body", &mut nonces), Err(AuthError::Replayed));
+        let next = signed(&auth, 2, b"body", 8);
+        assert_eq!(verify(&auth, &next, b"body", &mut nonces), Ok(()));
     }
 
     #[test]
@@ -249,36 +421,68 @@ mod tests {
         let auth = ClusterAuth::new("prod", SECRET).unwrap();
         let other_secret = ClusterAuth::new("prod", b"another secret of enough bytes").unwrap();
         let other_cluster = ClusterAuth::new("staging", SECRET).unwrap();
+        let mut nonces = NonceMemory::default();
 
-        let signature = other_secret.sign(2, PATH_APPEND, b"body");
-        assert_eq!(
-            verify(&auth, &headers("prod", 2, signature), b"body"),
-            Err(AuthError::BadSignature)
-        );
+        let head = signed(&other_secret, 2, b"body", 1);
+        assert_eq!(verify(&auth, &head, b"body", &mut nonces), Err(AuthError::BadSignature));
 
-        let signature = auth.sign(2, PATH_APPEND, b"body");
-        assert_eq!(
-            verify(&auth, &headers("prod", 2, signature), b"altered"),
-            Err(AuthError::BadSignature)
-        );
+        // Same length, other bytes: the head verifies, the body does not.
+        let head = signed(&auth, 2, b"body", 2);
+        assert_eq!(verify(&auth, &head, b"bodz", &mut nonces), Err(AuthError::BodyMismatch));
+        // Another length changes the signed head itself.
+        let head = signed(&auth, 2, b"body", 3);
+        assert_eq!(verify(&auth, &head, b"altered", &mut nonces), Err(AuthError::BadSignature));
 
-        let signature = other_cluster.sign(2, PATH_APPEND, b"body");
+        let head = signed(&other_cluster, 2, b"body", 4);
         assert!(matches!(
-            verify(&auth, &headers("staging", 2, signature), b"body"),
+            verify(&auth, &head, b"body", &mut nonces),
             Err(AuthError::WrongCluster { .. })
         ));
 
-        let signature = auth.sign(3, PATH_APPEND, b"body");
+        let head = signed(&auth, 3, b"body", 5);
         assert_eq!(
-            verify(&auth, &headers("prod", 3, signature), b"body"),
+            verify(&auth, &head, b"body", &mut nonces),
             Err(AuthError::WrongTarget { expected: 2, got: "3".into() })
         );
 
-        assert_eq!(verify(&auth, &[], b"body"), Err(AuthError::MissingHeader(HEADER_CLUSTER)));
         assert_eq!(
-            verify(&auth, &headers("prod", 2, "zz".into()), b"body"),
-            Err(AuthError::BadSignature)
+            verify(&auth, &[], b"body", &mut nonces),
+            Err(AuthError::MissingHeader(HEADER_CLUSTER))
         );
+        let mut head = signed(&auth, 2, b"body", 6);
+        head[5].1 = "zz".into();
+        assert_eq!(verify(&auth, &head, b"body", &mut nonces), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn a_forged_request_leaves_no_nonce_behind() {
+        let auth = ClusterAuth::new("prod", SECRET).unwrap();
+        let forger = ClusterAuth::new("prod", b"a guessed secret, long enough").unwrap();
+        let mut nonces = NonceMemory::default();
+        let forged = signed(&forger, 2, b"body", 9);
+        assert_eq!(verify(&auth, &forged, b"body", &mut nonces), Err(AuthError::BadSignature));
+        assert_eq!(verify(&auth, &signed(&auth, 2, b"body", 9), b"body", &mut nonces), Ok(()));
+    }
+
+    #[test]
+    fn requests_outside_the_window_are_stale_and_old_nonces_are_forgotten() {
+        let window = FRESHNESS.as_millis() as u64;
+        let mut nonces = NonceMemory::default();
+        assert_eq!(nonces.admit(1, NOW - window, NOW), Ok(()));
+        assert_eq!(nonces.admit(2, NOW + window, NOW), Ok(()));
+        assert_eq!(
+            nonces.admit(3, NOW - window - 1, NOW),
+            Err(AuthError::Stale { skew_ms: -(window as i64) - 1 })
+        );
+        assert_eq!(
+            nonces.admit(4, NOW + window + 1, NOW),
+            Err(AuthError::Stale { skew_ms: window as i64 + 1 })
+        );
+        assert_eq!(nonces.admit(1, NOW, NOW), Err(AuthError::Replayed));
+        // Once nonce 1's request could no longer be accepted, it is forgotten.
+        assert_eq!(nonces.admit(5, NOW + 1, NOW + 1), Ok(()));
+        assert!(!nonces.seen.contains(&1) && nonces.seen.contains(&2));
+        assert_eq!(nonces.order.len(), nonces.seen.len());
     }
 
     #[test]

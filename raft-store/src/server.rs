@@ -1,28 +1,46 @@
 //! The server side of the Raft RPC: an HTTP/1.1 server (hyper) that authenticates every
-//! request before reading it, then hands it to openraft, to the leader's write, read and
-//! membership paths for requests forwarded by followers, or to the node's peer handler.
+//! request's head before reading its body, then hands it to openraft, to the leader's write,
+//! read and membership paths for requests forwarded by followers, or to the node's peer
+//! handler.
+//!
+//! The port faces the network, so everything an unauthenticated sender can make it do is
+//! bounded: connections in total and per source address, a deadline for each head and each
+//! body, a body length declared up front and within the path's limit, nothing buffered
+//! before the signature holds, and refusals logged at most once a second.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fulcrum_model::codec;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::port::{Limits, OpenConnections, RefusalLog};
 use crate::rpc::{
     AuthError, PATH_APPEND, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_SNAPSHOT, PATH_VOTE,
-    PATH_WRITE,
+    PATH_WRITE, unix_ms,
 };
 use crate::shared::{MemberChange, Shared};
 use crate::types::{NodeId, Request, TypeConfig};
+
+/// Open connections at most, in total and from one address; peers keep a few each.
+const CONNECTION_LIMITS: Limits = Limits { total: 512, per_address: 32 };
+/// A request's head must arrive within this, and an idle connection is closed after it.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A body gets this long, plus [`BODY_TIME_PER_MIB`] for each MiB it declares.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIME_PER_MIB: Duration = Duration::from_secs(1);
+/// The largest body of a vote or a read, which carry a few numbers.
+const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
 /// Serves RPCs on `listener` until `stop` turns true.
 pub(crate) async fn serve(
@@ -31,8 +49,10 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let open = OpenConnections::new(CONNECTION_LIMITS);
+    let refused_connections = RefusalLog::default();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -44,24 +64,33 @@ pub(crate) async fn serve(
             },
             _ = stopped(&mut stop) => break,
         };
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+        let Some(slot) = open.take(peer.ip()) else {
+            refused_connections.warn(|suppressed| {
+                tracing::warn!(%peer, suppressed, "Raft RPC connection refused: {CONNECTION_LIMITS}");
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let mut stop = stop.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(&shared, request).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = stopped(&mut stop) => {}
             }
         });
-        // Reap finished connections so the set does not grow without bound.
-        while connections.try_join_next().is_some() {}
     }
     connections.shutdown().await;
 }
@@ -83,33 +112,59 @@ async fn handle(shared: &Shared, request: hyper::Request<Incoming>) -> HttpRespo
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Raft RPCs are POSTs".into());
     }
-    let path: &'static str = match request.uri().path() {
-        PATH_APPEND => PATH_APPEND,
-        PATH_VOTE => PATH_VOTE,
-        PATH_SNAPSHOT => PATH_SNAPSHOT,
-        PATH_WRITE => PATH_WRITE,
-        PATH_READ => PATH_READ,
-        PATH_MEMBERS => PATH_MEMBERS,
-        PATH_PEER => PATH_PEER,
-        other => return text(StatusCode::NOT_FOUND, format!("no RPC at {other}")),
+    let (path, limit): (&'static str, u64) = match request.uri().path() {
+        PATH_VOTE => (PATH_VOTE, SMALL_BODY_BYTES),
+        PATH_READ => (PATH_READ, SMALL_BODY_BYTES),
+        PATH_APPEND => (PATH_APPEND, codec::MAX_MESSAGE_BYTES as u64),
+        PATH_SNAPSHOT => (PATH_SNAPSHOT, codec::MAX_MESSAGE_BYTES as u64),
+        PATH_WRITE => (PATH_WRITE, codec::MAX_MESSAGE_BYTES as u64),
+        PATH_MEMBERS => (PATH_MEMBERS, codec::MAX_MESSAGE_BYTES as u64),
+        PATH_PEER => (PATH_PEER, codec::MAX_MESSAGE_BYTES as u64),
+        _ => return text(StatusCode::NOT_FOUND, "no such RPC".into()),
     };
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, codec::MAX_MESSAGE_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) => {
-            return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {error}"));
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let length = match declared {
+        Some(length) if length <= limit => length,
+        Some(length) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{path} takes at most {limit} bytes, not {length}"),
+            );
         }
+        None => return text(StatusCode::LENGTH_REQUIRED, "a Content-Length is required".into()),
     };
     let header = |name: &'static str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    if let Err(error) = shared.auth.verify(header, shared.node_id, path, &body) {
-        shared.auth_counters.record(&error);
-        tracing::warn!(path, "Raft RPC refused: {error}");
-        let status = match error {
-            AuthError::MissingHeader(_) | AuthError::BadSignature => StatusCode::UNAUTHORIZED,
-            AuthError::WrongCluster { .. } => StatusCode::FORBIDDEN,
-            AuthError::WrongTarget { .. } => StatusCode::MISDIRECTED_REQUEST,
-        };
-        return text(status, error.to_string());
+    let verified = {
+        let mut nonces = shared.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = unix_ms(SystemTime::now());
+        shared.auth.verify_head(header, shared.node_id, path, length, now_ms, &mut nonces)
+    };
+    let verified = match verified {
+        Ok(verified) => verified,
+        Err(error) => return refuse(shared, path, error),
+    };
+    let deadline =
+        BODY_TIMEOUT + BODY_TIME_PER_MIB * u32::try_from(length >> 20).unwrap_or(u32::MAX);
+    let limited = Limited::new(body, usize::try_from(length).unwrap_or(usize::MAX));
+    let body = match tokio::time::timeout(deadline, limited.collect()).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(error)) => {
+            return text(StatusCode::BAD_REQUEST, format!("cannot read the body: {error}"));
+        }
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {deadline:?}"),
+            );
+        }
+    };
+    if let Err(error) = verified.check_body(&body) {
+        return refuse(shared, path, error);
     }
     let raft = &shared.raft;
     match path {
@@ -131,6 +186,22 @@ async fn handle(shared: &Shared, request: hyper::Request<Incoming>) -> HttpRespo
         PATH_PEER => answer(&body, |r: Vec<u8>| shared.answer_peer(r)).await,
         _ => answer(&body, |(): ()| shared.read_as_leader()).await,
     }
+}
+
+/// Counts and logs (within the log's rate) a refused request, and answers it.
+fn refuse(shared: &Shared, path: &'static str, error: AuthError) -> HttpResponse {
+    shared.auth_counters.record(&error);
+    shared.refusals.warn(|suppressed| {
+        tracing::warn!(path, suppressed, "Raft RPC refused: {error}");
+    });
+    let status = match error {
+        AuthError::MissingHeader(_) | AuthError::BadSignature => StatusCode::UNAUTHORIZED,
+        AuthError::Stale { .. } | AuthError::Replayed => StatusCode::UNAUTHORIZED,
+        AuthError::BodyMismatch => StatusCode::BAD_REQUEST,
+        AuthError::WrongCluster { .. } => StatusCode::FORBIDDEN,
+        AuthError::WrongTarget { .. } => StatusCode::MISDIRECTED_REQUEST,
+    };
+    text(status, error.to_string())
 }
 
 /// Decodes the request, runs `work`, and encodes whatever it returns (errors included: they

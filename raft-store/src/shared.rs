@@ -13,7 +13,8 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
-use crate::rpc::{AuthCounters, ClusterAuth};
+use crate::port::RefusalLog;
+use crate::rpc::{AuthCounters, ClusterAuth, NonceMemory};
 use crate::state_machine::StateMachineStore;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -79,6 +80,10 @@ pub(crate) struct Shared {
     pub(crate) raft: Raft,
     pub(crate) auth: ClusterAuth,
     pub(crate) auth_counters: AuthCounters,
+    /// Nonces of the requests accepted within the freshness window.
+    pub(crate) nonces: std::sync::Mutex<NonceMemory>,
+    /// Refused requests' log lines, at most one a second.
+    pub(crate) refusals: RefusalLog,
     pub(crate) state_machine: StateMachineStore,
     pub(crate) peer_handler: OnceLock<PeerHandler>,
 }

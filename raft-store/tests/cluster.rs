@@ -325,3 +325,153 @@ async fn rpcs_with_a_wrong_secret_cluster_or_target_are_refused_and_counted() {
     assert_eq!(node.metrics().term, term, "a refused vote request must change nothing");
     assert_eq!(node.metrics().leader, Some(1));
 }
+
+/// The RPC port as an outsider finds it: raw bytes over TCP.
+mod port {
+    use std::net::SocketAddr;
+    use std::time::{Duration, SystemTime};
+
+    use fulcrum_raft_store::rpc::{ClusterAuth, PATH_VOTE, unix_ms};
+    use fulcrum_raft_store::{NodeId, rpc};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::{CLUSTER, Cluster, SECRET, timing};
+
+    /// Resident memory of this process (nextest runs each test in its own), in KiB.
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Reads until the peer closes (EOF or reset) or `within` passes; returns what arrived
+    /// and whether the connection was closed.
+    async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+                Ok(Ok(0) | Err(_)) => return (received, true),
+                Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+                Err(_) => return (received, false),
+            }
+        }
+    }
+
+    /// A vote request for `term` signed by `auth`, sent at `sent_ms` with `nonce`.
+    fn signed_vote(auth: &ClusterAuth, term: u64, sent_ms: u64, nonce: u64) -> Vec<u8> {
+        let vote = openraft::raft::VoteRequest::<NodeId>::new(openraft::Vote::new(term, 9), None);
+        let body = fulcrum_model::codec::encode(&vote).unwrap();
+        let mut request = format!(
+            "POST {PATH_VOTE} HTTP/1.1\r\nhost: node\r\nconnection: close\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in auth.sign(1, PATH_VOTE, &body, sent_ms, nonce) {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
+    async fn status_of(address: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "the node kept a connection: close connection open");
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsigned_bodies_are_refused_before_they_are_read_and_buffer_nothing() {
+        let cluster = Cluster::start(1, timing()).await;
+        let address = cluster.addresses[&1];
+        let before = rss_kib();
+        let chunk = vec![0u8; 1 << 20];
+        let attackers = (0..20).map(|_| {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(address).await.unwrap();
+                let head =
+                    "POST /raft/append HTTP/1.1\r\nhost: node\r\ncontent-length: 67108864\r\n\r\n";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                // 8 MiB of the declared 64; the node may cut the connection at any point.
+                for _ in 0..8 {
+                    let write = stream.write_all(&chunk);
+                    match tokio::time::timeout(Duration::from_secs(10), write).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) | Err(_) => break,
+                    }
+                }
+                read_until_closed(&mut stream, Duration::from_secs(10)).await.1
+            })
+        });
+        for attacker in attackers.collect::<Vec<_>>() {
+            assert!(attacker.await.unwrap(), "a connection with an unsigned body stayed open");
+        }
+        let grown = rss_kib().saturating_sub(before);
+        assert!(
+            grown < 8 * 1024,
+            "resident memory grew by {grown} KiB under 160 MiB of unsigned bodies"
+        );
+        let refused = cluster.node(1).metrics().refused_rpcs;
+        assert_eq!(refused.missing_header, 20, "{refused:?}");
+        assert!(cluster.node(1).metrics().leader == Some(1), "the node lost its leadership");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_that_send_nothing_are_closed_and_one_address_gets_a_bounded_number() {
+        let cluster = Cluster::start(1, timing()).await;
+        let address = cluster.addresses[&1];
+        let mut idle = Vec::new();
+        for _ in 0..32 {
+            idle.push(TcpStream::connect(address).await.unwrap());
+        }
+        // Over the per-address limit: closed at once, long before the header deadline.
+        let mut extra = TcpStream::connect(address).await.unwrap();
+        assert!(
+            read_until_closed(&mut extra, Duration::from_secs(2)).await.1,
+            "a 33rd connection was kept"
+        );
+        // The idle ones are closed by the header deadline (5 s), not kept forever.
+        for stream in &mut idle {
+            let (received, closed) = read_until_closed(stream, Duration::from_secs(10)).await;
+            assert!(closed, "a connection that sent nothing stayed open");
+            assert!(received.is_empty() || received.starts_with(b"HTTP/1.1 408"), "{received:?}");
+        }
+        // And the port serves again.
+        let auth = ClusterAuth::new(CLUSTER, SECRET).unwrap();
+        let term = cluster.node(1).metrics().term;
+        let request = signed_vote(&auth, term, unix_ms(SystemTime::now()), 1);
+        assert_eq!(status_of(address, &request).await, "HTTP/1.1 200 OK");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replayed_or_stale_request_is_refused() {
+        let cluster = Cluster::start(1, timing()).await;
+        let address = cluster.addresses[&1];
+        let auth = ClusterAuth::new(CLUSTER, SECRET).unwrap();
+        let term = cluster.node(1).metrics().term;
+        let now = unix_ms(SystemTime::now());
+        let captured = signed_vote(&auth, term, now, 42);
+        assert_eq!(status_of(address, &captured).await, "HTTP/1.1 200 OK");
+        assert_eq!(status_of(address, &captured).await, "HTTP/1.1 401 Unauthorized");
+        let window = rpc::FRESHNESS.as_millis() as u64;
+        let old = signed_vote(&auth, term, now - window - 1000, 43);
+        assert_eq!(status_of(address, &old).await, "HTTP/1.1 401 Unauthorized");
+        // A body swapped under a signed head.
+        let mut swapped = signed_vote(&auth, term, now, 44);
+        let last = swapped.len() - 1;
+        swapped[last] ^= 1;
+        assert_eq!(status_of(address, &swapped).await, "HTTP/1.1 400 Bad Request");
+        let refused = cluster.node(1).metrics().refused_rpcs;
+        assert_eq!(
+            (refused.replayed, refused.stale, refused.body_mismatch),
+            (1, 1, 1),
+            "{refused:?}"
+        );
+    }
+}

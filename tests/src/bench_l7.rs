@@ -1,6 +1,7 @@
-//! The L7 benchmark: HTTP/1.1 keep-alive with wrk and h2c with h2load, small responses,
-//! through fulcrumd, HAProxy 2.6 (mode http), nginx 1.22 (proxy_pass with upstream keep-alive)
-//! and straight to the backend, all in one lab run, with the same lab backend behind them.
+//! The L7 benchmark: HTTP/1.1 keep-alive with wrk, h2c with h2load, new connections over
+//! HTTP and over TLS 1.3, and memory per idle connection, small responses, through fulcrumd,
+//! HAProxy 2.6 (mode http), nginx 1.22 (proxy_pass with upstream keep-alive) and straight to
+//! the backend, all in one lab run, with the same lab backend behind them.
 //!
 //! Every proxy gets two threads or workers (the VM has two cores, shared with the client and
 //! the backend), so the ratios matter more than the absolute figures.
@@ -20,10 +21,13 @@ use crate::topology::{Host, HostRole, Lab, LabError, Topology};
 const NGINX: &str = "/usr/sbin/nginx";
 const WRK: &str = "/usr/bin/wrk";
 const H2LOAD: &str = "/usr/bin/h2load";
-/// Front ports: (HTTP/1.1, h2c) per proxy.
-const FULCRUM_PORT: u16 = 8000;
-const HAPROXY_PORTS: (u16, u16) = (8100, 8101);
-const NGINX_PORTS: (u16, u16) = (8200, 8201);
+/// Front ports: (HTTP/1.1, h2c, HTTPS) per proxy; fulcrumd serves both protocols on one.
+const FULCRUM_PORTS: (u16, u16) = (8000, 8443);
+const HAPROXY_PORTS: (u16, u16, u16) = (8100, 8101, 8102);
+const NGINX_PORTS: (u16, u16, u16) = (8200, 8201, 8202);
+/// The benchmark's certificate: ECDSA P-256, the common choice for fast handshakes.
+const CERT_FILE: &str = "bench-cert.pem";
+const KEY_FILE: &str = "bench-key.pem";
 
 /// What the benchmark measures, and how much.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +64,8 @@ pub struct Figures {
     pub h2: Vec<Run>,
     /// HTTP/1.1 runs with `Connection: close`: a new connection per request.
     pub closing: Vec<Run>,
+    /// HTTPS runs with `Connection: close`: a full TLS 1.3 handshake per request.
+    pub handshakes: Vec<Run>,
     /// Resident memory added per idle keep-alive client connection, in bytes.
     pub idle_bytes_per_connection: Option<u64>,
     /// The proxy's peak resident memory after the runs, in KiB.
@@ -89,21 +95,41 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
     let _backend = lab.start_backend(&backend)?;
     let upstream = backend.http_address();
 
-    let mut node = lab.start_serving_node(&lb, &fulcrum_cluster_file(&lb, upstream), &[])?;
+    write_certificate(&lab)?;
+    let mut node = lab.start_serving_node(&lb, &fulcrum_cluster_file(&lab, &lb, upstream), &[])?;
     let mut haproxy = start_haproxy(&lab, &lb, upstream)?;
     let mut nginx = start_nginx(&lab, &lb, upstream)?;
-    let fulcrum = at(&lb, FULCRUM_PORT);
-    let paths: [(&'static str, SocketAddr, SocketAddr, Option<u32>); 4] = [
-        ("direct", upstream, upstream, None),
-        ("fulcrumd", fulcrum, fulcrum, Some(node.process.pid())),
-        ("haproxy", at(&lb, HAPROXY_PORTS.0), at(&lb, HAPROXY_PORTS.1), Some(haproxy.pid())),
-        ("nginx", at(&lb, NGINX_PORTS.0), at(&lb, NGINX_PORTS.1), Some(nginx.pid())),
+    let fulcrum = at(&lb, FULCRUM_PORTS.0);
+    let paths = [
+        Entry { name: "direct", http1: upstream, h2: upstream, https: None, pid: None },
+        Entry {
+            name: "fulcrumd",
+            http1: fulcrum,
+            h2: fulcrum,
+            https: Some(at(&lb, FULCRUM_PORTS.1)),
+            pid: Some(node.process.pid()),
+        },
+        Entry {
+            name: "haproxy",
+            http1: at(&lb, HAPROXY_PORTS.0),
+            h2: at(&lb, HAPROXY_PORTS.1),
+            https: Some(at(&lb, HAPROXY_PORTS.2)),
+            pid: Some(haproxy.pid()),
+        },
+        Entry {
+            name: "nginx",
+            http1: at(&lb, NGINX_PORTS.0),
+            h2: at(&lb, NGINX_PORTS.1),
+            https: Some(at(&lb, NGINX_PORTS.2)),
+            pid: Some(nginx.pid()),
+        },
     ];
-    for (path, http1, h2, _) in &paths {
-        for address in [http1, h2] {
-            lab.run_in(&client, || in_runtime(wait_connectable(*address)))?.map_err(|e| {
+    for path in &paths {
+        for address in [Some(path.http1), Some(path.h2), path.https].into_iter().flatten() {
+            lab.run_in(&client, || in_runtime(wait_connectable(address)))?.map_err(|e| {
                 LabError::Invalid(format!(
-                    "{path} does not serve: {e} (logs in {})",
+                    "{} does not serve: {e} (logs in {})",
+                    path.name,
                     lab.log_dir().display()
                 ))
             })?;
@@ -111,40 +137,43 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
     }
     let mut figures: Vec<Figures> = paths
         .iter()
-        .map(|(path, ..)| Figures {
-            path,
+        .map(|path| Figures {
+            path: path.name,
             http1: Vec::new(),
             h2: Vec::new(),
             closing: Vec::new(),
+            handshakes: Vec::new(),
             idle_bytes_per_connection: None,
             peak_rss_kib: None,
         })
         .collect();
+    let close = ["-H", "Connection: close"];
     // Interleaved, so a slow phase of the machine hits every path alike.
     for run in 0..settings.runs {
-        for ((path, http1, h2, _), figures) in paths.iter().zip(&mut figures) {
-            figures
-                .http1
-                .push(wrk(&lab, &client, *http1, &settings, &[]).map_err(|e| context(path, e))?);
-            let log = lab.log_dir().join(format!("h2load-{path}-{run}.log"));
-            figures
-                .h2
-                .push(h2load(&lab, &client, *h2, &settings, &log).map_err(|e| context(path, e))?);
-            figures.closing.push(
-                wrk(&lab, &client, *http1, &settings, &["-H", "Connection: close"])
-                    .map_err(|e| context(path, e))?,
-            );
+        for (path, figures) in paths.iter().zip(&mut figures) {
+            let context = |error| context(path.name, error);
+            let http1 = format!("http://{}/", path.http1);
+            figures.http1.push(wrk(&lab, &client, &http1, &settings, &[]).map_err(context)?);
+            let log = lab.log_dir().join(format!("h2load-{}-{run}.log", path.name));
+            figures.h2.push(h2load(&lab, &client, path.h2, &settings, &log).map_err(context)?);
+            figures.closing.push(wrk(&lab, &client, &http1, &settings, &close).map_err(context)?);
+            if let Some(https) = path.https {
+                let url = format!("https://{https}/");
+                figures
+                    .handshakes
+                    .push(wrk(&lab, &client, &url, &settings, &close).map_err(context)?);
+            }
         }
     }
-    for ((_, _, _, pid), figures) in paths.iter().zip(&mut figures) {
-        figures.peak_rss_kib = pid.and_then(peak_rss_kib);
+    for (path, figures) in paths.iter().zip(&mut figures) {
+        figures.peak_rss_kib = path.pid.and_then(peak_rss_kib);
     }
     // After the peaks are read, so they are the traffic's, not the idle connections'.
-    for ((path, http1, _, pid), figures) in paths.iter().zip(&mut figures) {
-        if let (Some(pid), "fulcrumd" | "haproxy") = (pid, *path) {
+    for (path, figures) in paths.iter().zip(&mut figures) {
+        if let (Some(pid), "fulcrumd" | "haproxy") = (path.pid, path.name) {
             figures.idle_bytes_per_connection = Some(
-                lab.run_in(&client, || in_runtime(idle_memory(*http1, *pid)))?
-                    .map_err(|e| context(path, e))?,
+                lab.run_in(&client, || in_runtime(idle_memory(path.http1, pid)))?
+                    .map_err(|e| context(path.name, e))?,
             );
         }
     }
@@ -152,15 +181,60 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
     Ok(figures)
 }
 
+/// One path to the backend: its front addresses and the proxy's process.
+struct Entry {
+    name: &'static str,
+    http1: SocketAddr,
+    h2: SocketAddr,
+    /// HTTPS front (TLS terminated by the proxy); the backend itself serves none.
+    https: Option<SocketAddr>,
+    pid: Option<u32>,
+}
+
 fn context(path: &str, error: LabError) -> LabError {
     LabError::Invalid(format!("{path}: {error}"))
 }
 
-fn fulcrum_cluster_file(lb: &Host, upstream: SocketAddr) -> String {
+/// Writes [`CERT_FILE`] and [`KEY_FILE`] into the lab's log directory, and the two in one file
+/// for HAProxy, with openssl (which HAProxy and nginx depend on).
+fn write_certificate(lab: &Lab) -> Result<(), LabError> {
+    let dir = lab.log_dir();
+    let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    let output = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=bench.fulcrum.test"])
+        .args(["-addext", "subjectAltName=DNS:bench.fulcrum.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|source| LabError::Io { what: "run openssl".into(), source })?;
+    if !output.status.success() {
+        return Err(LabError::Invalid(format!(
+            "openssl could not make the benchmark's certificate: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|source| LabError::Io { what: format!("read {}", path.display()), source })
+    };
+    let combined = format!("{}{}", read(&cert)?, read(&key)?);
+    write_config(lab, "bench-combined.pem", &combined).map(drop)
+}
+
+fn fulcrum_cluster_file(lab: &Lab, lb: &Host, upstream: SocketAddr) -> String {
+    let dir = lab.log_dir();
     format!(
-        "[[listeners]]\nname = \"web\"\nbind = \"{}:{FULCRUM_PORT}\"\nprotocol = \"http\"\ndefault_pool = \"web\"\n\n\
+        "[[listeners]]\nname = \"web\"\nbind = \"{lb}:{}\"\nprotocol = \"http\"\ndefault_pool = \"web\"\n\n\
+         [[listeners]]\nname = \"secure\"\nbind = \"{lb}:{}\"\nprotocol = \"https\"\ndefault_pool = \"web\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n\n\
          [[pools]]\nname = \"web\"\nbackends = [{{ address = \"{upstream}\" }}]\n",
-        lb.address
+        FULCRUM_PORTS.0,
+        FULCRUM_PORTS.1,
+        dir.join(CERT_FILE).display(),
+        dir.join(KEY_FILE).display(),
+        lb = lb.address,
     )
 }
 
@@ -174,11 +248,13 @@ fn write_config(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf,
 fn start_haproxy(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
     let config = format!(
         "global\n    nbthread 2\n    maxconn {maxconn}\n    no strict-limits\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option http-keep-alive\n\n\
-         frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    default_backend web\n\n\
+         frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    bind {lb}:{} ssl crt {pem}\n    default_backend web\n\n\
          backend web\n    http-reuse always\n    server be {upstream}\n",
         HAPROXY_PORTS.0,
         HAPROXY_PORTS.1,
+        HAPROXY_PORTS.2,
         lb = lb.address,
+        pem = lab.log_dir().join("bench-combined.pem").display(),
         maxconn = IDLE_CONNECTIONS + 1000,
     );
     let path = write_config(lab, "haproxy-l7.cfg", &config)?;
@@ -197,10 +273,12 @@ fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess,
          http {{\n    access_log off;\n    keepalive_requests 1000000;\n    client_body_temp_path {dir}/nginx-body;\n    proxy_temp_path {dir}/nginx-proxy;\n\
              fastcgi_temp_path {dir}/nginx-fastcgi;\n    uwsgi_temp_path {dir}/nginx-uwsgi;\n    scgi_temp_path {dir}/nginx-scgi;\n\
              upstream web {{ server {upstream}; keepalive 64; }}\n\
-             server {{\n        listen {lb}:{};\n        listen {lb}:{} http2;\n        location / {{\n            proxy_pass http://web;\n\
+             server {{\n        listen {lb}:{};\n        listen {lb}:{} http2;\n        listen {lb}:{} ssl;\n\
+                     ssl_certificate {dir}/{CERT_FILE};\n        ssl_certificate_key {dir}/{KEY_FILE};\n        location / {{\n            proxy_pass http://web;\n\
                      proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
         NGINX_PORTS.0,
         NGINX_PORTS.1,
+        NGINX_PORTS.2,
         dir = dir.display(),
         lb = lb.address,
     );
@@ -272,21 +350,20 @@ async fn idle_memory(address: SocketAddr, pid: u32) -> Result<u64, LabError> {
     Ok(after.saturating_sub(before) * 1024 / IDLE_CONNECTIONS as u64)
 }
 
-/// One wrk run from the client host: HTTP/1.1 keep-alive, or with `extra` arguments (a
-/// `Connection: close` header for a new connection per request).
+/// One wrk run from the client host to `url`: HTTP/1.1 keep-alive, or with `extra` arguments
+/// (a `Connection: close` header for a new connection per request).
 fn wrk(
     lab: &Lab,
     client: &Host,
-    address: SocketAddr,
+    url: &str,
     settings: &Settings,
     extra: &[&str],
 ) -> Result<Run, LabError> {
     let seconds = format!("{}s", settings.duration.as_secs().max(1));
-    let url = format!("http://{address}/");
     let connections = settings.connections.to_string();
     let mut args = vec!["-t2", "-c", &connections, "-d", &seconds, "--latency"];
     args.extend_from_slice(extra);
-    args.push(&url);
+    args.push(url);
     let output = lab.exec(client, WRK, &args)?;
     parse_wrk(&output).ok_or_else(|| LabError::Invalid(format!("unexpected wrk output:\n{output}")))
 }
@@ -386,10 +463,14 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
         ("HTTP/1.1", (|f: &Figures| f.http1.clone()) as fn(&Figures) -> Vec<Run>),
         ("h2c", |f: &Figures| f.h2.clone()),
         ("HTTP/1.1 new connection each", |f: &Figures| f.closing.clone()),
+        ("HTTPS (TLS 1.3) new connection each", |f: &Figures| f.handshakes.clone()),
     ] {
         let reference = haproxy.map(|h| median(&runs_of(h), |r| r.rps));
         for f in figures {
             let runs = runs_of(f);
+            if runs.is_empty() {
+                continue;
+            }
             let rps = median(&runs, |r| r.rps);
             let ratio = match reference {
                 Some(r) if r > 0 => format!("{:.2}", rps as f64 / r as f64),

@@ -21,6 +21,7 @@ use fulcrum_model::api::{
 use fulcrum_model::{
     ApplyError, Backend, Command, Listener, Name, Pool, RateLimitPolicy, Route, file,
 };
+use fulcrum_raft_store::port::RefusalLog;
 use fulcrum_raft_store::{ConfigStore, IdempotencyKey, MembershipError, Request};
 use fulcrum_raft_store::{ReadError, WriteError};
 use http_body_util::{BodyExt, Full, Limited};
@@ -136,6 +137,8 @@ pub struct Admin {
     plane: Arc<DataPlane>,
     /// The bearer token every route but `/healthz` wants.
     token: Vec<u8>,
+    /// Failed logins' log lines, at most one a second.
+    refused_logins: RefusalLog,
 }
 
 /// One call, as far as handlers care.
@@ -165,7 +168,7 @@ impl Admin {
         plane: Arc<DataPlane>,
         token: Vec<u8>,
     ) -> Arc<Admin> {
-        Arc::new(Admin { node, store, plane, token })
+        Arc::new(Admin { node, store, plane, token, refused_logins: RefusalLog::default() })
     }
 
     /// Serves the API on `listener` until the task is dropped.
@@ -185,6 +188,10 @@ impl Admin {
             Ok(call) => call,
             Err(error) => return error_response(error),
         };
+        // Before the change is made: a client gone before its answer still leaves a line.
+        if call.method != Method::GET {
+            audit(&call, "accepted", None, None);
+        }
         match self.route(&call).await {
             Ok(response) => response,
             Err(error) => {
@@ -210,7 +217,15 @@ impl Admin {
             .unwrap_or_default();
         if !bool::from(presented.ct_eq(&self.token)) {
             let path = parts.uri.path();
-            tracing::warn!(target: "fulcrum::audit", %peer, path, "refused: bad or missing token");
+            self.refused_logins.warn(|suppressed| {
+                tracing::warn!(
+                    target: "fulcrum::audit",
+                    %peer,
+                    path,
+                    suppressed,
+                    "refused: bad or missing token"
+                );
+            });
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
                 .hint("pass the cluster's admin token with --token or FULCRUM_TOKEN"));
         }
@@ -233,11 +248,17 @@ impl Admin {
         let header_text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
         let idempotency_key = header_text(HEADER_IDEMPOTENCY_KEY).map(parse_key).transpose()?;
         let actor = header_text(HEADER_ACTOR).unwrap_or("unknown").chars().take(64).collect();
-        let body = Limited::new(body, MAX_BODY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?
-            .to_bytes();
+        let body =
+            tokio::time::timeout(super::BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the body did not arrive within {:?}", super::BODY_TIMEOUT),
+                    )
+                })?
+                .map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?
+                .to_bytes();
         Ok(Call { method: parts.method, segments, query, actor, peer, idempotency_key, body })
     }
 
@@ -398,10 +419,11 @@ impl Admin {
 fn audit(call: &Call, what: &str, revision: Option<u64>, refused: Option<&ApiError>) {
     tracing::info!(
         target: "fulcrum::audit",
-        actor = %call.actor,
+        // Debug-formatted: a decoded newline in a path or an actor cannot forge a line.
+        actor = ?call.actor,
         peer = %call.peer,
         method = %call.method,
-        path = %call.path(),
+        path = ?call.path(),
         revision,
         status = refused.map(|e| e.status.as_u16()),
         error = refused.map(|e| e.body.error.as_str()),
@@ -557,5 +579,38 @@ mod tests {
             name: "web".into(),
         };
         assert_eq!(ApiError::from(taken).status, StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn audit_lines_cannot_be_forged_with_a_decoded_newline() {
+        #[derive(Clone, Default)]
+        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let call = Call {
+            method: Method::DELETE,
+            segments: vec!["pools".into(), "web\n2026-12-06 INFO fulcrum::audit: forged".into()],
+            query: HashMap::new(),
+            actor: "mallory\nroot".into(),
+            peer: SocketAddr::from(([198, 18, 0, 9], 40000)),
+            idempotency_key: None,
+            body: Bytes::new(),
+        };
+        tracing::subscriber::with_default(subscriber, || audit(&call, "accepted", None, None));
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(output.lines().count(), 1, "{output}");
+        assert!(output.contains(r#"path="/pools/web\n2026"#), "{output}");
+        assert!(output.contains(r#"actor="mallory\nroot""#), "{output}");
     }
 }

@@ -11,26 +11,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fulcrum_raft_store::port::{Limits, OpenConnections, RefusalLog};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 /// The response every endpoint sends.
 pub type HttpResponse = hyper::Response<Full<Bytes>>;
 
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers, and may idle between requests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at most: operators' tools and a few scrapers need far fewer.
+const CONNECTION_LIMITS: Limits = Limits { total: 256, per_address: 32 };
 
-/// Serves `handler` on `listener` (HTTP/1.1 and h2c) until the task is dropped; `name` says
-/// whose accept failed in the log. A client that never finishes its headers does not hold a
-/// connection forever.
+/// Serves `handler` on `listener` (HTTP/1.1) until the task is dropped; `name` says whose
+/// accept failed in the log. A client that never finishes its headers, or idles, does not
+/// hold a connection for long, and one address cannot take all of them.
 pub async fn serve<H, F>(listener: TcpListener, name: &'static str, handler: Arc<H>)
 where
     H: Fn(SocketAddr, hyper::Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
+    let open = OpenConnections::new(CONNECTION_LIMITS);
+    let refused = RefusalLog::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -41,15 +47,24 @@ where
                 continue;
             }
         };
+        let Some(slot) = open.take(peer.ip()) else {
+            refused.warn(|suppressed| {
+                tracing::warn!(%peer, suppressed, "{name}: connection refused: {CONNECTION_LIMITS}");
+            });
+            continue;
+        };
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |request| {
                 let answer = handler(peer, request);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = connection.await;
         });
     }
 }

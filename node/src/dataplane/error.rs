@@ -23,6 +23,9 @@ pub enum ErrorKind {
     /// The connection was closed by a drain deadline.
     #[error("closed by a drain deadline")]
     Drained,
+    /// A TCP listener's rate limit refused the connection.
+    #[error("refused by the listener's rate limit")]
+    RateLimited,
 }
 
 /// Whose fault a failure was, for logs and for what counts against a backend.
@@ -38,13 +41,14 @@ pub enum Fault {
 
 impl ErrorKind {
     /// Every kind, in the order the metrics list them.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::NoBackend,
         ErrorKind::ConnectFailed,
         ErrorKind::BackendAtLimit,
         ErrorKind::IdleTimeout,
         ErrorKind::Io,
         ErrorKind::Drained,
+        ErrorKind::RateLimited,
     ];
 
     /// The label value.
@@ -56,6 +60,7 @@ impl ErrorKind {
             ErrorKind::IdleTimeout => "idle_timeout",
             ErrorKind::Io => "io",
             ErrorKind::Drained => "drained",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 
@@ -64,7 +69,7 @@ impl ErrorKind {
         match self {
             ErrorKind::ConnectFailed | ErrorKind::BackendAtLimit => Fault::Backend,
             // Mid-stream, either side may have broken off; the client is the usual one.
-            ErrorKind::IdleTimeout | ErrorKind::Io => Fault::Client,
+            ErrorKind::IdleTimeout | ErrorKind::Io | ErrorKind::RateLimited => Fault::Client,
             ErrorKind::NoBackend | ErrorKind::Drained => Fault::Proxy,
         }
     }

@@ -31,8 +31,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use fulcrum_policy::PickKey;
 use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
+use fulcrum_policy::{PickKey, client_key, narrower};
 
 use super::addresses::Phase;
 use super::attempt::Attempts;
@@ -199,8 +199,12 @@ async fn route_and_forward(
         .flatten()
     {
         let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
-        let key = rate_key(&key_kind, downstream.peer, &request, route_name);
-        let decision = limiter.check(&key, Instant::now());
+        let (key, second) = rate_keys(&key_kind, downstream.peer, &request, route_name);
+        let now = Instant::now();
+        let mut decision = limiter.check(&key, now);
+        if let (true, Some(second)) = (decision.allowed, second) {
+            decision = narrower(decision, limiter.check(&second, now));
+        }
         shown = Some(decision);
         if !decision.allowed {
             stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -673,22 +677,24 @@ fn set_sticky_cookie(
     }
 }
 
-fn rate_key(
+/// The counters a request is counted in under a policy keyed by `kind`. A header key counts
+/// the header's value and, apart, the client: varying the header cannot multiply one
+/// client's allowance, and a request without the header is counted by its client alone.
+fn rate_keys(
     kind: &RateLimitKey,
     peer: SocketAddr,
     request: &Request<Incoming>,
     route: &str,
-) -> Vec<u8> {
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let client = || client_key(peer.ip()).to_vec();
     match kind {
-        // One client owns a whole IPv6 /64; keying by /128 would hand it endless fresh keys.
-        RateLimitKey::ClientIp => match peer.ip().to_canonical() {
-            std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
-            std::net::IpAddr::V6(ip) => ip.octets()[..8].to_vec(),
+        RateLimitKey::ClientIp => (client(), None),
+        RateLimitKey::Header(name) => match request.headers().get(name.as_str()) {
+            // Tagged, so no header value can be mistaken for a client's key.
+            Some(value) => (client(), Some([b"h:", value.as_bytes()].concat())),
+            None => (client(), None),
         },
-        RateLimitKey::Header(name) => {
-            request.headers().get(name.as_str()).map_or_else(Vec::new, |v| v.as_bytes().to_vec())
-        }
-        RateLimitKey::Route => route.as_bytes().to_vec(),
+        RateLimitKey::Route => (route.as_bytes().to_vec(), None),
     }
 }
 

@@ -1,6 +1,7 @@
 //! L4 forwarding: one client connection to one backend, chosen by the pool's balancer, with
-//! a bounded number of connect attempts (`attempt`), an optional PROXY protocol v2 header, zero-copy
-//! forwarding, an idle timeout, and closing on a drain deadline.
+//! the listener's rate limit counted per connection, a bounded number of connect attempts
+//! (`attempt`), an optional PROXY protocol v2 header, zero-copy forwarding, an idle timeout,
+//! and closing on a drain deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use fulcrum_policy::{InFlight, PickKey};
+use fulcrum_model::RateLimitKey;
+use fulcrum_policy::{InFlight, PickKey, client_key};
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::Attempts;
@@ -29,6 +31,9 @@ pub(crate) async fn serve(
 ) {
     let spec = listener.spec();
     let peer = from.peer;
+    if !admitted_by_rate_limit(listener, shared, peer) {
+        return;
+    }
     let pool = spec.default_pool.as_ref().and_then(|name| shared.pools.load().get(name).cloned());
     // A drain deadline, of the listener or of the address (a VIP handed over), closes it.
     let closing = || must_close(listener, &shared.addresses, from.local_ip());
@@ -88,6 +93,28 @@ pub(crate) async fn serve(
         listener.stats().error(kind);
         backend.stats().error(kind);
     }
+}
+
+/// Counts a new connection against the listener's rate limit: per client address, or one
+/// counter for the whole listener (`route`; validation refuses a header key on TCP). A
+/// refused connection is closed before any backend is tried.
+fn admitted_by_rate_limit(listener: &ListenerRuntime, shared: &Shared, peer: SocketAddr) -> bool {
+    let Some(policy) = &listener.spec().rate_limit else { return true };
+    let Some((kind, limiter)) = shared.limiter(policy) else { return true };
+    let client;
+    let key: &[u8] = match kind {
+        RateLimitKey::Route | RateLimitKey::Header(_) => listener.name().as_str().as_bytes(),
+        RateLimitKey::ClientIp => {
+            client = client_key(peer.ip());
+            &client
+        }
+    };
+    if limiter.check(key, Instant::now()).allowed {
+        return true;
+    }
+    listener.stats().error(ErrorKind::RateLimited);
+    tracing::debug!(listener = %listener.name(), %policy, %peer, "connection refused: rate limit");
+    false
 }
 
 /// A connection made to a backend.
