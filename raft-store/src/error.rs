@@ -27,6 +27,20 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The directory is damaged: sled could not open it, or something the node acknowledged
+    /// is missing. Serving from it could lose committed changes.
+    #[error(
+        "the Raft store in {} is damaged: {problem}. Move the directory aside and rejoin the \
+         node from its peers (fulcrumctl member remove, then member add; see the operator \
+         guide, \"A node that lost its directory\")",
+        dir.display()
+    )]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// Stored bytes do not decode: the directory is damaged or written by another version.
     #[error("corrupt data in the Raft store in {}: {what}: {source}", dir.display())]
     Corrupt {
@@ -46,6 +60,8 @@ pub(crate) enum Failure {
     Sled(&'static str, sled::Error),
     /// This did not decode.
     Corrupt(&'static str, CodecError),
+    /// This is missing though the store says it was written.
+    Missing(&'static str),
 }
 
 impl Failure {
@@ -55,6 +71,9 @@ impl Failure {
         match self {
             Failure::Sled(what, source) => StoreError::Io { dir, what, source },
             Failure::Corrupt(what, source) => StoreError::Corrupt { dir, what, source },
+            Failure::Missing(what) => {
+                StoreError::Damaged { dir, problem: format!("{what} is missing") }
+            }
         }
     }
 }

@@ -93,6 +93,9 @@ struct State {
     membership: Membership,
     /// How many keys the idempotency table holds (sled counts by scanning).
     idempotency_keys: u64,
+    /// Whether the configuration is on disk. The first apply writes it even unchanged, so
+    /// from then on a store with entries applied but no configuration is a damaged one.
+    config_stored: bool,
 }
 
 /// One remembered write: its key, the log index that first applied it, and the response.
@@ -160,16 +163,27 @@ impl StateMachineStore {
             order: open(IDEMPOTENCY_ORDER_TREE)?,
             snapshot: open(SNAPSHOT_TREE)?,
         };
-        let config: Config =
-            load_value(&trees.state, KEY_CONFIG, "the applied configuration")?.unwrap_or_default();
-        let last_applied =
+        let stored: Option<Config> =
+            load_value(&trees.state, KEY_CONFIG, "the applied configuration")?;
+        let last_applied: Option<LogId<NodeId>> =
             load_value(&trees.state, KEY_LAST_APPLIED, "the last applied log id")?.flatten();
+        // Never serve an empty configuration in place of one that was committed.
+        if stored.is_none() && last_applied.is_some() {
+            return Err(Failure::Missing("the applied configuration"));
+        }
+        let config_stored = stored.is_some();
+        let config = stored.unwrap_or_default();
         let membership =
             load_value(&trees.state, KEY_MEMBERSHIP, "the last membership")?.unwrap_or_default();
         let config = Arc::new(config);
         let (applied, _) = watch::channel((config.revision, Arc::clone(&config)));
-        let state =
-            State { config, last_applied, membership, idempotency_keys: trees.order.len() as u64 };
+        let state = State {
+            config,
+            last_applied,
+            membership,
+            idempotency_keys: trees.order.len() as u64,
+            config_stored,
+        };
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
@@ -246,8 +260,11 @@ impl StateMachineStore {
         }
         // Rejected commands change nothing, so an unchanged revision is an unchanged config.
         let config = config.filter(|config| config.revision != state.config.revision);
+        let unstored_config =
+            (config.is_none() && !state.config_stored).then(|| Arc::clone(&state.config));
         Ok(Plan {
             config,
+            unstored_config,
             last_applied,
             membership,
             evicted: table.evicted,
@@ -259,7 +276,11 @@ impl StateMachineStore {
 
     /// Writes `plan` in one transaction.
     fn write_plan(&self, plan: &Plan) -> StorageResult<()> {
-        let config = plan.config.as_ref().map(encode).transpose()?;
+        let config = match (&plan.config, &plan.unstored_config) {
+            (Some(changed), _) => Some(encode(changed)?),
+            (None, Some(unchanged)) => Some(encode(&**unchanged)?),
+            (None, None) => None,
+        };
         let last_applied = encode(&plan.last_applied)?;
         let membership = plan.membership.as_ref().map(encode).transpose()?;
         let added = plan
@@ -336,6 +357,8 @@ impl StateMachineStore {
 struct Plan {
     /// The new configuration, if the batch changed it.
     config: Option<Config>,
+    /// The unchanged configuration, to write once because it never was.
+    unstored_config: Option<Arc<Config>>,
     last_applied: Option<LogId<NodeId>>,
     /// The last membership in the batch, if any.
     membership: Option<Membership>,
@@ -452,6 +475,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.membership = membership;
         }
         state.idempotency_keys = plan.idempotency_keys;
+        state.config_stored = true;
         let changed = plan.config.map(Arc::new);
         if let Some(config) = &changed {
             state.config = Arc::clone(config);
@@ -532,6 +556,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last_applied: payload.last_applied,
             membership: payload.membership,
             idempotency_keys: records.len() as u64,
+            config_stored: true,
         };
         self.flush().await?;
         self.publish(&config);
@@ -860,5 +885,27 @@ mod tests {
         assert_eq!(revision, 2);
         assert_eq!(pools(&config), ["api", "db"]);
         assert_eq!(pools(&sm.config()), ["api", "db"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_lost_its_configuration_refuses_to_open_rather_than_serve_an_empty_one() {
+        let (dir, mut sm) = open_state_machine();
+        // Only a blank entry: the configuration is written anyway, so it can be missed later.
+        sm.apply([Entry { log_id: log_id(1), payload: EntryPayload::Blank }]).await.unwrap();
+        drop(sm);
+        let (_, reopened) = crate::store::open(dir.path()).unwrap();
+        assert_eq!(reopened.config().revision, 0);
+        drop(reopened);
+
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree(STATE_TREE).unwrap().remove(KEY_CONFIG).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        let error = crate::store::open(dir.path()).map(drop).unwrap_err();
+        assert!(
+            matches!(&error, crate::StoreError::Damaged { problem, .. } if problem.contains("configuration is missing")),
+            "{error}"
+        );
+        assert!(error.to_string().contains("member remove"), "says how to recover: {error}");
     }
 }

@@ -272,7 +272,8 @@ impl Node {
     }
 
     /// Forwards for a peer's drain of `vrid` if this node runs it; only the VIPs this node
-    /// knows for the VRID are forwarded.
+    /// knows for the VRID are forwarded. False when it does not, so the peer knows: also when
+    /// the rules could not be loaded.
     pub(super) async fn forward_for(
         &self,
         vrid: u8,
@@ -290,8 +291,14 @@ impl Node {
             return false;
         }
         let lease = Duration::from_millis(lease_ms).min(MAX_LEASE);
-        handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await;
-        true
+        match handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await {
+            Ok(()) => true,
+            Err(error) => {
+                // Told to the draining node, which then moves the VIP without its connections.
+                tracing::error!(vrid, %via, "cannot forward for a peer's drain: {error}");
+                false
+            }
+        }
     }
 
     /// Hands a VRID over as soon as this node, its master, falls below another node's

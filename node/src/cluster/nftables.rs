@@ -450,7 +450,8 @@ impl Handover {
     }
 
     /// A peer (at `via` on the link) drains `vrid`'s `vips` for `lease` more: forward to it
-    /// out of `interface`.
+    /// out of `interface`. An error if the rules could not be loaded: then this node does
+    /// not forward for a drain it newly heard of, and the peer must be told.
     pub async fn peer_draining(
         &self,
         vrid: u8,
@@ -458,15 +459,21 @@ impl Handover {
         via: Ipv4Addr,
         interface: String,
         lease: Duration,
-    ) {
-        {
+    ) -> Result<(), HandoverError> {
+        let known = {
             let now = Instant::now();
             let mut state = lock(&self.state);
-            let since = state.peers.get(&(vrid, via)).map_or(now, |known| known.since);
-            let drain = PeerDrain { vips, interface, since, until: now + lease };
+            let known = state.peers.get(&(vrid, via)).map(|known| known.since);
+            let drain =
+                PeerDrain { vips, interface, since: known.unwrap_or(now), until: now + lease };
             state.peers.insert((vrid, via), drain);
+            known.is_some()
+        };
+        let loaded = self.reconcile().await;
+        if loaded.is_err() && !known {
+            lock(&self.state).peers.remove(&(vrid, via));
         }
-        self.reconcile_or_log().await;
+        loaded
     }
 
     /// The peer at `via` finished draining `vrid`.
