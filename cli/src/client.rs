@@ -1,4 +1,4 @@
-//! The admin API over plain HTTP/1.1: the bearer token, the audit and idempotency headers,
+//! The admin API over HTTP/1.1, plain or TLS (trusting only the CA file given): the bearer token, the audit and idempotency headers,
 //! failover to the next endpoint when one cannot be reached, and error answers turned into
 //! messages a person can act on and the exit codes scripts test.
 //!
@@ -9,6 +9,7 @@
 
 use std::cell::Cell;
 use std::error::Error as StdError;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,9 +19,12 @@ use fulcrum_model::api::{ErrorBody, HEADER_ACTOR, Propagation};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -71,7 +75,7 @@ pub(crate) struct Client {
     authorization: HeaderValue,
     actor: HeaderValue,
     timeout: Duration,
-    http: HttpClient<HttpConnector, Full<Bytes>>,
+    http: HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// The endpoint that answered last: the command's next call starts there rather than
     /// waiting again on one that is down.
     current: Cell<usize>,
@@ -84,6 +88,34 @@ struct Answer {
     endpoint: Endpoint,
 }
 
+/// The TLS settings of https endpoints: only the CA in `ca_file` is trusted (none without
+/// one; then only http endpoints are given, which settings checks).
+fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        let unusable = |problem: String| {
+            Failure::new(Exit::Usage, format!("--ca-file {}: {problem}", path.display()))
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| unusable(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unusable(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(unusable("no PEM certificate in it".into()).into());
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| unusable(e.to_string()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider offers no protocol version")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// The largest answer read: a status or configuration of thousands of objects fits.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 
@@ -92,12 +124,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Client {
     /// A client trying `endpoints` in order, each request for at most `timeout`; `actor`
-    /// names the person in the audit log of writes.
+    /// names the person in the audit log of writes; https endpoints are trusted if the CA in
+    /// `ca_file` signed their certificate.
     pub(crate) fn new(
         endpoints: Vec<Endpoint>,
         token: &str,
         actor: &str,
         timeout: Duration,
+        ca_file: Option<&Path>,
     ) -> anyhow::Result<Client> {
         let mut authorization =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
@@ -116,7 +150,13 @@ impl Client {
         // A node that is down (no answer to the SYN) is given up on quickly, so the next
         // endpoint gets its turn; a slow answer from a live node gets the whole timeout.
         connector.set_connect_timeout(Some(timeout.min(CONNECT_TIMEOUT)));
-        let http = HttpClient::builder(TokioExecutor::new()).build(connector);
+        connector.enforce_http(false);
+        let tls = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca_file)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = HttpClient::builder(TokioExecutor::new()).build(tls);
         Ok(Client { endpoints, authorization, actor, timeout, http, current: Cell::new(0) })
     }
 
@@ -419,7 +459,7 @@ mod tests {
     }
 
     fn client(endpoints: Vec<Endpoint>, timeout: Duration) -> Client {
-        Client::new(endpoints, "s3cret", "alice", timeout).unwrap()
+        Client::new(endpoints, "s3cret", "alice", timeout, None).unwrap()
     }
 
     fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {

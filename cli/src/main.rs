@@ -239,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &settings.token,
             actor.as_deref().unwrap_or("unknown"),
             cli.timeout,
+            settings.ca_file.as_deref(),
         )?;
         let ctx = Context { client, json: format == Format::Json, wait: cli.timeout };
         dispatch(&ctx, command, format).await

@@ -40,8 +40,12 @@ pub(crate) struct ConnectionArgs {
     /// Read the bearer token from FILE (surrounding whitespace is ignored)
     #[arg(long, value_name = "FILE", global = true, help_heading = "Global options")]
     pub(crate) token_file: Option<PathBuf>,
-    /// Config file with `endpoints = [...]` and `token` or `token_file` [default:
-    /// $XDG_CONFIG_HOME/fulcrum/fulcrumctl.toml or ~/.config/fulcrum/fulcrumctl.toml]
+    /// The CA (PEM) that signed the admin API's certificate, for https endpoints: only it is
+    /// trusted [default: $FULCRUM_CA_FILE, then the config file's `ca_file`]
+    #[arg(long, value_name = "FILE", global = true, help_heading = "Global options")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Config file with `endpoints = [...]`, `token` or `token_file`, and `ca_file`
+    /// [default: $XDG_CONFIG_HOME/fulcrum/fulcrumctl.toml or ~/.config/fulcrum/fulcrumctl.toml]
     #[arg(long, value_name = "FILE", global = true, help_heading = "Global options")]
     pub(crate) config: Option<PathBuf>,
 }
@@ -57,6 +61,9 @@ struct ConfigFile {
     /// Relative to the config file's folder.
     #[serde(default)]
     token_file: Option<PathBuf>,
+    /// Relative to the config file's folder.
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 /// What a command that talks to the cluster needs.
@@ -66,6 +73,8 @@ pub(crate) struct Settings {
     pub(crate) endpoints: Vec<Endpoint>,
     /// The bearer token.
     pub(crate) token: String,
+    /// The CA trusted for https endpoints.
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// An admin API base address in normal form: `http://host:port`, no trailing slash.
@@ -73,22 +82,22 @@ pub(crate) struct Settings {
 pub(crate) struct Endpoint(String);
 
 impl Endpoint {
-    /// Accepts `http://host:port` (a trailing `/` too) and bare `host:port`.
+    /// Accepts `http://host:port` and `https://host:port` (a trailing `/` too) and bare
+    /// `host:port` (http).
     pub(crate) fn parse(text: &str) -> Result<Endpoint, String> {
         let text = text.trim();
         let full = if text.contains("://") { text.to_owned() } else { format!("http://{text}") };
-        let example = "write e.g. http://198.18.0.11:7100";
+        let example = "write e.g. https://198.18.0.11:7100";
         let uri: Uri =
             full.parse().map_err(|e| format!("invalid endpoint {text:?}: {e}; {example}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let scheme = match uri.scheme_str() {
+            Some(scheme @ ("http" | "https")) => scheme,
+            _ => {
                 return Err(format!(
-                    "endpoint {text:?}: fulcrumctl speaks plain http to the admin API; {example}"
+                    "endpoint {text:?}: the scheme must be http or https; {example}"
                 ));
             }
-            _ => return Err(format!("endpoint {text:?}: the scheme must be http; {example}")),
-        }
+        };
         let Some(authority) = uri.authority() else {
             return Err(format!("endpoint {text:?} has no host; {example}"));
         };
@@ -101,7 +110,12 @@ impl Endpoint {
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!("endpoint {text:?} must not have a path; {example}"));
         }
-        Ok(Endpoint(format!("http://{authority}")))
+        Ok(Endpoint(format!("{scheme}://{authority}")))
+    }
+
+    /// Whether it is reached over TLS.
+    pub(crate) fn is_https(&self) -> bool {
+        self.0.starts_with("https://")
     }
 
     /// The full URL of `path_and_query` (which starts with `/`) on this endpoint.
@@ -189,7 +203,21 @@ pub(crate) fn resolve(
         )
         .into());
     }
-    Ok(Settings { endpoints, token })
+    let ca_file = match (&args.ca_file, env("FULCRUM_CA_FILE"), file.ca_file) {
+        (Some(path), _, _) => Some(path.clone()),
+        (None, Some(path), _) => Some(PathBuf::from(path)),
+        (None, None, Some(path)) => Some(file_dir.join(path)),
+        (None, None, None) => None,
+    };
+    if ca_file.is_none() && endpoints.iter().any(Endpoint::is_https) {
+        return Err(Failure::new(
+            Exit::Usage,
+            "an https endpoint needs the CA that signed its certificate: give --ca-file, set \
+             FULCRUM_CA_FILE, or write `ca_file` in the config file",
+        )
+        .into());
+    }
+    Ok(Settings { endpoints, token, ca_file })
 }
 
 /// `$XDG_CONFIG_HOME/fulcrum/fulcrumctl.toml`, else `~/.config/fulcrum/fulcrumctl.toml`.
@@ -260,6 +288,7 @@ mod tests {
             ("198.18.0.11:7100", "http://198.18.0.11:7100"),
             (" lb1.example.test:7100 ", "http://lb1.example.test:7100"),
             ("[2001:db8::1]:7100", "http://[2001:db8::1]:7100"),
+            ("https://198.18.0.11:7100/", "https://198.18.0.11:7100"),
         ] {
             assert_eq!(Endpoint::parse(given).unwrap().to_string(), normal, "{given}");
         }
@@ -272,7 +301,6 @@ mod tests {
     #[test]
     fn bad_endpoints_say_why() {
         for (given, reason) in [
-            ("https://198.18.0.11:7100", "plain http"),
             ("ftp://198.18.0.11:7100", "scheme"),
             ("198.18.0.11", "no port"),
             ("http://198.18.0.11:7100/admin", "path"),
@@ -388,5 +416,23 @@ mod tests {
         };
         let error = resolve_with(&args, &[]).unwrap_err();
         assert!(format!("{error:#}").contains("cannot read config file"), "{error:#}");
+    }
+
+    #[test]
+    fn an_https_endpoint_needs_a_ca_file_from_a_flag_the_environment_or_the_config_file() {
+        let args = ConnectionArgs {
+            endpoints: vec!["https://198.18.0.11:7100".into()],
+            token: Some("t".into()),
+            ..ConnectionArgs::default()
+        };
+        let error = resolve_with(&args, &[]).unwrap_err().to_string();
+        assert!(error.contains("--ca-file"), "{error}");
+        let from_env = resolve_with(&args, &[("FULCRUM_CA_FILE", "/etc/fulcrum/ca.pem")]).unwrap();
+        assert_eq!(from_env.ca_file, Some(PathBuf::from("/etc/fulcrum/ca.pem")));
+
+        let home = home_with_config("ca_file = \"tls/ca.pem\"\n");
+        let home_var = home.path().to_str().unwrap();
+        let from_file = resolve_with(&args, &[("HOME", home_var)]).unwrap();
+        assert_eq!(from_file.ca_file, Some(home.path().join(".config/fulcrum/tls/ca.pem")));
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fulcrum_model::file::line_of;
 use fulcrum_raft_store::rpc::MIN_SECRET_BYTES;
+use fulcrum_raft_store::tls::PeerTlsFiles;
 use fulcrum_raft_store::{RaftTiming, StoreSettings};
 use fulcrum_vrrp::Destination;
 use fulcrum_vrrp::InstanceConfig;
@@ -85,6 +86,13 @@ pub struct AdminSection {
     pub listen: SocketAddr,
     /// A file holding the bearer token every call but `/healthz` must present.
     pub token_file: PathBuf,
+    /// A file holding a second token that may only read: GET calls, `/metrics` included.
+    #[serde(default)]
+    pub read_token_file: Option<PathBuf>,
+    /// Serve the API over TLS with this certificate (its chain, leaf first) and key, read
+    /// again when they change; fulcrumctl then needs the CA that signed it (`--ca-file`).
+    #[serde(default)]
+    pub tls: Option<fulcrum_model::Certificate>,
 }
 
 /// The shortest admin token accepted: 128 bits of base64 or hex is longer than this.
@@ -94,6 +102,16 @@ impl AdminSection {
     /// The token, read from its file (a trailing newline is not part of it).
     pub fn token(&self) -> Result<Vec<u8>, NodeFileError> {
         read_secret(&self.token_file, "admin token", MIN_TOKEN_BYTES)
+    }
+
+    /// The read-only token, if the file names one.
+    pub fn read_token(&self) -> Result<Option<Vec<u8>>, NodeFileError> {
+        let Some(path) = &self.read_token_file else { return Ok(None) };
+        let token = read_secret(path, "read-only admin token", MIN_TOKEN_BYTES)?;
+        if token == self.token()? {
+            return Err(NodeFileError::SameTokens);
+        }
+        Ok(Some(token))
     }
 }
 
@@ -145,6 +163,22 @@ pub struct RaftSection {
     /// Entries between snapshots.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
+    /// Mutual TLS between nodes: the cluster CA, and this node's certificate and key (see
+    /// `fulcrumctl pki`). Without it, peer traffic is signed but travels in clear.
+    #[serde(default)]
+    pub tls: Option<PeerTlsSection>,
+}
+
+/// The `[raft.tls]` section: PEM files, read again when they change.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsSection {
+    /// The cluster CA's certificate (two, while the CA is being replaced).
+    pub ca: PathBuf,
+    /// This node's certificate, signed by the cluster CA.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
 }
 
 /// One member of a new cluster.
@@ -330,6 +364,11 @@ pub enum NodeFileError {
         /// The Raft heartbeat.
         heartbeat: Duration,
     },
+    /// The read-only token is the admin token.
+    #[error(
+        "field `admin.read_token_file`: it holds the admin token itself; give the read-only role a token of its own"
+    )]
+    SameTokens,
     /// The fence lease is out of range.
     #[error("field `fence_lease`: {0:?} is out of range (100ms to 10s)")]
     FenceLease(Duration),
@@ -480,6 +519,11 @@ impl RaftSection {
             cluster_name: self.cluster_name.clone(),
             secret,
             initial_members,
+            tls: self.tls.as_ref().map(|tls| PeerTlsFiles {
+                ca: tls.ca.clone(),
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+            }),
             timing: RaftTiming {
                 heartbeat: self.heartbeat,
                 election_timeout: (self.election_timeout_min, self.election_timeout_max),
@@ -609,10 +653,35 @@ vips = ["198.18.0.100"]
         let dir = tempfile::TempDir::new().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "short\n").unwrap();
-        let admin = AdminSection { listen: "127.0.0.1:7100".parse().unwrap(), token_file: token };
+        let admin = AdminSection {
+            listen: "127.0.0.1:7100".parse().unwrap(),
+            token_file: token,
+            read_token_file: None,
+            tls: None,
+        };
         let error = admin.token().unwrap_err().to_string();
         assert!(error.contains("admin token") && error.contains("has 5 bytes"), "{error}");
         assert!(error.contains("head -c 32 /dev/urandom"), "{error}");
+    }
+
+    #[test]
+    fn the_read_only_token_must_differ_from_the_admin_token() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (token, read) = (dir.path().join("token"), dir.path().join("read"));
+        std::fs::write(&token, "an admin token of enough bytes\n").unwrap();
+        std::fs::write(&read, "an admin token of enough bytes").unwrap();
+        let mut admin = AdminSection {
+            listen: "127.0.0.1:7100".parse().unwrap(),
+            token_file: token,
+            read_token_file: Some(read.clone()),
+            tls: None,
+        };
+        let error = admin.read_token().unwrap_err().to_string();
+        assert!(error.contains("admin.read_token_file"), "{error}");
+        std::fs::write(&read, "a read-only token of enough bytes").unwrap();
+        assert_eq!(admin.read_token().unwrap().unwrap(), b"a read-only token of enough bytes");
+        admin.read_token_file = None;
+        assert_eq!(admin.read_token().unwrap(), None);
     }
 
     fn raft_file(secret: &str, members: &str) -> (tempfile::TempDir, NodeFile) {

@@ -836,6 +836,60 @@ async fn a_header_keyed_limit_counts_each_value_and_each_client_so_varying_it_ga
 }
 
 #[tokio::test]
+async fn ambiguous_request_framing_is_refused_or_read_one_way_and_nothing_is_smuggled() {
+    let web = HttpBackend::start("web").await;
+    let port = free_port();
+    let _plane =
+        serve(vec![http_listener(port.address, "web")], vec![pool("web", &[&web])], vec![]).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n";
+    let head = "POST /consume HTTP/1.1\r\nhost: a\r\nconnection: close\r\n";
+    // Each answered once, and never with the smuggled request's answer.
+    let cases = [
+        // Transfer-Encoding and Content-Length: chunked wins (RFC 9112 6.3), Content-Length is
+        // not passed on, and what follows the last chunk is not a request.
+        (
+            "te and cl",
+            format!(
+                "{head}content-length: 40\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two lengths",
+            format!("{head}content-length: 5\r\ncontent-length: 6\r\n\r\nhello!{smuggled}"),
+        ),
+        (
+            "obs-fold",
+            format!("{head}content-length: 5\r\nx-folded: a\r\n b\r\n\r\nhello{smuggled}"),
+        ),
+        (
+            "chunked not last",
+            format!(
+                "{head}transfer-encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "bad chunk size",
+            format!("{head}transfer-encoding: chunked\r\n\r\n5;x\r\nhello\r\nzz\r\n\r\n{smuggled}"),
+        ),
+    ];
+    for (case, request) in cases {
+        let (status, answer) = raw_exchange(port.address, &request).await;
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{case}: {answer}");
+        assert!(
+            !answer.contains("/smuggled"),
+            "{case}: the smuggled request was forwarded: {answer}"
+        );
+        match case {
+            "te and cl" => assert!(
+                status == 400 || (status == 200 && answer.ends_with("Ok(5)")),
+                "{case}: {answer}"
+            ),
+            _ => assert_eq!(status, 400, "{case}: {answer}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_h2_authority_wins_over_a_host_header() {
     let web = HttpBackend::start("web").await;
     let right = HttpBackend::start("right").await;

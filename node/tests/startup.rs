@@ -86,3 +86,57 @@ fn a_missing_interface_is_named() {
     assert!(stderr.contains("interface nosuch0") && stderr.contains("does not exist"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+fn fulcrumd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fulcrumd")).args(args).output().unwrap()
+}
+
+#[test]
+fn pki_makes_a_cluster_ca_and_node_certificates_and_never_overwrites_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let made = fulcrumd(&["pki", "ca", "--out", out]);
+    assert!(made.status.success(), "{made:?}");
+    let mode = std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key is readable by its owner only");
+
+    let again = fulcrumd(&["pki", "ca", "--out", out]);
+    assert!(!again.status.success(), "a second CA replaced the first");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"), "{again:?}");
+
+    let ca_key = dir.path().join("ca.key");
+    let ca_key = ca_key.to_str().unwrap();
+    let node = fulcrumd(&["pki", "node", "--ca-key", ca_key, "--name", "lb1", "--out", out]);
+    assert!(node.status.success(), "{node:?}");
+    let bad = fulcrumd(&["pki", "node", "--ca-key", ca_key, "--name", "../lb2", "--out", out]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--name"), "{bad:?}");
+    let not_a_key = dir.path().join("ca.pem");
+    let not_a_key = not_a_key.to_str().unwrap();
+    let bad = fulcrumd(&["pki", "node", "--ca-key", not_a_key, "--name", "lb3", "--out", out]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CA key"), "{bad:?}");
+
+    // What it made is what a node loads.
+    let files = fulcrum_raft_store::tls::PeerTlsFiles {
+        ca: dir.path().join("ca.pem"),
+        cert: dir.path().join("lb1.pem"),
+        key: dir.path().join("lb1.key"),
+    };
+    fulcrum_raft_store::tls::PeerIdentity::load(files).unwrap();
+}
+
+#[test]
+fn a_peer_certificate_that_cannot_be_read_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    assert!(fulcrumd(&["pki", "ca", "--out", out]).status.success());
+    let tls = format!(
+        "[raft.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("ca.pem").display().to_string(),
+        dir.path().join("missing.pem").display().to_string(),
+        dir.path().join("missing.key").display().to_string(),
+    );
+    let stderr = refused(dir.path(), &format!("{}{tls}", store_node_file(dir.path(), "")));
+    assert!(stderr.contains("peer TLS") && stderr.contains("missing.pem"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}

@@ -33,6 +33,7 @@ use crate::rpc::{
 use crate::server::serve;
 use crate::shared::{MemberChange, MembershipError, PeerHandler, Redirect, Shared};
 use crate::store::open;
+use crate::tls::{PeerIdentity, PeerTlsFiles, PemFileError};
 use crate::types::{Applied, IdempotencyKey, NodeId, Raft, Request};
 
 /// How a node takes part in the store.
@@ -56,6 +57,8 @@ pub struct StoreSettings {
     pub initial_members: BTreeMap<NodeId, String>,
     /// Raft timing and snapshots.
     pub timing: RaftTiming,
+    /// Mutual TLS between nodes; `None` for plain TCP.
+    pub tls: Option<PeerTlsFiles>,
 }
 
 /// Raft timing; the defaults suit one LAN.
@@ -112,6 +115,9 @@ pub enum StartError {
     /// openraft refused to start or to initialize.
     #[error("Raft: {0}")]
     Raft(String),
+    /// The peer TLS files cannot be used.
+    #[error("peer TLS: {0}")]
+    Tls(#[from] PemFileError),
 }
 
 /// Why a write did not happen. Nothing changed, except perhaps for
@@ -176,7 +182,8 @@ impl ConfigStore {
         }
         .validate()?;
         let (log_store, state_machine) = open(&settings.data_dir)?;
-        let client = RpcClient::new(auth.clone());
+        let tls = settings.tls.clone().map(PeerIdentity::load).transpose()?;
+        let client = RpcClient::new(auth.clone(), tls.as_ref());
         let raft = Raft::new(
             settings.node_id,
             Arc::new(config),
@@ -200,7 +207,8 @@ impl ConfigStore {
             peer_handler: OnceLock::new(),
         });
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, Arc::clone(&shared), stopped));
+        let tls = tls.map(|identity| identity.server_config());
+        let server = tokio::spawn(serve(listener, Arc::clone(&shared), tls, stopped));
         let store = ConfigStore {
             shared,
             client,

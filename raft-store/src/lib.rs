@@ -15,6 +15,7 @@
 //! - [`rpc`]: the RPC paths and the signature every request carries.
 //! - [`network`]: the RPC client, openraft's network factory.
 //! - [`port`]: connection limits and refusal logs for ports that face the network.
+//! - [`tls`]: mutual TLS between nodes, and the cluster CA and node certificates it needs.
 //! - `shared`: the state the RPC server serves from, and the leader's side of forwarded calls.
 //! - `server`: the RPC server.
 //! - `cluster`: [`ConfigStore`], one running node: writes, reads, watch, membership, metrics.
@@ -29,6 +30,7 @@ mod server;
 mod shared;
 pub mod state_machine;
 mod store;
+pub mod tls;
 pub mod types;
 
 pub use cluster::{ConfigStore, RaftTiming, ReadError, StoreSettings, WriteError};

@@ -6,11 +6,14 @@
 //! the expected body (a refusal, a decoding error) is a `Network` error; an error raised by the
 //! peer's Raft comes back as a `RemoteError`.
 
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fulcrum_model::codec::{self, CodecError};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -23,10 +26,12 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::rpc::{ClusterAuth, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, unix_ms};
+use crate::tls::{PEER_NAME, PeerIdentity};
 use crate::types::{NodeId, TypeConfig};
 
 /// Why an RPC got no usable answer.
@@ -71,23 +76,54 @@ pub enum CallError {
     },
 }
 
+fn peer_name() -> ServerName<'static> {
+    // A constant that is a valid DNS name.
+    ServerName::try_from(PEER_NAME)
+        .unwrap_or_else(|_| ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()))
+}
+
+/// A TLS client configuration trusting nothing, for a client that never uses TLS.
+fn plain_client_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|builder| builder.with_root_certificates(rustls::RootCertStore::empty()))
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty())
+        })
+        .with_no_client_auth()
+}
+
 /// Sends signed RPCs to peers; cheap to clone (one connection pool).
 #[derive(Clone, Debug)]
 pub struct RpcClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     auth: ClusterAuth,
+    /// `https` with mutual TLS, `http` without.
+    scheme: &'static str,
 }
 
 impl RpcClient {
-    /// A client signing with `auth`.
-    pub fn new(auth: ClusterAuth) -> RpcClient {
+    /// A client signing with `auth`, over mutual TLS as `tls` if given.
+    pub fn new(auth: ClusterAuth, tls: Option<&Arc<PeerIdentity>>) -> RpcClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        connector.enforce_http(false);
+        let (config, scheme) = match tls {
+            Some(identity) => (identity.client_config(), "https"),
+            // Never used for a handshake: the scheme stays `http`.
+            None => (plain_client_config(), "http"),
+        };
+        let builder = HttpsConnectorBuilder::new().with_tls_config(config);
+        let builder = if tls.is_some() { builder.https_only() } else { builder.https_or_http() };
+        let connector = builder
+            .with_server_name_resolver(FixedServerNameResolver::new(peer_name()))
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        RpcClient { http, auth }
+        RpcClient { http, auth, scheme }
     }
 
     /// POSTs `request` to node `target` at `address` and decodes its answer, all within
@@ -120,7 +156,7 @@ impl RpcClient {
     ) -> Result<Bytes, CallError> {
         let broken =
             |problem: String| CallError::Broken { target, address: address.to_owned(), problem };
-        let mut request = hyper::Request::post(format!("http://{address}{path}"));
+        let mut request = hyper::Request::post(format!("{}://{address}{path}", self.scheme));
         // Signed as it leaves: a retry by the caller is a new request with a new nonce.
         let sent_ms = unix_ms(SystemTime::now());
         for (name, value) in self.auth.sign(target, path, &body, sent_ms, fastrand::u64(..)) {

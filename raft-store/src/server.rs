@@ -1,4 +1,5 @@
-//! The server side of the Raft RPC: an HTTP/1.1 server (hyper) that authenticates every
+//! The server side of the Raft RPC: an HTTP/1.1 server (hyper), over mutual TLS when the
+//! node has its certificates, that authenticates every
 //! request's head before reading its body, then hands it to openraft, to the leader's write,
 //! read and membership paths for requests forwarded by followers, or to the node's peer
 //! handler.
@@ -19,10 +20,12 @@ use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use rustls::ServerConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::port::{Limits, OpenConnections, RefusalLog};
 use crate::rpc::{
@@ -42,12 +45,15 @@ const BODY_TIME_PER_MIB: Duration = Duration::from_secs(1);
 /// The largest body of a vote or a read, which carry a few numbers.
 const SMALL_BODY_BYTES: u64 = 64 * 1024;
 
-/// Serves RPCs on `listener` until `stop` turns true.
+/// Serves RPCs on `listener` (over mutual TLS with `tls`) until `stop` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<Arc<ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let tls = tls.map(TlsAcceptor::from);
+    let refused_handshakes = Arc::new(RefusalLog::default());
     let mut connections = tokio::task::JoinSet::new();
     let open = OpenConnections::new(CONNECTION_LIMITS);
     let refused_connections = RefusalLog::default();
@@ -74,25 +80,47 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        let refused_handshakes = Arc::clone(&refused_handshakes);
         connections.spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stopped(&mut stop) => {}
+            let Some(tls) = tls else {
+                return serve_connection(stream, shared, stop).await;
+            };
+            // The handshake gets the header deadline too: a silent client holds nothing.
+            match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, shared, stop).await,
+                Ok(Err(error)) => refused_handshakes.warn(|suppressed| {
+                    tracing::warn!(%peer, suppressed, "Raft RPC TLS handshake refused: {error}");
+                }),
+                Err(_) => refused_handshakes.warn(|suppressed| {
+                    tracing::warn!(%peer, suppressed, "Raft RPC TLS handshake timed out");
+                }),
             }
         });
     }
     connections.shutdown().await;
+}
+
+/// Serves the RPCs of one connection until it ends or `stop` turns true.
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, mut stop: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(handle(&shared, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped(&mut stop) => {}
+    }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).

@@ -91,6 +91,7 @@ async fn fulcrum_run(dir: &std::path::Path, writes: usize) -> Result<Latencies, 
             secret: b"benchmark secret, 32 bytes long!".to_vec(),
             initial_members: addresses.clone(),
             timing: RaftTiming::default(),
+            tls: None,
         };
         nodes.push(ConfigStore::start(settings).await.map_err(|e| failed("start")(e.to_string()))?);
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::LabProcess;
 use crate::routers::{Instance, fulcrumd_node_file};
-use crate::serving::fetch_metrics;
+use crate::serving::fetch_metrics_tls;
 use crate::{Host, Lab, LabError};
 
 /// Port of each node's Raft RPC.
@@ -18,6 +18,15 @@ pub const RAFT_PORT: u16 = 7000;
 pub const ADMIN_PORT: u16 = 7100;
 /// The lab cluster's admin token.
 pub const ADMIN_TOKEN: &str = "lab-admin-token-0123456789abcdef";
+/// The lab cluster's read-only admin token.
+pub const READ_TOKEN: &str = "lab-read-only-token-0123456789ab";
+
+/// A node's certificate files (see [`Lab::ca_file`]).
+struct NodePki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
 
 /// A node's id in lab clusters: the last octet of its address.
 pub fn node_id(host: &Host) -> u64 {
@@ -26,7 +35,7 @@ pub fn node_id(host: &Host) -> u64 {
 
 /// The admin API endpoint of `host`.
 pub fn admin_endpoint(host: &Host) -> String {
-    format!("http://{}:{ADMIN_PORT}", host.address)
+    format!("https://{}:{ADMIN_PORT}", host.address)
 }
 
 /// The fence and Raft timings of a lab cluster node.
@@ -91,6 +100,8 @@ impl Lab {
     ) -> Result<String, LabError> {
         let secret = self.write_file("cluster.secret", "a lab cluster secret of 32 bytes\n")?;
         let token = self.write_file("admin.token", &format!("{ADMIN_TOKEN}\n"))?;
+        let read_token = self.write_file("read.token", &format!("{READ_TOKEN}\n"))?;
+        let pki = self.node_pki(host)?;
         let lease = match timing {
             Timing::Lab => "fence_lease = \"2s\"\n",
             Timing::Defaults => "",
@@ -117,7 +128,8 @@ impl Lab {
             );
         }
         file.push_str(&format!(
-            "\n[admin]\nlisten = \"{address}:{ADMIN_PORT}\"\ntoken_file = {token:?}\n\n\
+            "\n[admin]\nlisten = \"{address}:{ADMIN_PORT}\"\ntoken_file = {token:?}\n\
+             read_token_file = {read_token:?}\ntls = {{ cert = {cert:?}, key = {key:?} }}\n\n\
              [raft]\nlisten = \"{address}:{RAFT_PORT}\"\ndata_dir = {data:?}\ncluster_name = \"lab\"\n\
              secret_file = {secret:?}\n{raft_timing}",
             raft_timing = match timing {
@@ -127,6 +139,9 @@ impl Lab {
             },
             address = host.address,
             token = token.display().to_string(),
+            read_token = read_token.display().to_string(),
+            cert = pki.cert.display().to_string(),
+            key = pki.key.display().to_string(),
             data = self.raft_data_dir(host).display().to_string(),
             secret = secret.display().to_string(),
         ));
@@ -137,7 +152,56 @@ impl Lab {
                 member.address
             ));
         }
+        file.push_str(&format!(
+            "[raft.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.ca.display().to_string(),
+            pki.cert.display().to_string(),
+            pki.key.display().to_string()
+        ));
         Ok(file)
+    }
+
+    /// The lab CA's certificate, which signed every node's (mutual TLS between nodes, and
+    /// the admin API's TLS).
+    pub fn ca_file(&self) -> PathBuf {
+        self.log_dir().join("pki").join("ca.pem")
+    }
+
+    /// `host`'s certificate files, made by `fulcrumd pki` on first use (with the lab CA),
+    /// naming its address for the admin API's clients.
+    fn node_pki(&self, host: &Host) -> Result<NodePki, LabError> {
+        let dir = self.log_dir().join("pki");
+        let pki = |args: &[&str]| -> Result<(), LabError> {
+            let binary = crate::routers::fulcrumd_binary()?;
+            let output = Command::new(&binary)
+                .arg("pki")
+                .args(args)
+                .arg("--out")
+                .arg(&dir)
+                .output()
+                .map_err(|source| LabError::Io {
+                    what: format!("run {}", binary.display()),
+                    source,
+                })?;
+            if output.status.success() {
+                return Ok(());
+            }
+            Err(LabError::Invalid(format!(
+                "fulcrumd pki {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        };
+        let (ca, ca_key) = (self.ca_file(), dir.join("ca.key"));
+        if !ca.is_file() {
+            pki(&["ca"])?;
+        }
+        let (cert, key) =
+            (dir.join(format!("{}.pem", host.name)), dir.join(format!("{}.key", host.name)));
+        if !cert.is_file() {
+            let (ca_key, address) = (ca_key.display().to_string(), host.address.to_string());
+            pki(&["node", "--ca-key", &ca_key, "--name", &host.name, "--address", &address])?;
+        }
+        Ok(NodePki { ca, cert, key })
     }
 
     /// Starts a cluster node on `host` (see [`Lab::cluster_node_file`]) and waits until it
@@ -170,6 +234,7 @@ impl Lab {
             .arg(&binary)
             .args(args)
             .env("FULCRUM_ENDPOINTS", endpoints.join(","))
+            .env("FULCRUM_CA_FILE", self.ca_file())
             .env("FULCRUM_TOKEN", token.unwrap_or(ADMIN_TOKEN))
             .env_remove("XDG_CONFIG_HOME")
             .env("HOME", self.log_dir())
@@ -221,12 +286,14 @@ impl Lab {
         Ok(self.write_file(name, text)?.display().to_string())
     }
 
-    /// A cluster node's `/metrics` from its admin API, read from inside its namespace.
+    /// A cluster node's `/metrics` from its admin API (TLS, trusting the lab CA), read with
+    /// the read-only token from inside its namespace.
     pub fn admin_metrics(&self, host: &Host) -> Result<String, LabError> {
         let address = SocketAddr::from((host.address, ADMIN_PORT));
-        crate::netns::run_in(&host.namespace, || fetch_metrics(address, Some(ADMIN_TOKEN)))?
+        let ca = self.ca_file();
+        crate::netns::run_in(&host.namespace, || fetch_metrics_tls(address, Some(READ_TOKEN), &ca))?
             .map_err(|source| LabError::Io {
-                what: format!("GET http://{address}/metrics"),
+                what: format!("GET https://{address}/metrics"),
                 source,
             })
     }

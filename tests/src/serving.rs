@@ -2,7 +2,6 @@
 //! SIGHUP) and optionally VRRP, its `/metrics` read from inside the lab, and a `/slow`
 //! download through it checked byte for byte.
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,12 +102,62 @@ impl ServingNode {
 
 /// `GET /metrics` at `address` (with a bearer `token` for the admin API): the body of a 200.
 pub fn fetch_metrics(address: SocketAddr, token: Option<&str>) -> std::io::Result<String> {
-    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    metrics_over(connect(address)?, token)
+}
+
+/// [`fetch_metrics`] over TLS, trusting only the CA in the PEM file `ca` for the server's
+/// address.
+pub fn fetch_metrics_tls(
+    address: SocketAddr,
+    token: Option<&str>,
+    ca: &std::path::Path,
+) -> std::io::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)?
+    {
+        roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(std::io::Error::other)?;
+    metrics_over(rustls::StreamOwned::new(connection, connect(address)?), token)
+}
+
+fn connect(address: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+fn metrics_over(
+    mut stream: impl std::io::Read + std::io::Write,
+    token: Option<&str>,
+) -> std::io::Result<String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(stream, "GET /metrics HTTP/1.0\r\n{auth}\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    stream.flush()?;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+            // A TLS peer that closes without close_notify: the answer is complete anyway.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
     match response.split_once("\r\n\r\n") {
         Some((head, body))
             if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>

@@ -253,6 +253,25 @@ fn a_cluster_is_administered_as_one_and_refuses_bad_tokens_and_bad_input() {
     assert!(report.answers.contains_key("be1") && report.answers.contains_key("be2"), "{report}");
     let revision = c.revision(&c.lbs[0]);
 
+    // The Raft port speaks mutual TLS only: a plain HTTP request from the client host gets
+    // no HTTP answer.
+    let raft = SocketAddr::from((c.lbs[0].address, fulcrum_lab::cluster::RAFT_PORT));
+    let answer = c
+        .lab
+        .run_in(&c.client, || {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect_timeout(&raft, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            stream
+                .write_all(b"POST /raft/read HTTP/1.1\r\nhost: lb\r\ncontent-length: 0\r\n\r\n")?;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            Ok::<_, std::io::Error>(answer)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!answer.starts_with(b"HTTP/"), "the Raft port answered plain HTTP: {answer:?}");
+
     // A wrong token is refused, says what to do, and changes nothing.
     let refused = c
         .lab
@@ -265,6 +284,26 @@ fn a_cluster_is_administered_as_one_and_refuses_bad_tokens_and_bad_input() {
         .unwrap();
     assert_eq!(refused.code, Some(4), "{refused:?}");
     assert!(refused.stderr.contains("token"), "{refused:?}");
+
+    // The admin API speaks TLS, trusting the lab CA: a read-only token reads and cannot
+    // write; another CA, or plain HTTP, gets nowhere.
+    let read_only = |args: &[&str]| {
+        c.lab
+            .fulcrumctl(&c.client, &[&c.lbs[0]], Some(fulcrum_lab::cluster::READ_TOKEN), args)
+            .unwrap()
+    };
+    assert_eq!(read_only(&["status"]).code, Some(0), "{:?}", read_only(&["status"]));
+    let write = read_only(&["backend", "add", "web", &c.backends[2].http_address().to_string()]);
+    assert_eq!(write.code, Some(4), "{write:?}");
+    assert!(write.stderr.contains("may only read"), "{write:?}");
+    let other_ca = fulcrum_raft_store::tls::issue_ca(1).unwrap();
+    let other_ca = c.lab.lab_file("other-ca.pem", &other_ca.cert).unwrap();
+    let untrusted = c.ctl(&[&c.lbs[0]], &["status", "--ca-file", &other_ca]);
+    assert_ne!(untrusted.code, Some(0), "{untrusted:?}");
+    assert!(untrusted.stderr.contains("certificate"), "{untrusted:?}");
+    let plain = format!("http://{}:{}", c.lbs[0].address, fulcrum_lab::cluster::ADMIN_PORT);
+    let plain = c.ctl(&[&c.lbs[0]], &["status", "--endpoint", &plain]);
+    assert_ne!(plain.code, Some(0), "plain HTTP was served: {plain:?}");
 
     // Invalid input: refused with a message that names the problem, and nothing changed.
     let bad_file =

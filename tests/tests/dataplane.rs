@@ -185,8 +185,14 @@ fn a_killed_backend_is_ejected_and_traffic_continues_until_it_returns() {
     assert!(ejected <= bound, "ejected after {ejected:?}, bound {bound:?}");
 
     let report = probe.finish().unwrap();
-    // A refused connection is retried on the next backend, so no client sees the crash.
-    assert_eq!(report.failures, 0, "{report}");
+    // A refused connection is retried on the next backend, so no client sees the crash. One
+    // exception, which no L4 proxy can retry: a connection whose handshake the backend's
+    // kernel completed an instant before the kill (still in its accept queue) is reset once
+    // the client's bytes were forwarded. At most one probe can be in that instant.
+    let in_flight_reset = "request: connection closed before message completed";
+    let others = report.failures - report.failure_kinds.get(in_flight_reset).copied().unwrap_or(0);
+    assert_eq!(others, 0, "only an in-flight connection may fail: {report}");
+    assert!(report.failures <= 1 && report.outages <= 1, "{report}");
     assert!(s.answers(&report, 0) > 0 && s.answers(&report, 2) > 0, "{report}");
 
     let restarted = s.lab.start_backend(&s.backends[1]).unwrap();

@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use super::HttpResponse;
+use super::{EndpointTls, HttpResponse};
 use crate::cluster::{MoveError, Node};
 use crate::dataplane::DataPlane;
 use crate::prometheus::CONTENT_TYPE;
@@ -137,6 +137,8 @@ pub struct Admin {
     plane: Arc<DataPlane>,
     /// The bearer token every route but `/healthz` wants.
     token: Vec<u8>,
+    /// A token that may only read (GET, `/metrics` included).
+    read_token: Option<Vec<u8>>,
     /// Failed logins' log lines, at most one a second.
     refused_logins: RefusalLog,
 }
@@ -161,23 +163,26 @@ impl Call {
 }
 
 impl Admin {
-    /// The API of `node` with its store and data plane, guarded by `token`.
+    /// The API of `node` with its store and data plane, guarded by `token`, and by
+    /// `read_token` for calls that only read.
     pub fn new(
         node: Arc<Node>,
         store: Arc<ConfigStore>,
         plane: Arc<DataPlane>,
         token: Vec<u8>,
+        read_token: Option<Vec<u8>>,
     ) -> Arc<Admin> {
-        Arc::new(Admin { node, store, plane, token, refused_logins: RefusalLog::default() })
+        let refused_logins = RefusalLog::default();
+        Arc::new(Admin { node, store, plane, token, read_token, refused_logins })
     }
 
-    /// Serves the API on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+    /// Serves the API on `listener` (over TLS with `tls`) until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<EndpointTls>) {
         let handler = move |peer, request| {
             let admin = Arc::clone(&self);
             async move { admin.handle(peer, request).await }
         };
-        super::serve(listener, "admin API", Arc::new(handler)).await;
+        super::serve(listener, "admin API", Arc::new(handler), tls).await;
     }
 
     async fn handle(&self, peer: SocketAddr, request: hyper::Request<Incoming>) -> HttpResponse {
@@ -215,7 +220,14 @@ impl Admin {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
-        if !bool::from(presented.ct_eq(&self.token)) {
+        let reads_only = parts.method == Method::GET;
+        let admin = bool::from(presented.ct_eq(&self.token));
+        let reader = self.read_token.as_ref().is_some_and(|t| bool::from(presented.ct_eq(t)));
+        if reader && !admin && !reads_only {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "this token may only read")
+                .hint("changes need the cluster's admin token, not the read-only one"));
+        }
+        if !admin && !reader {
             let path = parts.uri.path();
             self.refused_logins.warn(|suppressed| {
                 tracing::warn!(

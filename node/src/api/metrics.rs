@@ -17,7 +17,7 @@ pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>) {
         let plane = Arc::clone(&plane);
         async move { answer(&plane, request.uri().path()).await }
     };
-    super::serve(listener, "metrics endpoint", Arc::new(handler)).await;
+    super::serve(listener, "metrics endpoint", Arc::new(handler), None).await;
 }
 
 async fn answer(plane: &DataPlane, path: &str) -> HttpResponse {

@@ -381,6 +381,13 @@ async fn forward(
                 if request_bytes.as_ref().is_some_and(|bytes| bytes.over_limit()) {
                     return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
+                if request_bytes.as_ref().is_some_and(|bytes| bytes.unreadable()) {
+                    tracing::debug!(listener = %listener.name(), peer = %downstream.peer, "400: the request body could not be read: {e}");
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "malformed or cut-off request body",
+                    );
+                }
                 // Not counted against the backend: the client (an aborted upload) may be at fault.
                 tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), "502: {e}");
                 backend.stats().error(ErrorKind::Io);

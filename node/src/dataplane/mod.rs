@@ -21,7 +21,7 @@ mod probe;
 mod shared;
 mod splice;
 pub mod stats;
-mod tls;
+pub(crate) mod tls;
 mod upstream;
 pub mod workers;
 

@@ -2,16 +2,16 @@
 //! chosen by SNI (the first is the fallback), offered with ALPN `h2` and `http/1.1` over TLS
 //! 1.2 and 1.3, and read again when their files change, without a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use fulcrum_model::Certificate;
+use fulcrum_raft_store::tls::{PemFileError, load_certified_key};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 
 /// How often certificate files are checked for changes.
 pub(crate) const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -19,22 +19,9 @@ pub(crate) const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_s
 /// Why a certificate could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A file could not be read or holds no usable PEM.
-    #[error("cannot read {path}: {problem}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        problem: String,
-    },
-    /// The key does not fit the certificate or is of an unsupported type.
-    #[error("the key in {path} cannot be used: {source}")]
-    Key {
-        /// The key file.
-        path: PathBuf,
-        /// What rustls said.
-        source: rustls::Error,
-    },
+    /// A file could not be read, holds no usable PEM, or its key does not fit.
+    #[error(transparent)]
+    File(#[from] PemFileError),
     /// An https listener without certificates.
     #[error("no certificate given")]
     NoCertificate,
@@ -120,6 +107,13 @@ impl CertStore {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
+
+    /// The same, offering HTTP/1.1 only (for the node's own endpoints).
+    pub(crate) fn http1_server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::clone(&self.server_config());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
 }
 
 impl ResolvesServerCert for CertStore {
@@ -147,20 +141,6 @@ fn modified(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>)
 
 fn load_one(files: &Certificate) -> Result<Loaded, TlsError> {
     let changed = modified(&files.cert, &files.key);
-    let read_error =
-        |path: &Path, problem: String| TlsError::Read { path: path.to_owned(), problem };
-    let chain = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| read_error(&files.cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_error(&files.cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(read_error(&files.cert, "no PEM certificate in it".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| read_error(&files.key, e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|source| TlsError::Key { path: files.key.clone(), source })?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|source| TlsError::Key { path: files.key.clone(), source })?;
-    Ok(Loaded { key: Arc::new(certified), changed })
+    let key = load_certified_key(&files.cert, &files.key)?;
+    Ok(Loaded { key: Arc::new(key), changed })
 }

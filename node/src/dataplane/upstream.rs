@@ -311,11 +311,13 @@ impl Body for CountedBody {
 }
 
 /// What a request body met on its way up: the backend its bytes count for (set for each
-/// attempt), and whether it passed the listener's body limit mid-stream.
+/// attempt), and whether reading it from the client failed mid-stream: past the listener's
+/// body limit, or malformed (a bad chunk) or cut off.
 #[derive(Debug, Default)]
 pub(crate) struct RequestBytes {
     backend: ArcSwapOption<TrafficStats>,
     over_limit: AtomicBool,
+    unreadable: AtomicBool,
 }
 
 impl RequestBytes {
@@ -328,6 +330,12 @@ impl RequestBytes {
     /// 413, not the backend's 502).
     pub(crate) fn over_limit(&self) -> bool {
         self.over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client's body could not be read otherwise (so a failed request is the
+    /// client's 400, not the backend's 502).
+    pub(crate) fn unreadable(&self) -> bool {
+        self.unreadable.load(Ordering::Relaxed)
     }
 }
 
@@ -364,7 +372,8 @@ impl Body for CountingRequestBody {
             Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 self.bytes.over_limit.store(true, Ordering::Relaxed);
             }
-            _ => {}
+            Some(Err(_)) => self.bytes.unreadable.store(true, Ordering::Relaxed),
+            None => {}
         }
         Poll::Ready(frame)
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fulcrum_model::{Command, Config, file};
-use fulcrum_node::api::{admin::Admin, metrics};
+use fulcrum_node::api::{EndpointTls, admin::Admin, metrics};
 use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked};
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::dev;
@@ -120,6 +120,17 @@ impl Daemon {
             .with_context(node_file)?;
         let admin_token =
             node.admin.as_ref().map(|a| a.token()).transpose().with_context(node_file)?;
+        let read_token = match &node.admin {
+            Some(admin) => admin.read_token().with_context(node_file)?,
+            None => None,
+        };
+        let admin_tls = node
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.tls.as_ref())
+            .map(EndpointTls::load)
+            .transpose()
+            .context("cannot use the admin API's certificate ([admin] tls)")?;
         let store_settings = match &node.raft {
             Some(section) => Some(section.settings(node.node_id).with_context(node_file)?),
             None => None,
@@ -171,9 +182,9 @@ impl Daemon {
         if let (Some(listener), Some(token), Some(member), Some(store)) =
             (admin_listener, admin_token, &daemon.node, &daemon.store)
         {
-            let admin =
-                Admin::new(Arc::clone(member), Arc::clone(store), Arc::clone(&daemon.plane), token);
-            tokio::spawn(admin.serve(listener));
+            let plane = Arc::clone(&daemon.plane);
+            let admin = Admin::new(Arc::clone(member), Arc::clone(store), plane, token, read_token);
+            tokio::spawn(admin.serve(listener, admin_tls));
         }
         daemon.report_ready(options);
         Ok(daemon)

@@ -1,7 +1,8 @@
 //! `fulcrumd`: the Fulcrum node daemon. This file parses the arguments; `daemon` runs the
-//! node.
+//! node, `pki` makes the certificates of mutual TLS between nodes.
 
 mod daemon;
+mod pki;
 
 /// mimalloc's per-thread free lists suit the data path's many short-lived buffers and
 /// futures: `fulcrum-lab bench-l7` measured glibc malloc and free at ~6 % of fulcrumd's CPU.
@@ -17,7 +18,7 @@ use fulcrum_node::{NodeFile, dev};
 
 /// Runs one node of a Fulcrum load-balancer cluster.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
     /// The node file: node id, logging, admin API, VRRP instances, Raft store, metrics.
     #[arg(long, value_name = "FILE", required_unless_present = "dev")]
@@ -34,10 +35,17 @@ struct Args {
     /// With --dev: where the node keeps its data, cluster secret and admin token.
     #[arg(long, value_name = "DIR", default_value = "fulcrum-dev")]
     dev_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<pki::Command>,
 }
 
 fn main() -> ExitCode {
-    match options(Args::parse()).and_then(daemon::run) {
+    let args = Args::parse();
+    let outcome = match args.command {
+        Some(command) => pki::run(command),
+        None => options(args).and_then(daemon::run),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fulcrumd: {error:#}");
