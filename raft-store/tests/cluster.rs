@@ -202,16 +202,14 @@ async fn a_new_leader_is_elected_when_the_leader_stops_and_writes_continue() {
     let (mut cluster, old, writer_node) = three_nodes().await;
     cluster.node(writer_node).write(put_pool("before")).await.unwrap();
 
+    let term = cluster.node(writer_node).metrics().term;
     let stopped = Instant::now();
     cluster.stop(old).await;
+    // A generous deadline: how fast elections are is the benchmarks' business, not a test's.
     let new = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let elected_after = stopped.elapsed();
     assert_ne!(new, old);
-    // Followers start an election at most one election timeout after the last heartbeat; a
-    // split vote costs one more timeout. Measured here only to catch a stuck election.
-    eprintln!("new leader {new} after {elected_after:?}");
-    let bound = cluster.timing.election_timeout.1 * 2 + Duration::from_millis(500);
-    assert!(elected_after <= bound, "new leader after {elected_after:?}, more than {bound:?}");
+    assert!(cluster.node(new).metrics().term > term, "the new leader won a new term");
+    eprintln!("new leader {new} after {:?}", stopped.elapsed());
 
     for n in 0..20 {
         cluster.node(writer_node).write(put_pool(&format!("after{n}"))).await.unwrap();
