@@ -298,6 +298,41 @@ impl Lab {
             })
     }
 
+    /// One admin API call to `host` over TLS (trusting the lab CA) with the admin token:
+    /// `method path`, extra `headers`, a JSON `body`; the status and the answer's body.
+    pub fn admin_call(
+        &self,
+        host: &Host,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String), LabError> {
+        let address = SocketAddr::from((host.address, ADMIN_PORT));
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+             connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(body);
+        let ca = self.ca_file();
+        let answer = crate::netns::run_in(&host.namespace, || {
+            crate::serving::exchange(crate::serving::tls_connect(address, &ca)?, &request)
+        })?
+        .map_err(|source| LabError::Io {
+            what: format!("{method} https://{address}{path}"),
+            source,
+        })?;
+        let status = answer.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+        Ok((status, body))
+    }
+
     /// The nftables rules `host` has loaded now.
     pub fn ruleset(&self, host: &Host) -> Result<String, LabError> {
         self.exec(host, "nft", &["list", "ruleset"])

@@ -112,6 +112,15 @@ pub fn fetch_metrics_tls(
     token: Option<&str>,
     ca: &std::path::Path,
 ) -> std::io::Result<String> {
+    metrics_over(tls_connect(address, ca)?, token)
+}
+
+/// A TLS connection to `address`, trusting only the CA in the PEM file `ca` for the server's
+/// address.
+pub fn tls_connect(
+    address: SocketAddr,
+    ca: &std::path::Path,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in
@@ -128,7 +137,7 @@ pub fn fetch_metrics_tls(
     let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
     let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
         .map_err(std::io::Error::other)?;
-    metrics_over(rustls::StreamOwned::new(connection, connect(address)?), token)
+    Ok(rustls::StreamOwned::new(connection, connect(address)?))
 }
 
 fn connect(address: SocketAddr) -> std::io::Result<std::net::TcpStream> {
@@ -138,11 +147,27 @@ fn connect(address: SocketAddr) -> std::io::Result<std::net::TcpStream> {
 }
 
 fn metrics_over(
-    mut stream: impl std::io::Read + std::io::Write,
+    stream: impl std::io::Read + std::io::Write,
     token: Option<&str>,
 ) -> std::io::Result<String> {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET /metrics HTTP/1.0\r\n{auth}\r\n")?;
+    let response = exchange(stream, format!("GET /metrics HTTP/1.0\r\n{auth}\r\n").as_bytes())?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body))
+            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
+        {
+            Ok(body.to_owned())
+        }
+        _ => Err(std::io::Error::other(format!("unexpected answer: {response:.200}"))),
+    }
+}
+
+/// Sends `request` (which asks the server to close) and reads the whole answer.
+pub fn exchange(
+    mut stream: impl std::io::Read + std::io::Write,
+    request: &[u8],
+) -> std::io::Result<String> {
+    stream.write_all(request)?;
     stream.flush()?;
     let mut response = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
@@ -157,15 +182,7 @@ fn metrics_over(
             Err(e) => return Err(e),
         }
     }
-    let response = String::from_utf8_lossy(&response);
-    match response.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") =>
-        {
-            Ok(body.to_owned())
-        }
-        _ => Err(std::io::Error::other(format!("unexpected answer: {response:.200}"))),
-    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
 /// Sends `lines` numbered lines to a TCP echo server at `address`, `spacing` apart, on one

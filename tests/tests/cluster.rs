@@ -345,6 +345,22 @@ fn a_cluster_is_administered_as_one_and_refuses_bad_tokens_and_bad_input() {
     }
     let owners = status["vips"].as_array().unwrap();
     assert_eq!(owners[0]["masters"], serde_json::json!([node_id(&c.lbs[0])]), "{status}");
+
+    // An Idempotency-Key sent twice applies once and answers the same; a malformed one is
+    // refused before anything is written.
+    let before = c.revision(&c.lbs[0]);
+    let pool = serde_json::to_vec(&fulcrum_model::Pool::new("once".parse().unwrap())).unwrap();
+    let key = [("idempotency-key", "00112233445566778899aabbccddeeff")];
+    let first = c.lab.admin_call(&c.lbs[1], "PUT", "/v1/pools/once", &key, &pool).unwrap();
+    let again = c.lab.admin_call(&c.lbs[2], "PUT", "/v1/pools/once", &key, &pool).unwrap();
+    assert_eq!(first.0, 200, "{first:?}");
+    assert_eq!(first, again, "the retry answers as the first call");
+    assert_eq!(c.revision(&c.lbs[0]), before + 1, "one change for two calls");
+    let bad = [("idempotency-key", "not-hex")];
+    let refused = c.lab.admin_call(&c.lbs[0], "PUT", "/v1/pools/twice", &bad, &pool).unwrap();
+    assert_eq!(refused.0, 400, "{refused:?}");
+    assert!(refused.1.contains("Idempotency-Key"), "{refused:?}");
+    assert_eq!(c.revision(&c.lbs[0]), before + 1, "nothing written");
 }
 
 #[test]
