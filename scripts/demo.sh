@@ -59,10 +59,13 @@ step "bringing up lab $prefix: lb1..lb3 run fulcrumd (VRRP priorities 150, 140, 
 up=true
 "$lab" up --load-balancers 3 --backends 2 --prefix "$prefix" --cluster
 
-endpoints="http://198.18.0.11:7100,http://198.18.0.12:7100,http://198.18.0.13:7100"
+# The lab's nodes serve the admin API over TLS with certificates of the lab's own CA.
+endpoints="https://198.18.0.11:7100,https://198.18.0.12:7100,https://198.18.0.13:7100"
 token="$(cat "/run/fulcrum-lab/$prefix/admin.token")"
+ca="/run/fulcrum-lab/$prefix/pki/ca.pem"
 fulcrumctl() {
-    ip netns exec "$prefix-client" env FULCRUM_ENDPOINTS="$endpoints" FULCRUM_TOKEN="$token" "$ctl" "$@"
+    ip netns exec "$prefix-client" env FULCRUM_ENDPOINTS="$endpoints" FULCRUM_TOKEN="$token" \
+        FULCRUM_CA_FILE="$ca" "$ctl" "$@"
 }
 probe() { ip netns exec "$prefix-client" "$lab" probe "http://$vip:80/" --interval 10ms --timeout 200ms --text "$@"; }
 holders() {
@@ -109,7 +112,7 @@ fulcrumctl status || true
 
 if [ "$keep" = true ]; then
     step "the lab stays up; try:"
-    echo "  alias fulcrumctl='ip netns exec $prefix-client env FULCRUM_ENDPOINTS=$endpoints FULCRUM_TOKEN=$token $ctl'"
+    echo "  alias fulcrumctl='ip netns exec $prefix-client env FULCRUM_ENDPOINTS=$endpoints FULCRUM_TOKEN=$token FULCRUM_CA_FILE=$ca $ctl'"
     echo "  fulcrumctl pool show web"
     echo "  fulcrumctl backend drain web 198.18.0.21:8080 --wait"
     echo "  fulcrumctl failover --vrid 51 --reset"

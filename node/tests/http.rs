@@ -517,15 +517,30 @@ async fn tls_chooses_the_certificate_by_sni_and_speaks_h2_by_alpn() {
     }
 }
 
-#[tokio::test]
-async fn draining_closes_keep_alive_connections_politely() {
+/// A data plane with one HTTP listener to one backend, for the drain tests.
+async fn one_backend() -> (HttpBackend, SocketAddr, Arc<DataPlane>) {
     let a = HttpBackend::start("a").await;
     let port = free_port();
     let plane = Arc::new(
         serve(vec![http_listener(port.address, "web")], vec![pool("web", &[&a])], vec![]).await,
     );
+    (a, port.address, plane)
+}
 
-    let stream = TcpStream::connect(port.address).await.expect("connect");
+/// Waits until the pool `web`'s backend counts a request in flight.
+async fn until_in_flight(plane: &DataPlane) {
+    let web = plane.pool("web").expect("pool runs");
+    let started = tokio::time::Instant::now();
+    while web.all_backends().iter().all(|b| b.load().active() == 0) {
+        assert!(started.elapsed() < PATIENCE, "the request never reached the backend");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn draining_closes_keep_alive_connections_politely() {
+    let (_a, front, plane) = one_backend().await;
+    let stream = TcpStream::connect(front).await.expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     let connection = tokio::spawn(connection);
@@ -535,7 +550,7 @@ async fn draining_closes_keep_alive_connections_politely() {
         .body(http_body_util::Empty::<Bytes>::new())
         .expect("request");
     let in_flight = tokio::spawn(async move { sender.send_request(request).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_in_flight(&plane).await;
     let drain = tokio::spawn({
         let plane = Arc::clone(&plane);
         async move { plane.drain(Duration::from_secs(5)).await }
@@ -550,6 +565,51 @@ async fn draining_closes_keep_alive_connections_politely() {
         .expect("the connection ends")
         .expect("task")
         .ok();
+}
+
+#[tokio::test]
+async fn draining_an_h2_connection_finishes_its_stream_in_flight_and_refuses_new_ones() {
+    let (_a, front, plane) = one_backend().await;
+    let stream = TcpStream::connect(front).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let get = |path: &str| {
+        Request::get(format!("http://a{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let in_flight = tokio::spawn({
+        let mut sender = sender.clone();
+        let request = get("/slow");
+        async move { sender.send_request(request).await }
+    });
+    until_in_flight(&plane).await;
+    let drain = tokio::spawn({
+        let plane = Arc::clone(&plane);
+        async move { plane.drain(Duration::from_secs(5)).await }
+    });
+    // GOAWAY: the connection takes no new stream...
+    let refused = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match sender.send_request(get("/after")).await {
+                // Sent before the GOAWAY arrived; try again.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(error) => break error,
+            }
+        }
+    })
+    .await
+    .expect("a new stream is refused once the drain began");
+    assert!(!refused.is_timeout(), "{refused}");
+    // ...and the one in flight completes.
+    let response = in_flight.await.expect("task").expect("the stream in flight completes");
+    assert_eq!(response.status(), StatusCode::OK);
+    let report = drain.await.expect("drain");
+    assert_eq!(report.total(), 0, "nothing had to be cut: {report:?}");
+    tokio::time::timeout(PATIENCE, connection).await.expect("the connection ends").ok();
 }
 
 #[tokio::test]

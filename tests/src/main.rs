@@ -42,8 +42,9 @@ enum Command {
         /// Do not start a lab backend on the backend hosts.
         #[arg(long)]
         no_backends: bool,
-        /// Run a whole fulcrumd cluster node on every load balancer (Raft store, admin API
-        /// on port 7100, VRRP for VIP 198.18.0.100: VRID 51, every 100 ms, priorities 150,
+        /// Run a whole fulcrumd cluster node on every load balancer (Raft store over mutual
+        /// TLS, admin API over TLS on port 7100 with the lab CA in <lab dir>/pki/ca.pem, VRRP
+        /// for VIP 198.18.0.100: VRID 51, every 100 ms, priorities 150,
         /// 140, … from lb1, tracking pool `web`) and apply, with fulcrumctl, an HTTP listener
         /// on port 80 balancing round robin over the backends with health checks.
         #[arg(long)]
