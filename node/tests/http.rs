@@ -748,11 +748,26 @@ async fn a_changed_certificate_is_served_without_a_restart() {
     }
     // The periodic check would find it within seconds; re-applying the config checks at once.
     assert!(plane.apply(&config).await.expect("applied").is_empty());
-    handshake(port.address, "one.example.test", new_root).await.expect("the renewed certificate");
+    handshake(port.address, "one.example.test", new_root.clone())
+        .await
+        .expect("the renewed certificate");
     assert!(
         handshake(port.address, "one.example.test", old_root).await.is_err(),
         "the old one is gone"
     );
+
+    // A broken renewal (a half-written file) keeps the certificate that works.
+    std::fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ntruncated").expect("write");
+    let later = std::time::SystemTime::now() + Duration::from_secs(4);
+    std::fs::File::options()
+        .write(true)
+        .open(&files.cert)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch");
+    let _ = plane.apply(&config).await.expect("applied");
+    handshake(port.address, "one.example.test", new_root)
+        .await
+        .expect("the last good certificate is still served");
 }
 
 /// One raw HTTP/1.1 exchange on a new connection (`request` sent as is, `Connection: close`
