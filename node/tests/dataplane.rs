@@ -465,40 +465,55 @@ async fn backend_connection_limit_sends_the_rest_elsewhere() {
     assert_eq!((counts.get("a"), counts.get("b")), (Some(&2), Some(&8)), "{counts:?}");
 }
 
-#[tokio::test]
-async fn proxy_protocol_v2_tells_the_backend_who_the_client_is() {
+/// A TCP listener with the PROXY protocol on `listen`, dialled at `dial`: what the backend
+/// reads as (source, destination), the client's own address, and the payload after the header.
+async fn proxy_header_through(
+    listen: SocketAddr,
+    dial: SocketAddr,
+) -> (SocketAddr, SocketAddr, SocketAddr, Vec<u8>) {
     let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend_address = backend.local_addr().expect("address");
-    let front_port = free_port();
-    let front = front_port.address;
-    let mut listener = tcp_listener(front, "web");
+    let mut listener = tcp_listener(listen, "web");
     listener.proxy_protocol = true;
     let mut web = Pool::new(name("web"));
     web.backends.push(Backend::new(backend_address));
     let plane = DataPlane::new().expect("workers start");
     apply(&plane, &config(vec![listener], vec![web])).await;
 
-    let mut client = TcpStream::connect(front).await.expect("connect");
+    let mut client = TcpStream::connect(dial).await.expect("connect");
     client.write_all(b"hello").await.expect("send");
     let client_address = client.local_addr().expect("address");
-    let (mut upstream, _) = backend.accept().await.expect("accept");
+    let (mut upstream, _) =
+        tokio::time::timeout(PATIENCE, backend.accept()).await.expect("in time").expect("accept");
     let mut received = vec![0; 16 + 12 + 5];
     upstream.read_exact(&mut received).await.expect("header and payload");
     let header = ppp::v2::Header::try_from(&received[..28]).expect("a PROXY v2 header");
-    match header.addresses {
-        ppp::v2::Addresses::IPv4(addresses) => {
-            assert_eq!(
-                SocketAddr::from((addresses.source_address, addresses.source_port)),
-                client_address
-            );
-            assert_eq!(
-                SocketAddr::from((addresses.destination_address, addresses.destination_port)),
-                front
-            );
-        }
-        other => panic!("unexpected addresses {other:?}"),
-    }
-    assert_eq!(&received[28..], b"hello");
+    let ppp::v2::Addresses::IPv4(addresses) = header.addresses else {
+        panic!("unexpected addresses {:?}", header.addresses);
+    };
+    let source = SocketAddr::from((addresses.source_address, addresses.source_port));
+    let destination = SocketAddr::from((addresses.destination_address, addresses.destination_port));
+    (source, destination, client_address, received[28..].to_vec())
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_tells_the_backend_who_the_client_is() {
+    let front = free_port().address;
+    let (source, destination, client, payload) = proxy_header_through(front, front).await;
+    assert_eq!((source, destination), (client, front));
+    assert_eq!(payload, b"hello");
+}
+
+#[tokio::test]
+async fn proxy_protocol_v2_on_a_wildcard_bind_names_the_address_the_client_dialled() {
+    let reserved = free_port();
+    let port = reserved.address.port();
+    let wildcard = SocketAddr::from(([0, 0, 0, 0], port));
+    // Not the address the port was found on: the header must name the one dialled.
+    let dialled = SocketAddr::from(([127, 0, 0, 2], port));
+    let (source, destination, client, payload) = proxy_header_through(wildcard, dialled).await;
+    assert_eq!((source, destination), (client, dialled));
+    assert_eq!(payload, b"hello");
 }
 
 #[tokio::test]
