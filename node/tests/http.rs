@@ -285,6 +285,55 @@ async fn a_sticky_cookie_is_honoured_then_re_pinned_when_its_backend_fails() {
 }
 
 #[tokio::test]
+async fn a_sticky_cookie_survives_a_config_change_that_keeps_its_backend_and_moves_to_another_node()
+{
+    let backends = [
+        HttpBackend::start("a").await,
+        HttpBackend::start("b").await,
+        HttpBackend::start("c").await,
+    ];
+    let [a, b, c] = &backends;
+    let config = |port: SocketAddr, members: &[&HttpBackend], revision| {
+        let mut listener = http_listener(port, "web");
+        let mut sticky = route("app", "/", "web");
+        sticky.sticky = Some(StickyCookie { cookie: "pin".into(), ttl: None });
+        listener.routes = vec![sticky];
+        let spec = ClusterSpec {
+            listeners: vec![listener],
+            pools: vec![pool("web", members)],
+            rate_limits: vec![],
+        };
+        Config { revision, spec }
+    };
+    // Two nodes of one cluster: the cookie key comes from the cluster secret.
+    let signer = || fulcrum_policy::CookieSigner::new(b"one cluster secret of 32 bytes!!");
+    let (one, two) = (free_port(), free_port());
+    let node_one = DataPlane::with_workers(2, signer()).expect("workers start");
+    let node_two = DataPlane::with_workers(2, signer()).expect("workers start");
+    assert!(node_one.apply(&config(one.address, &[a, b], 1)).await.expect("applied").is_empty());
+    assert!(node_two.apply(&config(two.address, &[a, b], 1)).await.expect("applied").is_empty());
+
+    let (_, headers, _) = get(one.address, "/", &[]).await;
+    let cookie =
+        headers["set-cookie"].to_str().expect("text").split(';').next().expect("pair").to_owned();
+    let pinned = headers["x-backend"].to_str().expect("text").to_owned();
+
+    // A backend added: the pin holds, and the cookie is not set again.
+    assert!(node_one.apply(&config(one.address, &[a, b, c], 2)).await.expect("applied").is_empty());
+    for _ in 0..6 {
+        let (_, headers, _) = get(one.address, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(headers["x-backend"], pinned.as_str(), "the pin survives the change");
+        assert!(headers.get("set-cookie").is_none());
+    }
+    // After a failover the client reaches the other node, which honours the same cookie.
+    for _ in 0..6 {
+        let (_, headers, _) = get(two.address, "/", &[("cookie", &cookie)]).await;
+        assert_eq!(headers["x-backend"], pinned.as_str(), "the other node honours the pin");
+        assert!(headers.get("set-cookie").is_none());
+    }
+}
+
+#[tokio::test]
 async fn over_the_limit_answers_429_with_retry_after_and_refills() {
     let a = HttpBackend::start("a").await;
     let port = free_port();
