@@ -1,5 +1,6 @@
-//! The client side of the Raft RPC: openraft's network factory over hyper, and the signed
-//! POST that forwarded writes and reads use too.
+//! The client side of the Raft RPC: openraft's network factory over hyper (over mutual TLS
+//! when the node has `[raft.tls]`), and the signed POST that forwarded writes and reads use
+//! too.
 //!
 //! A peer that cannot be reached (connection refused or timed out) is reported to openraft as
 //! `Unreachable`, so it backs off instead of retrying in a tight loop; an answer that is not

@@ -121,12 +121,9 @@ pub fn tls_connect(
     address: SocketAddr,
     ca: &std::path::Path,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)?
-    {
-        roots.add(cert.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+    for cert in fulcrum_raft_store::tls::load_certificates(ca).map_err(std::io::Error::other)? {
+        roots.add(cert).map_err(std::io::Error::other)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

@@ -194,16 +194,17 @@ async fn route_and_forward(
     // Rate limits: the listener's (on every request, routed or not), then the route's; the
     // headers speak of the narrower one.
     let mut shown: Option<Decision> = None;
+    let client = client_key(downstream.peer.ip());
     for policy in [spec.rate_limit.as_ref(), route.and_then(|r| r.spec.rate_limit.as_ref())]
         .into_iter()
         .flatten()
     {
         let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
-        let (key, second) = rate_keys(&key_kind, downstream.peer, &request, route_name);
+        let (key, second) = rate_keys(&key_kind, &client, &request, route_name);
         let now = Instant::now();
-        let mut decision = limiter.check(&key, now);
+        let mut decision = limiter.check(key, now);
         if let (true, Some(second)) = (decision.allowed, second) {
-            decision = narrower(decision, limiter.check(&second, now));
+            decision = narrower(decision, limiter.check(second, now));
         }
         shown = Some(decision);
         if !decision.allowed {
@@ -684,24 +685,23 @@ fn set_sticky_cookie(
     }
 }
 
-/// The counters a request is counted in under a policy keyed by `kind`. A header key counts
-/// the header's value and, apart, the client: varying the header cannot multiply one
-/// client's allowance, and a request without the header is counted by its client alone.
-fn rate_keys(
+/// The counters a request is counted in under a policy keyed by `kind`, borrowed (no
+/// allocation per request). A header key counts the header's value and, apart, the `client`:
+/// varying the header cannot multiply one client's allowance, and a request without the
+/// header is counted by its client alone. A client key starts with byte 4 or 6, which no
+/// header value can (control bytes are not allowed in one), so the two never meet.
+fn rate_keys<'a>(
     kind: &RateLimitKey,
-    peer: SocketAddr,
-    request: &Request<Incoming>,
-    route: &str,
-) -> (Vec<u8>, Option<Vec<u8>>) {
-    let client = || client_key(peer.ip()).to_vec();
+    client: &'a [u8; 9],
+    request: &'a Request<Incoming>,
+    route: &'a str,
+) -> (&'a [u8], Option<&'a [u8]>) {
     match kind {
-        RateLimitKey::ClientIp => (client(), None),
-        RateLimitKey::Header(name) => match request.headers().get(name.as_str()) {
-            // Tagged, so no header value can be mistaken for a client's key.
-            Some(value) => (client(), Some([b"h:", value.as_bytes()].concat())),
-            None => (client(), None),
-        },
-        RateLimitKey::Route => (route.as_bytes().to_vec(), None),
+        RateLimitKey::ClientIp => (client, None),
+        RateLimitKey::Header(name) => {
+            (client, request.headers().get(name.as_str()).map(HeaderValue::as_bytes))
+        }
+        RateLimitKey::Route => (route.as_bytes(), None),
     }
 }
 
