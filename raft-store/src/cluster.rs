@@ -26,12 +26,13 @@ use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::network::{CallError, Network, RpcClient};
 use crate::port::RefusalLog;
+use crate::rpc::MemberChange;
 use crate::rpc::{
     AuthCounters, AuthCounts, ClusterAuth, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_WRITE,
     WeakSecret,
 };
 use crate::server::serve;
-use crate::shared::{MemberChange, MembershipError, PeerHandler, Redirect, Shared};
+use crate::shared::{MembershipError, PeerHandler, Redirect, Shared};
 use crate::store::open;
 use crate::tls::{PeerIdentity, PeerTlsFiles, PemFileError};
 use crate::types::{Applied, IdempotencyKey, NodeId, Raft, Request};

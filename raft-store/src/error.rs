@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use fulcrum_model::codec::CodecError;
 
+use crate::witness::WitnessError;
+
 /// Why the data directory could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +53,9 @@ pub enum StoreError {
         /// The codec's error.
         source: CodecError,
     },
+    /// The witness of what the node acknowledged could not be read or written.
+    #[error("cannot keep the record of what this node acknowledged: {0}")]
+    Witness(WitnessError),
 }
 
 /// What went wrong while loading, before the directory is known to name it.
@@ -62,6 +67,10 @@ pub(crate) enum Failure {
     Corrupt(&'static str, CodecError),
     /// This is missing though the store says it was written.
     Missing(&'static str),
+    /// Something the node acknowledged is missing (the witness's check).
+    Unacknowledged(String),
+    /// The witness file failed.
+    Witness(WitnessError),
 }
 
 impl Failure {
@@ -74,6 +83,11 @@ impl Failure {
             Failure::Missing(what) => {
                 StoreError::Damaged { dir, problem: format!("{what} is missing") }
             }
+            Failure::Unacknowledged(problem) => StoreError::Damaged { dir, problem },
+            Failure::Witness(error @ WitnessError::Damaged { .. }) => {
+                StoreError::Damaged { dir, problem: error.to_string() }
+            }
+            Failure::Witness(error) => StoreError::Witness(error),
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod state_machine;
 mod store;
 pub mod tls;
 pub mod types;
+pub mod witness;
 
 pub use cluster::{ConfigStore, RaftTiming, ReadError, StoreSettings, WriteError};
 pub use error::StoreError;

@@ -3,7 +3,8 @@
 //! Entries live in one tree keyed by their index in big-endian, so sled's byte order is log
 //! order; the metadata lives in a second tree. Every value goes through
 //! [`fulcrum_model::codec`]. Every write is flushed to disk before openraft is told it is done:
-//! a vote or an entry acknowledged to a peer must survive a crash.
+//! a vote or an entry acknowledged to a peer must survive a crash. What was acknowledged is
+//! also recorded in the directory's [`witness`](crate::witness), and checked on open.
 
 // openraft's `StorageError` is large, and its traits return it: the helpers do too.
 #![allow(clippy::result_large_err)]
@@ -11,6 +12,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fulcrum_model::codec;
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -23,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Failure;
 use crate::types::{NodeId, TypeConfig};
+use crate::witness::{Held, Record, WitnessFile};
 
 type Entry = openraft::Entry<TypeConfig>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
@@ -43,6 +47,7 @@ pub struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    witness: Arc<Mutex<WitnessFile>>,
 }
 
 impl Debug for LogStore {
@@ -53,12 +58,14 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens the log in `db` and finishes a purge a crash interrupted.
-    pub(crate) fn load(db: &sled::Db) -> Result<LogStore, Failure> {
+    /// Opens the log in `db` (in directory `dir`), finishes a purge a crash interrupted, and
+    /// checks that the log holds everything the node acknowledged.
+    pub(crate) fn load(db: &sled::Db, dir: &Path) -> Result<LogStore, Failure> {
         let log = db.open_tree(LOG_TREE).map_err(|e| Failure::Sled("open the log tree", e))?;
         let meta =
             db.open_tree(META_TREE).map_err(|e| Failure::Sled("open the log metadata tree", e))?;
-        let store = LogStore { db: db.clone(), log, meta };
+        let (witness, witnessed) = WitnessFile::open(dir).map_err(Failure::Witness)?;
+        let store = LogStore { db: db.clone(), log, meta, witness: Arc::new(Mutex::new(witness)) };
         let last_purged: Option<LogId<NodeId>> = match store.meta.get(KEY_LAST_PURGED) {
             Ok(Some(bytes)) => {
                 codec::decode(&bytes).map_err(|e| Failure::Corrupt("the last purged log id", e))?
@@ -73,7 +80,63 @@ impl LogStore {
                 .remove_range(..=index_key(purged.index))
                 .map_err(|e| Failure::Sled("finish an interrupted purge", e))?;
         }
+        let held =
+            store.held(witnessed.and_then(|w| w.last_log).map(|id| id.index), last_purged)?;
+        match witnessed {
+            Some(record) => record.check(&held).map_err(Failure::Unacknowledged)?,
+            // A new directory, or one from a build before the witness: start witnessing.
+            None => store
+                .lock_witness()
+                .write(Record { vote: held.vote, last_log: held.last_log })
+                .map_err(Failure::Witness)?,
+        }
         Ok(store)
+    }
+
+    /// What the database holds, for the witness's check.
+    fn held(&self, index: Option<u64>, purged: Option<LogId<NodeId>>) -> Result<Held, Failure> {
+        let corrupt =
+            |what| move |e: StorageError<NodeId>| Failure::Unacknowledged(format!("{what}: {e}"));
+        let vote = match self.meta.get(KEY_VOTE) {
+            Ok(Some(bytes)) => {
+                Some(codec::decode(&bytes).map_err(|e| Failure::Corrupt("the vote", e))?)
+            }
+            Ok(None) => None,
+            Err(e) => return Err(Failure::Sled("read the vote", e)),
+        };
+        let at_witnessed_index = match index {
+            Some(index) => self.entry_id(index).map_err(corrupt("reading the witnessed entry"))?,
+            None => None,
+        };
+        let last_entry = self.last_entry_id().map_err(corrupt("reading the last entry"))?;
+        Ok(Held { vote, last_log: last_entry.max(purged), at_witnessed_index, purged })
+    }
+
+    fn lock_witness(&self) -> std::sync::MutexGuard<'_, WitnessFile> {
+        self.witness.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a change of what the node acknowledged, durably, off the async workers.
+    async fn witness(&self, change: impl FnOnce(&mut Record) + Send + 'static) -> io::Result<()> {
+        let witness = Arc::clone(&self.witness);
+        tokio::task::spawn_blocking(move || {
+            let mut file = witness.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut record = file.record();
+            change(&mut record);
+            file.write(record)
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::other)
+    }
+
+    /// The log id of the entry at `index`, if there is one.
+    fn entry_id(&self, index: u64) -> StorageResult<Option<LogId<NodeId>>> {
+        match self.log.get(index_key(index)) {
+            Ok(Some(bytes)) => decode_entry(&index_key(index), &bytes).map(|e| Some(e.log_id)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StorageIOError::read_logs(AnyError::new(&e)).into()),
+        }
     }
 
     /// Bytes the whole store directory (log and state machine) takes on disk.
@@ -203,7 +266,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
-        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote).await
+        self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote).await?;
+        let vote = *vote;
+        self.witness(move |record| record.vote = Some(vote))
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
@@ -225,19 +292,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // One batch: a crash keeps all of the entries or none, never a hole.
         let mut batch = sled::Batch::default();
+        let mut last = None;
         for entry in entries {
             let bytes = codec::encode(&entry)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            last = Some(entry.log_id);
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        // The entries are readable now; they count as appended only once on disk.
-        let flushed = self.db.flush_async().await.map(drop).map_err(io::Error::other);
+        // The entries are readable now; they count as appended only once on disk, and the
+        // witness names them only then.
+        let mut flushed = self.db.flush_async().await.map(drop).map_err(io::Error::other);
+        if let (Ok(()), Some(last)) = (&flushed, last) {
+            flushed = self.witness(move |record| record.last_log = Some(last)).await;
+        }
         callback.log_io_completed(flushed);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // The witness steps back first: after a crash it must not name a removed entry.
+        let before = match log_id.index.checked_sub(1) {
+            Some(index) => self.entry_id(index)?,
+            None => None,
+        };
+        let before = before.max(self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?.flatten());
+        self.witness(move |record| {
+            if record.last_log.is_some_and(|last| last.index >= log_id.index) {
+                record.last_log = before;
+            }
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?;
         // Atomic (one batch), so no hole even if the process dies half-way.
         self.remove_range(index_key(log_id.index)..).map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush(ErrorSubject::Logs).await

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fulcrum_model::codec::{self, CodecError};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::types::NodeId;
+use crate::types::{NodeId, Request, TypeConfig};
 
 /// Append entries.
 pub const PATH_APPEND: &str = "/raft/append";
@@ -36,6 +38,79 @@ pub const PATH_READ: &str = "/raft/read";
 pub const PATH_MEMBERS: &str = "/raft/members";
 /// A request for the rest of the node (status, VRRP moves), answered by its peer handler.
 pub const PATH_PEER: &str = "/raft/peer";
+
+/// A membership change, as forwarded to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum MemberChange {
+    /// Add a learner.
+    AddLearner {
+        /// Its id.
+        id: NodeId,
+        /// Its RPC address.
+        address: String,
+    },
+    /// Make a caught-up learner a voter.
+    Promote {
+        /// Its id.
+        id: NodeId,
+        /// How long it may take to catch up.
+        catch_up: Duration,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Its id.
+        id: NodeId,
+    },
+}
+
+/// A request's body, decoded by the path it was sent to.
+#[derive(Debug)]
+pub enum RpcRequest {
+    /// [`PATH_APPEND`].
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// [`PATH_VOTE`].
+    Vote(VoteRequest<NodeId>),
+    /// [`PATH_SNAPSHOT`].
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// [`PATH_WRITE`].
+    Write(Request),
+    /// [`PATH_READ`].
+    Read,
+    /// [`PATH_MEMBERS`].
+    Members(MemberChange),
+    /// [`PATH_PEER`]: bytes for the node's peer handler.
+    Peer(Vec<u8>),
+}
+
+/// Why a request's body was not decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcDecodeError {
+    /// No request is served at this path.
+    #[error("no Raft RPC is served at {0:?}")]
+    UnknownPath(String),
+    /// The body is not what the path expects.
+    #[error("malformed RPC body: {0}")]
+    Body(#[from] CodecError),
+}
+
+impl RpcRequest {
+    /// Decodes `body` as the request `path` takes; any bytes give a request or an error.
+    pub fn decode(path: &str, body: &[u8]) -> Result<RpcRequest, RpcDecodeError> {
+        Ok(match path {
+            PATH_APPEND => RpcRequest::Append(codec::decode(body)?),
+            PATH_VOTE => RpcRequest::Vote(codec::decode(body)?),
+            PATH_SNAPSHOT => RpcRequest::Snapshot(codec::decode(body)?),
+            PATH_WRITE => RpcRequest::Write(codec::decode(body)?),
+            PATH_READ => {
+                codec::decode::<()>(body)?;
+                RpcRequest::Read
+            }
+            PATH_MEMBERS => RpcRequest::Members(codec::decode(body)?),
+            PATH_PEER => RpcRequest::Peer(codec::decode(body)?),
+            other => return Err(RpcDecodeError::UnknownPath(other.to_owned())),
+        })
+    }
+}
 
 /// The cluster's name.
 pub const HEADER_CLUSTER: &str = "x-fulcrum-cluster";

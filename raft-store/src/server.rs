@@ -19,10 +19,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use rustls::ServerConfig;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -30,10 +28,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::port::{Limits, OpenConnections, RefusalLog};
 use crate::rpc::{
     AuthError, PATH_APPEND, PATH_MEMBERS, PATH_PEER, PATH_READ, PATH_SNAPSHOT, PATH_VOTE,
-    PATH_WRITE, unix_ms,
+    PATH_WRITE, RpcRequest, unix_ms,
 };
-use crate::shared::{MemberChange, Shared};
-use crate::types::{NodeId, Request, TypeConfig};
+use crate::shared::Shared;
 
 /// Open connections at most, in total and from one address; peers keep a few each.
 const CONNECTION_LIMITS: Limits = Limits { total: 512, per_address: 32 };
@@ -194,25 +191,19 @@ async fn handle(shared: &Shared, request: hyper::Request<Incoming>) -> HttpRespo
     if let Err(error) = verified.check_body(&body) {
         return refuse(shared, path, error);
     }
+    let request = match RpcRequest::decode(path, &body) {
+        Ok(request) => request,
+        Err(error) => return text(StatusCode::BAD_REQUEST, error.to_string()),
+    };
     let raft = &shared.raft;
-    match path {
-        PATH_APPEND => {
-            answer(&body, |r: AppendEntriesRequest<TypeConfig>| raft.append_entries(r)).await
-        }
-        PATH_VOTE => answer(&body, |r: VoteRequest<NodeId>| raft.vote(r)).await,
-        PATH_SNAPSHOT => {
-            answer(&body, |r: InstallSnapshotRequest<TypeConfig>| raft.install_snapshot(r)).await
-        }
-        PATH_WRITE => answer(&body, |r: Request| shared.write_as_leader(r)).await,
-        PATH_MEMBERS => {
-            answer(
-                &body,
-                |c: MemberChange| async move { shared.change_members_as_leader(&c).await },
-            )
-            .await
-        }
-        PATH_PEER => answer(&body, |r: Vec<u8>| shared.answer_peer(r)).await,
-        _ => answer(&body, |(): ()| shared.read_as_leader()).await,
+    match request {
+        RpcRequest::Append(request) => reply(&raft.append_entries(request).await),
+        RpcRequest::Vote(request) => reply(&raft.vote(request).await),
+        RpcRequest::Snapshot(request) => reply(&raft.install_snapshot(request).await),
+        RpcRequest::Write(request) => reply(&shared.write_as_leader(request).await),
+        RpcRequest::Read => reply(&shared.read_as_leader().await),
+        RpcRequest::Members(change) => reply(&shared.change_members_as_leader(&change).await),
+        RpcRequest::Peer(bytes) => reply(&shared.answer_peer(bytes).await),
     }
 }
 
@@ -232,19 +223,10 @@ fn refuse(shared: &Shared, path: &'static str, error: AuthError) -> HttpResponse
     text(status, error.to_string())
 }
 
-/// Decodes the request, runs `work`, and encodes whatever it returns (errors included: they
-/// travel as values for the caller to act on).
-async fn answer<Req, Out, F>(body: &[u8], work: impl FnOnce(Req) -> F) -> HttpResponse
-where
-    Req: DeserializeOwned,
-    Out: Serialize,
-    F: Future<Output = Out>,
-{
-    let request = match codec::decode::<Req>(body) {
-        Ok(request) => request,
-        Err(error) => return text(StatusCode::BAD_REQUEST, format!("malformed RPC body: {error}")),
-    };
-    match codec::encode(&work(request).await) {
+/// Encodes whatever the work returned (errors included: they travel as values for the
+/// caller to act on).
+fn reply(value: &impl Serialize) -> HttpResponse {
+    match codec::encode(value) {
         Ok(bytes) => hyper::Response::new(Full::new(Bytes::from(bytes))),
         Err(error) => {
             text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {error}"))

@@ -1,7 +1,7 @@
 //! What a node's RPC server serves, shared with its `ConfigStore`: the [`Shared`] state (Raft,
 //! authentication, the applied state, the peer handler) and the leader's side of the writes,
 //! linearizable reads and membership changes followers forward, with the messages those travel
-//! as ([`MemberChange`], [`Redirect`]) and the errors they give.
+//! as ([`Redirect`]) and the errors they give.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -14,7 +14,7 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 
 use crate::port::RefusalLog;
-use crate::rpc::{AuthCounters, ClusterAuth, NonceMemory};
+use crate::rpc::{AuthCounters, ClusterAuth, MemberChange, NonceMemory};
 use crate::state_machine::StateMachineStore;
 use crate::types::{NodeId, Raft, Request, Response};
 
@@ -35,30 +35,6 @@ pub enum MembershipError {
     /// openraft refused the change.
     #[error("membership change refused: {0}")]
     Refused(String),
-}
-
-/// A membership change, as forwarded to the leader.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum MemberChange {
-    /// Add a learner.
-    AddLearner {
-        /// Its id.
-        id: NodeId,
-        /// Its RPC address.
-        address: String,
-    },
-    /// Make a caught-up learner a voter.
-    Promote {
-        /// Its id.
-        id: NodeId,
-        /// How long it may take to catch up.
-        catch_up: Duration,
-    },
-    /// Remove a voter or learner.
-    Remove {
-        /// Its id.
-        id: NodeId,
-    },
 }
 
 /// Answers one peer request: the bytes a peer sent, in; the bytes to send back, out.

@@ -32,7 +32,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
             });
         }
     };
-    let log = LogStore::load(&db).map_err(|f| f.in_dir(dir))?;
+    let log = LogStore::load(&db, dir).map_err(|f| f.in_dir(dir))?;
     let state_machine = StateMachineStore::load(&db).map_err(|f| f.in_dir(dir))?;
     Ok((log, state_machine))
 }
@@ -41,8 +41,8 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
 
     use super::*;
 
@@ -68,6 +68,99 @@ mod tests {
         let opened = std::panic::catch_unwind(|| open(dir.path()).map(drop));
         let error = opened.expect("open must not panic").unwrap_err();
         assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
+    }
+
+    fn blank(term: u64, index: u64) -> openraft::Entry<crate::TypeConfig> {
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// Copies the database's files (not the witness) from `from` to `to`.
+    fn copy_database(from: &Path, to: &Path) {
+        for file in walk(from) {
+            if file.file_name().is_some_and(|n| n == crate::witness::FILE_NAME) {
+                continue;
+            }
+            let target = to.join(file.strip_prefix(from).unwrap());
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            std::fs::copy(&file, &target).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_lost_what_it_acknowledged_is_refused_with_the_way_out() {
+        let (dir, earlier) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            let (mut log, _) = open(dir.path()).unwrap();
+            log.blocking_append((1..=3).map(|i| blank(1, i))).await.unwrap();
+        }
+        copy_database(dir.path(), earlier.path());
+        {
+            let (mut log, _) = open(dir.path()).unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            log.blocking_append((4..=6).map(|i| blank(2, i))).await.unwrap();
+        }
+        // The database goes back to an earlier state, as a disk that lost its last writes
+        // leaves it; it opens without complaint, but the witness remembers.
+        for file in walk(dir.path()) {
+            if file.file_name().is_some_and(|n| n != crate::witness::FILE_NAME) {
+                std::fs::remove_file(file).unwrap();
+            }
+        }
+        copy_database(earlier.path(), dir.path());
+        let error = open(dir.path()).map(drop).unwrap_err();
+        assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("acknowledged a vote in term 2"), "{message}");
+        assert!(message.contains("rejoin the node from its peers"), "{message}");
+
+        // Only the vote restored: the missing entries are named.
+        {
+            let sled = sled::open(dir.path()).unwrap();
+            let meta = sled.open_tree(crate::log_store::META_TREE).unwrap();
+            meta.insert(b"vote", fulcrum_model::codec::encode(&Vote::<u64>::new(2, 1)).unwrap())
+                .unwrap();
+            sled.flush().unwrap();
+        }
+        let message = open(dir.path()).map(drop).unwrap_err().to_string();
+        assert!(message.contains("acknowledged log entry 6 (term 2)"), "{message}");
+        assert!(message.contains("ends at entry 3"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_log_and_a_directory_without_a_witness_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = open(dir.path()).unwrap();
+            log.blocking_append((1..=5).map(|i| blank(1, i))).await.unwrap();
+            // A new leader overwrites entries 4 and 5 that never committed.
+            log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+        }
+        {
+            let (mut log, _) = open(dir.path()).unwrap();
+            log.blocking_append([blank(2, 4)]).await.unwrap();
+        }
+        drop(open(dir.path()).unwrap());
+        // A directory written before the witness existed is trusted once, then witnessed.
+        let witness = dir.path().join(crate::witness::FILE_NAME);
+        std::fs::remove_file(&witness).unwrap();
+        drop(open(dir.path()).unwrap());
+        let (record, _) = crate::witness::WitnessFile::open(dir.path()).unwrap();
+        assert_eq!(record.record().last_log.map(|id| (id.leader_id.term, id.index)), Some((2, 4)));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_witness_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let witness = dir.path().join(crate::witness::FILE_NAME);
+        let mut bytes = std::fs::read(&witness).unwrap();
+        bytes[0] ^= 0x40;
+        std::fs::write(&witness, bytes).unwrap();
+        let message = open(dir.path()).map(drop).unwrap_err().to_string();
+        assert!(message.contains("checksum does not hold"), "{message}");
     }
 
     fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
