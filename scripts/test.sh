@@ -14,7 +14,8 @@ fi
 
 # Debian packages the tests use, by the command that shows each is there.
 declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived
-    [shellcheck]=shellcheck [systemd-analyze]=systemd [vagrant]=vagrant)
+    [shellcheck]=shellcheck [systemd-analyze]=systemd [vagrant]=vagrant [testssl]=testssl.sh
+    [pip3]=python3-pip)
 missing=()
 for command in "${!packages[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
@@ -23,6 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# slowloris, from PyPI, for the attack tests.
+if ! command -v slowloris >/dev/null 2>&1; then
+    echo "installing slowloris"
+    python3 -m pip install --quiet slowloris 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages slowloris
+    hash -r
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest"

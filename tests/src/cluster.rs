@@ -22,10 +22,13 @@ pub const ADMIN_TOKEN: &str = "lab-admin-token-0123456789abcdef";
 pub const READ_TOKEN: &str = "lab-read-only-token-0123456789ab";
 
 /// A node's certificate files (see [`Lab::ca_file`]).
-struct NodePki {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+pub struct NodePki {
+    /// The lab CA's certificate.
+    pub ca: PathBuf,
+    /// The node's certificate (PEM), naming `fulcrum-peer` and the host's address.
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
 }
 
 /// A node's id in lab clusters: the last octet of its address.
@@ -169,7 +172,7 @@ impl Lab {
 
     /// `host`'s certificate files, made by `fulcrumd pki` on first use (with the lab CA),
     /// naming its address for the admin API's clients.
-    fn node_pki(&self, host: &Host) -> Result<NodePki, LabError> {
+    pub fn node_pki(&self, host: &Host) -> Result<NodePki, LabError> {
         let dir = self.log_dir().join("pki");
         let pki = |args: &[&str]| -> Result<(), LabError> {
             let binary = crate::routers::fulcrumd_binary()?;

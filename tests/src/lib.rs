@@ -6,6 +6,8 @@
 //! a per-run prefix and comes from 198.18.0.0/24, and it stops only processes it started.
 //!
 //! # Layout
+//! - [`attack`]: the attack tests' attackers: HTTP/2 rapid reset, slow HTTP/2 bodies and
+//!   unauthenticated floods.
 //! - [`netns`]: creating, entering and deleting namespaces through iproute2.
 //! - [`process`]: processes started inside a namespace, awaited by their output, stopped by PID.
 //! - [`topology`]: the [`Lab`] guard: hosts on a bridge, torn down on drop, recorded on disk so
@@ -34,6 +36,7 @@
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
+pub mod attack;
 pub mod backend;
 pub mod bench;
 pub mod bench_fence;

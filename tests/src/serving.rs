@@ -121,6 +121,14 @@ pub fn tls_connect(
     address: SocketAddr,
     ca: &std::path::Path,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    tls_over(connect(address)?, address, &tls_client_config(ca)?)
+}
+
+/// A TLS client's settings trusting only the CA in the PEM file `ca`, with no certificate of
+/// its own.
+pub fn tls_client_config(
+    ca: &std::path::Path,
+) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in fulcrum_raft_store::tls::load_certificates(ca).map_err(std::io::Error::other)? {
         roots.add(cert).map_err(std::io::Error::other)?;
@@ -131,10 +139,20 @@ pub fn tls_connect(
         .map_err(std::io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// TLS over `stream`, connected to `address`, with the client settings `config`; the
+/// handshake happens on first use.
+pub fn tls_over(
+    stream: std::net::TcpStream,
+    address: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
     let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+    let connection = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
         .map_err(std::io::Error::other)?;
-    Ok(rustls::StreamOwned::new(connection, connect(address)?))
+    Ok(rustls::StreamOwned::new(connection, stream))
 }
 
 fn connect(address: SocketAddr) -> std::io::Result<std::net::TcpStream> {

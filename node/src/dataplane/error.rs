@@ -23,6 +23,10 @@ pub enum ErrorKind {
     /// The connection was closed by a drain deadline.
     #[error("closed by a drain deadline")]
     Drained,
+    /// The client cancelled most of its requests before their answer (HTTP/2 rapid reset),
+    /// so its connection was closed.
+    #[error("closed for cancelling most of its requests (rapid reset)")]
+    ResetFlood,
     /// A TCP listener's rate limit refused the connection.
     #[error("refused by the listener's rate limit")]
     RateLimited,
@@ -41,7 +45,7 @@ pub enum Fault {
 
 impl ErrorKind {
     /// Every kind, in the order the metrics list them.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::NoBackend,
         ErrorKind::ConnectFailed,
         ErrorKind::BackendAtLimit,
@@ -49,6 +53,7 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::Drained,
         ErrorKind::RateLimited,
+        ErrorKind::ResetFlood,
     ];
 
     /// The label value.
@@ -61,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Drained => "drained",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ResetFlood => "reset_flood",
         }
     }
 
@@ -69,7 +75,10 @@ impl ErrorKind {
         match self {
             ErrorKind::ConnectFailed | ErrorKind::BackendAtLimit => Fault::Backend,
             // Mid-stream, either side may have broken off; the client is the usual one.
-            ErrorKind::IdleTimeout | ErrorKind::Io | ErrorKind::RateLimited => Fault::Client,
+            ErrorKind::IdleTimeout
+            | ErrorKind::Io
+            | ErrorKind::RateLimited
+            | ErrorKind::ResetFlood => Fault::Client,
             ErrorKind::NoBackend | ErrorKind::Drained => Fault::Proxy,
         }
     }

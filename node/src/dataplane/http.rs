@@ -40,6 +40,7 @@ use super::client_clock::{ClientClock, HeadTimer};
 use super::error::ErrorKind;
 use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::pool::{BackendRuntime, PoolRuntime};
+use super::premature::PrematureResets;
 use super::shared::Shared;
 use super::stats::RouteStats;
 use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, UpstreamError};
@@ -73,13 +74,20 @@ pub(crate) async fn serve<I>(
     let first_request = CancellationToken::new();
     let request_seen = first_request.clone();
     let service_clock = Arc::clone(&clock);
+    let resets = Arc::new(PrematureResets::default());
+    let service_resets = Arc::clone(&resets);
     let service = hyper::service::service_fn(move |request| {
         if service_clock.requested() {
             request_seen.cancel();
         }
         let listener = Arc::clone(&service_listener);
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(request, downstream, &listener, &shared).await) }
+        let pending = service_resets.start();
+        async move {
+            let response = handle(request, downstream, &listener, &shared).await;
+            pending.answered();
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
@@ -102,6 +110,11 @@ pub(crate) async fn serve<I>(
         result = connection.as_mut() => Some(result),
         () = clock.activity.idle_for(spec.idle_timeout) => {
             listener.stats().error(ErrorKind::IdleTimeout);
+            None
+        }
+        () = resets.abusive() => {
+            tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests before their answer (HTTP/2 rapid reset)");
+            listener.stats().error(ErrorKind::ResetFlood);
             None
         }
         () = wind_down => {

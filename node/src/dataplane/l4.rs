@@ -19,6 +19,7 @@ use super::attempt::Attempts;
 use super::error::ErrorKind;
 use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::pool::{BackendRuntime, PoolRuntime};
+use super::proxy_header;
 use super::shared::Shared;
 use super::splice::{self, Activity, Direction};
 
@@ -178,9 +179,5 @@ async fn send_proxy_header(
     client: SocketAddr,
     local: SocketAddr,
 ) -> std::io::Result<()> {
-    use ppp::v2::{Builder, Command, Protocol, Version};
-    let header =
-        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (client, local))
-            .build()?;
-    upstream.write_all(&header).await
+    upstream.write_all(&proxy_header::encode(client, local)?).await
 }
