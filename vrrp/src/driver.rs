@@ -658,9 +658,10 @@ impl Link {
                     if to == State::Master {
                         instance.master = Some(instance.router.config().primary_address);
                     }
+                    let takeover = (to == State::Master).then(|| instance.router.takeover());
                     tracing::info!(
                         interface = %self.interface, vrid, priority = instance.router.priority(),
-                        from = ?from, to = ?to, "VRRP state changed"
+                        from = ?from, to = ?to, takeover = ?takeover.flatten(), "VRRP state changed"
                     );
                 }
             }

@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use driver::{GarpSettings, InstanceSettings, Vrrp};
 pub use error::DriverError;
-pub use machine::{DEFAULT_PRIORITY, InstanceConfig, OWNER_PRIORITY, State};
+pub use machine::{DEFAULT_PRIORITY, InstanceConfig, OWNER_PRIORITY, State, Takeover};
 pub use socket::Destination;
 pub use vip::{VipManager, interface_address};
 pub use wire::ChecksumForm;

@@ -199,6 +199,18 @@ pub enum Action {
     },
 }
 
+/// Why a router last became master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// It owns the addresses (priority 255) and started.
+    Owner,
+    /// The master resigned (priority 0), so it waited only Skew_Time.
+    MasterResigned,
+    /// No advertisement came for Master_Down_Interval: the master fell silent, or this
+    /// router outranks it and preempts.
+    MasterSilent,
+}
+
 /// One virtual router (one VRID) on this node.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -211,6 +223,8 @@ pub struct Router {
     phase: Phase,
     /// Before this, a preempting backup still defers to a lower-priority master.
     preempt_held_until: Timestamp,
+    /// Why it last became master.
+    takeover: Option<Takeover>,
     /// Actions not yet taken by the driver.
     actions: VecDeque<Action>,
 }
@@ -223,6 +237,8 @@ enum Phase {
         /// Learned from the master's advertisements; Master_Down_Interval derives from it.
         master_adver_interval_cs: u16,
         master_down_at: Timestamp,
+        /// The master resigned: the timer runs Skew_Time.
+        master_resigned: bool,
     },
     Master {
         advert_at: Timestamp,
@@ -250,6 +266,7 @@ impl Router {
             priority: config.priority,
             phase: Phase::Initialize,
             preempt_held_until: Timestamp::ZERO,
+            takeover: None,
             actions: VecDeque::new(),
             config,
         })
@@ -267,6 +284,11 @@ impl Router {
             Phase::Backup { .. } => State::Backup,
             Phase::Master { .. } => State::Master,
         }
+    }
+
+    /// Why the router last became master; `None` if it never did.
+    pub fn takeover(&self) -> Option<Takeover> {
+        self.takeover
     }
 
     /// The effective priority: configured, less tracking penalties.
@@ -331,6 +353,7 @@ impl Router {
                     self.phase = Phase::Backup {
                         master_adver_interval_cs,
                         master_down_at: now + skew_time(self.priority, master_adver_interval_cs),
+                        master_resigned: true,
                     };
                 } else if !self.preempts(now) || advert.priority >= self.priority {
                     self.enter_backup(now, self.accepted_interval(advert));
@@ -430,6 +453,11 @@ impl Router {
 
     fn become_master(&mut self, now: Timestamp) {
         let from = self.state();
+        self.takeover = Some(match self.phase {
+            Phase::Backup { master_resigned: true, .. } => Takeover::MasterResigned,
+            Phase::Backup { .. } => Takeover::MasterSilent,
+            Phase::Initialize | Phase::Master { .. } => Takeover::Owner,
+        });
         self.actions.extend([
             Action::SendAdvert { priority: self.priority },
             Action::AddVips,
@@ -452,6 +480,7 @@ impl Router {
         self.phase = Phase::Backup {
             master_adver_interval_cs,
             master_down_at: now + master_down_interval(self.priority, master_adver_interval_cs),
+            master_resigned: false,
         };
     }
 
@@ -714,8 +743,26 @@ mod tests {
         router.handle_advert(at(1_000), HIGHER_PEER, &advert(200, 50));
         router.handle_advert(at(2_000), HIGHER_PEER, &advert(0, 50));
         // Skew_Time from the interval learned from the master: (156 * 0.5 s) / 256.
-        assert_eq!(router.poll_timeout(), Some(at(2_000) + Duration::from_nanos(304_687_500)));
+        let skew = at(2_000) + Duration::from_nanos(304_687_500);
+        assert_eq!(router.poll_timeout(), Some(skew));
         assert_eq!(drain(&mut router), []);
+        router.handle_timeout(skew);
+        assert_eq!(router.takeover(), Some(Takeover::MasterResigned));
+    }
+
+    #[test]
+    fn a_takeover_says_why() {
+        let mut router = backup(config(100), Timestamp::ZERO);
+        assert_eq!(router.takeover(), None);
+        router.handle_advert(at(1_000), HIGHER_PEER, &advert(200, 50));
+        router.handle_advert(at(1_100), HIGHER_PEER, &advert(0, 50));
+        // The master came back before Skew_Time ran out: the next takeover is a silence.
+        router.handle_advert(at(1_200), HIGHER_PEER, &advert(200, 50));
+        router.handle_timeout(at(1_200) + master_down_interval(100, 50));
+        assert_eq!(router.takeover(), Some(Takeover::MasterSilent));
+        let mut owner = Router::new(config(OWNER_PRIORITY)).unwrap();
+        owner.handle_startup(Timestamp::ZERO);
+        assert_eq!(owner.takeover(), Some(Takeover::Owner));
     }
 
     #[test]
