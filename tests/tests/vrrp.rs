@@ -240,11 +240,10 @@ fn a_returning_master_preempts_after_its_delay_and_not_at_all_without_preemption
     let logged = |to: &str| {
         let line = master.output().iter().find(|l| l.contains(&format!(r#""to":"{to}""#))).cloned();
         let line = line.unwrap_or_else(|| panic!("no change to {to} logged"));
-        let time = serde_json::from_str::<serde_json::Value>(&line).unwrap()["timestamp"]
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["timestamp"]
             .as_str()
             .map(|t| humantime::parse_rfc3339(t).unwrap())
-            .unwrap();
-        time
+            .unwrap()
     };
     let waited = logged("Master").duration_since(logged("Backup")).unwrap();
     assert!(waited >= Duration::from_secs(1), "preempted {waited:?} after starting");
