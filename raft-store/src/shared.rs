@@ -128,23 +128,14 @@ impl Shared {
                     .membership()
                     .voter_ids()
                     .any(|v| v == *id);
-                let voters_removed = match is_voter {
-                    true => raft
-                        .change_membership(
-                            ChangeMembers::RemoveVoters(BTreeSet::from([*id])),
-                            false,
-                        )
-                        .await
-                        .map(drop),
-                    false => Ok(()),
+                // One change: with `retain` false, a removed voter leaves the membership
+                // altogether. A second change right after, removing the node, would reach a
+                // leader that just removed itself, and openraft 0.9 panics on that.
+                let change = match is_voter {
+                    true => ChangeMembers::RemoveVoters(BTreeSet::from([*id])),
+                    false => ChangeMembers::RemoveNodes(BTreeSet::from([*id])),
                 };
-                match voters_removed {
-                    Ok(()) => raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([*id])), false)
-                        .await
-                        .map(drop),
-                    Err(error) => Err(error),
-                }
+                raft.change_membership(change, false).await.map(drop)
             }
         };
         match outcome {

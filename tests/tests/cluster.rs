@@ -414,7 +414,7 @@ fn writes_continue_without_the_leader_and_a_lone_survivor_holds_no_vip() {
 }
 
 #[test]
-fn a_fourth_node_joins_with_member_add_and_receives_the_whole_config() {
+fn a_fourth_node_joins_with_member_add_and_the_leader_leaves_with_member_remove() {
     let mut c = cluster(4, 3, 2);
     let voters: Vec<&Host> = c.lbs[..3].iter().collect();
     c.leader(&voters);
@@ -448,6 +448,40 @@ fn a_fourth_node_joins_with_member_add_and_receives_the_whole_config() {
     let report = c.probe(front(&joiner), 10);
     assert_eq!(report.successes, 10, "{report}");
     assert!(report.answers.contains_key("be1") && report.answers.contains_key("be2"), "{report}");
+
+    // The leader leaves with `member remove`, asked of another node: the other three elect
+    // a leader among themselves, and a write after it reaches all three.
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    let leader = c.leader(&all);
+    let (leaving, staying): (Vec<&Host>, Vec<&Host>) =
+        all.iter().partition(|host| node_id(host) == leader);
+    c.ctl_ok(&[staying[0]], &["member", "remove", &leader.to_string()]);
+    // The removed leader steps down once the change commits; the others then elect one.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.leader(&staying) == leader && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(c.leader(&staying), leader, "the removed node still leads");
+    let members = c.ctl_ok(&[staying[1]], &["-o", "json", "member", "list"]).json().unwrap();
+    let ids: Vec<u64> =
+        members["members"].as_array().unwrap().iter().filter_map(|m| m["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 3, "{members}");
+    assert!(!ids.contains(&leader), "{} is still a member: {members}", leaving[0].name);
+    c.apply(staying[2], &[&c.backends[0]]);
+    let revision = c.revision(staying[2]);
+    for host in &staying {
+        let local_revision = || {
+            let (status, body) =
+                c.lab.admin_call(host, "GET", "/v1/config?local=true", &[], b"").unwrap();
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["revision"].as_u64()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while local_revision() != Some(revision) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(local_revision(), Some(revision), "{} did not apply the write", host.name);
+    }
 }
 
 #[test]
