@@ -3,7 +3,7 @@
 //! APIs.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -219,6 +219,21 @@ impl Lab {
     ) -> Result<LabProcess, LabError> {
         let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
         self.start_fulcrumd(host, &file)
+    }
+
+    /// As [`Lab::start_cluster_node`], with the programs fulcrumd runs looked up in `tools`
+    /// first (see [`Lab::start_fulcrumd_with_tools`]).
+    pub fn start_cluster_node_with_tools(
+        &self,
+        timing: Timing,
+        host: &Host,
+        members: &[Host],
+        instances: &[Instance],
+        tracked_pools: &[&str],
+        tools: &Path,
+    ) -> Result<LabProcess, LabError> {
+        let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
+        self.start_fulcrumd_with_tools(host, &file, Some(tools))
     }
 
     /// Runs `fulcrumctl args` on `host` against the admin APIs of `endpoints` (tried in

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::process::LabProcess;
@@ -257,14 +257,32 @@ impl Lab {
     /// Starts `fulcrumd` on `host` with the node file `node_file` (written to the lab's log
     /// directory as `<host>-node.toml`) and waits until it runs.
     pub fn start_fulcrumd(&self, host: &Host, node_file: &str) -> Result<LabProcess, LabError> {
+        self.start_fulcrumd_with_tools(host, node_file, None)
+    }
+
+    /// As [`Lab::start_fulcrumd`], with the programs fulcrumd runs (`nft`) looked up in
+    /// `tools` first: a test's stand-ins for them.
+    pub fn start_fulcrumd_with_tools(
+        &self,
+        host: &Host,
+        node_file: &str,
+        tools: Option<&Path>,
+    ) -> Result<LabProcess, LabError> {
         let dir = self.log_dir();
         let path = dir.join(format!("{}-node.toml", host.name));
         std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&path, node_file))
             .map_err(|source| LabError::Io { what: format!("write {}", path.display()), source })?;
-        let args = vec!["--config".to_owned(), path.display().to_string()];
+        let mut args = vec!["--config".to_owned(), path.display().to_string()];
         let label = format!("fulcrumd on {}", host.name);
-        let mut process = self.spawn(host, &label, &fulcrumd_binary()?, &args)?;
+        let mut program = fulcrumd_binary()?;
+        if let Some(tools) = tools {
+            let search =
+                format!("PATH={}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+            args.splice(0..0, [search, program.display().to_string()]);
+            program = PathBuf::from("/usr/bin/env");
+        }
+        let mut process = self.spawn(host, &label, &program, &args)?;
         process.wait_for(
             "its start message",
             |line| line.contains("fulcrumd running"),

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use fulcrum_lab::cluster::{CtlOutput, Timing, node_id, web_cluster_file, with_echo_listener};
@@ -578,6 +579,82 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     let master = c.lbs.iter().find(|h| h.name == holders[0]).unwrap();
     c.until_drained(&[&c.lbs[1]], master);
     c.until_drained(&running, master);
+}
+
+/// An `nft` that refuses second-chance forwarding rules (`dup to`), as a kernel without
+/// `nf_dup_ipv4` would, and passes everything else to the real one.
+const REFUSING_NFT: &str = r#"#!/bin/sh
+script=$(cat)
+case "$script" in
+*"dup to"*) echo "Error: Could not process rule: No such file or directory (a lab stand-in)" >&2; exit 1 ;;
+esac
+printf '%s\n' "$script" | exec REAL_NFT "$@"
+"#;
+
+#[test]
+fn a_successor_that_cannot_load_its_forwarding_rules_is_reported_and_the_vip_moves_anyway() {
+    let topology = Topology { load_balancers: 3, backends: 1, prefix: None };
+    let lab =
+        Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let lbs = lab.hosts_of(HostRole::LoadBalancer);
+    let backend_processes = lab.start_backends().unwrap();
+    let tools = lab.log_dir().join("refusing-nft");
+    std::fs::create_dir_all(&tools).unwrap();
+    let real_nft = fulcrum_lab::netns::run("sh", &["-c", "command -v nft"]).unwrap();
+    let nft = tools.join("nft");
+    std::fs::write(&nft, REFUSING_NFT.replace("REAL_NFT", real_nft.trim())).unwrap();
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nodes = lbs
+        .iter()
+        .enumerate()
+        .map(|(i, lb)| {
+            let instances = [Instance::ranked(VRID, i, &[vip(1)])];
+            match i {
+                1 => lab.start_cluster_node_with_tools(
+                    Timing::Lab,
+                    lb,
+                    &lbs,
+                    &instances,
+                    &["web"],
+                    &tools,
+                ),
+                _ => lab.start_cluster_node(Timing::Lab, lb, &lbs, &instances, &["web"]),
+            }
+            .unwrap()
+        })
+        .collect();
+    let mut c = Cluster {
+        backends: lab.hosts_of(HostRole::Backend),
+        client: lab.host("client").unwrap(),
+        lbs,
+        nodes,
+        lab,
+        _backend_processes: backend_processes,
+    };
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &[&c.backends[0]]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip(1), Duration::from_secs(10)).unwrap();
+
+    // Moving the VIP to lb2, which cannot forward: lb2 says why, lb1 reports it by name and
+    // still hands the VIP over (lb3 forwards, so the drain goes on).
+    let lb2 = node_id(&c.lbs[1]).to_string();
+    c.ctl_ok(&[&c.lbs[0]], &["failover", "--vrid", "51", "--to", &lb2]);
+    c.lab.wait_for_holder(&c.lbs, &c.lbs[1], vip(1), Duration::from_secs(10)).unwrap();
+    let within = Duration::from_secs(10);
+    let refused = c.nodes[1]
+        .wait_for("its refusal", |line| line.contains("cannot forward for a peer's drain"), within)
+        .unwrap();
+    assert!(refused.contains("a lab stand-in"), "the reason is not passed on: {refused}");
+    let reported = c.nodes[0]
+        .wait_for(
+            "the refusal reported",
+            |line| line.contains("cannot forward for the drain"),
+            within,
+        )
+        .unwrap();
+    assert!(reported.contains(&format!("node {lb2} runs the VRID")), "{reported}");
+    assert!(reported.contains("a lab stand-in"), "{reported}");
 }
 
 #[test]

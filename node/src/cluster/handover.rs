@@ -170,7 +170,15 @@ impl Node {
             via,
             lease_ms: DRAIN_LEASE.as_millis() as u64,
         };
-        let forwarding = self.announce(request.clone()).await;
+        let (forwarding, refusing) = self.announce(request.clone()).await;
+        for (node, why) in &refusing {
+            // If that node becomes master, the connections draining here are reset.
+            tracing::warn!(
+                vrid,
+                node,
+                "node {node} runs the VRID but cannot forward for the drain ({why}): connections draining here are lost if it takes the VIP"
+            );
+        }
         if forwarding.is_empty() {
             tracing::warn!(
                 vrid,
@@ -203,16 +211,18 @@ impl Node {
     }
 
     /// Tells every peer of a drain (`Draining`, renewing its lease); returns those that
-    /// forward for it.
-    async fn announce(self: &Arc<Self>, request: PeerRequest) -> Vec<u64> {
+    /// forward for it, and those that run the VRID but cannot, with why.
+    async fn announce(self: &Arc<Self>, request: PeerRequest) -> (Vec<u64>, Vec<(u64, String)>) {
         let peers = self.peers.peer_ids();
-        self.peers
-            .ask_within(&peers, request, ANNOUNCE_TIMEOUT)
-            .await
-            .into_iter()
-            .filter(|(_, answer)| matches!(answer, Ok(PeerAnswer::Noted(true))))
-            .map(|(id, _)| id)
-            .collect()
+        let (mut forwarding, mut refusing) = (Vec::new(), Vec::new());
+        for (id, answer) in self.peers.ask_within(&peers, request, ANNOUNCE_TIMEOUT).await {
+            match answer {
+                Ok(PeerAnswer::Noted(true)) => forwarding.push(id),
+                Ok(PeerAnswer::CannotForward(why)) => refusing.push((id, why)),
+                _ => {}
+            }
+        }
+        (forwarding, refusing)
     }
 
     /// Renews `drain` and waits until no connection to its VIPs needs the client any more,
@@ -272,31 +282,30 @@ impl Node {
     }
 
     /// Forwards for a peer's drain of `vrid` if this node runs it; only the VIPs this node
-    /// knows for the VRID are forwarded. False when it does not, so the peer knows: also when
-    /// the rules could not be loaded.
+    /// knows for the VRID are forwarded. The answer says whether it does, or why it cannot
+    /// although it runs the VRID (its rules did not load), so the draining node can say so.
     pub(super) async fn forward_for(
         &self,
         vrid: u8,
         vips: Vec<Ipv4Addr>,
         via: Ipv4Addr,
         lease_ms: u64,
-    ) -> bool {
+    ) -> PeerAnswer {
         let (Some((handover, _)), Some(local)) =
             (&self.handover, self.vrids.iter().find(|v| v.vrid == vrid))
         else {
-            return false;
+            return PeerAnswer::Noted(false);
         };
         let vips: Vec<Ipv4Addr> = vips.into_iter().filter(|vip| local.vips.contains(vip)).collect();
         if vips.is_empty() {
-            return false;
+            return PeerAnswer::Noted(false);
         }
         let lease = Duration::from_millis(lease_ms).min(MAX_LEASE);
         match handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await {
-            Ok(()) => true,
+            Ok(()) => PeerAnswer::Noted(true),
             Err(error) => {
-                // Told to the draining node, which then moves the VIP without its connections.
                 tracing::error!(vrid, %via, "cannot forward for a peer's drain: {error}");
-                false
+                PeerAnswer::CannotForward(error.to_string())
             }
         }
     }

@@ -223,7 +223,7 @@ impl Node {
             ),
             Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid)),
             Ok(PeerRequest::Draining { vrid, vips, via, lease_ms }) => {
-                PeerAnswer::Noted(self.forward_for(vrid, vips, via, lease_ms).await)
+                self.forward_for(vrid, vips, via, lease_ms).await
             }
             Ok(PeerRequest::Drained { vrid, via }) => {
                 if let Some((handover, _)) = &self.handover {

@@ -95,6 +95,9 @@ pub(crate) enum PeerAnswer {
     Lease(Result<Grant, LeaseRefusal>),
     /// The request did not decode (a peer of another version).
     Malformed(String),
+    /// This node runs the VRID but cannot forward for the drain: why (its nftables rules
+    /// did not load).
+    CannotForward(String),
 }
 
 /// Answers from several members, by id.
