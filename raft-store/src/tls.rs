@@ -378,6 +378,14 @@ pub fn issue_ca(days: u32) -> Result<IssuedPem, IssueError> {
     Ok(IssuedPem { cert: cert.pem(), key: key.serialize_pem() })
 }
 
+/// The cluster CA's certificate for an existing CA key (PEM, PKCS#8 ECDSA P-256), valid for
+/// `days`: machines that share only the key (made once, elsewhere) each make a certificate
+/// that trusts the same node certificates, since a trust anchor is its subject and key.
+pub fn ca_certificate_for(ca_key: &str, days: u32) -> Result<String, IssueError> {
+    let key = rcgen::KeyPair::from_pem(ca_key)?;
+    Ok(ca_params(days).self_signed(&key)?.pem())
+}
+
 /// A node certificate (ECDSA P-256) for `node`, signed by the CA of [`issue_ca`] whose
 /// private key is `ca_key` (PEM), valid for `days`, usable as TLS server and client, naming
 /// [`PEER_NAME`] and `addresses` (IP addresses or DNS names, for the admin API's clients).

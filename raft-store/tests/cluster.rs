@@ -514,7 +514,7 @@ mod mutual_tls {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use fulcrum_raft_store::tls::{IssuedPem, PEER_NAME, issue_ca, issue_node};
+    use fulcrum_raft_store::tls::{IssuedPem, PEER_NAME, ca_certificate_for, issue_ca, issue_node};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -633,5 +633,20 @@ mod mutual_tls {
         let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
         let revision = cluster.node(leader).write(put_pool("after-rotation")).await.unwrap();
         cluster.wait_applied_everywhere(revision).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ca_certificate_made_again_from_the_ca_key_trusts_the_same_nodes() {
+        let cluster = Cluster::start_tls(3).await;
+        let pki = cluster.pki.as_ref().unwrap().path();
+        let ca = std::fs::read_to_string(pki.join("ca.pem")).unwrap();
+        let ca_key = std::fs::read_to_string(pki.join("ca.key")).unwrap();
+        // What a machine that was given only the CA key makes (`fulcrumd pki ca --key`).
+        let again = ca_certificate_for(&ca_key, 1).unwrap();
+        assert_ne!(again, ca, "the same certificate, not one made again");
+        let member = issue_node(&ca_key, "operator", &[], 1).unwrap();
+        let (status, _) =
+            exchange(&client(&again, Some(&member)), cluster.addresses[&1]).await.unwrap();
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized");
     }
 }

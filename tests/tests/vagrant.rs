@@ -1,7 +1,8 @@
 //! The Vagrant provisioning, exercised in the lab: `vagrant/provision/lb.sh` writes each load
 //! balancer's node file from the one template (in a directory of the lab's, without systemd),
-//! `fulcrumd` runs on those files, the same script applies the demo cluster file, and traffic
-//! through the VIP reaches both backends.
+//! `fulcrumd` runs on those files (mutual TLS between nodes and TLS on the admin API, with
+//! certificates the script issues from the cluster CA's key), the same script applies the
+//! demo cluster file, and traffic through the VIP reaches both backends.
 //!
 //! These tests need root; without it they fail with a message that says so.
 
@@ -23,8 +24,9 @@ fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Runs `lb.sh` for `host` inside its namespace, its files under `root`.
-fn provision(lbs: &[Host], backends: &[Host], host: &Host, root: &Path, apply: bool) {
+/// Runs `lb.sh` for `host` inside its namespace, its files under `root`, with the cluster
+/// CA's key `ca_key` (PEM), as the Vagrantfile gives it.
+fn provision(lbs: &[Host], backends: &[Host], host: &Host, root: &Path, ca_key: &str, apply: bool) {
     let index = lbs.iter().position(|h| h == host).unwrap();
     let members: Vec<String> = lbs.iter().map(|h| h.address.to_string()).collect();
     let backends: Vec<String> = backends.iter().map(|b| b.http_address().to_string()).collect();
@@ -39,6 +41,8 @@ fn provision(lbs: &[Host], backends: &[Host], host: &Host, root: &Path, apply: b
         .env("BACKENDS", backends.join(","))
         .env("CLUSTER_SECRET", "a lab cluster secret of 32 bytes")
         .env("ADMIN_TOKEN", "a lab admin token of 32 bytes!!!")
+        .env("CA_KEY", ca_key)
+        .env("FULCRUMD", workspace_binary("fulcrumd", "FULCRUMD").unwrap())
         .env("FULCRUM_SOURCE", repository())
         .env("FULCRUM_ROOT", root)
         .env("FULCRUM_SYSTEMD", "no")
@@ -65,18 +69,32 @@ fn the_vagrant_provisioning_makes_a_working_cluster_in_the_lab() {
     let roots: Vec<PathBuf> =
         lbs.iter().map(|lb| lab.log_dir().join(format!("{}-root", lb.name))).collect();
 
+    // The cluster CA's key, as the Vagrantfile makes it once on the host.
+    let ca_dir = lab.log_dir().join("vagrant-ca");
+    let made = Command::new(workspace_binary("fulcrumd", "FULCRUMD").unwrap())
+        .args(["pki", "ca", "--out"])
+        .arg(&ca_dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let ca_key = std::fs::read_to_string(ca_dir.join("ca.key")).unwrap();
+
     let mut nodes = Vec::new();
     for (lb, root) in lbs.iter().zip(&roots) {
-        provision(&lbs, &backends, lb, root, false);
+        provision(&lbs, &backends, lb, root, &ca_key, false);
         let node_file = std::fs::read_to_string(root.join("etc/fulcrum/node.toml")).unwrap();
         assert!(
             node_file.contains("interface = \"eth0\""),
             "the interface is found by address: {node_file}"
         );
+        // Mutual TLS between the nodes and TLS on the admin API, with a certificate of its own.
+        assert!(node_file.contains("[raft.tls]"), "{node_file}");
+        assert!(root.join("etc/fulcrum/pki/node.key").is_file(), "no key issued on {}", lb.name);
         nodes.push(lab.start_fulcrumd(lb, &node_file).unwrap());
     }
-    // Provisioned again with APPLY=yes, the last node applies the demo cluster file.
-    provision(&lbs, &backends, &lbs[2], &roots[2], true);
+    // Provisioned again with APPLY=yes, the last node applies the demo cluster file (with
+    // fulcrumctl over https, trusting the CA).
+    provision(&lbs, &backends, &lbs[2], &roots[2], &ca_key, true);
 
     lab.wait_for_holder(&lbs, &lbs[0], vip(1), Duration::from_secs(10)).unwrap();
     let target = ProbeTarget::Http { address: SocketAddr::from((vip(1), 80)), path: "/".into() };

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Makes this machine a Fulcrum cluster node: the node file (from vagrant/node.toml.in), the
-# cluster secret and admin token, the systemd unit, and fulcrumd started. With APPLY=yes it
-# then applies the demo cluster file (vagrant/cluster.toml.in) once a quorum answers.
+# cluster secret and admin token, its certificate for mutual TLS and the admin API (issued
+# here with `fulcrumd pki` from the cluster CA's key, which is not kept), the systemd unit,
+# and fulcrumd started. With APPLY=yes it then applies the demo cluster file
+# (vagrant/cluster.toml.in) once a quorum answers.
 #
 # The lab runs this same script in network namespaces: FULCRUM_ROOT puts /etc and /var under
 # a directory of its own, FULCRUM_SYSTEMD=no leaves starting fulcrumd to the caller, and
-# FULCRUMCTL names the fulcrumctl to apply with.
+# FULCRUMD and FULCRUMCTL name the binaries to use.
 set -euo pipefail
 : "${NODE_ID:?}" "${ADDRESS:?}" "${PRIORITY:?}" "${MEMBERS:?}" "${VIP:?}" "${BACKENDS:?}"
-: "${CLUSTER_SECRET:?}" "${ADMIN_TOKEN:?}"
+: "${CLUSTER_SECRET:?}" "${ADMIN_TOKEN:?}" "${CA_KEY:?the cluster CA key, PEM}"
 source_dir="${FULCRUM_SOURCE:-/fulcrum}"
 root="${FULCRUM_ROOT:-}"
 systemd="${FULCRUM_SYSTEMD:-yes}"
+fulcrumd="${FULCRUMD:-/usr/local/bin/fulcrumd}"
 fulcrumctl="${FULCRUMCTL:-/usr/local/bin/fulcrumctl}"
 etc="$root/etc/fulcrum"
 data="$root/var/lib/fulcrum"
@@ -25,6 +28,20 @@ fi
 install -d -m 0755 "$etc"
 install -d -m 0700 "$data"
 (umask 077 && printf '%s\n' "$CLUSTER_SECRET" > "$etc/cluster.secret" && printf '%s\n' "$ADMIN_TOKEN" > "$etc/admin.token")
+
+# This node's certificate (for its peers, and for fulcrumctl at its address); made once.
+pki="$etc/pki"
+if [ ! -f "$pki/node.pem" ]; then
+    install -d -m 0755 "$pki"
+    ca_key=$(mktemp)
+    trap 'rm -f "$ca_key"' EXIT
+    printf '%s\n' "$CA_KEY" > "$ca_key"
+    [ -f "$pki/ca.pem" ] || "$fulcrumd" pki ca --key "$ca_key" --out "$pki" >/dev/null
+    issued=$(mktemp -d)
+    "$fulcrumd" pki node --ca-key "$ca_key" --name node --address "$ADDRESS" --out "$issued" >/dev/null
+    mv "$issued/node.pem" "$issued/node.key" "$pki/"
+    rmdir "$issued"
+fi
 
 members=""
 for member in ${MEMBERS//,/ }; do
@@ -51,10 +68,10 @@ if [ "$systemd" = yes ]; then
 fi
 
 if [ "${APPLY:-no}" = yes ]; then
-    endpoints=$(echo "$MEMBERS" | tr ',' '\n' | sed 's|.*|http://&:7100|' | paste -sd, -)
+    endpoints=$(echo "$MEMBERS" | tr ',' '\n' | sed 's|.*|https://&:7100|' | paste -sd, -)
     # The first nodes may still be electing a leader: try for up to a minute.
     for attempt in $(seq 1 30); do
-        if FULCRUM_ENDPOINTS="$endpoints" FULCRUM_TOKEN="$ADMIN_TOKEN" \
+        if FULCRUM_ENDPOINTS="$endpoints" FULCRUM_TOKEN="$ADMIN_TOKEN" FULCRUM_CA_FILE="$pki/ca.pem" \
             "$fulcrumctl" apply -f "$etc/cluster.toml" --wait; then
             exit 0
         fi

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
-use fulcrum_raft_store::tls::{IssuedPem, issue_ca, issue_node};
+use fulcrum_raft_store::tls::{IssuedPem, ca_certificate_for, issue_ca, issue_node};
 
 /// The certificates of mutual TLS between nodes.
 #[derive(Subcommand, Debug)]
@@ -21,7 +21,9 @@ pub(crate) enum Command {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Pki {
     /// A new cluster CA: DIR/ca.pem for every node's `raft.tls.ca`, and DIR/ca.key, which
-    /// signs node certificates and belongs off the nodes.
+    /// signs node certificates and belongs off the nodes. With --key, only DIR/ca.pem, for
+    /// a CA key made elsewhere (several machines sharing the key make CA certificates that
+    /// trust the same node certificates).
     ///
     /// Example: fulcrumd pki ca --out /root/fulcrum-ca
     Ca {
@@ -31,6 +33,9 @@ pub(crate) enum Pki {
         /// How long the CA is valid
         #[arg(long, default_value_t = 3650)]
         days: u32,
+        /// An existing CA key (PEM, PKCS#8 ECDSA P-256) to make the certificate for
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// A node's certificate and key, signed by the cluster CA: DIR/NAME.pem and DIR/NAME.key.
     ///
@@ -60,13 +65,28 @@ pub(crate) enum Pki {
 pub(crate) fn run(command: Command) -> anyhow::Result<()> {
     let Command::Pki(pki) = command;
     match pki {
-        Pki::Ca { out, days } => {
+        Pki::Ca { out, days, key: None } => {
             let ca = issue_ca(days)?;
             write_pair(&out, "ca", &ca)?;
             println!(
                 "wrote {0}/ca.pem (give it to every node) and {0}/ca.key (keep it safe, off the nodes)",
                 out.display()
             );
+        }
+        Pki::Ca { out, days, key: Some(key) } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the CA key {}", key.display()))?;
+            let cert = ca_certificate_for(&pem, days).with_context(|| {
+                format!("{} is not an ECDSA P-256 key in PKCS#8 PEM", key.display())
+            })?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            let path = out.join("ca.pem");
+            if path.exists() {
+                anyhow::bail!("{} exists already; move it away to make a new one", path.display());
+            }
+            write_new(&path, &cert, 0o644)?;
+            println!("wrote {} (give it to every node)", path.display());
         }
         Pki::Node { ca_key, name, out, addresses, days } => {
             if name.is_empty()
