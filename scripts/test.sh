@@ -38,7 +38,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets' properties, on stable, over every input the campaigns kept (fuzz/).
+CARGO_TARGET_DIR=target cargo clippy --manifest-path fuzz/Cargo.toml --no-default-features \
+    --lib --tests --locked -- -D warnings
+CARGO_TARGET_DIR=target cargo test --manifest-path fuzz/Cargo.toml --no-default-features \
+    --lib --locked
 scripts/check-structure.py
 # The lab tests run the binaries (fulcrumd next to the test executables); cargo builds a
 # package's binaries for tests only when that package has integration tests.
