@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh                     every target for 10 minutes
 #   scripts/fuzz.sh --time 60 route     one target for a minute
 # A crash leaves its input in fuzz/artifacts/<target>/ and makes the script exit 1; turn it
-# into a regression test of the crate it broke (see docs/testing.md, "Fuzzing").
+# into a regression: fix the bug, then keep the input in fuzz/regressions/<target>/ (the
+# test command replays it; README.md, "Fuzzing").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +15,7 @@ targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --time) seconds="$2"; shift 2 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         -*) echo "scripts/fuzz.sh: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac

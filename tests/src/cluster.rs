@@ -217,12 +217,11 @@ impl Lab {
         instances: &[Instance],
         tracked_pools: &[&str],
     ) -> Result<LabProcess, LabError> {
-        let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
-        self.start_fulcrumd(host, &file)
+        self.start_cluster_node_with_tools(timing, host, members, instances, tracked_pools, None)
     }
 
     /// As [`Lab::start_cluster_node`], with the programs fulcrumd runs looked up in `tools`
-    /// first (see [`Lab::start_fulcrumd_with_tools`]).
+    /// first, if given (see [`Lab::start_fulcrumd_with_tools`]).
     pub fn start_cluster_node_with_tools(
         &self,
         timing: Timing,
@@ -230,10 +229,10 @@ impl Lab {
         members: &[Host],
         instances: &[Instance],
         tracked_pools: &[&str],
-        tools: &Path,
+        tools: Option<&Path>,
     ) -> Result<LabProcess, LabError> {
         let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
-        self.start_fulcrumd_with_tools(host, &file, Some(tools))
+        self.start_fulcrumd_with_tools(host, &file, tools)
     }
 
     /// Runs `fulcrumctl args` on `host` against the admin APIs of `endpoints` (tried in

@@ -78,6 +78,21 @@ impl Setup {
         self.lab.start_probe(&self.client, &args).unwrap()
     }
 
+    /// Runs `attack` on four connections at once from the client.
+    fn four_attackers(
+        &self,
+        attack: impl Fn() -> std::io::Result<H2Outcome> + Sync,
+    ) -> Vec<H2Outcome> {
+        self.lab
+            .run_in(&self.client, || {
+                std::thread::scope(|scope| {
+                    let attackers: Vec<_> = (0..4).map(|_| scope.spawn(&attack)).collect();
+                    attackers.into_iter().map(|a| a.join().unwrap().unwrap()).collect()
+                })
+            })
+            .unwrap()
+    }
+
     /// The HTTP listener's `fulcrum_listener_errors_total` of `kind`.
     fn listener_metric_of_kind(&self, kind: &str) -> f64 {
         let metrics = self.node.metrics().unwrap();
@@ -166,21 +181,8 @@ fn http2_rapid_reset_and_slow_streams_do_not_starve_other_clients() {
 
     // Rapid reset: four connections, each opening and cancelling streams as fast as it can.
     let probe = setup.start_probe(Duration::from_secs(10));
-    let outcomes: Vec<H2Outcome> = setup
-        .lab
-        .run_in(&setup.client, || {
-            std::thread::scope(|scope| {
-                let attackers: Vec<_> = (0..4)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            attack::h2_rapid_reset(target, Duration::from_secs(8), 200_000)
-                        })
-                    })
-                    .collect();
-                attackers.into_iter().map(|a| a.join().unwrap().unwrap()).collect()
-            })
-        })
-        .unwrap();
+    let outcomes =
+        setup.four_attackers(|| attack::h2_rapid_reset(target, Duration::from_secs(8), 200_000));
     let report = probe.finish().unwrap();
     println!("rapid reset: {outcomes:?}");
     assert_served(&report, "the rapid-reset attack");
@@ -203,26 +205,9 @@ fn http2_rapid_reset_and_slow_streams_do_not_starve_other_clients() {
 
     // Slow bodies: four connections holding 100 streams each, a byte per stream a second.
     let probe = setup.start_probe(Duration::from_secs(12));
-    let outcomes: Vec<H2Outcome> = setup
-        .lab
-        .run_in(&setup.client, || {
-            std::thread::scope(|scope| {
-                let attackers: Vec<_> = (0..4)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            attack::h2_slow_bodies(
-                                target,
-                                100,
-                                Duration::from_secs(1),
-                                Duration::from_secs(10),
-                            )
-                        })
-                    })
-                    .collect();
-                attackers.into_iter().map(|a| a.join().unwrap().unwrap()).collect()
-            })
-        })
-        .unwrap();
+    let outcomes = setup.four_attackers(|| {
+        attack::h2_slow_bodies(target, 100, Duration::from_secs(1), Duration::from_secs(10))
+    });
     let report = probe.finish().unwrap();
     println!("slow bodies: {outcomes:?}");
     assert_served(&report, "the slow-body attack");

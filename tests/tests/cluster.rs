@@ -49,6 +49,18 @@ fn cluster_with_witnesses(
     witnesses: usize,
     backends: usize,
 ) -> Cluster {
+    build_cluster(load_balancers, voters, witnesses, backends, |_, _| None)
+}
+
+/// As [`cluster_with_witnesses`], node `i` looking up the programs it runs in `tools(lab, i)`
+/// first, if given.
+fn build_cluster(
+    load_balancers: usize,
+    voters: usize,
+    witnesses: usize,
+    backends: usize,
+    tools: impl Fn(&Lab, usize) -> Option<std::path::PathBuf>,
+) -> Cluster {
     let topology = Topology { load_balancers, backends, prefix: None };
     let lab =
         Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
@@ -61,7 +73,16 @@ fn cluster_with_witnesses(
         .map(|(i, lb)| {
             let instance = Instance::ranked(VRID, i, &[vip(1)]);
             let instances = if i < voters - witnesses { vec![instance] } else { Vec::new() };
-            lab.start_cluster_node(Timing::Lab, lb, members, &instances, &["web"]).unwrap()
+            let tools = tools(&lab, i);
+            lab.start_cluster_node_with_tools(
+                Timing::Lab,
+                lb,
+                members,
+                &instances,
+                &["web"],
+                tools.as_deref(),
+            )
+            .unwrap()
         })
         .collect();
     Cluster {
@@ -593,44 +614,18 @@ printf '%s\n' "$script" | exec REAL_NFT "$@"
 
 #[test]
 fn a_successor_that_cannot_load_its_forwarding_rules_is_reported_and_the_vip_moves_anyway() {
-    let topology = Topology { load_balancers: 3, backends: 1, prefix: None };
-    let lab =
-        Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
-    let lbs = lab.hosts_of(HostRole::LoadBalancer);
-    let backend_processes = lab.start_backends().unwrap();
-    let tools = lab.log_dir().join("refusing-nft");
-    std::fs::create_dir_all(&tools).unwrap();
-    let real_nft = fulcrum_lab::netns::run("sh", &["-c", "command -v nft"]).unwrap();
-    let nft = tools.join("nft");
-    std::fs::write(&nft, REFUSING_NFT.replace("REAL_NFT", real_nft.trim())).unwrap();
-    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let nodes = lbs
-        .iter()
-        .enumerate()
-        .map(|(i, lb)| {
-            let instances = [Instance::ranked(VRID, i, &[vip(1)])];
-            match i {
-                1 => lab.start_cluster_node_with_tools(
-                    Timing::Lab,
-                    lb,
-                    &lbs,
-                    &instances,
-                    &["web"],
-                    &tools,
-                ),
-                _ => lab.start_cluster_node(Timing::Lab, lb, &lbs, &instances, &["web"]),
-            }
-            .unwrap()
+    // lb2 runs with an nft that refuses the forwarding rules.
+    let mut c = build_cluster(3, 3, 0, 1, |lab, i| {
+        (i == 1).then(|| {
+            let tools = lab.log_dir().join("refusing-nft");
+            std::fs::create_dir_all(&tools).unwrap();
+            let real_nft = fulcrum_lab::netns::run("sh", &["-c", "command -v nft"]).unwrap();
+            let nft = tools.join("nft");
+            std::fs::write(&nft, REFUSING_NFT.replace("REAL_NFT", real_nft.trim())).unwrap();
+            std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+            tools
         })
-        .collect();
-    let mut c = Cluster {
-        backends: lab.hosts_of(HostRole::Backend),
-        client: lab.host("client").unwrap(),
-        lbs,
-        nodes,
-        lab,
-        _backend_processes: backend_processes,
-    };
+    });
     let all: Vec<&Host> = c.lbs.iter().collect();
     c.leader(&all);
     c.apply(&c.lbs[0], &[&c.backends[0]]);
