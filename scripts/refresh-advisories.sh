@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refreshes supply-chain/advisory-db/: the RustSec advisories (github.com/rustsec/advisory-db)
-# of every crate named in Cargo.lock and fuzz/Cargo.lock, which the test command audits
-# against without a network. Run it with a checkout of the advisory database, then commit:
+# of every crate named in Cargo.lock and fuzz/Cargo.lock, which the supply chain test
+# (tests/tests/supply_chain.rs) checks the lockfiles against without a network. Run it with a checkout of the advisory database, then commit:
 #   git clone https://github.com/rustsec/advisory-db /tmp/advisory-db
 #   scripts/refresh-advisories.sh /tmp/advisory-db
 set -euo pipefail
@@ -25,7 +25,9 @@ cat > "$target/README.md" <<README
 
 Copied by \`scripts/refresh-advisories.sh\` from rustsec/advisory-db at $commit: the
 advisories of every crate named in \`Cargo.lock\` and \`fuzz/Cargo.lock\` ($copied files). The
-test command runs \`cargo audit\` against this copy, since CI has no network beyond the package
-registries. Refresh it when dependencies change and from time to time.
+supply chain test (\`tests/tests/supply_chain.rs\`, with the \`rustsec\` crate that cargo-audit
+is built on) checks the lockfiles against this copy, since CI has no network beyond the
+package registries; \`cargo audit --db supply-chain/advisory-db --no-fetch --stale\` reads it
+too. Refresh it when dependencies change and from time to time.
 README
 echo "copied $copied advisories from $commit into $target"

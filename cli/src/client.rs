@@ -190,10 +190,10 @@ impl Client {
         // The server answers when `wait` is up, so the request may take that long and more.
         let answer =
             self.send(&Method::GET, &path, &Body::Empty, None, wait + self.timeout).await?;
-        if answer.status == StatusCode::GATEWAY_TIMEOUT {
-            if let Ok(propagation) = serde_json::from_slice::<Propagation>(&answer.body) {
-                return Ok(propagation);
-            }
+        if answer.status == StatusCode::GATEWAY_TIMEOUT
+            && let Ok(propagation) = serde_json::from_slice::<Propagation>(&answer.body)
+        {
+            return Ok(propagation);
         }
         answer.decode(&Method::GET, &path)
     }

@@ -245,12 +245,11 @@ impl Checker {
             }
         }
         let matcher = &route.matcher;
-        if let Some(host) = &matcher.host {
-            if host.is_empty()
-                || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b))
-            {
-                self.report(object, "host", format!("{host:?} is not a host name"));
-            }
+        if let Some(host) = &matcher.host
+            && (host.is_empty()
+                || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b)))
+        {
+            self.report(object, "host", format!("{host:?} is not a host name"));
         }
         let (field, path) = match &matcher.path {
             Some(PathMatch::Prefix(p)) => ("path_prefix", Some(p)),
@@ -260,14 +259,10 @@ impl Checker {
         if let Some(path) = path.filter(|p| !p.starts_with('/')) {
             self.report(object, field, format!("{path:?} does not start with '/'"));
         }
-        if let Some(method) = &matcher.method {
-            if !is_http_token(method) || method.bytes().any(|b| b.is_ascii_lowercase()) {
-                self.report(
-                    object,
-                    "method",
-                    format!("{method:?} is not an uppercase HTTP method"),
-                );
-            }
+        if let Some(method) = &matcher.method
+            && (!is_http_token(method) || method.bytes().any(|b| b.is_ascii_lowercase()))
+        {
+            self.report(object, "method", format!("{method:?} is not an uppercase HTTP method"));
         }
         for (i, header) in matcher.headers.iter().enumerate() {
             if !is_http_token(&header.name) {
@@ -493,5 +488,5 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| !n.is_multiple_of(d))
 }

@@ -448,7 +448,7 @@ fn maglev_size(requested: u32, members: usize) -> u64 {
 }
 
 fn is_prime(x: u64) -> bool {
-    x >= 2 && (2..).take_while(|d| d * d <= x).all(|d| x % d != 0)
+    x >= 2 && (2..).take_while(|d| d * d <= x).all(|d| !x.is_multiple_of(d))
 }
 
 /// A member's place in a least-loaded order: cost num/den, then the rotated tie-break.

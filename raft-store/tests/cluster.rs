@@ -113,10 +113,11 @@ impl Cluster {
         loop {
             let leaders: Vec<Option<NodeId>> =
                 self.nodes.values().map(|node| node.metrics().leader).collect();
-            if let Some(Some(leader)) = leaders.first() {
-                if self.nodes.contains_key(leader) && leaders.iter().all(|l| l == &Some(*leader)) {
-                    return *leader;
-                }
+            if let Some(Some(leader)) = leaders.first()
+                && self.nodes.contains_key(leader)
+                && leaders.iter().all(|l| l == &Some(*leader))
+            {
+                return *leader;
             }
             assert!(Instant::now() < deadline, "no agreed leader within {timeout:?}: {leaders:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;

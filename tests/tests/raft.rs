@@ -38,10 +38,10 @@ fn agreed_leader(nodes: &mut [LabProcess]) -> u64 {
     loop {
         let leaders: Vec<Option<u64>> =
             nodes.iter_mut().map(|node| metrics(node)["leader"].as_u64()).collect();
-        if let Some(Some(leader)) = leaders.first() {
-            if leaders.iter().all(|l| l == &Some(*leader)) {
-                return *leader;
-            }
+        if let Some(Some(leader)) = leaders.first()
+            && leaders.iter().all(|l| l == &Some(*leader))
+        {
+            return *leader;
         }
         assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
         std::thread::sleep(Duration::from_millis(100));

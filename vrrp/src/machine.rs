@@ -530,7 +530,7 @@ pub fn effective_priority(configured: u8, penalty: u32) -> u8 {
 fn centiseconds(interval: Duration) -> Result<u16, ConfigError> {
     let nanos = interval.as_nanos();
     let per_cs = u128::from(NANOS_PER_CENTISECOND);
-    if nanos % per_cs != 0 {
+    if !nanos.is_multiple_of(per_cs) {
         return Err(ConfigError::IntervalNotCentiseconds(interval));
     }
     u16::try_from(nanos / per_cs)
