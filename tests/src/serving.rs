@@ -121,24 +121,35 @@ pub fn tls_connect(
     address: SocketAddr,
     ca: &std::path::Path,
 ) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
-    tls_over(connect(address)?, address, &tls_client_config(ca)?)
+    tls_over(connect(address)?, address, &tls_client_config(ca, None)?)
 }
 
-/// A TLS client's settings trusting only the CA in the PEM file `ca`, with no certificate of
-/// its own.
+/// A TLS client's settings trusting only the CA in the PEM file `ca`, presenting the
+/// certificate and key in the PEM files `identity` if given.
 pub fn tls_client_config(
     ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> std::io::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in fulcrum_raft_store::tls::load_certificates(ca).map_err(std::io::Error::other)? {
         roots.add(cert).map_err(std::io::Error::other)?;
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain =
+                fulcrum_raft_store::tls::load_certificates(cert).map_err(std::io::Error::other)?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(std::io::Error::other)?;
+            builder.with_client_auth_cert(chain, key).map_err(std::io::Error::other)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     Ok(std::sync::Arc::new(config))
 }
 

@@ -174,6 +174,23 @@ impl Node {
             .sample("", u8::from(status.leader == Some(status.id)));
         page.family("fulcrum_config_revision", "gauge", "The configuration revision served here.")
             .sample("", status.revision);
+        let refused = self.store.metrics().refused_rpcs;
+        let mut refusals = page.family(
+            "fulcrum_raft_rpc_refused_total",
+            "counter",
+            "Raft RPC requests refused before they were served, by reason.",
+        );
+        for (reason, count) in [
+            ("missing_header", refused.missing_header),
+            ("wrong_cluster", refused.wrong_cluster),
+            ("wrong_target", refused.wrong_target),
+            ("bad_signature", refused.bad_signature),
+            ("stale", refused.stale),
+            ("replayed", refused.replayed),
+            ("body_mismatch", refused.body_mismatch),
+        ] {
+            refusals.sample(&format!("reason=\"{reason}\""), count);
+        }
         page.family("fulcrum_node_ready", "gauge", "1 while /readyz answers ready.")
             .sample("", u8::from(self.not_ready().is_none()));
         let mut master =
