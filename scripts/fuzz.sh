@@ -38,6 +38,7 @@ cargo +nightly fuzz build --target-dir "$target_dir"
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+touch "$logs/started"
 failed=()
 printf '%-14s %8s %14s %10s %8s %8s\n' target seconds executions "exec/s" corpus crashes
 for target in "${targets[@]}"; do
@@ -50,7 +51,8 @@ for target in "${targets[@]}"; do
         >"$logs/$target" 2>&1 || status=$?
     executions=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$target" | tail -1)
     per_second=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logs/$target" | tail -1)
-    crashes=$(find "fuzz/artifacts/$target" -type f 2>/dev/null | wc -l)
+    # Only this run's findings: an earlier campaign's artifacts stay until removed by hand.
+    crashes=$({ find "fuzz/artifacts/$target" -type f -newer "$logs/started" 2>/dev/null || true; } | wc -l)
     # Keep the corpus small: the fewest inputs that still cover every feature reached.
     cargo +nightly fuzz cmin --target-dir "$target_dir" "$target" "$corpus" -- \
         -set_cover_merge=1 >"$logs/$target.cmin" 2>&1 ||

@@ -28,8 +28,8 @@ fi
 # slowloris, from PyPI, for the attack tests.
 if ! command -v slowloris >/dev/null 2>&1; then
     echo "installing slowloris"
-    python3 -m pip install --quiet slowloris 2>/dev/null ||
-        python3 -m pip install --quiet --break-system-packages slowloris
+    python3 -m pip install --quiet slowloris==0.2.6 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages slowloris==0.2.6
     hash -r
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then

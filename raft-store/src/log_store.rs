@@ -95,8 +95,14 @@ impl LogStore {
 
     /// What the database holds, for the witness's check.
     fn held(&self, index: Option<u64>, purged: Option<LogId<NodeId>>) -> Result<Held, Failure> {
-        let corrupt =
-            |what| move |e: StorageError<NodeId>| Failure::Unacknowledged(format!("{what}: {e}"));
+        // A read that fails is an IO error (it may pass); bytes that do not decode are damage.
+        let log_id = |read: sled::Result<Option<(sled::IVec, sled::IVec)>>, what| match read {
+            Ok(Some((key, bytes))) => decode_entry(&key, &bytes)
+                .map(|entry| Some(entry.log_id))
+                .map_err(|e| Failure::Unacknowledged(format!("{what} does not decode: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Failure::Sled(what, e)),
+        };
         let vote = match self.meta.get(KEY_VOTE) {
             Ok(Some(bytes)) => {
                 Some(codec::decode(&bytes).map_err(|e| Failure::Corrupt("the vote", e))?)
@@ -105,10 +111,16 @@ impl LogStore {
             Err(e) => return Err(Failure::Sled("read the vote", e)),
         };
         let at_witnessed_index = match index {
-            Some(index) => self.entry_id(index).map_err(corrupt("reading the witnessed entry"))?,
+            Some(index) => {
+                let read = self
+                    .log
+                    .get(index_key(index))
+                    .map(|v| v.map(|v| (index_key(index).as_slice().into(), v)));
+                log_id(read, "read the acknowledged log entry")?
+            }
             None => None,
         };
-        let last_entry = self.last_entry_id().map_err(corrupt("reading the last entry"))?;
+        let last_entry = log_id(self.log.last(), "read the last log entry")?;
         Ok(Held { vote, last_log: last_entry.max(purged), at_witnessed_index, purged })
     }
 

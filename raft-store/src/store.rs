@@ -70,6 +70,28 @@ mod tests {
         assert!(error.to_string().contains(&dir.path().display().to_string()), "{error}");
     }
 
+    /// `attempt` again while it fails on sled's lock (for up to 5 s): sled ends an
+    /// asynchronous flush on a thread of its own, which holds the database a moment after the
+    /// last handle is dropped. Any other outcome is returned as it is.
+    fn when_unlocked<T, E: std::fmt::Display>(attempt: impl Fn() -> Result<T, E>) -> Result<T, E> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match attempt() {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn reopen(dir: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+        when_unlocked(|| open(dir))
+    }
+
     fn blank(term: u64, index: u64) -> openraft::Entry<crate::TypeConfig> {
         openraft::Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
@@ -93,12 +115,12 @@ mod tests {
     async fn a_store_that_lost_what_it_acknowledged_is_refused_with_the_way_out() {
         let (dir, earlier) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         {
-            let (mut log, _) = open(dir.path()).unwrap();
+            let (mut log, _) = reopen(dir.path()).unwrap();
             log.blocking_append((1..=3).map(|i| blank(1, i))).await.unwrap();
         }
         copy_database(dir.path(), earlier.path());
         {
-            let (mut log, _) = open(dir.path()).unwrap();
+            let (mut log, _) = reopen(dir.path()).unwrap();
             log.save_vote(&Vote::new(2, 1)).await.unwrap();
             log.blocking_append((4..=6).map(|i| blank(2, i))).await.unwrap();
         }
@@ -110,7 +132,7 @@ mod tests {
             }
         }
         copy_database(earlier.path(), dir.path());
-        let error = open(dir.path()).map(drop).unwrap_err();
+        let error = reopen(dir.path()).map(drop).unwrap_err();
         assert!(matches!(error, StoreError::Damaged { .. }), "{error}");
         let message = error.to_string();
         assert!(message.contains("acknowledged a vote in term 2"), "{message}");
@@ -118,13 +140,13 @@ mod tests {
 
         // Only the vote restored: the missing entries are named.
         {
-            let sled = sled::open(dir.path()).unwrap();
+            let sled = when_unlocked(|| sled::open(dir.path())).unwrap();
             let meta = sled.open_tree(crate::log_store::META_TREE).unwrap();
             meta.insert(b"vote", fulcrum_model::codec::encode(&Vote::<u64>::new(2, 1)).unwrap())
                 .unwrap();
             sled.flush().unwrap();
         }
-        let message = open(dir.path()).map(drop).unwrap_err().to_string();
+        let message = reopen(dir.path()).map(drop).unwrap_err().to_string();
         assert!(message.contains("acknowledged log entry 6 (term 2)"), "{message}");
         assert!(message.contains("ends at entry 3"), "{message}");
     }
@@ -133,20 +155,20 @@ mod tests {
     async fn a_truncated_log_and_a_directory_without_a_witness_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut log, _) = open(dir.path()).unwrap();
+            let (mut log, _) = reopen(dir.path()).unwrap();
             log.blocking_append((1..=5).map(|i| blank(1, i))).await.unwrap();
             // A new leader overwrites entries 4 and 5 that never committed.
             log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
         }
         {
-            let (mut log, _) = open(dir.path()).unwrap();
+            let (mut log, _) = reopen(dir.path()).unwrap();
             log.blocking_append([blank(2, 4)]).await.unwrap();
         }
-        drop(open(dir.path()).unwrap());
+        drop(reopen(dir.path()).unwrap());
         // A directory written before the witness existed is trusted once, then witnessed.
         let witness = dir.path().join(crate::witness::FILE_NAME);
         std::fs::remove_file(&witness).unwrap();
-        drop(open(dir.path()).unwrap());
+        drop(reopen(dir.path()).unwrap());
         let (record, _) = crate::witness::WitnessFile::open(dir.path()).unwrap();
         assert_eq!(record.record().last_log.map(|id| (id.leader_id.term, id.index)), Some((2, 4)));
     }
@@ -154,12 +176,12 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_witness_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        drop(open(dir.path()).unwrap());
+        drop(reopen(dir.path()).unwrap());
         let witness = dir.path().join(crate::witness::FILE_NAME);
         let mut bytes = std::fs::read(&witness).unwrap();
         bytes[0] ^= 0x40;
         std::fs::write(&witness, bytes).unwrap();
-        let message = open(dir.path()).map(drop).unwrap_err().to_string();
+        let message = reopen(dir.path()).map(drop).unwrap_err().to_string();
         assert!(message.contains("checksum does not hold"), "{message}");
     }
 

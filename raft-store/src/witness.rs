@@ -2,12 +2,13 @@
 //! it told a leader was on disk, kept in a small checksummed file beside the sled database
 //! and checked when the store opens.
 //!
-//! A damaged database can open without complaint and be missing its last writes (a disk or
-//! a virtual machine snapshot that lost them). Raft's safety rests on every acknowledged
+//! A damaged database can open without complaint and be missing its last writes (its files
+//! truncated, or put back from an older copy). Raft's safety rests on every acknowledged
 //! entry and vote surviving, so a node that forgot them could vote twice in a term or help
 //! elect a leader without a committed change. The witness is written after sled flushed
 //! and before openraft is told, so it never claims more than the database held; on open the
-//! database must hold at least what the witness names.
+//! database must hold at least what the witness names. It shares the directory, so a
+//! rollback of the whole directory (a reverted VM snapshot) takes it back too, undetected.
 //!
 //! The record and the check are values ([`Record`], [`Record::check`]); only [`WitnessFile`]
 //! touches the disk.

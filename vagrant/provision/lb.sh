@@ -34,13 +34,12 @@ pki="$etc/pki"
 if [ ! -f "$pki/node.pem" ]; then
     install -d -m 0755 "$pki"
     ca_key=$(mktemp)
-    trap 'rm -f "$ca_key"' EXIT
+    issued=$(mktemp -d)
+    trap 'rm -rf "$ca_key" "$issued"' EXIT
     printf '%s\n' "$CA_KEY" > "$ca_key"
     [ -f "$pki/ca.pem" ] || "$fulcrumd" pki ca --key "$ca_key" --out "$pki" >/dev/null
-    issued=$(mktemp -d)
     "$fulcrumd" pki node --ca-key "$ca_key" --name node --address "$ADDRESS" --out "$issued" >/dev/null
     mv "$issued/node.pem" "$issued/node.key" "$pki/"
-    rmdir "$issued"
 fi
 
 members=""
