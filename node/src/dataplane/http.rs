@@ -45,6 +45,9 @@ use super::shared::Shared;
 use super::stats::RouteStats;
 use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, UpstreamError};
 
+/// How long a connection closed for a reset flood may finish its requests in flight.
+const RESET_FLOOD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves one accepted client connection (already through TLS for https) to its end.
 pub(crate) async fn serve<I>(
     io: I,
@@ -82,7 +85,7 @@ pub(crate) async fn serve<I>(
         }
         let listener = Arc::clone(&service_listener);
         let shared = Arc::clone(&shared);
-        let pending = service_resets.start();
+        let pending = service_resets.start(Instant::now());
         async move {
             let response = handle(request, downstream, &listener, &shared).await;
             pending.answered();
@@ -113,9 +116,11 @@ pub(crate) async fn serve<I>(
             None
         }
         () = resets.abusive() => {
-            tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests before their answer (HTTP/2 rapid reset)");
+            tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests right after sending them (HTTP/2 rapid reset)");
             listener.stats().error(ErrorKind::ResetFlood);
-            None
+            // GOAWAY, and a moment for what is in flight; then the connection goes.
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(RESET_FLOOD_GRACE, connection.as_mut()).await.ok()
         }
         () = wind_down => {
             // Drain: finish what is in flight, close politely, until the drain deadline.
