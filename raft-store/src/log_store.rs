@@ -87,7 +87,7 @@ impl LogStore {
             // A new directory, or one from a build before the witness: start witnessing.
             None => store
                 .lock_witness()
-                .write(Record { vote: held.vote, last_log: held.last_log })
+                .write(Record { vote: held.vote, last_log: held.last_log }, true)
                 .map_err(Failure::Witness)?,
         }
         Ok(store)
@@ -128,18 +128,13 @@ impl LogStore {
         self.witness.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a change of what the node acknowledged, durably, off the async workers.
-    async fn witness(&self, change: impl FnOnce(&mut Record) + Send + 'static) -> io::Result<()> {
-        let witness = Arc::clone(&self.witness);
-        tokio::task::spawn_blocking(move || {
-            let mut file = witness.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut record = file.record();
-            change(&mut record);
-            file.write(record)
-        })
-        .await
-        .map_err(io::Error::other)?
-        .map_err(io::Error::other)
+    /// Records a change of what the node acknowledged: synced to disk when `durable` (a
+    /// step back), else left to the page cache (see [`crate::witness`] on why that is safe).
+    fn witness(&self, durable: bool, change: impl FnOnce(&mut Record)) -> io::Result<()> {
+        let mut file = self.lock_witness();
+        let mut record = file.record();
+        change(&mut record);
+        file.write(record, durable).map_err(io::Error::other)
     }
 
     /// The log id of the entry at `index`, if there is one.
@@ -279,9 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
         self.write_meta(KEY_VOTE, vote, ErrorSubject::Vote).await?;
-        let vote = *vote;
-        self.witness(move |record| record.vote = Some(vote))
-            .await
+        self.witness(false, |record| record.vote = Some(*vote))
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -316,7 +309,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // witness names them only then.
         let mut flushed = self.db.flush_async().await.map(drop).map_err(io::Error::other);
         if let (Ok(()), Some(last)) = (&flushed, last) {
-            flushed = self.witness(move |record| record.last_log = Some(last)).await;
+            flushed = self.witness(false, |record| record.last_log = Some(last));
         }
         callback.log_io_completed(flushed);
         Ok(())
@@ -329,12 +322,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             None => None,
         };
         let before = before.max(self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?.flatten());
-        self.witness(move |record| {
+        self.witness(true, |record| {
             if record.last_log.is_some_and(|last| last.index >= log_id.index) {
                 record.last_log = before;
             }
         })
-        .await
         .map_err(|e| StorageIOError::write_logs(&e))?;
         // Atomic (one batch), so no hole even if the process dies half-way.
         self.remove_range(index_key(log_id.index)..).map_err(|e| StorageIOError::write_logs(&e))?;

@@ -10,11 +10,20 @@
 //! database must hold at least what the witness names. It shares the directory, so a
 //! rollback of the whole directory (a reverted VM snapshot) takes it back too, undetected.
 //!
-//! The record and the check are values ([`Record`], [`Record::check`]); only [`WitnessFile`]
-//! touches the disk.
+//! The file holds two slots, written in turn, each a numbered record with its SHA-256; the
+//! newest slot that checks out is the record. A record that only rises (a new vote, entries
+//! appended) is not synced: written after the database's own flush, a record lost or torn by
+//! a crash only names less (the other slot, older, still checks out) and never more than the
+//! database holds. That keeps the Raft write path at one fsync, the database's. A record
+//! that steps back (before entries are truncated) is synced before the database changes, so
+//! after a crash it cannot name what the database removed.
+//!
+//! The record and the check are values ([`Record`], [`Record::check`], [`encode_slot`],
+//! [`decode_slot`]); only [`WitnessFile`] touches the disk.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use fulcrum_model::codec::CodecError;
@@ -49,25 +58,37 @@ pub struct Held {
     pub purged: Option<LogId<NodeId>>,
 }
 
+/// Bytes per slot; a slot's record is far smaller.
+pub const SLOT_BYTES: usize = 128;
+
+/// One slot: the length of the encoded `(sequence, record)`, those bytes, their SHA-256, and
+/// zeros up to [`SLOT_BYTES`].
+pub fn encode_slot(sequence: u64, record: &Record) -> Result<[u8; SLOT_BYTES], CodecError> {
+    let bytes = fulcrum_model::codec::encode(&(sequence, record))?;
+    let mut slot = [0u8; SLOT_BYTES];
+    let end = 2 + bytes.len() + 32;
+    if end > SLOT_BYTES {
+        return Err(CodecError::TooLarge(end));
+    }
+    slot[..2].copy_from_slice(&(bytes.len() as u16).to_be_bytes());
+    slot[2..2 + bytes.len()].copy_from_slice(&bytes);
+    slot[2 + bytes.len()..end].copy_from_slice(&Sha256::digest(&bytes));
+    Ok(slot)
+}
+
+/// Reads what [`encode_slot`] wrote: the sequence number and the record; `None` for bytes
+/// that are not such a slot (never written, torn, damaged).
+pub fn decode_slot(slot: &[u8]) -> Option<(u64, Record)> {
+    let length = usize::from(u16::from_be_bytes([*slot.first()?, *slot.get(1)?]));
+    let bytes = slot.get(2..2 + length)?;
+    let digest = slot.get(2 + length..2 + length + 32)?;
+    if length == 0 || Sha256::digest(bytes).as_slice() != digest {
+        return None;
+    }
+    fulcrum_model::codec::decode(bytes).ok()
+}
+
 impl Record {
-    /// The file's bytes: the record (model codec), then its SHA-256.
-    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let mut bytes = fulcrum_model::codec::encode(self)?;
-        let digest = Sha256::digest(&bytes);
-        bytes.extend_from_slice(&digest);
-        Ok(bytes)
-    }
-
-    /// Reads what [`Record::encode`] wrote; `None` for bytes that are not such a record.
-    pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let split = bytes.len().checked_sub(32)?;
-        let (record, digest) = bytes.split_at(split);
-        if Sha256::digest(record).as_slice() != digest {
-            return None;
-        }
-        fulcrum_model::codec::decode(record).ok()
-    }
-
     /// Checks that the database holds everything this record names; the error says what is
     /// missing.
     pub fn check(&self, held: &Held) -> Result<(), String> {
@@ -103,7 +124,10 @@ impl Record {
 #[derive(Debug)]
 pub struct WitnessFile {
     path: PathBuf,
+    file: File,
     record: Record,
+    /// The sequence number of the record last written; the next goes in the other slot.
+    sequence: u64,
 }
 
 /// Why the witness could not be read or written.
@@ -127,8 +151,8 @@ pub enum WitnessError {
         /// The codec's error.
         source: CodecError,
     },
-    /// The file is not a record this build wrote.
-    #[error("{} is damaged (its checksum does not hold)", path.display())]
+    /// Neither slot of the file holds a record this build wrote.
+    #[error("{} is damaged (no record in it checks out)", path.display())]
     Damaged {
         /// The file.
         path: PathBuf,
@@ -136,19 +160,32 @@ pub enum WitnessError {
 }
 
 impl WitnessFile {
-    /// Reads the witness of `dir`; `None` as the record when there is no file yet (a new
-    /// directory, or one written by a build before the witness).
+    /// Opens (or creates) the witness of `dir`; `None` as the record when it held none yet (a
+    /// new directory, or one written by a build before the witness).
     pub fn open(dir: &Path) -> Result<(WitnessFile, Option<Record>), WitnessError> {
         let path = dir.join(FILE_NAME);
-        let record = match std::fs::read(&path) {
-            Ok(bytes) => Some(
-                Record::decode(&bytes)
-                    .ok_or_else(|| WitnessError::Damaged { path: path.clone() })?,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(WitnessError::Io { what: "read", path, source }),
+        let io = |what| {
+            let path = path.clone();
+            move |source| WitnessError::Io { what, path, source }
         };
-        Ok((WitnessFile { path, record: record.unwrap_or_default() }, record))
+        let existed = path.exists();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open"))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io("read"))?;
+        let newest = bytes.chunks(SLOT_BYTES).filter_map(decode_slot).max_by_key(|(n, _)| *n);
+        let (sequence, record) = match (newest, existed && !bytes.is_empty()) {
+            (Some((sequence, record)), _) => (sequence, Some(record)),
+            (None, true) => return Err(WitnessError::Damaged { path }),
+            (None, false) => (0, None),
+        };
+        let witness = WitnessFile { path, file, record: record.unwrap_or_default(), sequence };
+        Ok((witness, record))
     }
 
     /// The record last written.
@@ -156,29 +193,25 @@ impl WitnessFile {
         self.record
     }
 
-    /// Replaces the record on disk: written to a temporary file, synced, renamed over the
-    /// old one and the directory synced, so a crash leaves the old record or the new one.
-    pub fn write(&mut self, record: Record) -> Result<(), WitnessError> {
-        if record == self.record && self.path.exists() {
+    /// Writes `record` into the slot not holding the newest one; synced to disk only when
+    /// `durable` (see the module's documentation for when that is needed).
+    pub fn write(&mut self, record: Record, durable: bool) -> Result<(), WitnessError> {
+        if record == self.record && self.sequence > 0 {
             return Ok(());
         }
-        let path = self.path.clone();
+        let sequence = self.sequence + 1;
+        let slot = encode_slot(sequence, &record)
+            .map_err(|source| WitnessError::Encode { path: self.path.clone(), source })?;
+        let offset = (sequence % 2) * SLOT_BYTES as u64;
         let io = |what| {
-            let path = path.clone();
+            let path = self.path.clone();
             move |source| WitnessError::Io { what, path, source }
         };
-        let temporary = self.path.with_extension("new");
-        let mut file = File::create(&temporary).map_err(io("create a temporary file beside"))?;
-        let bytes = record
-            .encode()
-            .map_err(|source| WitnessError::Encode { path: self.path.clone(), source })?;
-        file.write_all(&bytes).map_err(io("write"))?;
-        file.sync_all().map_err(io("sync"))?;
-        std::fs::rename(&temporary, &self.path).map_err(io("replace"))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io("sync the directory of"))?;
+        self.file.write_all_at(&slot, offset).map_err(io("write"))?;
+        if durable {
+            self.file.sync_data().map_err(io("sync"))?;
         }
-        self.record = record;
+        (self.record, self.sequence) = (record, sequence);
         Ok(())
     }
 }
@@ -232,15 +265,40 @@ mod tests {
     }
 
     #[test]
-    fn a_record_round_trips_and_any_flipped_bit_is_noticed() {
-        let bytes = witnessed(5, 42).encode().expect("encodes");
-        assert_eq!(Record::decode(&bytes), Some(witnessed(5, 42)));
-        for bit in 0..bytes.len() * 8 {
-            let mut flipped = bytes.clone();
+    fn a_slot_round_trips_and_any_flipped_bit_is_noticed() {
+        let slot = encode_slot(7, &witnessed(5, 42)).expect("encodes");
+        assert_eq!(decode_slot(&slot), Some((7, witnessed(5, 42))));
+        let used = 2 + usize::from(u16::from_be_bytes([slot[0], slot[1]])) + 32;
+        for bit in 0..used * 8 {
+            let mut flipped = slot;
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(Record::decode(&flipped), None, "bit {bit}");
+            assert_eq!(decode_slot(&flipped), None, "bit {bit}");
         }
-        assert_eq!(Record::decode(&bytes[..bytes.len() - 1]), None);
-        assert_eq!(Record::decode(b""), None);
+        assert_eq!(decode_slot(&[0u8; SLOT_BYTES]), None, "a slot never written");
+        assert_eq!(decode_slot(&slot[..used - 1]), None, "a torn slot");
+    }
+
+    #[test]
+    fn the_newest_slot_that_checks_out_is_the_record() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (mut witness, none) = WitnessFile::open(dir.path()).expect("opens");
+        assert_eq!(none, None);
+        for index in 1..=5 {
+            witness.write(witnessed(2, index), false).expect("written");
+        }
+        drop(witness);
+        let (_, newest) = WitnessFile::open(dir.path()).expect("opens");
+        assert_eq!(newest, Some(witnessed(2, 5)));
+        // The newest slot torn by a crash: the other, one write older, is the record.
+        let path = dir.path().join(FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("readable");
+        bytes[SLOT_BYTES + 10] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("writable");
+        let (_, older) = WitnessFile::open(dir.path()).expect("opens");
+        assert_eq!(older, Some(witnessed(2, 4)));
+        // Both damaged: refused.
+        bytes[10] ^= 0xff;
+        std::fs::write(&path, &bytes).expect("writable");
+        assert!(matches!(WitnessFile::open(dir.path()), Err(WitnessError::Damaged { .. })));
     }
 }
