@@ -144,8 +144,12 @@ impl Setup {
                 Duration::from_secs(300),
             )
             .unwrap();
-        // (Its opening stops at the first socket that fails, to be retried later: most got
-        // through.)
+        // fulcrumd accepts them from the kernel's queue a moment later. (Slowloris's opening
+        // stops at the first socket that fails, to be retried later: most get through.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while accepted() < (SLOWLORIS_SOCKETS / 2) as f64 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
             accepted() >= (SLOWLORIS_SOCKETS / 2) as f64,
             "slowloris opened only {} connections to {listener}",
