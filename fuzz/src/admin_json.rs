@@ -3,6 +3,8 @@
 //! configuration is accepted or refused by validation, and an accepted change leaves a
 //! configuration that validates and survives the Raft log's encoding.
 
+use std::sync::LazyLock;
+
 use fulcrum_model::api::{AddMember, BackendStateChange, BackendWeightChange, Failover};
 use fulcrum_model::{
     Backend, Command, Config, Listener, Pool, RateLimitPolicy, Route, codec, file,
@@ -35,6 +37,14 @@ key = "client_ip"
 capacity = 200
 refill_per_second = 100.0
 "#;
+
+/// [`RUNNING`] applied, once for every input (each input changes a copy).
+static RUNNING_CONFIG: LazyLock<Config> = LazyLock::new(|| {
+    let mut config = Config::default();
+    let spec = file::parse(RUNNING).expect("the running configuration parses");
+    config.apply(&Command::Apply(spec)).expect("the running configuration applies");
+    config
+});
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
     serde_json::from_slice(body).ok()
@@ -72,9 +82,7 @@ pub fn check(data: &[u8]) {
         }
     };
     let Some(command) = command else { return };
-    let mut config = Config::default();
-    let spec = file::parse(RUNNING).expect("the running configuration parses");
-    config.apply(&Command::Apply(spec)).expect("the running configuration applies");
+    let mut config = RUNNING_CONFIG.clone();
     if config.apply(&command).is_ok() {
         config.spec.validate().expect("an accepted change leaves a valid configuration");
         let encoded = codec::encode(&command).expect("an accepted command encodes");

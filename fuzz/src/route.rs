@@ -4,6 +4,8 @@
 //! normal form, so a route (and its rate limit) written for `/admin` sees every request a
 //! backend would serve as `/admin`.
 
+use std::sync::LazyLock;
+
 use fulcrum_model::{Protocol, file};
 use fulcrum_policy::{Router, path};
 use http::HeaderMap;
@@ -75,6 +77,14 @@ fn backend_view(path: &str) -> Vec<Vec<u8>> {
     segments
 }
 
+/// The listener's router, compiled once for every input.
+static ROUTER: LazyLock<Router<()>> = LazyLock::new(|| {
+    let spec = file::parse(LISTENER).expect("the listener parses");
+    let listener = &spec.listeners[0];
+    assert_eq!(listener.protocol, Protocol::Http);
+    Router::new(listener, |_| ())
+});
+
 /// Checks the property for one input.
 pub fn check(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -95,10 +105,7 @@ pub fn check(data: &[u8]) {
             "{request_path:?} changed meaning"
         );
     }
-    let spec = file::parse(LISTENER).expect("the listener parses");
-    let listener = &spec.listeners[0];
-    assert_eq!(listener.protocol, Protocol::Http);
-    let router = Router::new(listener, |_| ());
+    let router = &*ROUTER;
     let mut rng = fastrand::Rng::with_seed(7);
     let headers = HeaderMap::new();
     let host = (!host.is_empty()).then_some(host);

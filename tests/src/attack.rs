@@ -254,12 +254,39 @@ pub struct FloodOutcome {
     pub statuses: std::collections::BTreeMap<u16, u64>,
 }
 
-/// Opens connections to `target` from `threads` threads for `duration`, each sending
-/// `request` (over `wrap`, which may add TLS) and reading the answer's status line.
+/// Starts and stops floods, and counts their connections as they go.
+#[derive(Debug, Default)]
+pub struct FloodControl {
+    stop: std::sync::atomic::AtomicBool,
+    connections: std::sync::atomic::AtomicU64,
+}
+
+impl FloodControl {
+    /// Ends the floods under this control (each finishes its connection in hand).
+    pub fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections the floods have opened so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The longest a flood runs if nobody stops it.
+const LONGEST_FLOOD: Duration = Duration::from_secs(120);
+
+/// Opens connections to `target` from `threads` threads until `control` stops it (at most
+/// [`LONGEST_FLOOD`]), each sending `request` (over `wrap`, which may add TLS) and reading
+/// the answer's status line.
 pub fn flood<S: Read + Write>(
     target: SocketAddr,
     threads: usize,
-    duration: Duration,
+    control: &FloodControl,
     request: &[u8],
     wrap: impl Fn(TcpStream) -> std::io::Result<S> + Sync,
 ) -> FloodOutcome {
@@ -269,8 +296,9 @@ pub fn flood<S: Read + Write>(
                 scope.spawn(|| {
                     let mut outcome = FloodOutcome::default();
                     let started = Instant::now();
-                    while started.elapsed() < duration {
+                    while !control.stopped() && started.elapsed() < LONGEST_FLOOD {
                         outcome.connections += 1;
+                        control.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         match one_flood_request(target, request, &wrap) {
                             Some(status) => {
                                 outcome.answered += 1;

@@ -10,9 +10,9 @@
 #![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fulcrum_lab::attack::{self, H2Outcome};
+use fulcrum_lab::attack::{self, FloodControl, H2Outcome};
 use fulcrum_lab::cluster::{ADMIN_PORT, RAFT_PORT, Timing, node_id, web_cluster_file};
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::routers::Instance;
@@ -345,24 +345,32 @@ fn an_unauthenticated_flood_on_the_admin_and_raft_ports_changes_nothing() {
     // Unsigned, and declaring the largest body a Raft request may have.
     let unsigned_vote =
         b"POST /raft/append HTTP/1.1\r\nhost: lb\r\ncontent-length: 67108864\r\n\r\n";
-    let flood_for = Duration::from_secs(10);
+    let control = FloodControl::default();
     let (admin_flood, raft_flood, raft_plain_flood, write) = std::thread::scope(|scope| {
         let admin_flood = scope.spawn(|| {
             lab.run_in(&client, || {
-                attack::flood(admin, 4, flood_for, wrong_token, |tcp| tls_over(tcp, admin, &tls))
+                attack::flood(admin, 4, &control, wrong_token, |tcp| tls_over(tcp, admin, &tls))
             })
         });
         // No client certificate: the handshake itself is refused.
         let raft_flood = scope.spawn(|| {
             lab.run_in(&client, || {
-                attack::flood(raft, 4, flood_for, unsigned_vote, |tcp| tls_over(tcp, raft, &tls))
+                attack::flood(raft, 4, &control, unsigned_vote, |tcp| tls_over(tcp, raft, &tls))
             })
         });
         let raft_plain_flood = scope
-            .spawn(|| lab.run_in(&client, || attack::flood(raft, 2, flood_for, unsigned_vote, Ok)));
-        // Meanwhile, an operator's change goes through.
-        std::thread::sleep(Duration::from_secs(3));
+            .spawn(|| lab.run_in(&client, || attack::flood(raft, 2, &control, unsigned_vote, Ok)));
+        // Once the flood is under way, an operator's change; the flood goes on until the
+        // change is done and has lasted 10 s.
+        let started = Instant::now();
+        while control.connections() < 300 && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let flooding = control.connections();
         let write = lab.fulcrumctl(&client, &[&leader], None, &["apply", "-f", &file, "--wait"]);
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
+        control.stop();
+        assert!(flooding >= 300, "the flood did not get under way: {flooding} connections");
         (
             admin_flood.join().unwrap().unwrap(),
             raft_flood.join().unwrap().unwrap(),
