@@ -158,19 +158,26 @@ impl Setup {
         let active = self.listener_metric("fulcrum_listener_active_connections", listener);
         let at_strength = accepted();
         let report = self.start_probe(Duration::from_secs(15)).finish().unwrap();
+        // Open connections first: one is counted as accepted as soon as its task starts.
+        let active_at_end = self.listener_metric("fulcrum_listener_active_connections", listener);
         let at_end = accepted();
         assert!(attacker.running(), "slowloris stopped before the probe ended");
         attacker.stop().unwrap();
         println!(
             "slowloris on {listener}: {active} connections open at full strength, \
-             {at_strength} accepted by then, {at_end} by the end of the probe"
+             {at_strength} accepted by then, {at_end} by the end of the probe, \
+             {active_at_end} open then"
         );
         assert_served(&report, &format!("slowloris on {listener}"));
         // The header deadline (10 s) closes slowloris's sockets however often it sends a
-        // line, so it has to open new ones all along.
+        // line: none open at full strength is still open after the 15 s probe, so whatever
+        // is open then was accepted during the probe. (How fast slowloris opens new ones
+        // is its own business: over TLS on a slow machine it manages a few a second.)
         assert!(
-            at_end > at_strength + 100.0,
-            "slowloris kept its sockets: {at_strength} connections accepted, then {at_end}"
+            active_at_end <= at_end - at_strength,
+            "slowloris kept its sockets: {active} open at full strength, {active_at_end} \
+             open 15 s later though only {} were accepted meanwhile",
+            at_end - at_strength
         );
     }
 }
