@@ -12,12 +12,13 @@ pub mod proxy_header;
 pub mod route;
 pub mod rpc_envelope;
 pub mod vrrp_received;
+pub mod vrrp_received_v6;
 
 /// A target's property: panics when it fails for the input.
 pub type Check = fn(&[u8]);
 
 /// Every target: its name (its directories under `corpus/` and `regressions/`) and check.
-pub const TARGETS: [(&str, Check); 8] = [
+pub const TARGETS: [(&str, Check); 9] = [
     ("admin_json", admin_json::check),
     ("cluster_file", cluster_file::check),
     ("codec", codec::check),
@@ -26,6 +27,7 @@ pub const TARGETS: [(&str, Check); 8] = [
     ("route", route::check),
     ("rpc_envelope", rpc_envelope::check),
     ("vrrp_received", vrrp_received::check),
+    ("vrrp_received_v6", vrrp_received_v6::check),
 ];
 
 #[cfg(test)]

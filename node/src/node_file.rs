@@ -5,7 +5,7 @@
 //! VRRP state machine's rules are left to the VRRP driver, which reports them at start.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use fulcrum_raft_store::tls::PeerTlsFiles;
 use fulcrum_raft_store::{RaftTiming, StoreSettings};
 use fulcrum_vrrp::Destination;
 use fulcrum_vrrp::InstanceConfig;
-use fulcrum_vrrp::wire::ChecksumForm;
+use fulcrum_vrrp::wire::{ChecksumForm, Family};
 use fulcrum_vrrp::{GarpSettings, InstanceSettings};
 use serde::{Deserialize, Serialize};
 
@@ -251,24 +251,31 @@ pub struct VrrpInstance {
     /// How often the master advertises: 10ms to 40.95s, in whole centiseconds.
     #[serde(default = "default_advert_interval", with = "fulcrum_model::duration")]
     pub advert_interval: Duration,
-    /// The virtual IPs.
-    pub vips: Vec<Ipv4Addr>,
+    /// The virtual IPs, IPv4 and IPv6: the node runs one virtual router per family with this
+    /// VRID (RFC 9568 keeps families apart).
+    pub vips: Vec<IpAddr>,
     /// Whether a higher-priority backup takes over from a live master.
     #[serde(default = "default_true")]
     pub preempt: bool,
     /// How long after start a backup holds back from preempting.
     #[serde(default, with = "fulcrum_model::duration")]
     pub preempt_delay: Duration,
-    /// This node's address on the link; the interface's first IPv4 address by default.
+    /// This node's IPv4 address on the link; the interface's first IPv4 address by default.
     #[serde(default)]
     pub primary_address: Option<Ipv4Addr>,
-    /// Advertise to these peers by unicast instead of multicast, and hear only them.
+    /// This node's IPv6 address on the link, which IPv6 adverts are sent from; the
+    /// interface's link-local address by default, as RFC 9568 §5.1.2.1 asks.
     #[serde(default)]
-    pub unicast_peers: Vec<Ipv4Addr>,
-    /// The other routers' addresses on the link; when set, advertisements from anyone else
-    /// are dropped, so a host that is not a member cannot take the VIPs away.
+    pub primary_address_v6: Option<Ipv6Addr>,
+    /// Advertise to these peers by unicast instead of multicast, and hear only them (each
+    /// family's router its own family's peers).
     #[serde(default)]
-    pub members: Vec<Ipv4Addr>,
+    pub unicast_peers: Vec<IpAddr>,
+    /// The other routers' addresses on the link (IPv6 ones link-local); when set,
+    /// advertisements from anyone else are dropped, so a host that is not a member cannot
+    /// take the VIPs away.
+    #[serde(default)]
+    pub members: Vec<IpAddr>,
     /// Gratuitous ARP frames per VIP on becoming master.
     #[serde(default = "default_garp_repeat")]
     pub garp_repeat: u32,
@@ -381,6 +388,17 @@ pub enum NodeFileError {
         /// The instance's position in the file, from 0.
         index: usize,
     },
+    /// Unicast peers are listed, but none of a family the instance has VIPs of: that
+    /// family's router would hear nobody and hold the VIPs everywhere.
+    #[error(
+        "field `vrrp[{index}].unicast_peers`: the instance has {family} VIPs but no {family} peer"
+    )]
+    NoUnicastPeerOfFamily {
+        /// The instance's position in the file, from 0.
+        index: usize,
+        /// The family without peers.
+        family: Family,
+    },
     /// A secret file could not be read.
     #[error("cannot read the {what} {path}: {source}")]
     Secret {
@@ -411,14 +429,18 @@ pub enum NodeFileError {
     Raft(String),
     /// The primary address is not given and the interface has none to offer.
     #[error(
-        "VRID {vrid}: interface {interface} has no IPv4 address (or does not exist); \
-         give primary_address or configure the interface"
+        "VRID {vrid}: interface {interface} has no {} address (or does not exist); \
+         give {} or configure the interface",
+        match family { Family::Ipv4 => "IPv4", Family::Ipv6 => "IPv6 link-local" },
+        match family { Family::Ipv4 => "primary_address", Family::Ipv6 => "primary_address_v6" }
     )]
     NoPrimaryAddress {
         /// The virtual router.
         vrid: u8,
         /// Its interface.
         interface: String,
+        /// The family of the router that lacks one.
+        family: Family,
     },
     /// An error of the file at `path`.
     #[error("node file {path}: {source}")]
@@ -453,6 +475,16 @@ impl NodeFile {
         })?;
         if let Some(index) = file.vrrp.iter().position(|instance| instance.vips.is_empty()) {
             return Err(NodeFileError::NoVips { index });
+        }
+        for (index, instance) in file.vrrp.iter().enumerate() {
+            let families = |addresses: &[IpAddr]| -> Vec<Family> {
+                addresses.iter().map(|a| Family::of(*a)).collect()
+            };
+            let peer_families = families(&instance.unicast_peers);
+            let unheard = families(&instance.vips).into_iter().find(|f| !peer_families.contains(f));
+            if let Some(family) = unheard.filter(|_| !peer_families.is_empty()) {
+                return Err(NodeFileError::NoUnicastPeerOfFamily { index, family });
+            }
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
             return Err(NodeFileError::FenceWithoutRaft);
@@ -535,36 +567,69 @@ impl RaftSection {
 }
 
 impl VrrpInstance {
-    /// The driver's settings for this instance; `interface_address` supplies the primary
-    /// address when the file does not.
+    /// The driver's settings for this instance: one virtual router per family its VIPs are
+    /// of, IPv4 first. `interface_address` supplies a primary address the file does not give.
     pub fn settings(
         &self,
         fence: Option<FenceTimes>,
-        interface_address: impl FnOnce(&str) -> Option<Ipv4Addr>,
-    ) -> Result<InstanceSettings, NodeFileError> {
-        let primary_address = match self.primary_address {
-            Some(address) => address,
-            None => interface_address(&self.interface).ok_or_else(|| {
-                NodeFileError::NoPrimaryAddress {
-                    vrid: self.vrid,
-                    interface: self.interface.clone(),
-                }
-            })?,
+        interface_address: impl Fn(&str, Family) -> Option<IpAddr>,
+    ) -> Result<Vec<InstanceSettings>, NodeFileError> {
+        [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .filter(|family| self.vips.iter().any(|vip| Family::of(*vip) == *family))
+            .map(|family| {
+                let given = match family {
+                    Family::Ipv4 => self.primary_address.map(IpAddr::V4),
+                    Family::Ipv6 => self.primary_address_v6.map(IpAddr::V6),
+                };
+                let primary_address = given
+                    .or_else(|| interface_address(&self.interface, family))
+                    .ok_or_else(|| NodeFileError::NoPrimaryAddress {
+                        vrid: self.vrid,
+                        interface: self.interface.clone(),
+                        family,
+                    })?;
+                Ok(self.family_settings(fence, primary_address))
+            })
+            .collect()
+    }
+
+    /// The IPv4 VIPs: those a hand-over keeps connections to (second-chance forwarding does
+    /// not cover IPv6 yet).
+    pub fn ipv4_vips(&self) -> Vec<Ipv4Addr> {
+        self.vips
+            .iter()
+            .filter_map(|vip| match vip {
+                IpAddr::V4(vip) => Some(*vip),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The router of `primary_address`'s family.
+    fn family_settings(
+        &self,
+        fence: Option<FenceTimes>,
+        primary_address: IpAddr,
+    ) -> InstanceSettings {
+        let family = Family::of(primary_address);
+        let of_family = |addresses: &[IpAddr]| -> Vec<IpAddr> {
+            addresses.iter().copied().filter(|a| Family::of(*a) == family).collect()
         };
-        let mut router = InstanceConfig::new(self.vrid, primary_address, self.vips.clone());
+        let mut router = InstanceConfig::new(self.vrid, primary_address, of_family(&self.vips));
         router.priority = self.priority;
         router.advert_interval = self.advert_interval;
         router.preempt = self.preempt;
         router.preempt_delay = self.preempt_delay;
         // Fenced, a forged advertisement claiming a long interval cannot stretch a takeover.
         router.cap_master_interval = fence.is_some();
-        Ok(InstanceSettings {
+        InstanceSettings {
             interface: self.interface.clone(),
             router,
             destination: if self.unicast_peers.is_empty() {
                 Destination::Multicast
             } else {
-                Destination::Unicast(self.unicast_peers.clone())
+                Destination::Unicast(of_family(&self.unicast_peers))
             },
             checksum: match self.checksum {
                 ChecksumChoice::PseudoHeader => ChecksumForm::PseudoHeader,
@@ -581,14 +646,87 @@ impl VrrpInstance {
             // `held` set has silenced it at the lease's end already.
             address_lifetime: fence
                 .map(|times| Duration::from_secs(times.lease.as_secs_f64().ceil().max(1.0) as u64)),
-            members: self.members.clone(),
-        })
+            members: of_family(&self.members),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LB1: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11));
+
+    fn only(mut settings: Vec<InstanceSettings>) -> InstanceSettings {
+        assert_eq!(settings.len(), 1, "{settings:?}");
+        settings.remove(0)
+    }
+
+    #[test]
+    fn a_dual_stack_instance_runs_one_router_per_family() {
+        let file = NodeFile::parse(
+            "node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\n\
+             vips = [\"2001:db8::100\", \"198.18.0.100\"]\n\
+             members = [\"198.18.0.12\", \"fe80::12\"]\n",
+        )
+        .unwrap();
+        let link_local = IpAddr::from([0xfe80, 0, 0, 0, 0, 0, 0, 0x11u16]);
+        let settings = file.vrrp[0]
+            .settings(None, |interface, family| {
+                assert_eq!(interface, "eth0");
+                Some(match family {
+                    Family::Ipv4 => LB1,
+                    Family::Ipv6 => link_local,
+                })
+            })
+            .unwrap();
+        let routers: Vec<_> = settings
+            .iter()
+            .map(|s| {
+                (s.router.vrid, s.router.primary_address, s.router.vips.clone(), s.members.clone())
+            })
+            .collect();
+        assert_eq!(
+            routers,
+            [
+                (
+                    51,
+                    LB1,
+                    vec!["198.18.0.100".parse().unwrap()],
+                    vec!["198.18.0.12".parse().unwrap()]
+                ),
+                (
+                    51,
+                    link_local,
+                    vec!["2001:db8::100".parse().unwrap()],
+                    vec!["fe80::12".parse().unwrap()]
+                ),
+            ]
+        );
+        assert_eq!(file.vrrp[0].ipv4_vips(), [Ipv4Addr::new(198, 18, 0, 100)]);
+        // Without a link-local address on the interface, the IPv6 router is named as missing one.
+        let err = file.vrrp[0]
+            .settings(None, |_, family| (family == Family::Ipv4).then_some(LB1))
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeFileError::NoPrimaryAddress { family: Family::Ipv6, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("primary_address_v6"), "{err}");
+    }
+
+    #[test]
+    fn unicast_peers_must_cover_every_family_of_the_vips() {
+        let err = NodeFile::parse(
+            "node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\n\
+             vips = [\"198.18.0.100\", \"2001:db8::100\"]\nunicast_peers = [\"198.18.0.12\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, NodeFileError::NoUnicastPeerOfFamily { index: 0, family: Family::Ipv6 }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_full_instance_parses_with_defaults() {
@@ -607,11 +745,10 @@ vips = ["198.18.0.100"]
         )
         .unwrap();
         assert_eq!(file.log.format, LogFormat::Json);
-        let settings =
-            file.vrrp[0].settings(None, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        let settings = only(file.vrrp[0].settings(None, |_, _| Some(LB1)).unwrap());
         assert_eq!(settings.router.priority, 150);
         assert_eq!(settings.router.advert_interval, Duration::from_millis(100));
-        assert_eq!(settings.router.primary_address, Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(settings.router.primary_address, LB1);
         assert!(settings.router.preempt);
         assert_eq!(settings.destination, Destination::Multicast);
         assert_eq!(settings.checksum, ChecksumForm::PseudoHeader);
@@ -635,8 +772,7 @@ vips = ["198.18.0.100"]
     #[test]
     fn the_example_node_file_parses() {
         let file = NodeFile::parse(include_str!("../../examples/node.toml")).unwrap();
-        let settings =
-            file.vrrp[0].settings(None, |_| Some(Ipv4Addr::new(198, 18, 0, 11))).unwrap();
+        let settings = only(file.vrrp[0].settings(None, |_, _| Some(LB1)).unwrap());
         assert_eq!((settings.router.vrid, settings.router.priority), (51, 150));
         assert_eq!(settings.garp.refresh, Some(Duration::from_secs(60)));
         assert_eq!(
@@ -726,8 +862,11 @@ vips = ["198.18.0.100"]
             "node_id = 2\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 7\nvips = [\"198.18.0.100\"]\nunicast_peers = [\"198.18.0.12\"]\nprimary_address = \"198.18.0.11\"\n",
         )
         .unwrap();
-        let settings = file.vrrp[0].settings(None, |_| None).unwrap();
-        assert_eq!(settings.destination, Destination::Unicast(vec![Ipv4Addr::new(198, 18, 0, 12)]));
+        let settings = only(file.vrrp[0].settings(None, |_, _| None).unwrap());
+        assert_eq!(
+            settings.destination,
+            Destination::Unicast(vec![IpAddr::from([198, 18, 0, 12])])
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! It owns the lab topology (network namespaces, veth pairs, one bridge), the processes it
 //! starts inside it, the lab backends (HTTP/1.1, h2c and TCP echo) and the client prober. It
 //! never touches the host's own network: every namespace, link and address it makes carries
-//! a per-run prefix and comes from 198.18.0.0/24, and it stops only processes it started.
+//! a per-run prefix and comes from 198.18.0.0/24 or 2001:db8:18::/64, and it stops only
+//! processes it started.
 //!
 //! # Layout
 //! - [`attack`]: the attack tests' attackers: HTTP/2 rapid reset, slow HTTP/2 bodies and
 //!   unauthenticated floods.
+//! - [`capture`]: packet captures on a host's link with tshark, decoded by Wireshark.
 //! - [`netns`]: creating, entering and deleting namespaces through iproute2.
 //! - [`process`]: processes started inside a namespace, awaited by their output, stopped by PID.
 //! - [`topology`]: the [`Lab`] guard: hosts on a bridge, torn down on drop, recorded on disk so
@@ -45,6 +47,7 @@ pub mod bench_l4;
 pub mod bench_l7;
 pub mod bench_propagation;
 pub mod bench_raft;
+pub mod capture;
 pub mod chaos;
 pub mod cluster;
 pub mod faults;

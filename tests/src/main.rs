@@ -417,7 +417,10 @@ fn listen(address: SocketAddr, freebind: bool) -> anyhow::Result<TcpListener> {
     let bind = || -> std::io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
-        socket.set_freebind_v4(freebind)?;
+        match address {
+            SocketAddr::V4(_) => socket.set_freebind_v4(freebind)?,
+            SocketAddr::V6(_) => socket.set_freebind_v6(freebind)?,
+        }
         socket.set_nonblocking(true)?;
         socket.bind(&address.into())?;
         socket.listen(1024)?;

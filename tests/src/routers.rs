@@ -3,7 +3,7 @@
 //! the observations they need: who holds a VIP, whose MAC the client has for it.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,8 @@ pub struct Instance {
     pub priority: u8,
     /// How often a master advertises.
     pub advert_interval: Duration,
-    /// The virtual IPs.
-    pub vips: Vec<Ipv4Addr>,
+    /// The virtual IPs, IPv4 or IPv6 (keepalived takes one family per instance).
+    pub vips: Vec<IpAddr>,
     /// Whether a higher priority takes over from a live master.
     pub preempt: bool,
     /// How long after start a router holds back from preempting.
@@ -55,12 +55,17 @@ pub struct Instance {
 
 impl Instance {
     /// An instance with preemption on and no delay, over multicast.
-    pub fn new(vrid: u8, priority: u8, advert_interval: Duration, vips: &[Ipv4Addr]) -> Instance {
+    pub fn new<A: Into<IpAddr> + Copy>(
+        vrid: u8,
+        priority: u8,
+        advert_interval: Duration,
+        vips: &[A],
+    ) -> Instance {
         Instance {
             vrid,
             priority,
             advert_interval,
-            vips: vips.to_vec(),
+            vips: vips.iter().map(|vip| (*vip).into()).collect(),
             preempt: true,
             preempt_delay: Duration::ZERO,
             unicast_peers: Vec::new(),
@@ -69,7 +74,7 @@ impl Instance {
 
     /// The instance of the `rank`th load balancer of a lab cluster (0 first): priority 150,
     /// 100, 50, … (at least 1; the first owns the VIPs), 100 ms advertisements.
-    pub fn ranked(vrid: u8, rank: usize, vips: &[Ipv4Addr]) -> Instance {
+    pub fn ranked<A: Into<IpAddr> + Copy>(vrid: u8, rank: usize, vips: &[A]) -> Instance {
         let lowered = u8::try_from(rank).unwrap_or(u8::MAX).saturating_mul(50);
         let priority = 150u8.saturating_sub(lowered).max(1);
         Instance::new(vrid, priority, Duration::from_millis(100), vips)
@@ -126,7 +131,7 @@ pub fn fulcrumd_node_file(node_id: u64, instances: &[Instance]) -> String {
     file
 }
 
-fn quoted_list(addresses: &[Ipv4Addr]) -> String {
+fn quoted_list<A: std::fmt::Display>(addresses: &[A]) -> String {
     let quoted: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
     format!("[{}]", quoted.join(", "))
 }
@@ -163,11 +168,16 @@ pub fn keepalived_config(host: &Host, instances: &[Instance]) -> String {
         }
         config.push_str("    virtual_ipaddress {\n");
         for vip in &instance.vips {
-            let _ = writeln!(config, "        {vip}/32 dev {INTERFACE}");
+            let _ = writeln!(config, "        {vip}/{} dev {INTERFACE}", host_prefix_len(*vip));
         }
         config.push_str("    }\n}\n");
     }
     config
+}
+
+/// A VIP's prefix length: a host route, /32 or /128.
+fn host_prefix_len(vip: IpAddr) -> u8 {
+    if vip.is_ipv4() { 32 } else { 128 }
 }
 
 /// VRRP's multicast group (RFC 9568 §5.1.1.2).
@@ -292,7 +302,11 @@ impl Lab {
     }
 
     /// Those of `hosts` that hold `vip`.
-    pub fn holders(&self, hosts: &[Host], vip: Ipv4Addr) -> Result<Vec<String>, LabError> {
+    pub fn holders(
+        &self,
+        hosts: &[Host],
+        vip: impl Into<IpAddr> + Copy,
+    ) -> Result<Vec<String>, LabError> {
         let mut holders = Vec::new();
         for host in hosts {
             if holds(host, vip)? {
@@ -313,14 +327,15 @@ impl Lab {
             .ok_or_else(|| LabError::Invalid(format!("no MAC in {output:?}")))
     }
 
-    /// The MAC address `host` has in its ARP cache for `address`, if any (in any state but
-    /// FAILED or INCOMPLETE).
-    pub fn arp_entry(&self, host: &Host, address: Ipv4Addr) -> Result<Option<String>, LabError> {
-        let output = self.exec(
-            host,
-            "ip",
-            &["-4", "neigh", "show", &address.to_string(), "dev", INTERFACE],
-        )?;
+    /// The MAC address `host` has in its ARP or neighbour cache for `address`, if any (in any
+    /// state but FAILED or INCOMPLETE).
+    pub fn arp_entry(
+        &self,
+        host: &Host,
+        address: impl Into<IpAddr>,
+    ) -> Result<Option<String>, LabError> {
+        let address = address.into().to_string();
+        let output = self.exec(host, "ip", &["neigh", "show", &address, "dev", INTERFACE])?;
         Ok(output.split_whitespace().skip_while(|word| *word != "lladdr").nth(1).map(str::to_owned))
     }
 
@@ -335,13 +350,11 @@ impl Lab {
 
     /// Brings a crashed `host` back on the link as after a reboot, which lost the `vips` the
     /// crash left configured.
-    pub fn reboot(&self, host: &Host, vips: &[Ipv4Addr]) -> Result<(), LabError> {
-        for vip in vips {
-            let configured = self
-                .exec(host, "ip", &["-o", "-4", "addr", "show", "dev", INTERFACE])?
-                .contains(&format!(" {vip}/"));
-            if configured {
-                self.exec(host, "ip", &["addr", "del", &format!("{vip}/32"), "dev", INTERFACE])?;
+    pub fn reboot<A: Into<IpAddr> + Copy>(&self, host: &Host, vips: &[A]) -> Result<(), LabError> {
+        for vip in vips.iter().map(|vip| (*vip).into()) {
+            if holds_configured(host, vip, false)? {
+                let cidr = format!("{vip}/{}", host_prefix_len(vip));
+                self.exec(host, "ip", &["addr", "del", &cidr, "dev", INTERFACE])?;
             }
         }
         self.set_link(host, true)
@@ -358,9 +371,10 @@ impl Lab {
         &self,
         hosts: &[Host],
         host: &Host,
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr> + Copy,
         timeout: Duration,
     ) -> Result<Duration, LabError> {
+        let vip = vip.into();
         let start = Instant::now();
         loop {
             let holders = self.holders(hosts, vip)?;
@@ -379,8 +393,17 @@ impl Lab {
 }
 
 /// Whether `host` has `vip` on its link (and the link is up).
-pub fn holds(host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
-    let show = ["-o", "-4", "addr", "show", "dev", INTERFACE, "up"];
+pub fn holds(host: &Host, vip: impl Into<IpAddr>) -> Result<bool, LabError> {
+    holds_configured(host, vip.into(), true)
+}
+
+/// Whether `vip` is configured on `host`'s link; with `up`, only if the link is up too.
+fn holds_configured(host: &Host, vip: IpAddr, up: bool) -> Result<bool, LabError> {
+    let family = if vip.is_ipv4() { "-4" } else { "-6" };
+    let mut show = vec!["-o", family, "addr", "show", "dev", INTERFACE];
+    if up {
+        show.push("up");
+    }
     Ok(crate::netns::exec(&host.namespace, "ip", &show)?.contains(&format!(" {vip}/")))
 }
 

@@ -6,13 +6,16 @@
 //!        ┌────────┬──────┴──┬─────────┬──────────┐
 //!   <prefix>-lb1  …lb2   …be1       …be2     …client       one veth each, eth0 inside
 //!   198.18.0.11   .12    198.18.0.21  .22    198.18.0.2   VIPs from 198.18.0.100
+//!   2001:db8:18::b …       (the IPv4 address's last byte)                from 2001:db8:18::100
 //! ```
 //!
-//! Every name starts with the run's prefix and every address is in 198.18.0.0/24, so runs
-//! never collide with each other or with the host. The bridge lives in a namespace of its own:
+//! Every name starts with the run's prefix and every address is in 198.18.0.0/24 or
+//! 2001:db8:18::/64 (each host also has its link-local address, without duplicate address
+//! detection, so it is usable at once), so runs never collide with each other or with the
+//! host. The bridge lives in a namespace of its own:
 //! the host's root namespace is never touched.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +32,8 @@ pub const STATE_DIR: &str = "/run/fulcrum-lab";
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// The lab's subnet prefix length.
 pub const PREFIX_LEN: u8 = 24;
+/// The lab's IPv6 subnet, 2001:db8:18::/64 (the documentation range).
+const IPV6_SUBNET: [u16; 3] = [0x2001, 0xdb8, 0x18];
 /// Port of each lab backend's HTTP server.
 pub const BACKEND_HTTP_PORT: u16 = 8080;
 /// Port of each lab backend's TCP echo server.
@@ -125,6 +130,16 @@ impl Host {
     pub fn echo_address(&self) -> SocketAddr {
         SocketAddr::from((self.address, BACKEND_ECHO_PORT))
     }
+
+    /// Its IPv6 address on the lab subnet: the IPv4 address's last byte in 2001:db8:18::/64.
+    pub fn address_v6(&self) -> Ipv6Addr {
+        lab_ipv6(u16::from(self.address.octets()[3]))
+    }
+}
+
+fn lab_ipv6(host: u16) -> Ipv6Addr {
+    let [a, b, c] = IPV6_SUBNET;
+    Ipv6Addr::new(a, b, c, 0, 0, 0, 0, host)
 }
 
 /// The shape of a lab.
@@ -158,6 +173,11 @@ pub struct Lab {
 /// The `n`th virtual IP of the lab (from 1): 198.18.0.100 + n - 1.
 pub fn vip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 100u8.saturating_add(n.saturating_sub(1)))
+}
+
+/// The `n`th IPv6 virtual IP of the lab (from 1): 2001:db8:18::100 + n - 1.
+pub fn vip_v6(n: u8) -> Ipv6Addr {
+    lab_ipv6(0x100 + u16::from(n.saturating_sub(1)))
 }
 
 impl Lab {
@@ -218,6 +238,10 @@ impl Lab {
         for host in &record.hosts {
             let ns = host.namespace.as_str();
             netns::ip(&["netns", "add", ns])?;
+            // Before eth0 exists, so its link-local address skips duplicate address detection
+            // too: a tentative address cannot send VRRP adverts or answer neighbours.
+            netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0"])?;
+            netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"])?;
             netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
             // Created inside the switch namespace with its peer moved straight into the host:
             // neither end ever exists in the root namespace.
@@ -228,6 +252,8 @@ impl Lab {
             netns::ip(&["-n", switch, "link", "set", &host.name, "master", "br0", "up"])?;
             let cidr = format!("{}/{PREFIX_LEN}", host.address);
             netns::ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+            let cidr_v6 = format!("{}/64", host.address_v6());
+            netns::ip(&["-n", ns, "addr", "add", &cidr_v6, "dev", "eth0", "nodad"])?;
             netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
         Ok(())

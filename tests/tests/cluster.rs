@@ -814,8 +814,8 @@ fn a_paused_or_killed_master_stops_answering_by_itself() {
 
 #[test]
 fn a_forged_advert_from_a_non_member_takes_nothing_away() {
-    use fulcrum_vrrp::ChecksumForm;
-    use fulcrum_vrrp::wire::{Advertisement, MULTICAST_GROUP, Packet};
+    use fulcrum_vrrp::wire::{Advertisement, Packet};
+    use fulcrum_vrrp::{ChecksumForm, Family};
     let c = serving_cluster(1);
 
     // The client claims VRID 51 as its owner (priority 255) with the longest interval: were
@@ -824,11 +824,11 @@ fn a_forged_advert_from_a_non_member_takes_nothing_away() {
         vrid: VRID,
         priority: 255,
         max_advert_interval_cs: 4095,
-        addresses: vec![vip(1)],
+        addresses: vec![vip(1).into()],
     };
-    let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()]);
-    let source = c.client.address;
-    advertisement.emit(&mut packet, source, MULTICAST_GROUP, ChecksumForm::PseudoHeader).unwrap();
+    let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()], Family::Ipv4);
+    let (source, group) = (c.client.address.into(), Family::Ipv4.multicast_group());
+    advertisement.emit(&mut packet, source, group, ChecksumForm::PseudoHeader).unwrap();
     let message = packet.into_inner();
     let probe = steady_probe(&c, Duration::from_secs(2));
     for _ in 0..5 {

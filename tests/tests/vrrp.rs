@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,16 +19,16 @@ use std::time::{Duration, Instant};
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status, holds};
-use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip};
+use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip, vip_v6};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
-use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, MULTICAST_GROUP, Packet, Version};
+use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, Family, Packet, Version};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
 const INTERVAL: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_secs(10);
 
-/// A lab of load balancers, each answering HTTP on the first two VIPs with its own name (if
-/// it holds them), and the client that probes them.
+/// A lab of load balancers, each answering HTTP on the first two VIPs and the first IPv6 VIP
+/// with its own name (if it holds them), and the client that probes them.
 struct Cluster {
     lab: Lab,
     lbs: Vec<Host>,
@@ -42,8 +42,8 @@ fn cluster(load_balancers: usize) -> Cluster {
     let lbs = lab.hosts_of(HostRole::LoadBalancer);
     let mut responders = Vec::new();
     for lb in &lbs {
-        for n in [1, 2] {
-            let address = SocketAddr::from((vip(n), BACKEND_HTTP_PORT));
+        for address in [vip(1).into(), vip(2).into(), IpAddr::V6(vip_v6(1))] {
+            let address = SocketAddr::from((address, BACKEND_HTTP_PORT));
             responders.push(lab.start_vip_responder(lb, address).unwrap());
         }
     }
@@ -61,7 +61,7 @@ impl Cluster {
         self.lab.start_router(&self.lbs[lb], implementation, instances).unwrap()
     }
 
-    fn wait_for_holder(&self, lb: usize, vip: Ipv4Addr) {
+    fn wait_for_holder(&self, lb: usize, vip: impl Into<IpAddr> + Copy) {
         self.lab.wait_for_holder(&self.lbs, &self.lbs[lb], vip, SETTLE).unwrap();
     }
 
@@ -75,11 +75,11 @@ impl Cluster {
 
     fn start_probe(
         &self,
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr>,
         duration: Duration,
     ) -> fulcrum_lab::topology::RunningProbe {
         let target = ProbeTarget::Http {
-            address: SocketAddr::from((vip, BACKEND_HTTP_PORT)),
+            address: SocketAddr::from((vip.into(), BACKEND_HTTP_PORT)),
             path: "/".into(),
         };
         let mut args = ProbeArgs::new(target, Duration::from_millis(10), duration);
@@ -87,9 +87,9 @@ impl Cluster {
         self.lab.start_probe(&self.client, &args).unwrap()
     }
 
-    fn probe(&self, vip: Ipv4Addr, attempts: u64) -> ProbeReport {
+    fn probe(&self, vip: impl Into<IpAddr>, attempts: u64) -> ProbeReport {
         let target = ProbeTarget::Http {
-            address: SocketAddr::from((vip, BACKEND_HTTP_PORT)),
+            address: SocketAddr::from((vip.into(), BACKEND_HTTP_PORT)),
             path: "/".into(),
         };
         let mut args = ProbeArgs::new(target, Duration::from_millis(10), Duration::from_secs(5));
@@ -97,7 +97,7 @@ impl Cluster {
         self.lab.probe(&self.client, &args).unwrap()
     }
 
-    fn client_arp_entry(&self, vip: Ipv4Addr) -> Option<String> {
+    fn client_arp_entry(&self, vip: impl Into<IpAddr>) -> Option<String> {
         self.lab.arp_entry(&self.client, vip).unwrap()
     }
 
@@ -106,7 +106,7 @@ impl Cluster {
     }
 }
 
-fn instance(vrid: u8, priority: u8, vips: &[Ipv4Addr]) -> Instance {
+fn instance<A: Into<IpAddr> + Copy>(vrid: u8, priority: u8, vips: &[A]) -> Instance {
     Instance::new(vrid, priority, INTERVAL, vips)
 }
 
@@ -329,7 +329,7 @@ struct OverlapWatch {
 }
 
 impl OverlapWatch {
-    fn start(cluster: &Cluster, vip: Ipv4Addr) -> OverlapWatch {
+    fn start(cluster: &Cluster, vip: IpAddr) -> OverlapWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let hosts = cluster.lbs.clone();
         let flag = Arc::clone(&stop);
@@ -361,49 +361,146 @@ impl OverlapWatch {
     }
 }
 
-/// One fulcrumd and one keepalived in one VRID: `high` has priority 150, the other 120. They
-/// elect `high`, hand over on SIGTERM and on a crash, and the VIP is never held twice for
-/// longer than one Master_Down_Interval.
-fn interop(high: Implementation, low: Implementation) {
+/// One fulcrumd and one keepalived in one VRID for `vip` (and so its family): `high` has
+/// priority 150, the other 120. They elect `high`, hand over on SIGTERM and on a crash, and the
+/// VIP is never held twice for longer than one Master_Down_Interval.
+fn interop(high: Implementation, low: Implementation, vip: IpAddr) {
     let cluster = cluster(2);
-    let vips = [vip(1)];
-    let watch = OverlapWatch::start(&cluster, vip(1));
+    let vips = [vip];
+    let watch = OverlapWatch::start(&cluster, vip);
     let _backup = cluster.start(1, low, &[instance(51, 120, &vips)]);
     let mut master = cluster.start(0, high, &[instance(51, 150, &vips)]);
-    cluster.wait_for_holder(0, vip(1));
-    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
-    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(0)));
+    cluster.wait_for_holder(0, vip);
+    assert_eq!(cluster.probe(vip, 5).answers.get("lb1"), Some(&5));
+    assert_eq!(cluster.client_arp_entry(vip), Some(cluster.mac(0)));
 
     master.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
-    cluster.wait_for_holder(1, vip(1));
+    cluster.wait_for_holder(1, vip);
     master.wait(Duration::from_secs(10)).unwrap();
-    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb2"), Some(&5));
+    assert_eq!(cluster.probe(vip, 5).answers.get("lb2"), Some(&5));
 
     let mut master = cluster.start(0, high, &[instance(51, 150, &vips)]);
-    cluster.wait_for_holder(0, vip(1));
-    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb1"), Some(&5));
+    cluster.wait_for_holder(0, vip);
+    assert_eq!(cluster.probe(vip, 5).answers.get("lb1"), Some(&5));
 
     cluster.crash(0, &mut master);
-    cluster.wait_for_holder(1, vip(1));
-    assert_eq!(cluster.probe(vip(1), 5).answers.get("lb2"), Some(&5));
-    assert_eq!(cluster.client_arp_entry(vip(1)), Some(cluster.mac(1)));
+    cluster.wait_for_holder(1, vip);
+    assert_eq!(cluster.probe(vip, 5).answers.get("lb2"), Some(&5));
+    assert_eq!(cluster.client_arp_entry(vip), Some(cluster.mac(1)));
 
     let overlap = watch.finish();
     assert!(
         overlap <= master_down_interval(120),
         "both held {} for {overlap:?}, more than one Master_Down_Interval",
-        vip(1)
+        vip
     );
 }
 
 #[test]
 fn fulcrumd_master_and_keepalived_backup_interoperate() {
-    interop(Implementation::Fulcrumd, Implementation::Keepalived);
+    interop(Implementation::Fulcrumd, Implementation::Keepalived, vip(1).into());
 }
 
 #[test]
 fn keepalived_master_and_fulcrumd_backup_interoperate() {
-    interop(Implementation::Keepalived, Implementation::Fulcrumd);
+    interop(Implementation::Keepalived, Implementation::Fulcrumd, vip(1).into());
+}
+
+#[test]
+fn over_ipv6_fulcrumd_master_and_keepalived_backup_interoperate() {
+    interop(Implementation::Fulcrumd, Implementation::Keepalived, vip_v6(1).into());
+}
+
+#[test]
+fn over_ipv6_keepalived_master_and_fulcrumd_backup_interoperate() {
+    interop(Implementation::Keepalived, Implementation::Fulcrumd, vip_v6(1).into());
+}
+
+/// Wireshark's fields for what the IPv6 test checks of each captured packet.
+const DECODED_FIELDS: [&str; 11] = [
+    "eth.src",
+    "ipv6.src",
+    "ipv6.dst",
+    "ipv6.hlim",
+    "vrrp.version",
+    "vrrp.prio",
+    "vrrp.checksum.status",
+    "icmpv6.nd.na.target_address",
+    "icmpv6.nd.na.flag.o",
+    "icmpv6.checksum.status",
+    "_ws.expert.severity",
+];
+
+#[test]
+fn over_ipv6_three_nodes_elect_and_fail_over_with_adverts_and_neighbor_advertisements_wireshark_reads()
+ {
+    let cluster = cluster(3);
+    let vip = vip_v6(1);
+    let capture = cluster.lab.capture(&cluster.client, "vrrp6", "ip6 proto 112 or icmp6").unwrap();
+    let mut routers: Vec<LabProcess> = [150, 120, 100]
+        .iter()
+        .enumerate()
+        .map(|(lb, &priority)| {
+            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &[vip])])
+        })
+        .collect();
+    cluster.wait_for_holder(0, vip);
+    let report = cluster.probe(vip, 10);
+    assert_eq!(report.answers.get("lb1"), Some(&10), "{report}");
+    assert_eq!(cluster.client_arp_entry(vip), Some(cluster.mac(0)));
+
+    // The master crashes: the next takes over and its Neighbor Advertisement moves the client.
+    let probe = cluster.start_probe(vip, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.crash(0, &mut routers[0]);
+    cluster.wait_for_holder(1, vip);
+    let report = probe.finish().unwrap();
+    assert_eq!(report.switches.len(), 1, "{report}");
+    assert_eq!((report.switches[0].from.as_str(), report.switches[0].to.as_str()), ("lb1", "lb2"));
+    assert_eq!(cluster.client_arp_entry(vip), Some(cluster.mac(1)));
+    assert!(!holds(&cluster.lbs[2], vip).unwrap());
+
+    // The unsolicited advertisements, to all nodes, are fulcrumd's; the kernel answers the
+    // client's solicitations itself.
+    let packets = capture
+        .finish("vrrp || (icmpv6.type == 136 && ipv6.dst == ff02::1)", &DECODED_FIELDS)
+        .unwrap();
+    let field = |packet: &[String], name: &str| {
+        let at = DECODED_FIELDS.iter().position(|f| *f == name).unwrap();
+        packet.get(at).cloned().unwrap_or_default()
+    };
+    let macs: Vec<String> = (0..3).map(|lb| cluster.mac(lb)).collect();
+    let from = |lb: usize| {
+        let mac = &macs[lb];
+        packets.iter().filter(move |p| field(p, "eth.src") == *mac)
+    };
+    let adverts = |lb: usize| from(lb).filter(|p| !field(p, "vrrp.version").is_empty()).count();
+    let announcements = |lb: usize| {
+        from(lb).filter(|p| field(p, "icmpv6.nd.na.target_address") == vip.to_string()).count()
+    };
+    assert!(adverts(0) >= 5 && adverts(1) >= 1, "adverts from lb1 and lb2: {packets:?}");
+    assert!(announcements(0) >= 1 && announcements(1) >= 1, "NAs from lb1 and lb2: {packets:?}");
+    for packet in &packets {
+        // Adverts from the link-local address to ff02::12, NAs from the VIP to all nodes;
+        // both with hop limit 255. Checksum status 1 is Wireshark's "good".
+        let (src, dst) = (field(packet, "ipv6.src"), field(packet, "ipv6.dst"));
+        assert_eq!(field(packet, "ipv6.hlim"), "255", "{packet:?}");
+        if field(packet, "vrrp.version").is_empty() {
+            assert_eq!(
+                (src.as_str(), dst.as_str()),
+                (vip.to_string().as_str(), "ff02::1"),
+                "{packet:?}"
+            );
+            assert_eq!(field(packet, "icmpv6.nd.na.flag.o"), "1", "{packet:?}");
+            assert_eq!(field(packet, "icmpv6.checksum.status"), "1", "{packet:?}");
+        } else {
+            assert!(src.starts_with("fe80::") && dst == "ff02::12", "{packet:?}");
+            assert_eq!(field(packet, "vrrp.version"), "3", "{packet:?}");
+            assert_eq!(field(packet, "vrrp.checksum.status"), "1", "{packet:?}");
+        }
+        // No expert info of any severity: no malformed packet, no checksum warning.
+        assert_eq!(field(packet, "_ws.expert.severity"), "", "{packet:?}");
+    }
 }
 
 /// Sends `message` from the client to the VRRP group with `ttl`.
@@ -421,29 +518,27 @@ fn malformed_advertisements_change_nothing_and_are_counted() {
     let before = fulcrumd_status(&mut backup).unwrap();
 
     // Each would make the client master of VRID 51 at priority 254, were it accepted.
-    let source = cluster.client.address;
+    let (source, group) = (cluster.client.address.into(), Family::Ipv4.multicast_group());
     let good = || {
         let advertisement = Advertisement {
             vrid: 51,
             priority: 254,
             max_advert_interval_cs: 10,
-            addresses: vips.to_vec(),
+            addresses: vips.iter().map(|vip| (*vip).into()).collect(),
         };
-        let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()]);
-        advertisement
-            .emit(&mut packet, source, MULTICAST_GROUP, ChecksumForm::PseudoHeader)
-            .unwrap();
+        let mut packet = Packet::new_unchecked(vec![0; advertisement.buffer_len()], Family::Ipv4);
+        advertisement.emit(&mut packet, source, group, ChecksumForm::PseudoHeader).unwrap();
         packet
     };
     let mut bad_checksum = good();
     bad_checksum.set_checksum(bad_checksum.checksum() ^ 0x5a5a);
     let mut wrong_version = good();
     wrong_version.set_version(Version::V2);
-    wrong_version.fill_checksum(source, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+    wrong_version.fill_checksum(source, group, ChecksumForm::PseudoHeader).unwrap();
     let truncated = good().into_inner()[..6].to_vec();
     let mut count_mismatch = good();
     count_mismatch.set_address_count(0);
-    count_mismatch.fill_checksum(source, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+    count_mismatch.fill_checksum(source, group, ChecksumForm::PseudoHeader).unwrap();
     let rounds = 3;
     for _ in 0..rounds {
         inject(&cluster, bad_checksum.clone().into_inner(), 255);

@@ -1,12 +1,13 @@
 //! The driver: runs virtual routers on real links, on an OS thread and runtime of its own so
 //! that no data-plane load can delay an advertisement.
 //!
-//! One task per interface owns that link's raw socket, its VIP manager, its gratuitous-ARP
-//! sender and every [`Router`] on it; it feeds the routers packets, timer expiries and
+//! One task per interface and address family owns that link's raw socket, its VIP manager,
+//! its announcer (gratuitous ARP or Neighbor Advertisements) and every [`Router`] of that
+//! family on it; it feeds the routers packets, timer expiries and
 //! control messages with the current time, and carries out the actions they return. The
 //! routers decide; this module only does what they say.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,14 +16,15 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::announce::Announcer;
 use crate::error::DriverError;
-use crate::garp::GarpSender;
 use crate::machine::{Action, InstanceConfig, Router, State, Timestamp};
 use crate::socket::{AdvertSocket, Destination};
 use crate::vip::VipManager;
-use crate::wire::{ChecksumForm, DropCounters, Packet, check_received};
+use crate::wire::{ChecksumForm, DropCounters, DropReason, Family, Packet, check_received};
 
-/// How a router announces its VIPs with gratuitous ARP.
+/// How a router announces its VIPs: gratuitous ARP for IPv4, unsolicited Neighbor
+/// Advertisements for IPv6.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GarpSettings {
     /// Frames per VIP on becoming master.
@@ -54,7 +56,7 @@ pub struct InstanceSettings {
     pub destination: Destination,
     /// How transmitted advertisements are checksummed.
     pub checksum: ChecksumForm,
-    /// Gratuitous ARP behaviour.
+    /// Announcement behaviour (gratuitous ARP or Neighbor Advertisements).
     pub garp: GarpSettings,
     /// The VIPs wait for a permit ([`Vrrp::permit`]) besides mastership: a fenced master
     /// adds them, and announces them, only while permitted, and removes them when the permit
@@ -66,7 +68,14 @@ pub struct InstanceSettings {
     /// The other routers' addresses on the link: when not empty, advertisements from any
     /// other source are dropped (counted as from an unknown peer), so a host that is not a
     /// member cannot take the VIPs away.
-    pub members: Vec<Ipv4Addr>,
+    pub members: Vec<IpAddr>,
+}
+
+impl InstanceSettings {
+    /// The router's address family, which its primary address sets.
+    pub fn family(&self) -> Family {
+        Family::of(self.router.primary_address)
+    }
 }
 
 /// What one virtual router is doing, for logs, the admin API and metrics.
@@ -74,6 +83,8 @@ pub struct InstanceSettings {
 pub struct InstanceStatus {
     /// The link.
     pub interface: String,
+    /// The address family: a VRID runs once per family.
+    pub family: Family,
     /// The VRID.
     pub vrid: u8,
     /// Initialize, Backup or Master.
@@ -82,7 +93,7 @@ pub struct InstanceStatus {
     /// The priority advertised now (after penalties).
     pub priority: u8,
     /// The master last heard from, while backup.
-    pub master: Option<Ipv4Addr>,
+    pub master: Option<IpAddr>,
     /// Advertisements sent.
     pub adverts_sent: u64,
     /// Advertisements accepted for this VRID.
@@ -94,10 +105,12 @@ pub struct InstanceStatus {
 }
 
 /// Packets one link dropped, by reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LinkStatus {
     /// The link.
     pub interface: String,
+    /// The family of the VRRP socket the counts are for.
+    pub family: Family,
     /// Drops by the receive checks of RFC 9568 §7.1.
     #[serde(serialize_with = "drop_counts")]
     pub drops: DropCounters,
@@ -148,19 +161,21 @@ impl Vrrp {
     /// Checks the instances, opens every link and starts the routers. Errors (an unknown
     /// interface, a missing capability, an invalid instance) are reported before anything runs.
     pub fn start(instances: Vec<InstanceSettings>) -> Result<Vrrp, DriverError> {
-        let mut links: Vec<(String, Vec<InstanceSettings>)> = Vec::new();
+        let mut links: Vec<(LinkKey, Vec<InstanceSettings>)> = Vec::new();
         for settings in instances {
             Router::new(settings.router.clone())
                 .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
-            match links.iter_mut().find(|(name, _)| *name == settings.interface) {
+            let key = LinkKey { interface: settings.interface.clone(), family: settings.family() };
+            match links.iter_mut().find(|(link, _)| *link == key) {
                 Some((_, list)) if list.iter().any(|s| s.router.vrid == settings.router.vrid) => {
                     return Err(DriverError::DuplicateVrid {
                         vrid: settings.router.vrid,
                         interface: settings.interface,
+                        family: key.family,
                     });
                 }
                 Some((_, list)) => list.push(settings),
-                None => links.push((settings.interface.clone(), vec![settings])),
+                None => links.push((key, vec![settings])),
             }
         }
         let initial = Status {
@@ -169,6 +184,7 @@ impl Vrrp {
                 .flat_map(|(_, list)| list)
                 .map(|s| InstanceStatus {
                     interface: s.interface.clone(),
+                    family: s.family(),
                     vrid: s.router.vrid,
                     state: State::Initialize,
                     priority: s.router.priority,
@@ -181,7 +197,12 @@ impl Vrrp {
                 .collect(),
             links: links
                 .iter()
-                .map(|(name, _)| LinkStatus { interface: name.clone(), ..LinkStatus::default() })
+                .map(|(key, _)| LinkStatus {
+                    interface: key.interface.clone(),
+                    family: key.family,
+                    drops: DropCounters::default(),
+                    unknown_peer: 0,
+                })
                 .collect(),
         };
         let (status_sender, status) = watch::channel(initial);
@@ -265,16 +286,23 @@ impl Drop for Vrrp {
     }
 }
 
+/// A link's task: one interface, one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LinkKey {
+    interface: String,
+    family: Family,
+}
+
 async fn run(
-    links: Vec<(String, Vec<InstanceSettings>)>,
+    links: Vec<(LinkKey, Vec<InstanceSettings>)>,
     control: broadcast::Sender<Control>,
     status: Arc<watch::Sender<Status>>,
     ready: std::sync::mpsc::Sender<Result<(), DriverError>>,
 ) {
     let origin = Instant::now();
     let mut opened = Vec::new();
-    for (interface, instances) in links {
-        match Link::open(interface, instances, origin, Arc::clone(&status)) {
+    for (key, instances) in links {
+        match Link::open(key, instances, origin, Arc::clone(&status)) {
             Ok(link) => opened.push(link),
             Err(error) => {
                 let _ = ready.send(Err(error));
@@ -293,7 +321,7 @@ async fn run(
         .into_iter()
         .map(|(link, control)| {
             let interface = link.interface.clone();
-            let vips: Vec<Ipv4Addr> =
+            let vips: Vec<IpAddr> =
                 link.instances.iter().flat_map(|i| i.router.config().vips.clone()).collect();
             let task = tokio::spawn(link.run(control));
             async move {
@@ -309,11 +337,7 @@ async fn run(
 /// A link task that died (a bug: it panicked) can no longer advertise, so it must not go on
 /// holding VIPs a backup is about to take: release them, as keepalived's parent does for a
 /// dead VRRP child. The thread then ends, which the node sees as the status channel closing.
-async fn release_after_failure(
-    interface: &str,
-    vips: &[Ipv4Addr],
-    failure: tokio::task::JoinError,
-) {
+async fn release_after_failure(interface: &str, vips: &[IpAddr], failure: tokio::task::JoinError) {
     tracing::error!(%interface, "VRRP stopped on this link after a failure: {failure}");
     let manager = match VipManager::open(interface) {
         Ok(manager) => manager,
@@ -332,10 +356,10 @@ async fn release_after_failure(
 struct Instance {
     router: Router,
     settings: InstanceSettings,
-    /// The gratuitous ARP burst in progress, aborted when mastership is lost.
+    /// The announcement burst in progress, aborted when mastership is lost.
     garp_burst: Option<JoinHandle<()>>,
     next_garp_refresh: Option<Instant>,
-    master: Option<Ipv4Addr>,
+    master: Option<IpAddr>,
     adverts_sent: u64,
     adverts_received: u64,
     transitions: u64,
@@ -351,9 +375,10 @@ struct Instance {
 
 struct Link {
     interface: String,
+    family: Family,
     socket: AdvertSocket,
     vips: VipManager,
-    garp: Arc<Mutex<GarpSender>>,
+    announcer: Arc<Mutex<Announcer>>,
     instances: Vec<Instance>,
     drops: DropCounters,
     unknown_peer: u64,
@@ -367,23 +392,25 @@ struct Link {
     status: Arc<watch::Sender<Status>>,
 }
 
-/// The largest datagram read: an IPv4 header with options and 255 addresses fit many times.
+/// The largest datagram read: an IPv4 header with options and 255 IPv4 addresses fit, and
+/// 127 IPv6 ones (a larger list is dropped as truncated).
 const RECEIVE_BUFFER: usize = 2048;
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(1);
 const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(5);
 
 impl Link {
     fn open(
-        interface: String,
+        key: LinkKey,
         settings: Vec<InstanceSettings>,
         origin: Instant,
         status: Arc<watch::Sender<Status>>,
     ) -> Result<Link, DriverError> {
+        let LinkKey { interface, family } = key;
         let first = settings.first().ok_or_else(|| DriverError::NoInterface(interface.clone()))?;
         let socket =
             AdvertSocket::open(&interface, first.router.primary_address, &first.destination)?;
         let vips = VipManager::open(&interface)?;
-        let garp = Arc::new(Mutex::new(GarpSender::open(&interface)?));
+        let announcer = Arc::new(Mutex::new(Announcer::open(&interface)?));
         let instances = settings
             .into_iter()
             .map(|settings| {
@@ -407,9 +434,10 @@ impl Link {
             .collect::<Result<_, DriverError>>()?;
         Ok(Link {
             interface,
+            family,
             socket,
             vips,
-            garp,
+            announcer,
             instances,
             drops: DropCounters::default(),
             unknown_peer: 0,
@@ -432,7 +460,7 @@ impl Link {
 
     async fn run(mut self, mut control: broadcast::Receiver<Control>) {
         // A node that crashed as master left its VIPs behind; it starts holding none.
-        let stale: Vec<Ipv4Addr> =
+        let stale: Vec<IpAddr> =
             self.instances.iter().flat_map(|i| i.router.config().vips.clone()).collect();
         for vip in stale {
             if let Err(e) = self.vips.remove(vip).await {
@@ -485,9 +513,7 @@ impl Link {
                     }
                 },
                 received = self.socket.recv(&mut buffer) => match received {
-                    Ok(length) => {
-                        self.on_datagram(buffer.get(..length).unwrap_or_default()).await;
-                    }
+                    Ok(datagram) => self.on_datagram(datagram.map_err(DropReason::from)).await,
                     Err(error) => {
                         self.log_receive_error(&error);
                         // An error that repeats at once must not spin the thread; timers
@@ -535,10 +561,15 @@ impl Link {
         }
     }
 
-    async fn on_datagram(&mut self, datagram: &[u8]) {
+    async fn on_datagram(&mut self, datagram: Result<crate::wire::Datagram<'_>, DropReason>) {
         let instances = &self.instances;
-        let checked = check_received(datagram, |vrid| {
-            instances.iter().find(|i| i.router.config().vrid == vrid).map(|i| i.router.local_vrid())
+        let checked = datagram.and_then(|datagram| {
+            check_received(datagram, |vrid| {
+                instances
+                    .iter()
+                    .find(|i| i.router.config().vrid == vrid)
+                    .map(|i| i.router.local_vrid())
+            })
         });
         let received = match checked {
             Ok(received) => received,
@@ -617,10 +648,10 @@ impl Link {
                     let advertisement = instance.router.advertisement(priority);
                     let source = instance.router.config().primary_address;
                     let checksum = instance.settings.checksum;
-                    for target in instance.settings.destination.targets() {
+                    for target in instance.settings.destination.targets(self.family) {
                         let mut bytes = vec![0u8; advertisement.buffer_len()];
                         let emitted = advertisement.emit(
-                            &mut Packet::new_unchecked(&mut bytes),
+                            &mut Packet::new_unchecked(&mut bytes, self.family),
                             source,
                             target,
                             checksum,
@@ -737,13 +768,13 @@ impl Link {
         self.announce(index, repeat);
     }
 
-    /// Sends `repeat` rounds of gratuitous ARP for every VIP of router `index`, spaced out,
+    /// Sends `repeat` rounds of announcements for every VIP of router `index`, spaced out,
     /// in the background.
     fn announce(&mut self, index: usize, repeat: u32) {
         let instance = &mut self.instances[index];
         let vips = instance.router.config().vips.clone();
         let spacing = instance.settings.garp.spacing;
-        let garp = Arc::clone(&self.garp);
+        let announcer = Arc::clone(&self.announcer);
         let interface = self.interface.clone();
         if let Some(previous) = instance.garp_burst.take() {
             previous.abort();
@@ -754,12 +785,12 @@ impl Link {
                     tokio::time::sleep(spacing).await;
                 }
                 for vip in &vips {
-                    let sent = garp
+                    let sent = announcer
                         .lock()
-                        .map_err(|_| "GARP sender poisoned".to_owned())
-                        .and_then(|mut g| g.announce(*vip).map_err(|e| e.to_string()));
+                        .map_err(|_| "announcer poisoned".to_owned())
+                        .and_then(|mut a| a.announce(*vip).map_err(|e| e.to_string()));
                     if let Err(e) = sent {
-                        tracing::warn!(%interface, "gratuitous ARP for {vip} not sent: {e}");
+                        tracing::warn!(%interface, "announcement of {vip} not sent: {e}");
                     }
                 }
             }
@@ -770,10 +801,9 @@ impl Link {
         self.status.send_modify(|status| {
             for instance in &self.instances {
                 let vrid = instance.router.config().vrid;
-                let entry = status
-                    .instances
-                    .iter_mut()
-                    .find(|s| s.interface == self.interface && s.vrid == vrid);
+                let entry = status.instances.iter_mut().find(|s| {
+                    s.interface == self.interface && s.family == self.family && s.vrid == vrid
+                });
                 if let Some(entry) = entry {
                     entry.state = instance.router.state();
                     entry.priority = instance.router.priority();
@@ -787,7 +817,11 @@ impl Link {
                     entry.holding = instance.holding;
                 }
             }
-            if let Some(link) = status.links.iter_mut().find(|l| l.interface == self.interface) {
+            let link = status
+                .links
+                .iter_mut()
+                .find(|l| l.interface == self.interface && l.family == self.family);
+            if let Some(link) = link {
                 link.drops = self.drops;
                 link.unknown_peer = self.unknown_peer;
             }

@@ -1,4 +1,4 @@
-//! [`DriverError`]: why the driver, or the socket, VIP manager or gratuitous-ARP sender it
+//! [`DriverError`]: why the driver, or the socket, VIP manager or announcer it
 //! opens, could not start or act. It depends on `machine` alone (for `ConfigError`), so those
 //! modules and the driver all use it without importing one another.
 
@@ -21,13 +21,15 @@ pub enum DriverError {
         /// What is wrong.
         source: ConfigError,
     },
-    /// Two instances on one interface have the same VRID.
-    #[error("VRID {vrid} is configured twice on {interface}")]
+    /// Two instances of one family on one interface have the same VRID.
+    #[error("VRID {vrid} is configured twice for {family} on {interface}")]
     DuplicateVrid {
         /// The VRID.
         vrid: u8,
         /// The interface.
         interface: String,
+        /// The family: a VRID may run once for IPv4 and once for IPv6.
+        family: crate::wire::Family,
     },
     /// A system call failed.
     #[error("{what}: {source}")]

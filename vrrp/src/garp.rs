@@ -1,19 +1,16 @@
-//! Gratuitous ARP: the Ethernet frame that tells a link which MAC now owns a VIP, and the
-//! datalink channel (pnet) that sends it.
+//! Gratuitous ARP: the Ethernet frame that tells a link which MAC now owns an IPv4 VIP.
 //!
 //! Shaped like smoltcp's `wire::arp`: [`EthernetFrame`] and [`ArpPacket`] are views over
 //! bytes, [`Repr`] is the ARP message as a plain value, and [`frame`] puts them together.
-//! Only [`GarpSender`] does IO.
+//! Pure: the announcer sends the frame.
 //!
 //! The frame is an ARP request whose sender and target protocol addresses are both the VIP,
 //! broadcast — the form keepalived sends and every host updates an existing entry from.
 
 use std::net::Ipv4Addr;
 
-use pnet_datalink::{Channel, DataLinkSender, NetworkInterface};
 use thiserror::Error;
 
-use crate::error::DriverError;
 use crate::wire::{read_ipv4, read_u16, write_u16};
 
 /// Bytes in the Ethernet II header.
@@ -67,6 +64,8 @@ pub enum EtherType {
     Ipv4,
     /// ARP, 0x0806.
     Arp,
+    /// IPv6, 0x86dd.
+    Ipv6,
     /// Any other value.
     Unknown(u16),
 }
@@ -76,6 +75,7 @@ impl From<u16> for EtherType {
         match value {
             0x0800 => Self::Ipv4,
             0x0806 => Self::Arp,
+            0x86dd => Self::Ipv6,
             other => Self::Unknown(other),
         }
     }
@@ -86,6 +86,7 @@ impl From<EtherType> for u16 {
         match ethertype {
             EtherType::Ipv4 => 0x0800,
             EtherType::Arp => 0x0806,
+            EtherType::Ipv6 => 0x86dd,
             EtherType::Unknown(other) => other,
         }
     }
@@ -427,51 +428,6 @@ fn read_mac(bytes: &[u8], field: std::ops::Range<usize>) -> [u8; 6] {
     let mut address = [0; 6];
     address.copy_from_slice(&bytes[field]);
     address
-}
-
-/// Sends gratuitous ARP frames on one interface.
-pub struct GarpSender {
-    interface: String,
-    mac: [u8; 6],
-    sender: Box<dyn DataLinkSender>,
-}
-
-impl GarpSender {
-    /// Opens a datalink channel on `interface`.
-    pub fn open(interface: &str) -> Result<GarpSender, DriverError> {
-        let found: Option<NetworkInterface> =
-            pnet_datalink::interfaces().into_iter().find(|i| i.name == interface);
-        let link = found.ok_or_else(|| DriverError::NoInterface(interface.to_owned()))?;
-        let mac = link.mac.ok_or_else(|| DriverError::NoMac(interface.to_owned()))?.octets();
-        // Send-only: promiscuous mode (pnet's default) would make the link hand every frame
-        // on the wire to a socket nobody reads.
-        let config = pnet_datalink::Config { promiscuous: false, ..Default::default() };
-        match pnet_datalink::channel(&link, config) {
-            Ok(Channel::Ethernet(sender, _receiver)) => {
-                Ok(GarpSender { interface: interface.to_owned(), mac, sender })
-            }
-            Ok(_) => Err(DriverError::NoMac(interface.to_owned())),
-            Err(source) => {
-                Err(DriverError::Io { what: format!("datalink channel on {interface}"), source })
-            }
-        }
-    }
-
-    /// Sends one gratuitous ARP frame for `vip`.
-    pub fn announce(&mut self, vip: Ipv4Addr) -> Result<(), DriverError> {
-        let frame = frame(self.mac, vip);
-        match self.sender.send_to(&frame, None) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(source)) => Err(DriverError::Io {
-                what: format!("gratuitous ARP on {}", self.interface),
-                source,
-            }),
-            None => Err(DriverError::Io {
-                what: format!("gratuitous ARP on {}", self.interface),
-                source: std::io::Error::other("the datalink channel accepted no frame"),
-            }),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@
 //! up before it takes the addresses back; a master that falls silent is replaced as usual.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::Add;
 use std::time::Duration;
 
@@ -98,11 +98,12 @@ pub struct InstanceConfig {
     pub preempt: bool,
     /// How long after startup preemption is held back (see the module documentation).
     pub preempt_delay: Duration,
-    /// This node's own address on the link: the source of its advertisements, and the
-    /// tie-break between masters of equal priority.
-    pub primary_address: Ipv4Addr,
-    /// The virtual addresses this router protects.
-    pub vips: Vec<Ipv4Addr>,
+    /// This node's own address on the link (its link-local one over IPv6): the source of its
+    /// advertisements, and the tie-break between masters of equal priority. Its family is the
+    /// router's.
+    pub primary_address: IpAddr,
+    /// The virtual addresses this router protects, of the primary address's family.
+    pub vips: Vec<IpAddr>,
     /// Whether a master that does not own the addresses accepts packets sent to them
     /// (RFC 9568 §6.1); a load balancer needs this on.
     pub accept_mode: bool,
@@ -115,7 +116,7 @@ pub struct InstanceConfig {
 impl InstanceConfig {
     /// A backup with the RFC's defaults (priority 100, 1 s interval, preemption on) and no
     /// preempt delay, with accept mode on.
-    pub fn new(vrid: u8, primary_address: Ipv4Addr, vips: Vec<Ipv4Addr>) -> Self {
+    pub fn new(vrid: u8, primary_address: IpAddr, vips: Vec<IpAddr>) -> Self {
         Self {
             vrid,
             priority: DEFAULT_PRIORITY,
@@ -151,6 +152,14 @@ pub enum ConfigError {
     /// The address count goes on the wire in one byte.
     #[error("{0} virtual addresses; an advertisement carries at most 255")]
     TooManyVips(usize),
+    /// RFC 9568 runs one virtual router per address family.
+    #[error("virtual address {vip} is not of the primary address {primary}'s family")]
+    MixedFamilies {
+        /// The stray VIP.
+        vip: IpAddr,
+        /// The router's own address, which sets its family.
+        primary: IpAddr,
+    },
 }
 
 /// The state of a virtual router (RFC 9568 §6.4).
@@ -261,6 +270,10 @@ impl Router {
         if u8::try_from(config.vips.len()).is_err() {
             return Err(ConfigError::TooManyVips(config.vips.len()));
         }
+        let primary = config.primary_address;
+        if let Some(vip) = config.vips.iter().find(|vip| vip.is_ipv4() != primary.is_ipv4()) {
+            return Err(ConfigError::MixedFamilies { vip: *vip, primary });
+        }
         Ok(Self {
             advert_interval_cs,
             priority: config.priority,
@@ -342,7 +355,7 @@ impl Router {
     ///
     /// Advertisements for another VRID, or looped back from this router's own address, are
     /// ignored.
-    pub fn handle_advert(&mut self, now: Timestamp, src: Ipv4Addr, advert: &Advertisement) {
+    pub fn handle_advert(&mut self, now: Timestamp, src: IpAddr, advert: &Advertisement) {
         if advert.vrid != self.config.vrid || src == self.config.primary_address {
             return;
         }
@@ -495,10 +508,10 @@ impl Router {
     }
 
     /// RFC 9568 §6.4.3: higher priority wins, then the higher primary address as an integer.
-    fn is_outranked_by(&self, priority: u8, src: Ipv4Addr) -> bool {
-        priority > self.priority
-            || (priority == self.priority
-                && u32::from(src) > u32::from(self.config.primary_address))
+    /// (`IpAddr` orders addresses of one family as integers, and a router hears its own family
+    /// only.)
+    fn is_outranked_by(&self, priority: u8, src: IpAddr) -> bool {
+        priority > self.priority || (priority == self.priority && src > self.config.primary_address)
     }
 }
 
@@ -547,10 +560,12 @@ fn centiseconds_to_duration(centiseconds: u16) -> Duration {
 mod tests {
     use super::*;
 
-    const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
-    const LOWER_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
-    const HIGHER_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const PRIMARY: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11));
+    const LOWER_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10));
+    const HIGHER_PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 12));
+    const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
 
     fn at(millis: u64) -> Timestamp {
         Timestamp::after_origin(Duration::from_millis(millis))
@@ -645,6 +660,11 @@ mod tests {
         assert_eq!(new(&|c| c.advert_interval = Duration::from_millis(10)), Ok(()));
         assert_eq!(new(&|c| c.vips.clear()), Err(ConfigError::NoVips));
         assert_eq!(new(&|c| c.vips = vec![VIP; 256]), Err(ConfigError::TooManyVips(256)));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
+        assert_eq!(
+            new(&|c| c.vips.push(v6)),
+            Err(ConfigError::MixedFamilies { vip: v6, primary: PRIMARY })
+        );
     }
 
     #[test]
@@ -815,6 +835,24 @@ mod tests {
         router.handle_advert(at(4_200), HIGHER_PEER, &advert(100, 100));
         assert_eq!(router.state(), State::Backup);
         assert_eq!(drain(&mut router)[0], Action::RemoveVips);
+    }
+
+    #[test]
+    fn over_ipv6_equal_priorities_are_broken_by_the_higher_link_local_address() {
+        let link_local = |last| IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last));
+        let vip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
+        let config = InstanceConfig::new(51, link_local(0x11), vec![vip]);
+        let advert = Advertisement { addresses: vec![vip], ..advert(100, 100) };
+        let mut router = master(config, at(4_000));
+        router.handle_advert(at(4_100), link_local(0x10), &advert);
+        assert_eq!(router.state(), State::Master);
+        // Compared as 128-bit integers: fe80::1:0 is above fe80::11.
+        router.handle_advert(
+            at(4_200),
+            IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 1, 0)),
+            &advert,
+        );
+        assert_eq!(router.state(), State::Backup);
     }
 
     #[test]

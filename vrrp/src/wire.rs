@@ -1,15 +1,18 @@
-//! The VRRPv3 advertisement on the wire, for IPv4 (RFC 9568 §5), and the receive checks of §7.1.
+//! The VRRPv3 advertisement on the wire, for IPv4 and IPv6 (RFC 9568 §5), and the receive
+//! checks of §7.1.
 //!
-//! Shaped like smoltcp's `wire`: [`Packet`] is a view over the bytes of one VRRP message,
-//! [`Advertisement`] is the plain value the rest of the crate handles. [`Ipv4Datagram`] reads
-//! the IPv4 header a raw socket hands back with every read, and [`check_received`] runs all the
-//! receive checks on one such read, so the driver makes a single call between `recv` and the
-//! state machine and counts what it drops in [`DropCounters`].
+//! Shaped like smoltcp's `wire`: [`Packet`] is a view over the bytes of one VRRP message of one
+//! [`Family`], [`Advertisement`] is the plain value the rest of the crate handles. The message
+//! does not say its family: the IP header does, so every view is made for one. A [`Datagram`]
+//! is what one raw-socket read gives: [`Datagram::parse_ipv4`] reads the IPv4 header such a
+//! socket hands back, while an IPv6 socket reports its header fields beside the payload.
+//! [`check_received`] runs all the receive checks on one datagram, so the driver makes a single
+//! call between `recv` and the state machine and counts what it drops in [`DropCounters`].
 //!
 //! Nothing here does IO, and nothing panics on any input: every length is checked before a
 //! byte is read.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
 
@@ -19,8 +22,12 @@ pub const IP_PROTOCOL: u8 = 112;
 /// The IPv4 multicast group advertisements are sent to (RFC 9568 §5.1.1.2).
 pub const MULTICAST_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
 
-/// The TTL advertisements are sent with and must arrive with (RFC 9568 §5.1.1.3): a packet
-/// that crossed a router arrives with less, so this keeps VRRP on one link.
+/// The IPv6 multicast group advertisements are sent to (RFC 9568 §5.1.2.2).
+pub const MULTICAST_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+
+/// The TTL (IPv4) or hop limit (IPv6) advertisements are sent with and must arrive with
+/// (RFC 9568 §5.1.1.3, §5.1.2.3): a packet that crossed a router arrives with less, so this
+/// keeps VRRP on one link.
 pub const TTL: u8 = 255;
 
 /// The length of the fixed header that precedes the address list.
@@ -29,7 +36,51 @@ pub const HEADER_LEN: usize = field::ADDRESSES.start;
 /// The largest Max Adver Int its 12-bit field holds: 4095 cs, 40.95 s.
 pub const MAX_ADVERT_INTERVAL_CS: u16 = 0x0fff;
 
-const IPV4_ADDRESS_LEN: usize = 4;
+/// The address family of a virtual router: RFC 9568 runs one router per family, and each
+/// message carries addresses of its own family only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4: 4-byte addresses, the IPv4 pseudo-header.
+    Ipv4,
+    /// IPv6: 16-byte addresses, the IPv6 pseudo-header.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of `address`.
+    pub const fn of(address: IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// Bytes per address in the advertisement's list.
+    pub const fn address_len(self) -> usize {
+        match self {
+            Family::Ipv4 => 4,
+            Family::Ipv6 => 16,
+        }
+    }
+
+    /// The group multicast advertisements go to.
+    pub const fn multicast_group(self) -> IpAddr {
+        match self {
+            Family::Ipv4 => IpAddr::V4(MULTICAST_GROUP),
+            Family::Ipv6 => IpAddr::V6(MULTICAST_GROUP_V6),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
 
 /// Byte offsets of the VRRPv3 header (RFC 9568 §5.1).
 mod field {
@@ -43,7 +94,7 @@ mod field {
     /// Four reserved bits, then the 12-bit Max Adver Int.
     pub(super) const MAX_ADVERT_INTERVAL: Range<usize> = 4..6;
     pub(super) const CHECKSUM: Range<usize> = 6..8;
-    /// Four bytes per IPv4 address, as many as ADDRESS_COUNT says.
+    /// Four bytes per IPv4 address or sixteen per IPv6 one, as many as ADDRESS_COUNT says.
     pub(super) const ADDRESSES: RangeFrom<usize> = 8..;
 }
 
@@ -122,13 +173,14 @@ impl From<MessageType> for u8 {
 
 /// Which bytes the VRRP checksum covers.
 ///
-/// RFC 9568 §5.2.8 puts the IPv4 pseudo-header in front of the message; implementations that
+/// RFC 9568 §5.2.8 puts the IP pseudo-header in front of the message; implementations that
 /// carried VRRPv2's checksum code into v3 sum the message alone. Receiving accepts both and
 /// reports which one matched; sending uses the standard form unless a peer needs the other.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum ChecksumForm {
-    /// Source, destination, zero, protocol 112 and VRRP length, then the message: the standard
-    /// form, which keepalived 2.2 computes and accepts by default.
+    /// Source, destination, protocol 112 and VRRP length (RFC 768's layout for IPv4, RFC 8200
+    /// §8.1's for IPv6), then the message: the standard form, which keepalived 2.2 computes and
+    /// accepts by default.
     #[default]
     PseudoHeader,
     /// The VRRP message alone, as VRRPv2 computes it.
@@ -169,6 +221,9 @@ pub enum EmitError {
     /// The interval field is 12 bits.
     #[error("advertisement interval {0} cs exceeds the 12-bit field (at most 4095 cs)")]
     IntervalTooLong(u16),
+    /// An address, the source or the destination is not of the message's family.
+    #[error("{0} is not an {1} address, as the advertisement is")]
+    WrongFamily(IpAddr, Family),
     /// The checksum covers the whole buffer, so it must be exactly one message long.
     #[error("buffer is {actual} bytes, the advertisement needs exactly {expected}")]
     BufferLength {
@@ -205,13 +260,14 @@ pub enum Ipv4Error {
     },
 }
 
-/// A read/write view over the bytes of one VRRPv3 message for IPv4.
+/// A read/write view over the bytes of one VRRPv3 message of one family.
 ///
-/// The buffer is the whole message and nothing else (the IPv4 payload), since the checksum
+/// The buffer is the whole message and nothing else (the IP payload), since the checksum
 /// covers all of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
+    family: Family,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
@@ -219,13 +275,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     ///
     /// Accessors panic if the buffer is shorter than the header and its address list; use
     /// [`Packet::new_checked`] for anything that came from the network.
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Self { buffer }
+    pub const fn new_unchecked(buffer: T, family: Family) -> Self {
+        Self { buffer, family }
     }
 
     /// Wraps a buffer after [`Packet::check_len`], so that no accessor can panic.
-    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
-        let packet = Self::new_unchecked(buffer);
+    pub fn new_checked(buffer: T, family: Family) -> Result<Self, WireError> {
+        let packet = Self::new_unchecked(buffer, family);
         packet.check_len()?;
         Ok(packet)
     }
@@ -234,7 +290,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn check_len(&self) -> Result<(), WireError> {
         let len = self.buffer.as_ref().len();
         // The count is read only once the header is known to be there.
-        if len < HEADER_LEN || len < message_len(usize::from(self.address_count())) {
+        if len < HEADER_LEN || len < message_len(usize::from(self.address_count()), self.family) {
             Err(WireError::Truncated)
         } else {
             Ok(())
@@ -244,6 +300,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Returns the underlying buffer.
     pub fn into_inner(self) -> T {
         self.buffer
+    }
+
+    /// The family the view reads addresses of.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// The version field.
@@ -283,20 +344,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The advertised addresses, as many as the count field says.
-    pub fn addresses(&self) -> impl ExactSizeIterator<Item = Ipv4Addr> {
-        let end = message_len(usize::from(self.address_count()));
+    pub fn addresses(&self) -> impl ExactSizeIterator<Item = IpAddr> {
+        let family = self.family;
+        let end = message_len(usize::from(self.address_count()), family);
         self.buffer.as_ref()[field::ADDRESSES.start..end]
-            .chunks_exact(IPV4_ADDRESS_LEN)
-            .map(|octets| Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+            .chunks_exact(family.address_len())
+            .map(move |octets| read_address(octets, family))
     }
 
     /// Which checksum form, if any, the message carries, for a packet sent from `src` to
-    /// `dst`. When both would match, the standard form is reported.
-    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<ChecksumForm> {
+    /// `dst`. When both would match, the standard form is reported. Addresses of another
+    /// family than the view's match neither.
+    pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> Option<ChecksumForm> {
         let message = self.buffer.as_ref();
         let message_sum = ones_complement_sum(message);
+        let pseudo_header = pseudo_header_sum(self.family, src, dst, message.len())?;
         // A correct checksum makes the covered words sum to all ones.
-        if ones_complement_add(pseudo_header_sum(src, dst, message.len()), message_sum) == 0xffff {
+        if ones_complement_add(pseudo_header, message_sum) == 0xffff {
             Some(ChecksumForm::PseudoHeader)
         } else if message_sum == 0xffff {
             Some(ChecksumForm::MessageOnly)
@@ -349,29 +413,45 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         write_u16(self.buffer.as_mut(), field::CHECKSUM.start, checksum);
     }
 
-    /// Sets the address at `index` in the address list.
-    pub fn set_address(&mut self, index: usize, address: Ipv4Addr) {
-        let start = field::ADDRESSES.start + index * IPV4_ADDRESS_LEN;
-        self.buffer.as_mut()[start..start + IPV4_ADDRESS_LEN].copy_from_slice(&address.octets());
+    /// Sets the address at `index` in the address list; one of another family than the
+    /// view's is refused and nothing is written.
+    pub fn set_address(&mut self, index: usize, address: IpAddr) -> Result<(), EmitError> {
+        let start = field::ADDRESSES.start + index * self.family.address_len();
+        let target = &mut self.buffer.as_mut()[start..start + self.family.address_len()];
+        match address {
+            IpAddr::V4(v4) if self.family == Family::Ipv4 => target.copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) if self.family == Family::Ipv6 => target.copy_from_slice(&v6.octets()),
+            other => return Err(EmitError::WrongFamily(other, self.family)),
+        }
+        Ok(())
     }
 
     /// Computes the checksum of a packet sent from `src` to `dst` in the given form, and
-    /// writes it. Every other field must be final.
-    pub fn fill_checksum(&mut self, src: Ipv4Addr, dst: Ipv4Addr, form: ChecksumForm) {
+    /// writes it. Every other field must be final; addresses of another family than the
+    /// view's are refused and nothing is written.
+    pub fn fill_checksum(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        form: ChecksumForm,
+    ) -> Result<(), EmitError> {
+        let len = self.buffer.as_ref().len();
+        let pseudo_header = pseudo_header_sum(self.family, src, dst, len).ok_or_else(|| {
+            let stray = if Family::of(src) == self.family { dst } else { src };
+            EmitError::WrongFamily(stray, self.family)
+        })?;
         self.set_checksum(0);
-        let message = self.buffer.as_ref();
+        let message_sum = ones_complement_sum(self.buffer.as_ref());
         let sum = match form {
-            ChecksumForm::PseudoHeader => ones_complement_add(
-                pseudo_header_sum(src, dst, message.len()),
-                ones_complement_sum(message),
-            ),
-            ChecksumForm::MessageOnly => ones_complement_sum(message),
+            ChecksumForm::PseudoHeader => ones_complement_add(pseudo_header, message_sum),
+            ChecksumForm::MessageOnly => message_sum,
         };
         self.set_checksum(!sum);
+        Ok(())
     }
 }
 
-/// A VRRPv3 advertisement for IPv4, as a plain value.
+/// A VRRPv3 advertisement, as a plain value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Advertisement {
     /// The Virtual Router Identifier.
@@ -380,20 +460,20 @@ pub struct Advertisement {
     pub priority: u8,
     /// How often the sender advertises, in centiseconds (12 bits).
     pub max_advert_interval_cs: u16,
-    /// The virtual addresses the sender protects.
-    pub addresses: Vec<Ipv4Addr>,
+    /// The virtual addresses the sender protects, all of the message's family.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Advertisement {
-    /// Reads an advertisement sent from `src` to `dst` (taken from the IPv4 header), and says
+    /// Reads an advertisement sent from `src` to `dst` (taken from the IP header), and says
     /// which checksum form it carried.
     ///
     /// Checks what the message alone can show: the length (again, for packets made with
     /// [`Packet::new_unchecked`]), version, type, exact length, and checksum.
     pub fn parse<T: AsRef<[u8]>>(
         packet: &Packet<T>,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
     ) -> Result<(Self, ChecksumForm), WireError> {
         packet.check_len()?;
         if packet.version() != Version::V3 {
@@ -402,7 +482,7 @@ impl Advertisement {
         if packet.msg_type() != MessageType::Advertisement {
             return Err(WireError::WrongType(packet.msg_type()));
         }
-        let expected = message_len(usize::from(packet.address_count()));
+        let expected = message_len(usize::from(packet.address_count()), packet.family);
         let actual = packet.buffer.as_ref().len();
         if actual != expected {
             return Err(WireError::BadLength { expected, actual });
@@ -419,20 +499,26 @@ impl Advertisement {
 
     /// The length of the message [`Advertisement::emit`] writes.
     pub fn buffer_len(&self) -> usize {
-        message_len(self.addresses.len())
+        self.addresses.iter().map(|a| Family::of(*a).address_len()).sum::<usize>() + HEADER_LEN
     }
 
     /// Writes the advertisement, to be sent from `src` to `dst`, with its checksum in `form`.
     ///
-    /// The buffer must be exactly [`Advertisement::buffer_len`] bytes long. Nothing is written
-    /// unless the whole advertisement fits its fields.
+    /// The buffer must be exactly [`Advertisement::buffer_len`] bytes long, and every address
+    /// of the packet's family. Nothing is written unless the whole advertisement fits.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(
         &self,
         packet: &mut Packet<T>,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
         form: ChecksumForm,
     ) -> Result<(), EmitError> {
+        let family = packet.family;
+        if let Some(stray) =
+            [src, dst].iter().chain(&self.addresses).find(|a| Family::of(**a) != family)
+        {
+            return Err(EmitError::WrongFamily(*stray, family));
+        }
         let address_count = u8::try_from(self.addresses.len())
             .map_err(|_| EmitError::TooManyAddresses(self.addresses.len()))?;
         if self.max_advert_interval_cs > MAX_ADVERT_INTERVAL_CS {
@@ -449,38 +535,37 @@ impl Advertisement {
         packet.set_address_count(address_count);
         packet.set_max_advert_interval_cs(self.max_advert_interval_cs);
         for (index, address) in self.addresses.iter().enumerate() {
-            packet.set_address(index, *address);
+            packet.set_address(index, *address)?;
         }
-        packet.fill_checksum(src, dst, form);
-        Ok(())
+        packet.fill_checksum(src, dst, form)
     }
 }
 
-/// The IPv4 header fields VRRP needs, and the payload, from one raw-socket read.
-///
-/// A raw IPv4 socket returns the IP header with every datagram; on Linux it is in network byte
-/// order, reassembled, and its header checksum already verified by the kernel, so neither is
-/// checked again here.
+/// The IP header fields VRRP needs, and the payload, from one raw-socket read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Datagram<'a> {
-    /// The sender's primary address: it breaks priority ties between masters.
-    pub src: Ipv4Addr,
+pub struct Datagram<'a> {
+    /// The sender's primary address (its link-local one over IPv6): it breaks priority ties
+    /// between masters.
+    pub src: IpAddr,
     /// The multicast group, or this node's address for unicast peers.
-    pub dst: Ipv4Addr,
-    /// Must be 255 for VRRP.
+    pub dst: IpAddr,
+    /// The TTL or hop limit: must be 255 for VRRP.
     pub ttl: u8,
-    /// Must be [`IP_PROTOCOL`] for VRRP.
+    /// The protocol or next header: must be [`IP_PROTOCOL`] for VRRP.
     pub protocol: u8,
-    /// The bytes after the header (and its options), up to the Total Length.
+    /// The VRRP message: the bytes after the header (and its options), up to the total length.
     pub payload: &'a [u8],
 }
 
-impl<'a> Ipv4Datagram<'a> {
-    /// Reads the header of `datagram` and finds its payload.
+impl<'a> Datagram<'a> {
+    /// Reads the IPv4 header a raw IPv4 socket returns with every datagram, and finds its
+    /// payload. On Linux the header is in network byte order, reassembled, and its checksum
+    /// already verified by the kernel, so neither is checked again here.
     ///
     /// Bytes past the Total Length are not part of the datagram and are left out of the
-    /// payload.
-    pub fn parse(datagram: &'a [u8]) -> Result<Self, Ipv4Error> {
+    /// payload. (A raw IPv6 socket returns the payload alone: its reader fills the fields
+    /// from the socket's address and ancillary data.)
+    pub fn parse_ipv4(datagram: &'a [u8]) -> Result<Self, Ipv4Error> {
         if datagram.len() < ipv4_field::MIN_HEADER_LEN {
             return Err(Ipv4Error::Truncated);
         }
@@ -497,8 +582,8 @@ impl<'a> Ipv4Datagram<'a> {
             return Err(Ipv4Error::BadTotalLength { total, header_len, read: datagram.len() });
         }
         Ok(Self {
-            src: read_ipv4(datagram, ipv4_field::SRC),
-            dst: read_ipv4(datagram, ipv4_field::DST),
+            src: IpAddr::V4(read_ipv4(datagram, ipv4_field::SRC)),
+            dst: IpAddr::V4(read_ipv4(datagram, ipv4_field::DST)),
             ttl: datagram[ipv4_field::TTL],
             protocol: datagram[ipv4_field::PROTOCOL],
             payload: &datagram[header_len..total],
@@ -510,7 +595,7 @@ impl<'a> Ipv4Datagram<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalVrid<'a> {
     /// The configured virtual addresses, compared with the advertised ones.
-    pub vips: &'a [Ipv4Addr],
+    pub vips: &'a [IpAddr],
     /// Whether this router owns the addresses (priority 255); an owner drops advertisements.
     pub address_owner: bool,
 }
@@ -518,10 +603,10 @@ pub struct LocalVrid<'a> {
 /// An advertisement that passed every receive check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    /// The sender's primary address, from the IPv4 header.
-    pub src: Ipv4Addr,
-    /// The destination, from the IPv4 header.
-    pub dst: Ipv4Addr,
+    /// The sender's primary address, from the IP header.
+    pub src: IpAddr,
+    /// The destination, from the IP header.
+    pub dst: IpAddr,
     /// The advertisement itself.
     pub advertisement: Advertisement,
     /// The checksum form the sender used; a peer on [`ChecksumForm::MessageOnly`] needs to be
@@ -542,7 +627,7 @@ pub enum DropReason {
     #[error("IP protocol {0}, not VRRP")]
     NotVrrp(u8),
     /// The packet crossed a router, or was forged off-link (RFC 9568 §7.1).
-    #[error("TTL {0}, expected 255")]
+    #[error("TTL or hop limit {0}, expected 255")]
     TtlNot255(u8),
     /// The advertisement itself is malformed: truncated, of the wrong length, version or
     /// type, or with a bad checksum. A VRRPv2 peer on the link shows up here.
@@ -560,25 +645,24 @@ pub enum DropReason {
     ZeroInterval,
 }
 
-/// Runs the receive checks of RFC 9568 §7.1 on one raw-socket read: the IPv4 header, then the
-/// advertisement.
+/// Runs the receive checks of RFC 9568 §7.1 on one raw-socket read: the IP header's fields,
+/// then the advertisement, read in the family of the datagram's source.
 ///
 /// `local` answers for the VRID the packet names: `None` if it is not configured here. The
 /// checks run in the RFC's order (TTL, version, length, checksum, VRID) and the first that
 /// fails names the drop; a zero interval is dropped last. A mismatch between the advertised and
 /// configured addresses is not a drop but [`Received::addresses_match`].
 pub fn check_received<'a>(
-    datagram: &[u8],
+    ip: Datagram<'_>,
     local: impl FnOnce(u8) -> Option<LocalVrid<'a>>,
 ) -> Result<Received, DropReason> {
-    let ip = Ipv4Datagram::parse(datagram)?;
     if ip.protocol != IP_PROTOCOL {
         return Err(DropReason::NotVrrp(ip.protocol));
     }
     if ip.ttl != TTL {
         return Err(DropReason::TtlNot255(ip.ttl));
     }
-    let packet = Packet::new_checked(ip.payload)?;
+    let packet = Packet::new_checked(ip.payload, Family::of(ip.src))?;
     let (advertisement, checksum_form) = Advertisement::parse(&packet, ip.src, ip.dst)?;
     let vrid = advertisement.vrid;
     let configured = local(vrid).ok_or(DropReason::VridNotConfigured(vrid))?;
@@ -590,6 +674,14 @@ pub fn check_received<'a>(
     }
     let addresses_match = same_addresses(&advertisement.addresses, configured.vips);
     Ok(Received { src: ip.src, dst: ip.dst, advertisement, checksum_form, addresses_match })
+}
+
+/// [`check_received`] on what a raw IPv4 socket read: the IPv4 header, then the message.
+pub fn check_received_ipv4<'a>(
+    datagram: &[u8],
+    local: impl FnOnce(u8) -> Option<LocalVrid<'a>>,
+) -> Result<Received, DropReason> {
+    check_received(Datagram::parse_ipv4(datagram)?, local)
 }
 
 /// How many packets were dropped, per [`DropReason`], for the driver to expose as metrics.
@@ -662,12 +754,12 @@ impl DropCounters {
     }
 }
 
-const fn message_len(address_count: usize) -> usize {
-    HEADER_LEN + address_count * IPV4_ADDRESS_LEN
+const fn message_len(address_count: usize, family: Family) -> usize {
+    HEADER_LEN + address_count * family.address_len()
 }
 
 /// Compares as multisets: senders need not list the addresses in our order.
-fn same_addresses(advertised: &[Ipv4Addr], configured: &[Ipv4Addr]) -> bool {
+fn same_addresses(advertised: &[IpAddr], configured: &[IpAddr]) -> bool {
     if advertised.len() != configured.len() {
         return false;
     }
@@ -693,8 +785,23 @@ pub(crate) fn read_ipv4(bytes: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
 }
 
+/// The IPv6 address at `at`.
+pub(crate) fn read_ipv6(bytes: &[u8], at: usize) -> Ipv6Addr {
+    let mut octets = [0; 16];
+    octets.copy_from_slice(&bytes[at..at + 16]);
+    Ipv6Addr::from(octets)
+}
+
+/// The address of `family` at the start of `octets`, which holds at least one.
+fn read_address(octets: &[u8], family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(read_ipv4(octets, 0)),
+        Family::Ipv6 => IpAddr::V6(read_ipv6(octets, 0)),
+    }
+}
+
 /// One's-complement addition (RFC 1071): the carry out of the top bit wraps around.
-fn ones_complement_add(a: u16, b: u16) -> u16 {
+pub(crate) fn ones_complement_add(a: u16, b: u16) -> u16 {
     let (sum, carry) = a.overflowing_add(b);
     // With a carry the sum is at most 0xfffe, so adding it back cannot overflow again.
     sum + u16::from(carry)
@@ -702,7 +809,7 @@ fn ones_complement_add(a: u16, b: u16) -> u16 {
 
 /// The one's-complement sum of `bytes` as big-endian 16-bit words, an odd last byte padded
 /// with zero.
-fn ones_complement_sum(bytes: &[u8]) -> u16 {
+pub(crate) fn ones_complement_sum(bytes: &[u8]) -> u16 {
     bytes.chunks(2).fold(0, |sum, word| {
         let word = match *word {
             [high, low] => u16::from_be_bytes([high, low]),
@@ -713,15 +820,41 @@ fn ones_complement_sum(bytes: &[u8]) -> u16 {
     })
 }
 
-/// The sum of the IPv4 pseudo-header of RFC 9568 §5.2.8.
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, vrrp_len: usize) -> u16 {
-    let mut header = [0; 12];
-    header[0..4].copy_from_slice(&src.octets());
-    header[4..8].copy_from_slice(&dst.octets());
-    header[9] = IP_PROTOCOL;
-    // The field is 16 bits: longer messages cannot be an IPv4 payload, and would fail the
-    // checksum anyway.
-    header[10..12].copy_from_slice(&(vrrp_len as u16).to_be_bytes());
+/// The sum of the pseudo-header of RFC 9568 §5.2.8 for a VRRP message of `family`, or `None`
+/// if `src` or `dst` is of the other family.
+fn pseudo_header_sum(family: Family, src: IpAddr, dst: IpAddr, vrrp_len: usize) -> Option<u16> {
+    match (family, src, dst) {
+        (Family::Ipv4, IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut header = [0; 12];
+            header[0..4].copy_from_slice(&src.octets());
+            header[4..8].copy_from_slice(&dst.octets());
+            header[9] = IP_PROTOCOL;
+            // The field is 16 bits: longer messages cannot be an IPv4 payload, and would fail
+            // the checksum anyway.
+            header[10..12].copy_from_slice(&(vrrp_len as u16).to_be_bytes());
+            Some(ones_complement_sum(&header))
+        }
+        (Family::Ipv6, IpAddr::V6(src), IpAddr::V6(dst)) => {
+            Some(ipv6_pseudo_header_sum(src, dst, IP_PROTOCOL, vrrp_len))
+        }
+        _ => None,
+    }
+}
+
+/// The sum of the IPv6 pseudo-header of RFC 8200 §8.1, for any upper-layer protocol (VRRP
+/// here, ICMPv6 for neighbour advertisements).
+pub(crate) fn ipv6_pseudo_header_sum(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    upper_layer_len: usize,
+) -> u16 {
+    let mut header = [0; 40];
+    header[0..16].copy_from_slice(&src.octets());
+    header[16..32].copy_from_slice(&dst.octets());
+    // A 32-bit length: a read of a raw socket never comes near it.
+    header[32..36].copy_from_slice(&(upper_layer_len as u32).to_be_bytes());
+    header[39] = next_header;
     ones_complement_sum(&header)
 }
 
@@ -731,8 +864,9 @@ mod tests {
 
     use super::*;
 
-    const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const SRC: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 11));
+    const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
+    const GROUP: IpAddr = IpAddr::V4(MULTICAST_GROUP);
 
     /// VRID 51, priority 150, every 100 cs, protecting 198.18.0.100, sent from 198.18.0.11 to
     /// 224.0.0.18. Checksum 0xcb43 worked out by hand over the pseudo-header and message.
@@ -750,12 +884,30 @@ mod tests {
     static MESSAGE_ONLY_BYTES: [u8; 12] =
         [0x31, 0x33, 0x96, 0x01, 0x00, 0x64, 0x71, 0xf0, 0xc6, 0x12, 0x00, 0x64];
 
+    const LINK_LOCAL: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11));
+    const VIP_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100));
+    const GROUP_V6: IpAddr = IpAddr::V6(MULTICAST_GROUP_V6);
+
+    /// VRID 51, priority 150, every 100 cs, protecting 2001:db8::100, sent from fe80::11 to
+    /// ff02::12. Checksum 0x0b7f worked out independently (a short Python script over the
+    /// RFC 8200 §8.1 pseudo-header and the message).
+    static PACKET_BYTES_V6: [u8; 24] = [
+        0x31, 0x33, 0x96, 0x01, 0x00, 0x64, // as the IPv4 one
+        0x0b, 0x7f, // checksum, pseudo-header form
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x00, // 2001:db8::100
+    ];
+
+    fn packet_repr_v6() -> Advertisement {
+        Advertisement { addresses: vec![VIP_V6], ..packet_repr() }
+    }
+
     fn packet_repr() -> Advertisement {
         Advertisement { vrid: 51, priority: 150, max_advert_interval_cs: 100, addresses: vec![VIP] }
     }
 
     /// An IPv4 header as the kernel hands it to a raw socket, in front of `payload`.
-    fn ipv4(src: Ipv4Addr, ttl: u8, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    fn ipv4(src: IpAddr, ttl: u8, protocol: u8, payload: &[u8]) -> Vec<u8> {
+        let IpAddr::V4(src) = src else { panic!("{src} is not IPv4") };
         let total = u16::try_from(20 + payload.len()).unwrap();
         let mut datagram = vec![0x45, 0xc0];
         datagram.extend_from_slice(&total.to_be_bytes());
@@ -769,7 +921,7 @@ mod tests {
     fn emitted(advertisement: &Advertisement, form: ChecksumForm) -> Vec<u8> {
         let mut bytes = vec![0; advertisement.buffer_len()];
         advertisement
-            .emit(&mut Packet::new_unchecked(&mut bytes), SRC, MULTICAST_GROUP, form)
+            .emit(&mut Packet::new_unchecked(&mut bytes, Family::Ipv4), SRC, GROUP, form)
             .unwrap();
         bytes
     }
@@ -780,7 +932,7 @@ mod tests {
 
     #[test]
     fn deconstruct() {
-        let packet = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
+        let packet = Packet::new_checked(&PACKET_BYTES[..], Family::Ipv4).unwrap();
         assert_eq!(packet.version(), Version::V3);
         assert_eq!(packet.msg_type(), MessageType::Advertisement);
         assert_eq!(packet.vrid(), 51);
@@ -789,28 +941,28 @@ mod tests {
         assert_eq!(packet.max_advert_interval_cs(), 100);
         assert_eq!(packet.checksum(), 0xcb43);
         assert_eq!(packet.addresses().collect::<Vec<_>>(), [VIP]);
-        assert_eq!(packet.verify_checksum(SRC, MULTICAST_GROUP), Some(ChecksumForm::PseudoHeader));
+        assert_eq!(packet.verify_checksum(SRC, GROUP), Some(ChecksumForm::PseudoHeader));
     }
 
     #[test]
     fn construct() {
         let mut bytes = vec![0xa5; 12];
-        let mut packet = Packet::new_unchecked(&mut bytes);
+        let mut packet = Packet::new_unchecked(&mut bytes, Family::Ipv4);
         packet.set_version(Version::V3);
         packet.set_msg_type(MessageType::Advertisement);
         packet.set_vrid(51);
         packet.set_priority(150);
         packet.set_address_count(1);
         packet.set_max_advert_interval_cs(100);
-        packet.set_address(0, VIP);
-        packet.fill_checksum(SRC, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+        packet.set_address(0, VIP).unwrap();
+        packet.fill_checksum(SRC, GROUP, ChecksumForm::PseudoHeader).unwrap();
         assert_eq!(packet.into_inner()[..], PACKET_BYTES[..]);
     }
 
     #[test]
     fn parse() {
-        let packet = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
-        let parsed = Advertisement::parse(&packet, SRC, MULTICAST_GROUP).unwrap();
+        let packet = Packet::new_checked(&PACKET_BYTES[..], Family::Ipv4).unwrap();
+        let parsed = Advertisement::parse(&packet, SRC, GROUP).unwrap();
         assert_eq!(parsed, (packet_repr(), ChecksumForm::PseudoHeader));
     }
 
@@ -821,38 +973,105 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_advertisements_carry_sixteen_byte_addresses_under_the_ipv6_pseudo_header() {
+        let mut bytes = vec![0; packet_repr_v6().buffer_len()];
+        let mut packet = Packet::new_unchecked(&mut bytes, Family::Ipv6);
+        packet_repr_v6()
+            .emit(&mut packet, LINK_LOCAL, GROUP_V6, ChecksumForm::PseudoHeader)
+            .unwrap();
+        assert_eq!(bytes, PACKET_BYTES_V6);
+        let packet = Packet::new_checked(&PACKET_BYTES_V6[..], Family::Ipv6).unwrap();
+        assert_eq!(packet.addresses().collect::<Vec<_>>(), [VIP_V6]);
+        let parsed = Advertisement::parse(&packet, LINK_LOCAL, GROUP_V6).unwrap();
+        assert_eq!(parsed, (packet_repr_v6(), ChecksumForm::PseudoHeader));
+        // The same bytes read as IPv4 announce one address but hold four: not a message.
+        assert!(
+            Advertisement::parse(
+                &Packet::new_unchecked(&PACKET_BYTES_V6[..], Family::Ipv4),
+                SRC,
+                GROUP
+            )
+            .is_err()
+        );
+        // Another family's addresses match no checksum.
+        assert_eq!(packet.verify_checksum(SRC, GROUP), None);
+
+        let over_ipv6 = |ttl: u8, payload: &'static [u8]| Datagram {
+            src: LINK_LOCAL,
+            dst: GROUP_V6,
+            ttl,
+            protocol: IP_PROTOCOL,
+            payload,
+        };
+        let local = |_| Some(LocalVrid { vips: &[VIP_V6], address_owner: false });
+        let received = check_received(over_ipv6(255, &PACKET_BYTES_V6), local).unwrap();
+        assert_eq!((received.src, received.advertisement), (LINK_LOCAL, packet_repr_v6()));
+        assert!(received.addresses_match);
+        assert_eq!(
+            check_received(over_ipv6(254, &PACKET_BYTES_V6), local),
+            Err(DropReason::TtlNot255(254))
+        );
+        // An IPv4 advertisement arriving over IPv6 is read as IPv6, and is too short.
+        assert_eq!(
+            check_received(over_ipv6(255, &PACKET_BYTES), local),
+            Err(DropReason::Message(WireError::Truncated))
+        );
+    }
+
+    #[test]
+    fn emit_refuses_addresses_of_the_other_family() {
+        let mut bytes = vec![0; 24];
+        let mut packet = Packet::new_unchecked(&mut bytes, Family::Ipv6);
+        let mixed = Advertisement { addresses: vec![VIP], ..packet_repr() };
+        let form = ChecksumForm::PseudoHeader;
+        assert_eq!(
+            mixed.emit(&mut packet, LINK_LOCAL, GROUP_V6, form),
+            Err(EmitError::WrongFamily(VIP, Family::Ipv6))
+        );
+        assert_eq!(
+            packet_repr_v6().emit(&mut packet, SRC, GROUP_V6, form),
+            Err(EmitError::WrongFamily(SRC, Family::Ipv6))
+        );
+        assert_eq!(
+            packet_repr_v6().emit(&mut packet, LINK_LOCAL, GROUP, form),
+            Err(EmitError::WrongFamily(GROUP, Family::Ipv6))
+        );
+        assert_eq!(packet.into_inner(), &vec![0; 24], "nothing written on error");
+    }
+
+    #[test]
     fn message_only_checksum_is_emitted_and_recognised() {
         assert_eq!(emitted(&packet_repr(), ChecksumForm::MessageOnly), MESSAGE_ONLY_BYTES);
-        let packet = Packet::new_checked(&MESSAGE_ONLY_BYTES[..]).unwrap();
-        let parsed = Advertisement::parse(&packet, SRC, MULTICAST_GROUP).unwrap();
+        let packet = Packet::new_checked(&MESSAGE_ONLY_BYTES[..], Family::Ipv4).unwrap();
+        let parsed = Advertisement::parse(&packet, SRC, GROUP).unwrap();
         assert_eq!(parsed, (packet_repr(), ChecksumForm::MessageOnly));
     }
 
     #[test]
     fn pseudo_header_checksum_depends_on_the_addresses() {
-        let packet = Packet::new_checked(&PACKET_BYTES[..]).unwrap();
-        let other_src = Ipv4Addr::new(198, 18, 0, 12);
-        assert_eq!(packet.verify_checksum(other_src, MULTICAST_GROUP), None);
+        let packet = Packet::new_checked(&PACKET_BYTES[..], Family::Ipv4).unwrap();
+        let other_src = IpAddr::from([198, 18, 0, 12]);
+        assert_eq!(packet.verify_checksum(other_src, GROUP), None);
         // Unicast to a peer: the pseudo-header carries the peer's address, not the group.
-        let peer = Ipv4Addr::new(198, 18, 0, 12);
+        let peer = IpAddr::from([198, 18, 0, 12]);
         let bytes = {
             let mut bytes = vec![0; 12];
-            let mut packet = Packet::new_unchecked(&mut bytes);
+            let mut packet = Packet::new_unchecked(&mut bytes, Family::Ipv4);
             packet_repr().emit(&mut packet, SRC, peer, ChecksumForm::PseudoHeader).unwrap();
             bytes
         };
-        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        let packet = Packet::new_checked(&bytes[..], Family::Ipv4).unwrap();
         assert_eq!(packet.verify_checksum(SRC, peer), Some(ChecksumForm::PseudoHeader));
-        assert_eq!(packet.verify_checksum(SRC, MULTICAST_GROUP), None);
+        assert_eq!(packet.verify_checksum(SRC, GROUP), None);
     }
 
     #[test]
     fn reserved_bits_are_ignored_on_receive_and_cleared_on_send() {
         let mut bytes = PACKET_BYTES;
         bytes[4] |= 0xf0;
-        let mut packet = Packet::new_unchecked(&mut bytes[..]);
-        packet.fill_checksum(SRC, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
-        let (advertisement, _) = Advertisement::parse(&packet, SRC, MULTICAST_GROUP).unwrap();
+        let mut packet = Packet::new_unchecked(&mut bytes[..], Family::Ipv4);
+        packet.fill_checksum(SRC, GROUP, ChecksumForm::PseudoHeader).unwrap();
+        let (advertisement, _) = Advertisement::parse(&packet, SRC, GROUP).unwrap();
         assert_eq!(advertisement, packet_repr());
         packet.set_max_advert_interval_cs(100);
         assert_eq!(packet.into_inner()[4], 0x00);
@@ -862,25 +1081,28 @@ mod tests {
     fn unknown_version_and_type_are_kept() {
         let mut bytes = PACKET_BYTES;
         bytes[0] = 0x27;
-        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        let packet = Packet::new_checked(&bytes[..], Family::Ipv4).unwrap();
         assert_eq!(packet.version(), Version::V2);
         assert_eq!(packet.msg_type(), MessageType::Unknown(7));
         bytes[0] = 0x91;
-        let packet = Packet::new_checked(&bytes[..]).unwrap();
+        let packet = Packet::new_checked(&bytes[..], Family::Ipv4).unwrap();
         assert_eq!(packet.version(), Version::Unknown(9));
         assert_eq!(u8::from(packet.version()), 9);
     }
 
     #[test]
     fn short_buffers_are_rejected_before_any_read() {
-        assert_eq!(Packet::new_checked(&PACKET_BYTES[..7]).unwrap_err(), WireError::Truncated);
-        // The header says one address, but it is cut short.
-        assert_eq!(Packet::new_checked(&PACKET_BYTES[..11]).unwrap_err(), WireError::Truncated);
-        let unchecked = Packet::new_unchecked(&PACKET_BYTES[..11]);
         assert_eq!(
-            Advertisement::parse(&unchecked, SRC, MULTICAST_GROUP).unwrap_err(),
+            Packet::new_checked(&PACKET_BYTES[..7], Family::Ipv4).unwrap_err(),
             WireError::Truncated
         );
+        // The header says one address, but it is cut short.
+        assert_eq!(
+            Packet::new_checked(&PACKET_BYTES[..11], Family::Ipv4).unwrap_err(),
+            WireError::Truncated
+        );
+        let unchecked = Packet::new_unchecked(&PACKET_BYTES[..11], Family::Ipv4);
+        assert_eq!(Advertisement::parse(&unchecked, SRC, GROUP).unwrap_err(), WireError::Truncated);
     }
 
     #[test]
@@ -888,9 +1110,9 @@ mod tests {
         let mut too_long = packet_repr();
         too_long.max_advert_interval_cs = 4096;
         let mut bytes = vec![0; 12];
-        let mut packet = Packet::new_unchecked(&mut bytes);
+        let mut packet = Packet::new_unchecked(&mut bytes, Family::Ipv4);
         let emit = |repr: &Advertisement, packet: &mut Packet<&mut Vec<u8>>| {
-            repr.emit(packet, SRC, MULTICAST_GROUP, ChecksumForm::PseudoHeader)
+            repr.emit(packet, SRC, GROUP, ChecksumForm::PseudoHeader)
         };
         assert_eq!(emit(&too_long, &mut packet), Err(EmitError::IntervalTooLong(4096)));
         let mut too_many = packet_repr();
@@ -908,8 +1130,8 @@ mod tests {
     #[test]
     fn ipv4_header_is_read_with_options_and_padding() {
         let mut datagram = ipv4(SRC, 255, IP_PROTOCOL, &PACKET_BYTES);
-        let ip = Ipv4Datagram::parse(&datagram).unwrap();
-        assert_eq!((ip.src, ip.dst, ip.ttl, ip.protocol), (SRC, MULTICAST_GROUP, 255, 112));
+        let ip = Datagram::parse_ipv4(&datagram).unwrap();
+        assert_eq!((ip.src, ip.dst, ip.ttl, ip.protocol), (SRC, GROUP, 255, 112));
         assert_eq!(ip.payload, PACKET_BYTES);
 
         // One word of options (router alert), so IHL 6 and 4 more bytes of total length.
@@ -918,57 +1140,58 @@ mod tests {
         datagram.splice(20..20, [0x94, 0x04, 0x00, 0x00]);
         // Bytes past the total length are not payload.
         datagram.extend_from_slice(&[0xee; 3]);
-        let ip = Ipv4Datagram::parse(&datagram).unwrap();
+        let ip = Datagram::parse_ipv4(&datagram).unwrap();
         assert_eq!(ip.payload, PACKET_BYTES);
     }
 
     #[test]
     fn malformed_ipv4_headers_are_rejected() {
         let good = ipv4(SRC, 255, IP_PROTOCOL, &PACKET_BYTES);
-        assert_eq!(Ipv4Datagram::parse(&good[..19]), Err(Ipv4Error::Truncated));
+        assert_eq!(Datagram::parse_ipv4(&good[..19]), Err(Ipv4Error::Truncated));
         let mut bad = good.clone();
         bad[0] = 0x65;
-        assert_eq!(Ipv4Datagram::parse(&bad), Err(Ipv4Error::NotIpv4(6)));
+        assert_eq!(Datagram::parse_ipv4(&bad), Err(Ipv4Error::NotIpv4(6)));
         bad[0] = 0x44;
-        assert_eq!(Ipv4Datagram::parse(&bad), Err(Ipv4Error::BadHeaderLength(16)));
+        assert_eq!(Datagram::parse_ipv4(&bad), Err(Ipv4Error::BadHeaderLength(16)));
         bad[0] = 0x4f;
-        assert_eq!(Ipv4Datagram::parse(&bad), Err(Ipv4Error::BadHeaderLength(60)));
+        assert_eq!(Datagram::parse_ipv4(&bad), Err(Ipv4Error::BadHeaderLength(60)));
         let mut bad = good.clone();
         bad[2..4].copy_from_slice(&33u16.to_be_bytes());
         assert_eq!(
-            Ipv4Datagram::parse(&bad),
+            Datagram::parse_ipv4(&bad),
             Err(Ipv4Error::BadTotalLength { total: 33, header_len: 20, read: 32 })
         );
         bad[2..4].copy_from_slice(&19u16.to_be_bytes());
-        assert!(matches!(Ipv4Datagram::parse(&bad), Err(Ipv4Error::BadTotalLength { .. })));
+        assert!(matches!(Datagram::parse_ipv4(&bad), Err(Ipv4Error::BadTotalLength { .. })));
     }
 
     #[test]
     fn a_good_advertisement_passes_every_check() {
         let datagram = ipv4(SRC, 255, IP_PROTOCOL, &PACKET_BYTES);
-        let received = check_received(&datagram, configured).unwrap();
+        let received = check_received_ipv4(&datagram, configured).unwrap();
         assert_eq!(
             received,
             Received {
                 src: SRC,
-                dst: MULTICAST_GROUP,
+                dst: GROUP,
                 advertisement: packet_repr(),
                 checksum_form: ChecksumForm::PseudoHeader,
                 addresses_match: true,
             }
         );
         let datagram = ipv4(SRC, 255, IP_PROTOCOL, &MESSAGE_ONLY_BYTES);
-        let received = check_received(&datagram, configured).unwrap();
+        let received = check_received_ipv4(&datagram, configured).unwrap();
         assert_eq!(received.checksum_form, ChecksumForm::MessageOnly);
     }
 
     #[test]
     fn address_mismatch_is_flagged_not_dropped() {
         let datagram = ipv4(SRC, 255, IP_PROTOCOL, &PACKET_BYTES);
-        let other = [Ipv4Addr::new(198, 18, 0, 101)];
-        let received =
-            check_received(&datagram, |_| Some(LocalVrid { vips: &other, address_owner: false }))
-                .unwrap();
+        let other = [IpAddr::from([198, 18, 0, 101])];
+        let received = check_received_ipv4(&datagram, |_| {
+            Some(LocalVrid { vips: &other, address_owner: false })
+        })
+        .unwrap();
         assert!(!received.addresses_match);
         assert_eq!(received.advertisement, packet_repr());
         // Order does not matter, multiplicity does.
@@ -978,7 +1201,7 @@ mod tests {
 
     #[test]
     fn every_drop_reason() {
-        let drop = |datagram: &[u8]| check_received(datagram, configured).unwrap_err();
+        let drop = |datagram: &[u8]| check_received_ipv4(datagram, configured).unwrap_err();
         let with_header = |edit: &dyn Fn(&mut Advertisement)| {
             let mut repr = packet_repr();
             edit(&mut repr);
@@ -986,9 +1209,9 @@ mod tests {
         };
         let resealed = |edit: &dyn Fn(&mut Packet<&mut [u8]>)| {
             let mut bytes = PACKET_BYTES;
-            let mut packet = Packet::new_unchecked(&mut bytes[..]);
+            let mut packet = Packet::new_unchecked(&mut bytes[..], Family::Ipv4);
             edit(&mut packet);
-            packet.fill_checksum(SRC, MULTICAST_GROUP, ChecksumForm::PseudoHeader);
+            packet.fill_checksum(SRC, GROUP, ChecksumForm::PseudoHeader).unwrap();
             ipv4(SRC, 255, IP_PROTOCOL, &bytes)
         };
 
@@ -1021,7 +1244,7 @@ mod tests {
         );
         assert_eq!(drop(&with_header(&|repr| repr.vrid = 52)), DropReason::VridNotConfigured(52));
         assert_eq!(
-            check_received(&with_header(&|_| {}), |_| {
+            check_received_ipv4(&with_header(&|_| {}), |_| {
                 Some(LocalVrid { vips: &[VIP], address_owner: true })
             }),
             Err(DropReason::LocalIsAddressOwner(51))
@@ -1047,12 +1270,23 @@ mod tests {
         assert!(counters.iter().any(|(name, count)| name == "bad_checksum" && count == 2));
     }
 
-    fn any_advertisement() -> impl Strategy<Value = Advertisement> {
+    fn any_family() -> impl Strategy<Value = Family> {
+        prop_oneof![Just(Family::Ipv4), Just(Family::Ipv6)]
+    }
+
+    fn any_address(family: Family) -> BoxedStrategy<IpAddr> {
+        match family {
+            Family::Ipv4 => any::<u32>().prop_map(|a| IpAddr::V4(a.into())).boxed(),
+            Family::Ipv6 => any::<u128>().prop_map(|a| IpAddr::V6(a.into())).boxed(),
+        }
+    }
+
+    fn any_advertisement(family: Family) -> impl Strategy<Value = Advertisement> {
         (
             any::<u8>(),
             any::<u8>(),
             0..=MAX_ADVERT_INTERVAL_CS,
-            proptest::collection::vec(any::<u32>().prop_map(Ipv4Addr::from), 0..=255),
+            proptest::collection::vec(any_address(family), 0..=255),
         )
             .prop_map(|(vrid, priority, max_advert_interval_cs, addresses)| {
                 Advertisement { vrid, priority, max_advert_interval_cs, addresses }
@@ -1066,14 +1300,14 @@ mod tests {
     proptest! {
         #[test]
         fn emit_then_parse_is_identity(
-            repr in any_advertisement(),
+            (family, repr, src, dst) in any_family().prop_flat_map(|family| {
+                (Just(family), any_advertisement(family), any_address(family), any_address(family))
+            }),
             form in any_form(),
-            src in any::<u32>().prop_map(Ipv4Addr::from),
-            dst in any::<u32>().prop_map(Ipv4Addr::from),
         ) {
             let mut bytes = vec![0; repr.buffer_len()];
-            repr.emit(&mut Packet::new_unchecked(&mut bytes), src, dst, form).unwrap();
-            let packet = Packet::new_checked(&bytes[..]).unwrap();
+            repr.emit(&mut Packet::new_unchecked(&mut bytes, family), src, dst, form).unwrap();
+            let packet = Packet::new_checked(&bytes[..], family).unwrap();
             let (parsed, parsed_form) = Advertisement::parse(&packet, src, dst).unwrap();
             prop_assert_eq!(parsed, repr);
             // Both forms can match by coincidence; then the standard one is reported.
@@ -1082,13 +1316,21 @@ mod tests {
 
         #[test]
         fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
-            let _ = check_received(&bytes, |_| Some(LocalVrid { vips: &[VIP], address_owner: false }));
-            if let Ok(packet) = Packet::new_checked(&bytes[..]) {
+            let _ = check_received_ipv4(&bytes, |_| Some(LocalVrid { vips: &[VIP], address_owner: false }));
+            if let Ok(packet) = Packet::new_checked(&bytes[..], Family::Ipv4) {
                 let _ = (packet.version(), packet.msg_type(), packet.vrid(), packet.priority());
                 let _ = (packet.max_advert_interval_cs(), packet.checksum());
                 let _ = packet.addresses().count();
-                let _ = Advertisement::parse(&packet, SRC, MULTICAST_GROUP);
+                let _ = Advertisement::parse(&packet, SRC, GROUP);
             }
+            let over_ipv6 = Datagram {
+                src: LINK_LOCAL,
+                dst: GROUP_V6,
+                ttl: 255,
+                protocol: IP_PROTOCOL,
+                payload: &bytes,
+            };
+            let _ = check_received(over_ipv6, |_| Some(LocalVrid { vips: &[VIP_V6], address_owner: false }));
         }
 
         #[test]
@@ -1097,7 +1339,7 @@ mod tests {
             ttl in prop_oneof![Just(255u8), any::<u8>()],
         ) {
             let datagram = ipv4(SRC, ttl, IP_PROTOCOL, &payload);
-            let _ = check_received(&datagram, |_| Some(LocalVrid { vips: &[VIP], address_owner: false }));
+            let _ = check_received_ipv4(&datagram, |_| Some(LocalVrid { vips: &[VIP], address_owner: false }));
         }
 
         #[test]
@@ -1110,7 +1352,7 @@ mod tests {
             let datagram = ipv4(SRC, 255, IP_PROTOCOL, &bytes);
             // Accepting two checksum forms leaves less margin, but for this packet no one-byte
             // change lands on the other form: each is caught by a check or the checksum.
-            prop_assert!(check_received(&datagram, configured).is_err());
+            prop_assert!(check_received_ipv4(&datagram, configured).is_err());
         }
     }
 }

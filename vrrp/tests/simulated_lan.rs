@@ -2,24 +2,24 @@
 //! multicast bus with latency, optional loss and partitions, and a deterministic RNG.
 //!
 //! Every advertisement goes through the real wire format: emitted, wrapped in an IPv4 header,
-//! and run through `check_received` at each receiver before the router sees it.
+//! and run through `check_received_ipv4` at each receiver before the router sees it.
 
 #![allow(clippy::unwrap_used)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use fulcrum_vrrp::machine::{
     Action, InstanceConfig, Router, State, Timestamp, master_down_interval, skew_time,
 };
-use fulcrum_vrrp::wire::{self, ChecksumForm, Packet, check_received};
+use fulcrum_vrrp::wire::{self, ChecksumForm, Family, Packet, check_received_ipv4};
 
 /// One-way delay of the simulated link.
 const LATENCY: Duration = Duration::from_millis(1);
 const VRID: u8 = 51;
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 100));
 /// Every router here advertises once a second.
 const INTERVAL_CS: u16 = 100;
 
@@ -100,7 +100,7 @@ impl Lan {
     /// Adds a router, not yet started, on 198.18.0.11 upward.
     fn add(&mut self, priority: u8, edit: impl FnOnce(&mut InstanceConfig)) -> usize {
         let index = self.nodes.len();
-        let address = Ipv4Addr::new(198, 18, 0, 11 + u8::try_from(index).unwrap());
+        let address = IpAddr::from([198, 18, 0, 11 + u8::try_from(index).unwrap()]);
         let mut config =
             InstanceConfig { priority, ..InstanceConfig::new(VRID, address, vec![VIP]) };
         edit(&mut config);
@@ -175,7 +175,7 @@ impl Lan {
         if !node.up {
             return;
         }
-        let received = check_received(&message.datagram, |vrid| {
+        let received = check_received_ipv4(&message.datagram, |vrid| {
             (vrid == VRID).then(|| node.router.local_vrid())
         })
         .unwrap();
@@ -212,9 +212,9 @@ impl Lan {
         let advertisement = router.advertisement(priority);
         let src = router.config().primary_address;
         let mut vrrp = vec![0; advertisement.buffer_len()];
-        let mut packet = Packet::new_unchecked(&mut vrrp);
+        let mut packet = Packet::new_unchecked(&mut vrrp, Family::Ipv4);
         advertisement
-            .emit(&mut packet, src, wire::MULTICAST_GROUP, ChecksumForm::PseudoHeader)
+            .emit(&mut packet, src, Family::Ipv4.multicast_group(), ChecksumForm::PseudoHeader)
             .unwrap();
         let datagram = ipv4_datagram(src, &vrrp);
         self.nodes[from].last_advert_sent = Some(self.now);
@@ -278,7 +278,8 @@ impl Lan {
 }
 
 /// The IPv4 header the receiving kernel hands to a raw socket, in front of `payload`.
-fn ipv4_datagram(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+fn ipv4_datagram(src: IpAddr, payload: &[u8]) -> Vec<u8> {
+    let IpAddr::V4(src) = src else { panic!("{src} is not IPv4") };
     let total = u16::try_from(20 + payload.len()).unwrap();
     let mut datagram = vec![0x45, 0xc0];
     datagram.extend_from_slice(&total.to_be_bytes());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fulcrum_vrrp::interface_address;
+use fulcrum_vrrp::{Family, interface_address};
 use fulcrum_vrrp::{OWNER_PRIORITY, State};
 use tokio_util::sync::CancellationToken;
 
@@ -151,8 +151,17 @@ impl Node {
     async fn start_drain(self: &Arc<Self>, local: &LocalVrid) -> DrainStart {
         let Some((handover, _)) = &self.handover else { return DrainStart::Unavailable };
         let vrid = local.vrid;
-        let all_vips: Vec<Ipv4Addr> = self.vrids.iter().flat_map(|v| v.vips.clone()).collect();
-        let Some(via) = interface_address(&local.interface, &all_vips) else {
+        if local.vips.is_empty() {
+            tracing::warn!(
+                vrid,
+                "second-chance forwarding covers IPv4 VIPs only: this VRID's IPv6 VIPs move without their connections"
+            );
+            return DrainStart::Unavailable;
+        }
+        let all_vips: Vec<IpAddr> =
+            self.vrids.iter().flat_map(|v| v.vips.iter().map(|vip| IpAddr::V4(*vip))).collect();
+        let Some(IpAddr::V4(via)) = interface_address(&local.interface, Family::Ipv4, &all_vips)
+        else {
             tracing::warn!(vrid, interface = %local.interface, "no IPv4 address of this node's own on the link to forward to: the VIP moves without its connections");
             return DrainStart::Unavailable;
         };

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -383,7 +383,7 @@ impl Handover {
         });
         handover.reconcile().await?;
         for vip in vips {
-            handover.loopback.remove(*vip).await?;
+            handover.loopback.remove(IpAddr::V4(*vip)).await?;
         }
         let weak = Arc::downgrade(&handover);
         tokio::spawn(async move {
@@ -415,7 +415,7 @@ impl Handover {
             state.own.insert(vrid, OwnDrain { vips: vips.to_vec(), source });
         }
         for vip in vips {
-            if let Err(error) = self.loopback.add(*vip).await {
+            if let Err(error) = self.loopback.add(IpAddr::V4(*vip)).await {
                 self.release(vrid).await;
                 return Err(error.into());
             }
@@ -433,7 +433,7 @@ impl Handover {
         let Some(drain) = lock(&self.state).own.get(&vrid).cloned() else { return };
         let mut kept = Vec::new();
         for vip in &drain.vips {
-            if let Err(error) = self.loopback.remove(*vip).await {
+            if let Err(error) = self.loopback.remove(IpAddr::V4(*vip)).await {
                 tracing::error!(vrid, %vip, "cannot take a drained VIP off lo, so it stays hidden from ARP: {error}");
                 kept.push(*vip);
             }

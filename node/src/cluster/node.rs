@@ -29,7 +29,8 @@ pub struct LocalVrid {
     pub vrid: u8,
     /// Its link.
     pub interface: String,
-    /// Its addresses.
+    /// Its IPv4 addresses: those a hand-over keeps connections to (second-chance forwarding
+    /// does not cover IPv6 yet).
     pub vips: Vec<Ipv4Addr>,
 }
 

@@ -114,10 +114,13 @@ impl Daemon {
             .iter()
             .map(|i| {
                 let fence = node.fenced().then(|| node.fence_times());
-                i.settings(fence, |interface| interface_address(interface, &i.vips))
+                i.settings(fence, |interface, family| interface_address(interface, family, &i.vips))
             })
-            .collect::<Result<_, _>>()
-            .with_context(node_file)?;
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(node_file)?
+            .into_iter()
+            .flatten()
+            .collect();
         let admin_token =
             node.admin.as_ref().map(|a| a.token()).transpose().with_context(node_file)?;
         let read_token = match &node.admin {
@@ -214,7 +217,7 @@ impl Daemon {
             .map(|i| LocalVrid {
                 vrid: i.vrid,
                 interface: i.interface.clone(),
-                vips: i.vips.clone(),
+                vips: i.ipv4_vips(),
             })
             .collect();
         let vrrp = self.vrrp.clone().zip(priorities);
@@ -359,7 +362,8 @@ async fn serve_configuration(
 /// moves its VIPs, only not their connections.
 async fn start_handover(node: &NodeFile) -> anyhow::Result<Option<Arc<Handover>>> {
     let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
-    let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.vips.iter().copied()).collect();
+    // The fence's kernel side and second-chance forwarding cover IPv4 VIPs only so far.
+    let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.ipv4_vips()).collect();
     let fenced = if node.fenced() { vips.clone() } else { Vec::new() };
     match Handover::start(&interfaces, &vips, &fenced).await {
         Ok(handover) => Ok(Some(handover)),
