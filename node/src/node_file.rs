@@ -623,6 +623,8 @@ impl VrrpInstance {
         router.preempt_delay = self.preempt_delay;
         // Fenced, a forged advertisement claiming a long interval cannot stretch a takeover.
         router.cap_master_interval = fence.is_some();
+        // A dual-stack VRID moves as one: its IPv6 router goes where the IPv4 one is master.
+        router.follower = family == Family::Ipv6 && self.vips.iter().any(IpAddr::is_ipv4);
         InstanceSettings {
             interface: self.interface.clone(),
             router,
@@ -703,6 +705,8 @@ mod tests {
                 ),
             ]
         );
+        // The IPv6 router follows the IPv4 one, so the VRID moves as one.
+        assert_eq!(settings.iter().map(|s| s.router.follower).collect::<Vec<_>>(), [false, true]);
         assert_eq!(file.vrrp[0].ipv4_vips(), [Ipv4Addr::new(198, 18, 0, 100)]);
         // Without a link-local address on the interface, the IPv6 router is named as missing one.
         let err = file.vrrp[0]

@@ -416,6 +416,43 @@ fn over_ipv6_keepalived_master_and_fulcrumd_backup_interoperate() {
     interop(Implementation::Keepalived, Implementation::Fulcrumd, vip_v6(1).into());
 }
 
+#[test]
+fn a_dual_stack_vrid_moves_both_addresses_together_on_every_failover() {
+    let cluster = cluster(3);
+    let vips: [IpAddr; 2] = [vip(1).into(), vip_v6(1).into()];
+    let mut routers: Vec<LabProcess> = [150, 120, 100]
+        .iter()
+        .enumerate()
+        .map(|(lb, &priority)| {
+            cluster.start(lb, Implementation::Fulcrumd, &[instance(51, priority, &vips)])
+        })
+        .collect();
+    let both_on = |lb: usize| {
+        for vip in vips {
+            cluster.wait_for_holder(lb, vip);
+            let name = cluster.lbs[lb].name.clone();
+            assert_eq!(cluster.probe(vip, 3).answers.get(&name), Some(&3), "{vip} on {name}");
+        }
+    };
+    both_on(0);
+
+    // A crash: lb2's IPv4 router takes over, and its IPv6 router follows it.
+    cluster.crash(0, &mut routers[0]);
+    both_on(1);
+    let line = routers[1]
+        .wait_for(
+            "its IPv6 router following",
+            |l| l.contains(r#""takeover":"Some(Leader)""#),
+            SETTLE,
+        )
+        .unwrap();
+    assert!(line.contains(r#""to":"Master""#), "{line}");
+
+    // A planned stop: lb2 resigns both, lb3 takes both.
+    routers[1].signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    both_on(2);
+}
+
 /// Wireshark's fields for what the IPv6 test checks of each captured packet.
 const DECODED_FIELDS: [&str; 11] = [
     "eth.src",

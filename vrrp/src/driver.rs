@@ -166,6 +166,12 @@ impl Vrrp {
             Router::new(settings.router.clone())
                 .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
             let key = LinkKey { interface: settings.interface.clone(), family: settings.family() };
+            if settings.router.follower && key.family == Family::Ipv4 {
+                return Err(DriverError::NoGroupLeader {
+                    vrid: settings.router.vrid,
+                    interface: settings.interface,
+                });
+            }
             match links.iter_mut().find(|(link, _)| *link == key) {
                 Some((_, list)) if list.iter().any(|s| s.router.vrid == settings.router.vrid) => {
                     return Err(DriverError::DuplicateVrid {
@@ -176,6 +182,23 @@ impl Vrrp {
                 }
                 Some((_, list)) => list.push(settings),
                 None => links.push((key, vec![settings])),
+            }
+        }
+        let leads = |key: &LinkKey, vrid: u8| {
+            key.family == Family::Ipv4
+                && links.iter().any(|(k, list)| {
+                    k == key && list.iter().any(|s| s.router.vrid == vrid && !s.router.follower)
+                })
+        };
+        for (key, list) in &links {
+            let leader = LinkKey { family: Family::Ipv4, ..key.clone() };
+            if let Some(orphan) =
+                list.iter().find(|s| s.router.follower && !leads(&leader, s.router.vrid))
+            {
+                return Err(DriverError::NoGroupLeader {
+                    vrid: orphan.router.vrid,
+                    interface: key.interface.clone(),
+                });
             }
         }
         let initial = Status {
@@ -473,10 +496,17 @@ impl Link {
             self.carry_out(index).await;
         }
         self.publish();
+        let mut leaders = self.status.subscribe();
+        let follows = self.instances.iter().any(|i| i.router.config().follower);
         let mut buffer = vec![0u8; RECEIVE_BUFFER];
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
+                changed = leaders.changed(), if follows => match changed {
+                    Ok(()) => self.follow_leaders().await,
+                    // The sender lives as long as the driver: nothing to follow any more.
+                    Err(_) => return,
+                },
                 message = control.recv() => match message {
                     Ok(Control::Penalty { vrid, penalty }) => {
                         let now = self.now();
@@ -797,24 +827,32 @@ impl Link {
         }));
     }
 
+    /// Publishes this link's part of the status; watchers (the node, and the other family's
+    /// link when it has followers) wake only when something changed.
     fn publish(&self) {
-        self.status.send_modify(|status| {
+        self.status.send_if_modified(|status| {
+            let mut modified = false;
             for instance in &self.instances {
                 let vrid = instance.router.config().vrid;
                 let entry = status.instances.iter_mut().find(|s| {
                     s.interface == self.interface && s.family == self.family && s.vrid == vrid
                 });
                 if let Some(entry) = entry {
-                    entry.state = instance.router.state();
-                    entry.priority = instance.router.priority();
-                    entry.master = match instance.router.state() {
-                        State::Initialize => None,
-                        _ => instance.master,
+                    let now = InstanceStatus {
+                        state: instance.router.state(),
+                        priority: instance.router.priority(),
+                        master: match instance.router.state() {
+                            State::Initialize => None,
+                            _ => instance.master,
+                        },
+                        adverts_sent: instance.adverts_sent,
+                        adverts_received: instance.adverts_received,
+                        transitions: instance.transitions,
+                        holding: instance.holding,
+                        ..entry.clone()
                     };
-                    entry.adverts_sent = instance.adverts_sent;
-                    entry.adverts_received = instance.adverts_received;
-                    entry.transitions = instance.transitions;
-                    entry.holding = instance.holding;
+                    modified |= *entry != now;
+                    *entry = now;
                 }
             }
             let link = status
@@ -822,10 +860,35 @@ impl Link {
                 .iter_mut()
                 .find(|l| l.interface == self.interface && l.family == self.family);
             if let Some(link) = link {
+                modified |= link.drops != self.drops || link.unknown_peer != self.unknown_peer;
                 link.drops = self.drops;
                 link.unknown_peer = self.unknown_peer;
             }
+            modified
         });
+    }
+
+    /// Moves each follower to where its leader is: master with it, backup without it.
+    async fn follow_leaders(&mut self) {
+        let now = self.now();
+        let leaders: Vec<(u8, bool)> = self
+            .status
+            .borrow()
+            .instances
+            .iter()
+            .filter(|s| s.interface == self.interface && s.family == Family::Ipv4)
+            .map(|s| (s.vrid, s.state == State::Master))
+            .collect();
+        for index in 0..self.instances.len() {
+            let config = self.instances[index].router.config();
+            if !config.follower {
+                continue;
+            }
+            let vrid = config.vrid;
+            let leader_is_master = leaders.iter().any(|(v, master)| *v == vrid && *master);
+            self.instances[index].router.follow(now, leader_is_master);
+            self.carry_out(index).await;
+        }
     }
 }
 

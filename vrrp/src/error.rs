@@ -31,6 +31,14 @@ pub enum DriverError {
         /// The family: a VRID may run once for IPv4 and once for IPv6.
         family: crate::wire::Family,
     },
+    /// A follower needs an IPv4 router of its VRID on its interface to follow.
+    #[error("VRID {vrid} on {interface}: a follower needs the IPv4 router of its VRID to lead it")]
+    NoGroupLeader {
+        /// The VRID.
+        vrid: u8,
+        /// The interface.
+        interface: String,
+    },
     /// A system call failed.
     #[error("{what}: {source}")]
     Io {

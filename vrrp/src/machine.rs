@@ -111,6 +111,12 @@ pub struct InstanceConfig {
     /// Master_Down_Timer (a departure from RFC 9568, for a fenced cluster: an advertisement
     /// claiming a long interval cannot stretch a takeover).
     pub cap_master_interval: bool,
+    /// Whether this router follows another instead of electing: the IPv6 router of a
+    /// dual-stack VRID, kept on the node where the VRID's IPv4 router (the group's leader) is
+    /// master, as a keepalived sync group keeps its members together. It still advertises, answers and
+    /// steps down before a better master, but never takes over on its own: see
+    /// [`Router::follow`].
+    pub follower: bool,
 }
 
 impl InstanceConfig {
@@ -127,6 +133,7 @@ impl InstanceConfig {
             vips,
             accept_mode: true,
             cap_master_interval: false,
+            follower: false,
         }
     }
 }
@@ -218,6 +225,8 @@ pub enum Takeover {
     /// No advertisement came for Master_Down_Interval: the master fell silent, or this
     /// router outranks it and preempts.
     MasterSilent,
+    /// A follower: its group's leading router became master here.
+    Leader,
 }
 
 /// One virtual router (one VRID) on this node.
@@ -395,6 +404,12 @@ impl Router {
     /// over, a master advertises.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         match self.phase {
+            // A follower waits for its leader, whatever the master of its own family does.
+            Phase::Backup { master_down_at, master_adver_interval_cs, .. }
+                if now >= master_down_at && self.config.follower =>
+            {
+                self.enter_backup(now, master_adver_interval_cs)
+            }
             Phase::Backup { master_down_at, .. } if now >= master_down_at => {
                 self.become_master(now)
             }
@@ -433,6 +448,31 @@ impl Router {
             Action::StateChanged { from: State::Master, to: State::Backup },
         ]);
         self.enter_backup(now, self.advert_interval_cs);
+    }
+
+    /// For a follower: takes over at once when its group's leader on this node is master
+    /// (`leader_is_master`), and steps down (a priority-0 advertisement, so the new leader's
+    /// follower takes over after its Skew_Time at most) when it no longer is. Ignored by a
+    /// router that is not a follower, and in [`State::Initialize`].
+    pub fn follow(&mut self, now: Timestamp, leader_is_master: bool) {
+        if !self.config.follower {
+            return;
+        }
+        match (self.phase, leader_is_master) {
+            (Phase::Backup { .. }, true) => {
+                self.become_master(now);
+                self.takeover = Some(Takeover::Leader);
+            }
+            (Phase::Master { .. }, false) => {
+                self.actions.extend([
+                    Action::SendAdvert { priority: STEP_DOWN_PRIORITY },
+                    Action::RemoveVips,
+                    Action::StateChanged { from: State::Master, to: State::Backup },
+                ]);
+                self.enter_backup(now, self.advert_interval_cs);
+            }
+            _ => {}
+        }
     }
 
     /// The Shutdown event: a master steps down with a priority-0 advertisement so a backup
@@ -783,6 +823,39 @@ mod tests {
         let mut owner = Router::new(config(OWNER_PRIORITY)).unwrap();
         owner.handle_startup(Timestamp::ZERO);
         assert_eq!(owner.takeover(), Some(Takeover::Owner));
+    }
+
+    #[test]
+    fn a_follower_takes_over_and_steps_down_with_its_leader_never_on_its_own() {
+        let follower = InstanceConfig { follower: true, ..config(100) };
+        let mut router = backup(follower, Timestamp::ZERO);
+        // The master of its own family falls silent: a follower waits on.
+        let deadline = router.poll_timeout().unwrap();
+        router.handle_timeout(deadline);
+        assert_eq!((router.state(), drain(&mut router)), (State::Backup, vec![]));
+        assert!(router.poll_timeout().unwrap() > deadline, "the timer runs on");
+
+        router.follow(at(5_000), false);
+        assert_eq!(drain(&mut router), []);
+        router.follow(at(5_000), true);
+        assert_eq!(drain(&mut router), became_master(State::Backup, 100));
+        assert_eq!(router.takeover(), Some(Takeover::Leader));
+        router.follow(at(5_100), true);
+        assert_eq!(drain(&mut router), [], "already master");
+
+        router.follow(at(6_000), false);
+        assert_eq!(
+            drain(&mut router),
+            [
+                Action::SendAdvert { priority: 0 },
+                Action::RemoveVips,
+                Action::StateChanged { from: State::Master, to: State::Backup },
+            ]
+        );
+        // Routers that elect ignore it.
+        let mut elects = backup(config(100), Timestamp::ZERO);
+        elects.follow(at(5_000), true);
+        assert_eq!((elects.state(), drain(&mut elects)), (State::Backup, vec![]));
     }
 
     #[test]
