@@ -31,7 +31,7 @@
 //!
 //! Every error is an [`ErrorBody`] with a 4xx or 5xx status.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,7 @@ pub struct VrrpStatus {
     /// The priority advertised now, after penalties.
     pub priority: u8,
     /// Its virtual addresses.
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// Whether the VIPs are on this node's interface now (master, and with a lease if
     /// fenced).
     #[serde(default)]
@@ -179,7 +179,7 @@ pub struct VipOwner {
     /// The VRID.
     pub vrid: u8,
     /// Its addresses.
-    pub vips: Vec<Ipv4Addr>,
+    pub vips: Vec<IpAddr>,
     /// The nodes that report being VRRP master: one when all is well, none during an
     /// election; two while VRRP is partitioned (the fence then lets only one hold the VIPs).
     pub masters: Vec<u64>,

@@ -6,7 +6,7 @@
 //! its link is up, the address is on it, and its kernel lets ARP replies for it out: a node
 //! with the quorum fence does so only while the VIP is in its `held` set.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::routers::INTERFACE;
 use crate::{Host, Lab, LabError};
@@ -84,13 +84,16 @@ impl Lab {
     }
 
     /// Whether `host` answers for `vip` now: its link is up, the address is on it, and its
-    /// kernel lets ARP replies for it through (a fenced node's `held` set holds it; a host
-    /// without the fence's table answers whenever it has the address; an `nft` that fails
-    /// on a fenced host is an error, not a guess). One command, so sampling stays fast.
-    pub fn answers(&self, host: &Host, vip: Ipv4Addr) -> Result<bool, LabError> {
+    /// kernel lets ARP replies or Neighbor Advertisements for it through (a fenced node's
+    /// `held` set holds it; a host without the fence's table answers whenever it has the
+    /// address; an `nft` that fails on a fenced host is an error, not a guess). One command,
+    /// so sampling stays fast.
+    pub fn answers(&self, host: &Host, vip: impl Into<IpAddr>) -> Result<bool, LabError> {
+        let vip = vip.into();
+        let (family, table) = if vip.is_ipv4() { ("-4", "arp") } else { ("-6", "ip6") };
         let script = format!(
-            "ip -o link show dev {INTERFACE}; ip -o -4 addr show dev {INTERFACE}; echo '--'; \
-             if nft list table arp fulcrum >/dev/null 2>&1; then nft list set arp fulcrum held; \
+            "ip -o link show dev {INTERFACE}; ip -o {family} addr show dev {INTERFACE}; echo '--'; \
+             if nft list table {table} fulcrum >/dev/null 2>&1; then nft list set {table} fulcrum held; \
              else echo 'no fence'; fi"
         );
         let output = self.exec(host, "sh", &["-c", &script])?;
@@ -99,13 +102,17 @@ impl Lab {
         let has_address = interface.contains(&format!(" {vip}/"));
         let vip_text = vip.to_string();
         let fence_lets_through = fence.trim() == "no fence"
-            || fence.split(|c: char| !(c.is_ascii_digit() || c == '.')).any(|w| w == vip_text);
+            || fence.split(|c: char| c.is_whitespace() || ",{}".contains(c)).any(|w| w == vip_text);
         Ok(link_up && has_address && fence_lets_through)
     }
 
     /// Those of `hosts` that answer for `vip` now, each asked at the same time (one thread
     /// per host), so the answers are close together in time.
-    pub fn answering(&self, hosts: &[Host], vip: Ipv4Addr) -> Result<Vec<String>, LabError> {
+    pub fn answering(
+        &self,
+        hosts: &[Host],
+        vip: impl Into<IpAddr> + Copy + Send,
+    ) -> Result<Vec<String>, LabError> {
         let answers: Vec<Result<bool, LabError>> = std::thread::scope(|scope| {
             let asked: Vec<_> =
                 hosts.iter().map(|host| scope.spawn(move || self.answers(host, vip))).collect();

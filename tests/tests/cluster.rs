@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // In a test, a panic is the failure report.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::routers::Instance;
 use fulcrum_lab::serving::{Download, download_slow, echo_session, metric};
-use fulcrum_lab::topology::vip;
+use fulcrum_lab::topology::{vip, vip_v6};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 
 const LAB_BINARY: &str = env!("CARGO_BIN_EXE_fulcrum-lab");
@@ -49,16 +49,17 @@ fn cluster_with_witnesses(
     witnesses: usize,
     backends: usize,
 ) -> Cluster {
-    build_cluster(load_balancers, voters, witnesses, backends, |_, _| None)
+    build_cluster(load_balancers, voters, witnesses, backends, &[vip(1).into()], |_, _| None)
 }
 
-/// As [`cluster_with_witnesses`], node `i` looking up the programs it runs in `tools(lab, i)`
-/// first, if given.
+/// As [`cluster_with_witnesses`], VRID 51 protecting `vips`, node `i` looking up the programs
+/// it runs in `tools(lab, i)` first, if given.
 fn build_cluster(
     load_balancers: usize,
     voters: usize,
     witnesses: usize,
     backends: usize,
+    vips: &[IpAddr],
     tools: impl Fn(&Lab, usize) -> Option<std::path::PathBuf>,
 ) -> Cluster {
     let topology = Topology { load_balancers, backends, prefix: None };
@@ -71,7 +72,7 @@ fn build_cluster(
         .iter()
         .enumerate()
         .map(|(i, lb)| {
-            let instance = Instance::ranked(VRID, i, &[vip(1)]);
+            let instance = Instance::ranked(VRID, i, vips);
             let instances = if i < voters - witnesses { vec![instance] } else { Vec::new() };
             let tools = tools(&lab, i);
             lab.start_cluster_node_with_tools(
@@ -615,7 +616,7 @@ printf '%s\n' "$script" | exec REAL_NFT "$@"
 #[test]
 fn a_successor_that_cannot_load_its_forwarding_rules_is_reported_and_the_vip_moves_anyway() {
     // lb2 runs with an nft that refuses the forwarding rules.
-    let mut c = build_cluster(3, 3, 0, 1, |lab, i| {
+    let mut c = build_cluster(3, 3, 0, 1, &[vip(1).into()], |lab, i| {
         (i == 1).then(|| {
             let tools = lab.log_dir().join("refusing-nft");
             std::fs::create_dir_all(&tools).unwrap();
@@ -777,6 +778,46 @@ fn a_master_cut_off_from_its_peers_lets_the_vip_go_before_another_takes_it() {
     let seen = watch_answering(&c, Duration::from_secs(6), "after the partition healed");
     println!("after healing, first answering: {seen:?}");
     assert_eq!(answering(&c), [c.lbs[0].name.clone()], "lb1 holds again once healed");
+}
+
+#[test]
+fn a_killed_master_of_a_dual_stack_vip_stops_answering_for_both_by_itself() {
+    let mut c = build_cluster(3, 3, 0, 1, &[vip(1).into(), vip_v6(1).into()], |_, _| None);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    c.apply(&c.lbs[0], &c.backends.iter().collect::<Vec<_>>());
+    let vips: [IpAddr; 2] = [vip(1).into(), vip_v6(1).into()];
+    let answering = |vip: IpAddr| c.lab.answering(&c.lbs, vip).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vips.iter().any(|vip| answering(*vip) != [c.lbs[0].name.clone()]) {
+        assert!(Instant::now() < deadline, "lb1 does not answer for both VIPs alone");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The IPv6 fence is in the kernel: lb1's ip6 table holds the IPv6 VIP.
+    let ruleset = c.lab.ruleset(&c.lbs[0]).unwrap();
+    assert!(ruleset.contains("table ip6 fulcrum"), "{ruleset}");
+
+    // Killed with its host up, lb1 leaves both VIPs behind; its kernel stops answering for
+    // each when the lease runs out (the address lifetimes and the held sets), and lb2 takes
+    // both, never while lb1 still answers for either.
+    c.nodes[0].crash().unwrap();
+    let started = Instant::now();
+    let mut taken = [None, None];
+    while started.elapsed() < Duration::from_secs(8) {
+        for (index, vip) in vips.iter().enumerate() {
+            let now = answering(*vip);
+            assert!(now.len() <= 1, "{now:?} answer for {vip} at once, {:?} in", started.elapsed());
+            if now == [c.lbs[1].name.clone()] && taken[index].is_none() {
+                taken[index] = Some(started.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "lb1 killed; lb2 answered for {} after {:?}, for {} after {:?}",
+        vips[0], taken[0], vips[1], taken[1]
+    );
+    assert!(taken.iter().all(Option::is_some), "lb2 did not take both: {taken:?}");
 }
 
 #[test]

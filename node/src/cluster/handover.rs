@@ -151,21 +151,23 @@ impl Node {
     async fn start_drain(self: &Arc<Self>, local: &LocalVrid) -> DrainStart {
         let Some((handover, _)) = &self.handover else { return DrainStart::Unavailable };
         let vrid = local.vrid;
-        if local.vips.is_empty() {
+        let vips = local.ipv4_vips();
+        if vips.len() < local.vips.len() {
             tracing::warn!(
                 vrid,
                 "second-chance forwarding covers IPv4 VIPs only: this VRID's IPv6 VIPs move without their connections"
             );
+        }
+        if vips.is_empty() {
             return DrainStart::Unavailable;
         }
-        let all_vips: Vec<IpAddr> =
-            self.vrids.iter().flat_map(|v| v.vips.iter().map(|vip| IpAddr::V4(*vip))).collect();
+        let all_vips: Vec<IpAddr> = self.vrids.iter().flat_map(|v| v.vips.clone()).collect();
         let Some(IpAddr::V4(via)) = interface_address(&local.interface, Family::Ipv4, &all_vips)
         else {
             tracing::warn!(vrid, interface = %local.interface, "no IPv4 address of this node's own on the link to forward to: the VIP moves without its connections");
             return DrainStart::Unavailable;
         };
-        match handover.hold(vrid, &local.vips, via).await {
+        match handover.hold(vrid, &vips, via).await {
             Ok(true) => {}
             Ok(false) => return DrainStart::UnderWay,
             Err(error) => {
@@ -175,7 +177,7 @@ impl Node {
         }
         let request = PeerRequest::Draining {
             vrid,
-            vips: local.vips.clone(),
+            vips: vips.clone(),
             via,
             lease_ms: DRAIN_LEASE.as_millis() as u64,
         };
@@ -214,7 +216,7 @@ impl Node {
                 }
             }
         });
-        let drain = Drain { vrid, vips: local.vips.clone(), via, stop_renewing, renewals };
+        let drain = Drain { vrid, vips, via, stop_renewing, renewals };
         tracing::info!(vrid, vips = ?drain.vips, peers_forwarding = ?forwarding, "handing the VIP over: its connections drain here");
         DrainStart::Started(drain)
     }
@@ -305,7 +307,8 @@ impl Node {
         else {
             return PeerAnswer::Noted(false);
         };
-        let vips: Vec<Ipv4Addr> = vips.into_iter().filter(|vip| local.vips.contains(vip)).collect();
+        let vips: Vec<Ipv4Addr> =
+            vips.into_iter().filter(|vip| local.vips.contains(&IpAddr::V4(*vip))).collect();
         if vips.is_empty() {
             return PeerAnswer::Noted(false);
         }

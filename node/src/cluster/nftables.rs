@@ -25,6 +25,9 @@
 //! The same tables carry the quorum fence's kernel side: the `fenced` set (the VIPs under the
 //! fence) and the `held` set (those this node holds a lease for, each element timing out with
 //! the lease); ARP replies and new connections for a fenced VIP pass only while it is held.
+//! IPv6 VIPs have the fence in an `ip6` table of their own (new connections, and Neighbor
+//! Advertisements, which the kernel sends from the VIP itself); second-chance forwarding is
+//! IPv4 only so far.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -40,7 +43,7 @@ use tokio::time::Instant;
 
 use fulcrum_policy::lock;
 
-/// The nftables table (in the `ip` and `arp` families) that holds this node's rules.
+/// The nftables table (in the `ip`, `ip6` and `arp` families) that holds this node's rules.
 const TABLE: &str = "fulcrum";
 /// How much earlier than the lease a fenced VIP's `held` element is set to end: room for
 /// `nft` to apply it late without the kernel answering past the lease.
@@ -110,15 +113,26 @@ pub(crate) struct Rules {
     pub forward: Vec<Forward>,
     /// VIPs this node drains.
     pub hidden: Vec<Hidden>,
-    /// VIPs under the quorum fence: ARP replies for them leave, and new connections to them
-    /// come in, only while they are in the `held` set, whose elements time out with the
-    /// lease (see `fence`).
-    pub fenced: Vec<Ipv4Addr>,
+    /// VIPs under the quorum fence: ARP replies or Neighbor Advertisements for them leave,
+    /// and new connections to them come in, only while they are in the `held` set, whose
+    /// elements time out with the lease (see `fence`).
+    pub fenced: Vec<IpAddr>,
 }
 
 /// The `held` set's elements: a fenced VIP this node holds a lease for, with how long the
 /// lease runs yet.
-pub(crate) type Held = [(Ipv4Addr, Duration)];
+pub(crate) type Held = [(IpAddr, Duration)];
+
+/// The tables an IPv4 VIP's fence elements go in, or an IPv6 VIP's.
+fn fence_tables(vip: IpAddr) -> &'static [&'static str] {
+    match vip {
+        IpAddr::V4(_) => &["ip", "arp"],
+        IpAddr::V6(_) => &["ip6"],
+    }
+}
+
+/// Every table family this node writes.
+const TABLE_FAMILIES: [&str; 3] = ["ip", "ip6", "arp"];
 
 /// The name of the set of fenced VIPs this node may answer for, in both tables.
 const HELD: &str = "held";
@@ -128,12 +142,9 @@ const HELD: &str = "held";
 pub(crate) fn render(rules: &Rules, held: &Held) -> String {
     let mut script = String::new();
     let s = &mut script;
-    for family in ["ip", "arp"] {
-        // Adding first makes the delete valid whether or not the table exists.
-        let _ = writeln!(s, "add table {family} {TABLE}\ndelete table {family} {TABLE}");
-    }
+    s.push_str(&render_removal());
     let _ = writeln!(s, "table ip {TABLE} {{");
-    render_fence_sets(s, rules, held);
+    render_fence_sets(s, "ip", rules, held);
     let _ = writeln!(s, "\tchain fence {{");
     // After conntrack: a connection established while this node held the VIP (or one it
     // drains after a hand-over) carries on; nothing new starts here without the lease.
@@ -163,8 +174,21 @@ pub(crate) fn render(rules: &Rules, held: &Held) -> String {
         );
     }
     let _ = writeln!(s, "\t}}\n}}");
+    let _ = writeln!(s, "table ip6 {TABLE} {{");
+    render_fence_sets(s, "ip6", rules, held);
+    let _ = writeln!(s, "\tchain fence {{");
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    let _ = writeln!(s, "\t\tip6 daddr @fenced ip6 daddr != @{HELD} ct state new drop");
+    let _ = writeln!(s, "\t}}\n\tchain fence_announce {{");
+    let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
+    // The kernel answers a solicitation for an address of its own from that address.
+    let _ = writeln!(
+        s,
+        "\t\ticmpv6 type nd-neighbor-advert ip6 saddr @fenced ip6 saddr != @{HELD} drop"
+    );
+    let _ = writeln!(s, "\t}}\n}}");
     let _ = writeln!(s, "table arp {TABLE} {{");
-    render_fence_sets(s, rules, held);
+    render_fence_sets(s, "arp", rules, held);
     let _ = writeln!(s, "\tchain fence {{");
     let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
     let _ =
@@ -184,16 +208,19 @@ pub(crate) fn render(rules: &Rules, held: &Held) -> String {
     script
 }
 
-/// The `fenced` and `held` sets of one table.
-fn render_fence_sets(s: &mut String, rules: &Rules, held: &Held) {
-    let _ = writeln!(s, "\tset fenced {{\n\t\ttype ipv4_addr");
-    if !rules.fenced.is_empty() {
-        let _ = writeln!(s, "\t\telements = {{ {} }}", list(rules.fenced.iter()));
+/// The `fenced` and `held` sets of the table of `family`, with the VIPs that go in it.
+fn render_fence_sets(s: &mut String, family: &str, rules: &Rules, held: &Held) {
+    let here = |vip: &IpAddr| fence_tables(*vip).contains(&family);
+    let address_type = if family == "ip6" { "ipv6_addr" } else { "ipv4_addr" };
+    let _ = writeln!(s, "\tset fenced {{\n\t\ttype {address_type}");
+    let fenced: Vec<&IpAddr> = rules.fenced.iter().filter(|vip| here(vip)).collect();
+    if !fenced.is_empty() {
+        let _ = writeln!(s, "\t\telements = {{ {} }}", list(fenced.iter()));
     }
-    let _ = writeln!(s, "\t}}\n\tset {HELD} {{\n\t\ttype ipv4_addr\n\t\tflags timeout");
+    let _ = writeln!(s, "\t}}\n\tset {HELD} {{\n\t\ttype {address_type}\n\t\tflags timeout");
     let live: Vec<String> = held
         .iter()
-        .filter(|(_, left)| left.as_millis() > 0)
+        .filter(|(vip, left)| here(vip) && left.as_millis() > 0)
         .map(|(vip, left)| format!("{vip} timeout {}ms", left.as_millis()))
         .collect();
     if !live.is_empty() {
@@ -205,13 +232,13 @@ fn render_fence_sets(s: &mut String, rules: &Rules, held: &Held) {
 /// The script that puts `held` in the `held` sets with fresh timeouts (an element's timeout
 /// is set only when it is added, so each is added, deleted and added again, all in one
 /// transaction) and takes `dropped` out.
-pub(crate) fn render_held(held: &Held, dropped: &[Ipv4Addr]) -> String {
+pub(crate) fn render_held(held: &Held, dropped: &[IpAddr]) -> String {
     let mut script = String::new();
     let gone = dropped.iter().map(|vip| (*vip, Duration::ZERO));
-    let elements: Vec<(Ipv4Addr, Duration)> = held.iter().copied().chain(gone).collect();
-    for family in ["ip", "arp"] {
+    let elements: Vec<(IpAddr, Duration)> = held.iter().copied().chain(gone).collect();
+    for family in TABLE_FAMILIES {
         let set = format!("{family} {TABLE} {HELD}");
-        for (vip, left) in &elements {
+        for (vip, left) in elements.iter().filter(|(vip, _)| fence_tables(*vip).contains(&family)) {
             let _ = writeln!(script, "add element {set} {{ {vip} }}");
             let _ = writeln!(script, "delete element {set} {{ {vip} }}");
             if left.as_millis() > 0 {
@@ -232,7 +259,8 @@ fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
 
 /// The script that removes this node's tables.
 fn render_removal() -> String {
-    ["ip", "arp"]
+    // Adding first makes the delete valid whether or not the table exists.
+    TABLE_FAMILIES
         .iter()
         .map(|family| format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
         .collect()
@@ -313,9 +341,9 @@ struct State {
     /// By VRID.
     own: BTreeMap<u8, OwnDrain>,
     /// The VIPs under the quorum fence.
-    fenced: Vec<Ipv4Addr>,
+    fenced: Vec<IpAddr>,
     /// The fenced VIPs this node may answer for, until when.
-    held: BTreeMap<Ipv4Addr, Instant>,
+    held: BTreeMap<IpAddr, Instant>,
 }
 
 impl State {
@@ -345,7 +373,7 @@ impl State {
     }
 
     /// The held set as of `now`: each VIP with how long it may still be answered for.
-    fn held(&self, now: Instant) -> Vec<(Ipv4Addr, Duration)> {
+    fn held(&self, now: Instant) -> Vec<(IpAddr, Duration)> {
         self.held.iter().map(|(vip, until)| (*vip, until.saturating_duration_since(now))).collect()
     }
 }
@@ -369,7 +397,7 @@ impl Handover {
     pub async fn start(
         interfaces: &[String],
         vips: &[Ipv4Addr],
-        fenced: &[Ipv4Addr],
+        fenced: &[IpAddr],
     ) -> Result<Arc<Handover>, HandoverError> {
         if let Some(bad) = interfaces.iter().find(|i| !quotable(i)) {
             return Err(HandoverError::Interface(bad.clone()));
@@ -514,7 +542,7 @@ impl Handover {
     /// time left is taken as late as possible, just before `nft` runs.
     pub(crate) async fn hold_fenced(
         &self,
-        vips: &[Ipv4Addr],
+        vips: &[IpAddr],
         lease_end: std::time::Instant,
     ) -> Result<(), HandoverError> {
         let loaded = self.loaded.lock().await;
@@ -542,7 +570,7 @@ impl Handover {
     }
 
     /// Stops this node answering for the fenced `vips`, at once.
-    pub async fn drop_fenced(&self, vips: &[Ipv4Addr]) -> Result<(), HandoverError> {
+    pub async fn drop_fenced(&self, vips: &[IpAddr]) -> Result<(), HandoverError> {
         let loaded = self.loaded.lock().await;
         lock(&self.state).held.retain(|vip, _| !vips.contains(vip));
         if loaded.is_none() {
@@ -641,22 +669,48 @@ mod tests {
 
     #[test]
     fn a_fenced_vip_is_answered_only_while_held() {
-        let rules = Rules { fenced: vec![VIP], ..Rules::default() };
-        let script = render(&rules, &[(VIP, Duration::from_millis(480))]);
+        let rules = Rules { fenced: vec![VIP.into()], ..Rules::default() };
+        let script = render(&rules, &[(VIP.into(), Duration::from_millis(480))]);
         assert_eq!(script.matches("elements = { 198.18.0.100 }").count(), 2, "{script}");
         assert_eq!(script.matches("elements = { 198.18.0.100 timeout 480ms }").count(), 2);
         assert!(script.contains("ip daddr @fenced ip daddr != @held ct state new drop"));
         assert!(
             script.contains("arp operation reply arp saddr ip @fenced arp saddr ip != @held drop")
         );
-        let lapsed = render(&rules, &[(VIP, Duration::ZERO)]);
+        let lapsed = render(&rules, &[(VIP.into(), Duration::ZERO)]);
         assert!(!lapsed.contains("timeout 0ms"), "a lapsed lease is not written back: {lapsed}");
     }
 
     #[test]
+    fn a_fenced_ipv6_vip_is_answered_and_announced_only_while_held() {
+        let v6: IpAddr = "2001:db8:18::100".parse().unwrap();
+        let rules = Rules { fenced: vec![VIP.into(), v6], ..Rules::default() };
+        let script = render(&rules, &[(v6, Duration::from_millis(480))]);
+        let ip6 = &script[script.find("table ip6 fulcrum {").expect("an ip6 table")..];
+        let ip6 = &ip6[..ip6.find("table arp").expect("then the arp table")];
+        assert!(ip6.contains("type ipv6_addr\n\t\telements = { 2001:db8:18::100 }"), "{ip6}");
+        assert!(ip6.contains("elements = { 2001:db8:18::100 timeout 480ms }"), "{ip6}");
+        assert!(ip6.contains("ip6 daddr @fenced ip6 daddr != @held ct state new drop"));
+        assert!(
+            ip6.contains(
+                "icmpv6 type nd-neighbor-advert ip6 saddr @fenced ip6 saddr != @held drop"
+            )
+        );
+        // Each address in its own family's tables only.
+        assert_eq!(script.matches("2001:db8:18::100").count(), 2, "{script}");
+        assert_eq!(script.matches("elements = { 198.18.0.100 }").count(), 2, "{script}");
+        let held = render_held(&[(v6, Duration::from_millis(300))], &[VIP.into()]);
+        assert!(held.contains("add element ip6 fulcrum held { 2001:db8:18::100 timeout 300ms }"));
+        assert!(
+            !held.contains("ip fulcrum held { 2001") && !held.contains("ip6 fulcrum held { 198")
+        );
+        assert!(held.contains("delete element arp fulcrum held { 198.18.0.100 }"), "{held}");
+    }
+
+    #[test]
     fn a_renewal_replaces_the_element_in_both_tables_in_one_script() {
-        let other = Ipv4Addr::new(198, 18, 0, 101);
-        let script = render_held(&[(VIP, Duration::from_millis(588))], &[other]);
+        let other = IpAddr::from([198, 18, 0, 101]);
+        let script = render_held(&[(VIP.into(), Duration::from_millis(588))], &[other]);
         for family in ["ip", "arp"] {
             let set = format!("{family} fulcrum held");
             let renewal = format!(

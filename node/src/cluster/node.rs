@@ -3,7 +3,7 @@
 //! it answers its peers. The cluster-wide views, VIP moves and hand-overs are methods of
 //! [`Node`] defined in their own modules.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,9 +29,22 @@ pub struct LocalVrid {
     pub vrid: u8,
     /// Its link.
     pub interface: String,
+    /// Its addresses, IPv4 and IPv6.
+    pub vips: Vec<IpAddr>,
+}
+
+impl LocalVrid {
     /// Its IPv4 addresses: those a hand-over keeps connections to (second-chance forwarding
     /// does not cover IPv6 yet).
-    pub vips: Vec<Ipv4Addr>,
+    pub fn ipv4_vips(&self) -> Vec<Ipv4Addr> {
+        self.vips
+            .iter()
+            .filter_map(|vip| match vip {
+                IpAddr::V4(vip) => Some(*vip),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The running node, as the admin API and its peers see it.

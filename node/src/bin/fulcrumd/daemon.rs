@@ -217,7 +217,7 @@ impl Daemon {
             .map(|i| LocalVrid {
                 vrid: i.vrid,
                 interface: i.interface.clone(),
-                vips: i.ipv4_vips(),
+                vips: i.vips.clone(),
             })
             .collect();
         let vrrp = self.vrrp.clone().zip(priorities);
@@ -362,9 +362,10 @@ async fn serve_configuration(
 /// moves its VIPs, only not their connections.
 async fn start_handover(node: &NodeFile) -> anyhow::Result<Option<Arc<Handover>>> {
     let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
-    // The fence's kernel side and second-chance forwarding cover IPv4 VIPs only so far.
+    // Second-chance forwarding covers IPv4 VIPs only so far; the fence covers every VIP.
     let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.ipv4_vips()).collect();
-    let fenced = if node.fenced() { vips.clone() } else { Vec::new() };
+    let all_vips = node.vrrp.iter().flat_map(|i| i.vips.iter().copied());
+    let fenced: Vec<_> = if node.fenced() { all_vips.collect() } else { Vec::new() };
     match Handover::start(&interfaces, &vips, &fenced).await {
         Ok(handover) => Ok(Some(handover)),
         Err(error) if node.fenced() => Err(anyhow::anyhow!(
