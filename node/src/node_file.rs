@@ -594,18 +594,6 @@ impl VrrpInstance {
             .collect()
     }
 
-    /// The IPv4 VIPs: those a hand-over keeps connections to (second-chance forwarding does
-    /// not cover IPv6 yet).
-    pub fn ipv4_vips(&self) -> Vec<Ipv4Addr> {
-        self.vips
-            .iter()
-            .filter_map(|vip| match vip {
-                IpAddr::V4(vip) => Some(*vip),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
-    }
-
     /// The router of `primary_address`'s family.
     fn family_settings(
         &self,
@@ -707,7 +695,6 @@ mod tests {
         );
         // The IPv6 router follows the IPv4 one, so the VRID moves as one.
         assert_eq!(settings.iter().map(|s| s.router.follower).collect::<Vec<_>>(), [false, true]);
-        assert_eq!(file.vrrp[0].ipv4_vips(), [Ipv4Addr::new(198, 18, 0, 100)]);
         // Without a link-local address on the interface, the IPv6 router is named as missing one.
         let err = file.vrrp[0]
             .settings(None, |_, family| (family == Family::Ipv4).then_some(LB1))

@@ -37,14 +37,19 @@ impl LocalVrid {
     /// Its IPv4 addresses: those a hand-over keeps connections to (second-chance forwarding
     /// does not cover IPv6 yet).
     pub fn ipv4_vips(&self) -> Vec<Ipv4Addr> {
-        self.vips
-            .iter()
-            .filter_map(|vip| match vip {
-                IpAddr::V4(vip) => Some(*vip),
-                IpAddr::V6(_) => None,
-            })
-            .collect()
+        ipv4_only(&self.vips)
     }
+}
+
+/// The IPv4 addresses among `addresses`.
+pub fn ipv4_only(addresses: &[IpAddr]) -> Vec<Ipv4Addr> {
+    addresses
+        .iter()
+        .filter_map(|address| match address {
+            IpAddr::V4(address) => Some(*address),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// The running node, as the admin API and its peers see it.
