@@ -284,3 +284,57 @@ fn a_config_change_under_load_loses_no_connection() {
     assert!(report.attempts > 200, "{report}");
     assert_eq!(report.failures, 0, "{changes} changes: {report}");
 }
+
+#[test]
+fn an_ipv6_vip_serves_http_and_tcp_from_ipv6_backends_checked_over_ipv6() {
+    use fulcrum_lab::routers::Instance;
+    use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip_v6};
+
+    let lab = Lab::up(&Topology { load_balancers: 1, backends: 2, prefix: None }, LAB_BINARY)
+        .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+    let backends = lab.hosts_of(HostRole::Backend);
+    let _servers: Vec<LabProcess> = backends
+        .iter()
+        .map(|b| {
+            lab.start_vip_responder(b, SocketAddr::from((b.address_v6(), BACKEND_HTTP_PORT)))
+                .unwrap()
+        })
+        .collect();
+    let lb = lab.host("lb1").unwrap();
+    let vip = vip_v6(1);
+    let pool: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address = \"[{}]:{BACKEND_HTTP_PORT}\" }}", b.address_v6()))
+        .collect();
+    let cluster_file = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"[{vip}]:{FRONT_PORT}\"\nprotocol = \"http\"\n\
+         default_pool = \"web\"\n\n[[listeners]]\nname = \"tcp\"\nbind = \"[{vip}]:{}\"\n\
+         protocol = \"tcp\"\ndefault_pool = \"web\"\n\n[[pools]]\nname = \"web\"\nbackends = [{}]\n\n\
+         [pools.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nhttp = {{ path = \"/health\" }}\n",
+        FRONT_PORT + 1,
+        pool.join(", ")
+    );
+    let instance = Instance::new(51, 150, Duration::from_millis(100), &[vip]);
+    let node = lab.start_serving_node(&lb, &cluster_file, &[instance]).unwrap();
+    lab.wait_for_holder(std::slice::from_ref(&lb), &lb, vip, Duration::from_secs(10)).unwrap();
+    let client = lab.host("client").unwrap();
+    for port in [FRONT_PORT, FRONT_PORT + 1] {
+        let target = ProbeTarget::Http { address: SocketAddr::from((vip, port)), path: "/".into() };
+        let mut args = ProbeArgs::new(target, Duration::from_millis(20), Duration::from_secs(10));
+        args.max_attempts = Some(20);
+        let report = lab.probe(&client, &args).unwrap();
+        assert_eq!(report.successes, 20, "port {port}: {report}");
+        for backend in &backends {
+            assert!(report.answers.get(&backend.name).is_some_and(|n| *n > 0), "{report}");
+        }
+    }
+    // Both backends passed their IPv6 health checks.
+    let metrics = node.metrics().unwrap();
+    for backend in &backends {
+        let labels = format!(
+            "pool=\"web\",backend=\"[{}]:{BACKEND_HTTP_PORT}\",state=\"up\"",
+            backend.address_v6()
+        );
+        assert_eq!(metric(&metrics, "fulcrum_backend_health", &labels), Some(1.0), "{metrics}");
+    }
+}
