@@ -251,8 +251,17 @@ impl LongConnections {
 
 /// 200 requests a second from the client through the VIP, each on a new connection.
 fn steady_probe(c: &Cluster, duration: Duration) -> fulcrum_lab::topology::RunningProbe {
+    steady_probe_of(c, vip(1).into(), duration)
+}
+
+/// [`steady_probe`] of `vip`.
+fn steady_probe_of(
+    c: &Cluster,
+    vip: IpAddr,
+    duration: Duration,
+) -> fulcrum_lab::topology::RunningProbe {
     let target =
-        ProbeTarget::Http { address: SocketAddr::from((vip(1), FRONT_PORT)), path: "/".into() };
+        ProbeTarget::Http { address: SocketAddr::from((vip, FRONT_PORT)), path: "/".into() };
     c.lab
         .start_probe(&c.client, &ProbeArgs::new(target, Duration::from_millis(5), duration))
         .unwrap()
@@ -601,6 +610,65 @@ fn a_planned_handover_keeps_established_connections_and_loses_no_request() {
     let master = c.lbs.iter().find(|h| h.name == holders[0]).unwrap();
     c.until_drained(&[&c.lbs[1]], master);
     c.until_drained(&running, master);
+}
+
+#[test]
+fn a_planned_handover_of_a_dual_stack_vip_keeps_an_ipv6_download_and_loses_no_ipv6_request() {
+    let vips: [IpAddr; 2] = [vip(1).into(), vip_v6(1).into()];
+    let c = build_cluster(3, 3, 0, 2, &vips, |_, _| None);
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.leader(&all);
+    // One dual-stack listener on every address, IPv4 and IPv6.
+    let text = web_cluster_file(FRONT_PORT, &[&c.backends[0], &c.backends[1]])
+        .replace("bind = \"0.0.0.0:", "bind = \"[::]:");
+    let file = c.lab.lab_file("cluster.toml", &text).unwrap();
+    c.ctl_ok(&[&c.lbs[0]], &["apply", "-f", &file, "--wait"]);
+    for vip in vips {
+        c.lab.wait_for_holder(&c.lbs, &c.lbs[0], vip, Duration::from_secs(10)).unwrap();
+    }
+
+    // A 5 s download over the IPv6 VIP through lb1, then fulcrumctl failover to lb2 with 200
+    // new IPv6 requests a second.
+    const SECS: u64 = 5;
+    let address = SocketAddr::from((vip_v6(1), FRONT_PORT));
+    let namespace = c.client.namespace.clone();
+    let download = std::thread::spawn(move || {
+        fulcrum_lab::netns::run_in(&namespace, || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(download_slow(address, SECS)).map(|d: Download| d.bytes)
+        })
+        .unwrap()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.listener_metric(&c.lbs[0], "fulcrum_listener_active_connections", "front") < 1.0 {
+        assert!(Instant::now() < deadline, "the download never reached lb1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let probe = steady_probe_of(&c, vips[1], Duration::from_secs(3));
+    let lb2 = node_id(&c.lbs[1]).to_string();
+    c.ctl_ok(&[&c.lbs[1]], &["failover", "--vrid", "51", "--to", &lb2]);
+    let report = probe.finish().unwrap();
+    assert_eq!(report.failures, 0, "IPv6 requests failed during the handover: {report}");
+    for vip in vips {
+        c.lab.wait_for_holder(&c.lbs, &c.lbs[1], vip, Duration::from_secs(5)).unwrap();
+    }
+    // The client's packets now go to lb2 (its Neighbor Advertisement moved the entry), which
+    // hands those of the download on to lb1: without that, lb2's kernel would reset it.
+    let lb2_mac = c.lab.mac(&c.lbs[1]).unwrap();
+    assert_eq!(c.lab.arp_entry(&c.client, vip_v6(1)).unwrap(), Some(lb2_mac));
+    let whole_download = usize::try_from(SECS * 10 * 1024).unwrap();
+    assert_eq!(
+        download.join().unwrap(),
+        Ok(whole_download),
+        "the IPv6 download through lb1 was cut"
+    );
+    // Once the download ended, the drain ends and no forwarding rule is left.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while all.iter().any(|host| c.lab.ruleset(host).unwrap().contains("dup to")) {
+        assert!(Instant::now() < deadline, "second-chance rules outlived the drain");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// An `nft` that refuses second-chance forwarding rules (`dup to`), as a kernel without

@@ -5,7 +5,7 @@
 //! hand-over a master starts on its own when it falls below another node's priority.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -38,7 +38,7 @@ const MAX_LEASE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Drain {
     vrid: u8,
-    vips: Vec<Ipv4Addr>,
+    vips: Vec<IpAddr>,
     /// This node's address on the VRID's link, where peers forward.
     via: Ipv4Addr,
     /// Cancelled to stop the renewals; the task ends once a renewal in flight is answered.
@@ -151,22 +151,21 @@ impl Node {
     async fn start_drain(self: &Arc<Self>, local: &LocalVrid) -> DrainStart {
         let Some((handover, _)) = &self.handover else { return DrainStart::Unavailable };
         let vrid = local.vrid;
-        let vips = local.ipv4_vips();
-        if vips.len() < local.vips.len() {
-            tracing::warn!(
-                vrid,
-                "second-chance forwarding covers IPv4 VIPs only: this VRID's IPv6 VIPs move without their connections"
-            );
-        }
-        if vips.is_empty() {
-            return DrainStart::Unavailable;
-        }
         let all_vips: Vec<IpAddr> = self.vrids.iter().flat_map(|v| v.vips.clone()).collect();
         let Some(IpAddr::V4(via)) = interface_address(&local.interface, Family::Ipv4, &all_vips)
         else {
             tracing::warn!(vrid, interface = %local.interface, "no IPv4 address of this node's own on the link to forward to: the VIP moves without its connections");
             return DrainStart::Unavailable;
         };
+        let via_v6 = match interface_address(&local.interface, Family::Ipv6, &all_vips) {
+            Some(IpAddr::V6(link_local)) => Some(link_local),
+            _ => None,
+        };
+        let vips: Vec<IpAddr> =
+            local.vips.iter().copied().filter(|vip| vip.is_ipv4() || via_v6.is_some()).collect();
+        if vips.len() < local.vips.len() {
+            tracing::warn!(vrid, interface = %local.interface, "no IPv6 link-local address of this node's own on the link to forward to: the VRID's IPv6 VIPs move without their connections");
+        }
         match handover.hold(vrid, &vips, via).await {
             Ok(true) => {}
             Ok(false) => return DrainStart::UnderWay,
@@ -179,6 +178,7 @@ impl Node {
             vrid,
             vips: vips.clone(),
             via,
+            via_v6,
             lease_ms: DRAIN_LEASE.as_millis() as u64,
         };
         let (forwarding, refusing) = self.announce(request.clone()).await;
@@ -242,7 +242,7 @@ impl Node {
     async fn follow_drain(self: Arc<Self>, drain: Drain, deadline: tokio::time::Instant) {
         let vrid = drain.vrid;
         for vip in &drain.vips {
-            self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Polite));
+            self.plane.drain_address(*vip, Some(Phase::Polite));
         }
         let mut look = tokio::time::interval(DRAIN_POLL);
         let stopping = self.draining.load(Ordering::Relaxed);
@@ -257,7 +257,7 @@ impl Node {
                 Verdict::CloseNow => {
                     // Closed, then still held a moment, so the FINs reach the clients.
                     for vip in &drain.vips {
-                        self.plane.drain_address(IpAddr::V4(*vip), Some(Phase::Closed));
+                        self.plane.drain_address(*vip, Some(Phase::Closed));
                     }
                     tracing::warn!(
                         vrid,
@@ -280,7 +280,7 @@ impl Node {
         drain.stop_renewing.cancel();
         let _ = drain.renewals.await;
         for vip in &drain.vips {
-            self.plane.drain_address(IpAddr::V4(*vip), None);
+            self.plane.drain_address(*vip, None);
         }
         if let Some((handover, _)) = &self.handover {
             handover.release(vrid).await;
@@ -298,8 +298,8 @@ impl Node {
     pub(super) async fn forward_for(
         &self,
         vrid: u8,
-        vips: Vec<Ipv4Addr>,
-        via: Ipv4Addr,
+        vips: Vec<IpAddr>,
+        (via, via_v6): (Ipv4Addr, Option<Ipv6Addr>),
         lease_ms: u64,
     ) -> PeerAnswer {
         let (Some((handover, _)), Some(local)) =
@@ -307,13 +307,13 @@ impl Node {
         else {
             return PeerAnswer::Noted(false);
         };
-        let vips: Vec<Ipv4Addr> =
-            vips.into_iter().filter(|vip| local.vips.contains(&IpAddr::V4(*vip))).collect();
+        let vips: Vec<IpAddr> = vips.into_iter().filter(|vip| local.vips.contains(vip)).collect();
         if vips.is_empty() {
             return PeerAnswer::Noted(false);
         }
         let lease = Duration::from_millis(lease_ms).min(MAX_LEASE);
-        match handover.peer_draining(vrid, vips, via, local.interface.clone(), lease).await {
+        let interface = local.interface.clone();
+        match handover.peer_draining(vrid, vips, (via, via_v6), interface, lease).await {
             Ok(()) => PeerAnswer::Noted(true),
             Err(error) => {
                 tracing::error!(vrid, %via, "cannot forward for a peer's drain: {error}");
@@ -380,7 +380,7 @@ impl Node {
 
 /// This node's open TCP connections to `vips`, from `/proc/net/tcp{,6}`; `None` when they
 /// cannot be read (the drain then runs to its deadline).
-async fn count_open(vips: &[Ipv4Addr]) -> Option<usize> {
+async fn count_open(vips: &[IpAddr]) -> Option<usize> {
     let vips = vips.to_vec();
     let counted = tokio::task::spawn_blocking(move || {
         ["/proc/net/tcp", "/proc/net/tcp6"]

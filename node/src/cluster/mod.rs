@@ -33,5 +33,5 @@ pub use fence::{DEFAULT_LEASE, FenceTimes};
 pub use handover::Drain;
 pub use moves::MoveError;
 pub use nftables::{Handover, HandoverError};
-pub use node::{LocalVrid, Node, ipv4_only};
+pub use node::{LocalVrid, Node};
 pub use priorities::{Priorities, Tracked};

@@ -25,9 +25,11 @@
 //! The same tables carry the quorum fence's kernel side: the `fenced` set (the VIPs under the
 //! fence) and the `held` set (those this node holds a lease for, each element timing out with
 //! the lease); ARP replies and new connections for a fenced VIP pass only while it is held.
-//! IPv6 VIPs have the fence in an `ip6` table of their own (new connections, and Neighbor
-//! Advertisements, which the kernel sends from the VIP itself); second-chance forwarding is
-//! IPv4 only so far.
+//! IPv6 VIPs have both in an `ip6` table of their own: the fence (new connections, and
+//! Neighbor Advertisements, which the kernel sends from the VIP itself) and the forwarding to
+//! the old master's link-local address. An IPv6 VIP on `lo` needs no hiding: the kernel
+//! answers a solicitation only for an address on the interface it came in on, and does not
+//! pick an address of another interface as the source of its own solicitations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -89,20 +91,20 @@ pub enum HandoverError {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Forward {
     /// The VIP.
-    pub vip: Ipv4Addr,
-    /// The old master's address on the VIP's link.
-    pub to: Ipv4Addr,
+    pub vip: IpAddr,
+    /// The old master's address of the VIP's family on the VIP's link.
+    pub to: IpAddr,
     /// That link here.
     pub interface: String,
 }
 
-/// `vip` is held here while draining: hidden from ARP, and `source` (this node's link
-/// address) named in its ARP requests instead.
+/// `vip` is held here while draining: exempt from the fence, and an IPv4 one hidden from ARP,
+/// with `source` (this node's link address) named in its ARP requests instead.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Hidden {
     /// The VIP.
-    pub vip: Ipv4Addr,
-    /// This node's address on the VIP's link.
+    pub vip: IpAddr,
+    /// This node's IPv4 address on the VIP's link.
     pub source: Ipv4Addr,
 }
 
@@ -145,41 +147,12 @@ pub(crate) fn render(rules: &Rules, held: &Held) -> String {
     s.push_str(&render_removal());
     let _ = writeln!(s, "table ip {TABLE} {{");
     render_fence_sets(s, "ip", rules, held);
-    let _ = writeln!(s, "\tchain fence {{");
-    // After conntrack: a connection established while this node held the VIP (or one it
-    // drains after a hand-over) carries on; nothing new starts here without the lease.
-    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
-    // A VIP this node drains after a planned hand-over (on lo, hidden from ARP) still takes
-    // the clients whose ARP entry names this node until the new master's announcement
-    // reaches them: that is what keeps a planned move from losing a request.
-    for hidden in &rules.hidden {
-        let _ = writeln!(s, "\t\tip daddr {} accept", hidden.vip);
-    }
-    let _ = writeln!(s, "\t\tip daddr @fenced ip daddr != @{HELD} ct state new drop");
-    let _ = writeln!(s, "\t}}");
-    let _ = writeln!(s, "\tchain second_chance {{");
-    // After conntrack (-200), so every packet carries its connection's state.
-    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
-    let _ = writeln!(s, "\t\tct state established,related accept");
-    for forward in &rules.forward {
-        let (vip, to, interface) = (forward.vip, forward.to, &forward.interface);
-        let hand_on = format!("dup to {to} device \"{interface}\" drop");
-        // New: picked up mid-stream, a connection this node does not know. Invalid: a FIN or
-        // RST conntrack will not pick up (without it the old master never learns its client
-        // closed), or a packet out of the window of an entry this node keeps from a closed
-        // connection of its own on the same addresses and ports (a client port reused).
-        let _ = writeln!(
-            s,
-            "\t\tct state new,invalid ip daddr {vip} tcp flags & (syn | ack) != syn {hand_on}"
-        );
-    }
-    let _ = writeln!(s, "\t}}\n}}");
+    render_fence_and_forwarding(s, "ip", rules);
+    let _ = writeln!(s, "}}");
     let _ = writeln!(s, "table ip6 {TABLE} {{");
     render_fence_sets(s, "ip6", rules, held);
-    let _ = writeln!(s, "\tchain fence {{");
-    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
-    let _ = writeln!(s, "\t\tip6 daddr @fenced ip6 daddr != @{HELD} ct state new drop");
-    let _ = writeln!(s, "\t}}\n\tchain fence_announce {{");
+    render_fence_and_forwarding(s, "ip6", rules);
+    let _ = writeln!(s, "\tchain fence_announce {{");
     let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
     // The kernel answers a solicitation for an address of its own from that address.
     let _ = writeln!(
@@ -196,16 +169,52 @@ pub(crate) fn render(rules: &Rules, held: &Held) -> String {
     let _ = writeln!(s, "\t}}");
     let _ = writeln!(s, "\tchain hide_requests {{");
     let _ = writeln!(s, "\t\ttype filter hook input priority filter; policy accept;");
-    for hidden in &rules.hidden {
+    let hidden_v4 = || rules.hidden.iter().filter(|hidden| hidden.vip.is_ipv4());
+    for hidden in hidden_v4() {
         let _ = writeln!(s, "\t\tarp operation request arp daddr ip {} drop", hidden.vip);
     }
     let _ = writeln!(s, "\t}}\n\tchain hide_source {{");
     let _ = writeln!(s, "\t\ttype filter hook output priority filter; policy accept;");
-    for hidden in &rules.hidden {
+    for hidden in hidden_v4() {
         let _ = writeln!(s, "\t\tarp saddr ip {} arp saddr ip set {}", hidden.vip, hidden.source);
     }
     let _ = writeln!(s, "\t}}\n}}");
     script
+}
+
+/// The `fence` and `second_chance` chains of the `ip` or `ip6` table, for the VIPs of that
+/// family.
+fn render_fence_and_forwarding(s: &mut String, family: &str, rules: &Rules) {
+    let here = |vip: &IpAddr| fence_tables(*vip).contains(&family);
+    let _ = writeln!(s, "\tchain fence {{");
+    // After conntrack: a connection established while this node held the VIP (or one it
+    // drains after a hand-over) carries on; nothing new starts here without the lease.
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    // A VIP this node drains after a planned hand-over (on lo) still takes the clients whose
+    // neighbour entry names this node until the new master's announcement reaches them:
+    // that is what keeps a planned move from losing a request.
+    for hidden in rules.hidden.iter().filter(|hidden| here(&hidden.vip)) {
+        let _ = writeln!(s, "\t\t{family} daddr {} accept", hidden.vip);
+    }
+    let _ = writeln!(s, "\t\t{family} daddr @fenced {family} daddr != @{HELD} ct state new drop");
+    let _ = writeln!(s, "\t}}");
+    let _ = writeln!(s, "\tchain second_chance {{");
+    // After conntrack (-200), so every packet carries its connection's state.
+    let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
+    let _ = writeln!(s, "\t\tct state established,related accept");
+    for forward in rules.forward.iter().filter(|forward| here(&forward.vip)) {
+        let (vip, to, interface) = (forward.vip, forward.to, &forward.interface);
+        let hand_on = format!("dup to {to} device \"{interface}\" drop");
+        // New: picked up mid-stream, a connection this node does not know. Invalid: a FIN or
+        // RST conntrack will not pick up (without it the old master never learns its client
+        // closed), or a packet out of the window of an entry this node keeps from a closed
+        // connection of its own on the same addresses and ports (a client port reused).
+        let _ = writeln!(
+            s,
+            "\t\tct state new,invalid {family} daddr {vip} tcp flags & (syn | ack) != syn {hand_on}"
+        );
+    }
+    let _ = writeln!(s, "\t}}");
 }
 
 /// The `fenced` and `held` sets of the table of `family`, with the VIPs that go in it.
@@ -279,7 +288,7 @@ const STILL_TALKING: [&str; 6] = ["01", "03", "04", "08", "09", "0B"];
 /// How many sockets in a `/proc/net/tcp` or `/proc/net/tcp6` table (where an IPv4 client of
 /// a dual-stack listener shows as `::ffff:a.b.c.d`) have a local address among `vips` and
 /// still need the client's packets.
-pub(crate) fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
+pub(crate) fn open_connections(table: &str, vips: &[IpAddr]) -> usize {
     table
         .lines()
         .skip(1)
@@ -290,28 +299,28 @@ pub(crate) fn open_connections(table: &str, vips: &[Ipv4Addr]) -> usize {
             else {
                 return false;
             };
-            let address = local.split_once(':').and_then(|(hex, _port)| local_ipv4(hex));
+            let address = local.split_once(':').and_then(|(hex, _port)| local_address(hex));
             address.is_some_and(|a| vips.contains(&a)) && STILL_TALKING.contains(&state)
         })
         .count()
 }
 
-/// The IPv4 address in a `/proc/net/tcp{,6}` address field: the kernel prints each 32-bit
-/// word as it sits in memory, read as a host integer.
-fn local_ipv4(hex: &str) -> Option<Ipv4Addr> {
+/// The address in a `/proc/net/tcp{,6}` address field (an IPv4-mapped one as IPv4): the
+/// kernel prints each 32-bit word as it sits in memory, read as a host integer.
+fn local_address(hex: &str) -> Option<IpAddr> {
     let word = |i: usize| {
         hex.get(i * 8..i * 8 + 8)
             .and_then(|w| u32::from_str_radix(w, 16).ok())
             .map(u32::to_ne_bytes)
     };
     match hex.len() {
-        8 => word(0).map(Ipv4Addr::from),
+        8 => word(0).map(|bytes| IpAddr::V4(bytes.into())),
         32 => {
             let mut bytes = [0u8; 16];
             for i in 0..4 {
                 bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
             }
-            Ipv6Addr::from(bytes).to_ipv4_mapped()
+            Some(IpAddr::V6(Ipv6Addr::from(bytes)).to_canonical())
         }
         _ => None,
     }
@@ -320,7 +329,9 @@ fn local_ipv4(hex: &str) -> Option<Ipv4Addr> {
 /// A peer's drain, as told to this node.
 #[derive(Clone, Debug)]
 struct PeerDrain {
-    vips: Vec<Ipv4Addr>,
+    vips: Vec<IpAddr>,
+    /// The old master's IPv6 address on the link, where its IPv6 VIPs' packets go.
+    via_v6: Option<Ipv6Addr>,
     interface: String,
     /// When this node first heard of it: the newest drain of a VIP wins.
     since: Instant,
@@ -330,7 +341,7 @@ struct PeerDrain {
 /// A drain of this node's own.
 #[derive(Clone, Debug)]
 struct OwnDrain {
-    vips: Vec<Ipv4Addr>,
+    vips: Vec<IpAddr>,
     source: Ipv4Addr,
 }
 
@@ -348,10 +359,17 @@ struct State {
 
 impl State {
     fn rules(&self, now: Instant) -> Rules {
-        let mut newest: BTreeMap<Ipv4Addr, (Instant, Forward)> = BTreeMap::new();
-        for ((_, to), drain) in self.peers.iter().filter(|(_, d)| d.until > now) {
+        let mut newest: BTreeMap<IpAddr, (Instant, Forward)> = BTreeMap::new();
+        for ((_, via), drain) in self.peers.iter().filter(|(_, d)| d.until > now) {
             for vip in &drain.vips {
-                let forward = Forward { vip: *vip, to: *to, interface: drain.interface.clone() };
+                let to = match vip {
+                    IpAddr::V4(_) => IpAddr::V4(*via),
+                    IpAddr::V6(_) => match drain.via_v6 {
+                        Some(via_v6) => IpAddr::V6(via_v6),
+                        None => continue,
+                    },
+                };
+                let forward = Forward { vip: *vip, to, interface: drain.interface.clone() };
                 if newest.get(vip).is_none_or(|(since, _)| *since < drain.since) {
                     newest.insert(*vip, (drain.since, forward));
                 }
@@ -396,7 +414,7 @@ impl Handover {
     /// the VIPs this node may answer for only while it holds a lease.
     pub async fn start(
         interfaces: &[String],
-        vips: &[Ipv4Addr],
+        vips: &[IpAddr],
         fenced: &[IpAddr],
     ) -> Result<Arc<Handover>, HandoverError> {
         if let Some(bad) = interfaces.iter().find(|i| !quotable(i)) {
@@ -411,7 +429,7 @@ impl Handover {
         });
         handover.reconcile().await?;
         for vip in vips {
-            handover.loopback.remove(IpAddr::V4(*vip)).await?;
+            handover.loopback.remove(*vip).await?;
         }
         let weak = Arc::downgrade(&handover);
         tokio::spawn(async move {
@@ -432,7 +450,7 @@ impl Handover {
     pub async fn hold(
         &self,
         vrid: u8,
-        vips: &[Ipv4Addr],
+        vips: &[IpAddr],
         source: Ipv4Addr,
     ) -> Result<bool, HandoverError> {
         {
@@ -443,7 +461,7 @@ impl Handover {
             state.own.insert(vrid, OwnDrain { vips: vips.to_vec(), source });
         }
         for vip in vips {
-            if let Err(error) = self.loopback.add(IpAddr::V4(*vip)).await {
+            if let Err(error) = self.loopback.add(*vip).await {
                 self.release(vrid).await;
                 return Err(error.into());
             }
@@ -461,7 +479,7 @@ impl Handover {
         let Some(drain) = lock(&self.state).own.get(&vrid).cloned() else { return };
         let mut kept = Vec::new();
         for vip in &drain.vips {
-            if let Err(error) = self.loopback.remove(IpAddr::V4(*vip)).await {
+            if let Err(error) = self.loopback.remove(*vip).await {
                 tracing::error!(vrid, %vip, "cannot take a drained VIP off lo, so it stays hidden from ARP: {error}");
                 kept.push(*vip);
             }
@@ -483,8 +501,8 @@ impl Handover {
     pub async fn peer_draining(
         &self,
         vrid: u8,
-        vips: Vec<Ipv4Addr>,
-        via: Ipv4Addr,
+        vips: Vec<IpAddr>,
+        (via, via_v6): (Ipv4Addr, Option<Ipv6Addr>),
         interface: String,
         lease: Duration,
     ) -> Result<(), HandoverError> {
@@ -492,8 +510,8 @@ impl Handover {
             let now = Instant::now();
             let mut state = lock(&self.state);
             let known = state.peers.get(&(vrid, via)).map(|known| known.since);
-            let drain =
-                PeerDrain { vips, interface, since: known.unwrap_or(now), until: now + lease };
+            let since = known.unwrap_or(now);
+            let drain = PeerDrain { vips, via_v6, interface, since, until: now + lease };
             state.peers.insert((vrid, via), drain);
             known.is_some()
         };
@@ -630,7 +648,10 @@ async fn load(script: &str) -> Result<(), HandoverError> {
 mod tests {
     use super::*;
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const VIP4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+    const VIP: IpAddr = IpAddr::V4(VIP4);
+    const VIP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 0x100));
+    const OLD_MASTER_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11);
     const OLD_MASTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 
     #[test]
@@ -645,7 +666,7 @@ mod tests {
     #[test]
     fn a_peer_drain_forwards_what_is_not_a_new_connection() {
         let rules = Rules {
-            forward: vec![Forward { vip: VIP, to: OLD_MASTER, interface: "eth0".into() }],
+            forward: vec![Forward { vip: VIP, to: OLD_MASTER.into(), interface: "eth0".into() }],
             ..Rules::default()
         };
         let script = render(&rules, &[]);
@@ -737,22 +758,33 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(1);
         let until = now + Duration::from_secs(5);
-        let drain = |since| PeerDrain { vips: vec![VIP], interface: "eth0".into(), since, until };
+        let drain = |since| PeerDrain {
+            vips: vec![VIP],
+            via_v6: None,
+            interface: "eth0".into(),
+            since,
+            until,
+        };
         let mut state = State::default();
         let newer = Ipv4Addr::new(198, 18, 0, 12);
         state.peers.insert((51, OLD_MASTER), drain(now));
         state.peers.insert((51, newer), drain(later));
         let forward = state.rules(later).forward;
         assert_eq!(forward.len(), 1, "{forward:?}");
-        assert_eq!(forward[0].to, newer);
+        assert_eq!(forward[0].to, IpAddr::V4(newer));
     }
 
     #[test]
     fn lapsed_peer_drains_make_no_rules() {
         let now = Instant::now();
         let mut state = State::default();
-        let drain =
-            |until| PeerDrain { vips: vec![VIP], interface: "eth0".into(), since: now, until };
+        let drain = |until| PeerDrain {
+            vips: vec![VIP],
+            via_v6: None,
+            interface: "eth0".into(),
+            since: now,
+            until,
+        };
         state.peers.insert((51, OLD_MASTER), drain(now + Duration::from_secs(1)));
         assert_eq!(state.rules(now).forward.len(), 1);
         assert!(state.rules(now + Duration::from_secs(2)).forward.is_empty());
@@ -776,7 +808,7 @@ mod tests {
         // A listener, established, TIME_WAIT, FIN wait 1, FIN wait 2 on the VIP, and an
         // established connection on the node's own address.
         for (slot, (local, state)) in
-            [(VIP, "0A"), (VIP, "01"), (VIP, "06"), (VIP, "04"), (VIP, "05"), (own, "01")]
+            [(VIP4, "0A"), (VIP4, "01"), (VIP4, "06"), (VIP4, "04"), (VIP4, "05"), (own, "01")]
                 .into_iter()
                 .enumerate()
         {
@@ -784,17 +816,64 @@ mod tests {
         }
         let table = table.join("\n");
         assert_eq!(open_connections(&table, &[VIP]), 2, "established and FIN wait 1 only");
-        assert_eq!(open_connections(&table, &[Ipv4Addr::new(198, 18, 0, 101)]), 0);
+        assert_eq!(open_connections(&table, &[IpAddr::from([198, 18, 0, 101])]), 0);
         assert_eq!(open_connections("garbage\n1: zz:zz", &[VIP]), 0);
 
         // tcp6: a dual-stack listener's IPv4 client, ::ffff:198.18.0.100, established.
         let mapped: Vec<String> = [0u32, 0, u32::from_be_bytes([0, 0, 0xff, 0xff])]
             .iter()
             .map(|w| format!("{:08X}", u32::from_ne_bytes(w.to_be_bytes())))
-            .chain(std::iter::once(format!("{:08X}", u32::from_ne_bytes(VIP.octets()))))
+            .chain(std::iter::once(format!("{:08X}", u32::from_ne_bytes(VIP4.octets()))))
             .collect();
         let line =
             format!("   0: {}:0050 00000000000000000000000000000000:0000 01 0", mapped.concat());
         assert_eq!(open_connections(&format!("header\n{line}"), &[VIP]), 1);
+
+        // tcp6: a connection to an IPv6 VIP, established.
+        let IpAddr::V6(vip6) = VIP6 else { unreachable!() };
+        let words: Vec<String> = vip6
+            .octets()
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect();
+        let line = format!("   0: {}:0050 {}:A1B2 01 0", words.concat(), words.concat());
+        assert_eq!(open_connections(&format!("header\n{line}"), &[VIP6]), 1);
+        assert_eq!(open_connections(&format!("header\n{line}"), &[VIP]), 0);
+    }
+
+    #[test]
+    fn an_ipv6_vip_is_forwarded_to_the_old_master_s_link_local_address_in_the_ip6_table() {
+        let now = Instant::now();
+        let mut state = State::default();
+        let drain = |via_v6| PeerDrain {
+            vips: vec![VIP, VIP6],
+            via_v6,
+            interface: "eth0".into(),
+            since: now,
+            until: now + Duration::from_secs(1),
+        };
+        state.peers.insert((51, OLD_MASTER), drain(None));
+        let forward = state.rules(now).forward;
+        assert_eq!(
+            forward.iter().map(|f| f.vip).collect::<Vec<_>>(),
+            [VIP],
+            "no IPv6 address to forward to"
+        );
+        state.peers.insert((51, OLD_MASTER), drain(Some(OLD_MASTER_V6)));
+        let rules = state.rules(now);
+        let script = render(&rules, &[]);
+        let ip6 = &script[script.find("table ip6 fulcrum {").expect("an ip6 table")..];
+        assert!(ip6.contains(
+            "ct state new,invalid ip6 daddr 2001:db8:18::100 tcp flags & (syn | ack) != syn dup to fe80::11 device \"eth0\" drop"
+        ), "{ip6}");
+        assert!(!ip6.contains("198.18.0.100"), "the IPv4 VIP is forwarded in the ip table: {ip6}");
+
+        // This node's own drain of an IPv6 VIP: exempt from the fence, nothing for ARP.
+        let own =
+            Rules { hidden: vec![Hidden { vip: VIP6, source: OLD_MASTER }], ..Rules::default() };
+        let script = render(&own, &[]);
+        let exempt = script.find("ip6 daddr 2001:db8:18::100 accept").expect("exempt");
+        assert!(exempt < script.find("ip6 daddr @fenced").expect("before the fence's drop"));
+        assert!(!script.contains("arp daddr ip 2001"), "{script}");
     }
 }

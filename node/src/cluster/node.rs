@@ -3,7 +3,7 @@
 //! it answers its peers. The cluster-wide views, VIP moves and hand-overs are methods of
 //! [`Node`] defined in their own modules.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,25 +31,6 @@ pub struct LocalVrid {
     pub interface: String,
     /// Its addresses, IPv4 and IPv6.
     pub vips: Vec<IpAddr>,
-}
-
-impl LocalVrid {
-    /// Its IPv4 addresses: those a hand-over keeps connections to (second-chance forwarding
-    /// does not cover IPv6 yet).
-    pub fn ipv4_vips(&self) -> Vec<Ipv4Addr> {
-        ipv4_only(&self.vips)
-    }
-}
-
-/// The IPv4 addresses among `addresses`.
-pub fn ipv4_only(addresses: &[IpAddr]) -> Vec<Ipv4Addr> {
-    addresses
-        .iter()
-        .filter_map(|address| match address {
-            IpAddr::V4(address) => Some(*address),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
 }
 
 /// The running node, as the admin API and its peers see it.
@@ -258,8 +239,8 @@ impl Node {
                 self.vrrp.as_ref().is_some_and(|(_, priorities)| priorities.move_to(vrid, to)),
             ),
             Ok(PeerRequest::Resign { vrid }) => PeerAnswer::Moved(self.hand_over(vrid)),
-            Ok(PeerRequest::Draining { vrid, vips, via, lease_ms }) => {
-                self.forward_for(vrid, vips, via, lease_ms).await
+            Ok(PeerRequest::Draining { vrid, vips, via, via_v6, lease_ms }) => {
+                self.forward_for(vrid, vips, (via, via_v6), lease_ms).await
             }
             Ok(PeerRequest::Drained { vrid, via }) => {
                 if let Some((handover, _)) = &self.handover {

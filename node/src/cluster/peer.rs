@@ -2,7 +2,7 @@
 //! store's authenticated RPC transport (`ConfigStore::call_peer`), and asking one, some or
 //! every member at once. A node asks itself without the network.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -40,9 +40,12 @@ pub(crate) enum PeerRequest {
         /// The VRID.
         vrid: u8,
         /// Its addresses being drained.
-        vips: Vec<Ipv4Addr>,
-        /// The sender's own address on the link.
+        vips: Vec<IpAddr>,
+        /// The sender's own IPv4 address on the link: where IPv4 VIPs' packets go, and what
+        /// names the drain.
         via: Ipv4Addr,
+        /// The sender's IPv6 link-local address on the link, where IPv6 VIPs' packets go.
+        via_v6: Option<Ipv6Addr>,
         /// How long to forward unless renewed.
         lease_ms: u64,
     },

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fulcrum_model::{Command, Config, file};
 use fulcrum_node::api::{EndpointTls, admin::Admin, metrics};
-use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked, ipv4_only};
+use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked};
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::dev;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
@@ -362,10 +362,8 @@ async fn serve_configuration(
 /// moves its VIPs, only not their connections.
 async fn start_handover(node: &NodeFile) -> anyhow::Result<Option<Arc<Handover>>> {
     let interfaces: Vec<String> = node.vrrp.iter().map(|i| i.interface.clone()).collect();
-    // Second-chance forwarding covers IPv4 VIPs only so far; the fence covers every VIP.
-    let vips: Vec<_> = node.vrrp.iter().flat_map(|i| ipv4_only(&i.vips)).collect();
-    let all_vips = node.vrrp.iter().flat_map(|i| i.vips.iter().copied());
-    let fenced: Vec<_> = if node.fenced() { all_vips.collect() } else { Vec::new() };
+    let vips: Vec<_> = node.vrrp.iter().flat_map(|i| i.vips.iter().copied()).collect();
+    let fenced = if node.fenced() { vips.clone() } else { Vec::new() };
     match Handover::start(&interfaces, &vips, &fenced).await {
         Ok(handover) => Ok(Some(handover)),
         Err(error) if node.fenced() => Err(anyhow::anyhow!(
