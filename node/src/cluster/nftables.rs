@@ -690,22 +690,22 @@ mod tests {
 
     #[test]
     fn a_fenced_vip_is_answered_only_while_held() {
-        let rules = Rules { fenced: vec![VIP.into()], ..Rules::default() };
-        let script = render(&rules, &[(VIP.into(), Duration::from_millis(480))]);
+        let rules = Rules { fenced: vec![VIP], ..Rules::default() };
+        let script = render(&rules, &[(VIP, Duration::from_millis(480))]);
         assert_eq!(script.matches("elements = { 198.18.0.100 }").count(), 2, "{script}");
         assert_eq!(script.matches("elements = { 198.18.0.100 timeout 480ms }").count(), 2);
         assert!(script.contains("ip daddr @fenced ip daddr != @held ct state new drop"));
         assert!(
             script.contains("arp operation reply arp saddr ip @fenced arp saddr ip != @held drop")
         );
-        let lapsed = render(&rules, &[(VIP.into(), Duration::ZERO)]);
+        let lapsed = render(&rules, &[(VIP, Duration::ZERO)]);
         assert!(!lapsed.contains("timeout 0ms"), "a lapsed lease is not written back: {lapsed}");
     }
 
     #[test]
     fn a_fenced_ipv6_vip_is_answered_and_announced_only_while_held() {
         let v6: IpAddr = "2001:db8:18::100".parse().unwrap();
-        let rules = Rules { fenced: vec![VIP.into(), v6], ..Rules::default() };
+        let rules = Rules { fenced: vec![VIP, v6], ..Rules::default() };
         let script = render(&rules, &[(v6, Duration::from_millis(480))]);
         let ip6 = &script[script.find("table ip6 fulcrum {").expect("an ip6 table")..];
         let ip6 = &ip6[..ip6.find("table arp").expect("then the arp table")];
@@ -720,7 +720,7 @@ mod tests {
         // Each address in its own family's tables only.
         assert_eq!(script.matches("2001:db8:18::100").count(), 2, "{script}");
         assert_eq!(script.matches("elements = { 198.18.0.100 }").count(), 2, "{script}");
-        let held = render_held(&[(v6, Duration::from_millis(300))], &[VIP.into()]);
+        let held = render_held(&[(v6, Duration::from_millis(300))], &[VIP]);
         assert!(held.contains("add element ip6 fulcrum held { 2001:db8:18::100 timeout 300ms }"));
         assert!(
             !held.contains("ip fulcrum held { 2001") && !held.contains("ip6 fulcrum held { 198")
@@ -731,7 +731,7 @@ mod tests {
     #[test]
     fn a_renewal_replaces_the_element_in_both_tables_in_one_script() {
         let other = IpAddr::from([198, 18, 0, 101]);
-        let script = render_held(&[(VIP.into(), Duration::from_millis(588))], &[other]);
+        let script = render_held(&[(VIP, Duration::from_millis(588))], &[other]);
         for family in ["ip", "arp"] {
             let set = format!("{family} fulcrum held");
             let renewal = format!(
