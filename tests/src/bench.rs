@@ -3,16 +3,17 @@
 //!
 //! Two load balancers share one VIP (priorities 150 and 120), each answering HTTP on it with
 //! its name; the client probes the VIP every 5 ms on new connections while the master is taken
-//! out. The outage is the prober's longest gap between successes. It prints figures and
+//! out. Each configuration runs over IPv4 and over IPv6 (VRRP's IPv6 router, a VIP announced
+//! with Neighbor Advertisements). The outage is the prober's longest gap between successes. It prints figures and
 //! ratios; it never fails on them.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::probe::{ProbeArgs, ProbeTarget};
 use crate::routers::{Implementation, Instance};
-use crate::topology::{BACKEND_HTTP_PORT, HostRole, Lab, LabError, Topology, vip};
+use crate::topology::{BACKEND_HTTP_PORT, HostRole, Lab, LabError, Topology, vip, vip_v6};
 
 /// How the master leaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,8 @@ impl std::fmt::Display for Departure {
 pub struct Series {
     /// The router measured.
     pub implementation: Implementation,
+    /// The VIP's family.
+    pub family: fulcrum_vrrp::Family,
     /// Its advertisement interval.
     pub interval: Duration,
     /// How the master left.
@@ -56,7 +59,7 @@ impl Series {
 }
 
 /// Runs every configuration `runs` times in one fresh lab and returns the series, in the order
-/// interval, departure, implementation.
+/// interval, family, departure, implementation.
 pub fn failover(
     lab_binary: &std::path::Path,
     intervals: &[Duration],
@@ -64,25 +67,36 @@ pub fn failover(
 ) -> Result<Vec<Series>, LabError> {
     let lab = Lab::up(&Topology { load_balancers: 2, backends: 0, prefix: None }, lab_binary)?;
     let lbs = lab.hosts_of(HostRole::LoadBalancer);
-    let the_vip = vip(1);
-    let _responders = lbs
-        .iter()
-        .map(|lb| lab.start_vip_responder(lb, SocketAddr::from((the_vip, BACKEND_HTTP_PORT))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vips: [IpAddr; 2] = [vip(1).into(), vip_v6(1).into()];
+    let mut responders = Vec::new();
+    for lb in &lbs {
+        for the_vip in vips {
+            let address = SocketAddr::from((the_vip, BACKEND_HTTP_PORT));
+            responders.push(lab.start_vip_responder(lb, address)?);
+        }
+    }
     let mut all = Vec::new();
     for &interval in intervals {
-        for departure in [Departure::Crash, Departure::Graceful] {
-            for implementation in [Implementation::Fulcrumd, Implementation::Keepalived] {
-                let mut series =
-                    Series { implementation, interval, departure, outages_ms: Vec::new() };
-                for run in 1..=runs {
-                    let outage = one_run(&lab, implementation, interval, departure, the_vip)?;
-                    eprintln!(
-                        "{implementation} {departure} at {interval:?}: run {run}/{runs}: {outage} ms"
-                    );
-                    series.outages_ms.push(outage);
+        for the_vip in vips {
+            let family = fulcrum_vrrp::Family::of(the_vip);
+            for departure in [Departure::Crash, Departure::Graceful] {
+                for implementation in [Implementation::Fulcrumd, Implementation::Keepalived] {
+                    let mut series = Series {
+                        implementation,
+                        family,
+                        interval,
+                        departure,
+                        outages_ms: Vec::new(),
+                    };
+                    for run in 1..=runs {
+                        let outage = one_run(&lab, implementation, interval, departure, the_vip)?;
+                        eprintln!(
+                            "{implementation} {family} {departure} at {interval:?}: run {run}/{runs}: {outage} ms"
+                        );
+                        series.outages_ms.push(outage);
+                    }
+                    all.push(series);
                 }
-                all.push(series);
             }
         }
     }
@@ -95,7 +109,7 @@ fn one_run(
     implementation: Implementation,
     interval: Duration,
     departure: Departure,
-    the_vip: Ipv4Addr,
+    the_vip: IpAddr,
 ) -> Result<u64, LabError> {
     let lbs = lab.hosts_of(HostRole::LoadBalancer);
     let (master_host, backup_host) = (&lbs[0], &lbs[1]);
@@ -144,8 +158,8 @@ fn one_run(
 /// The figures as a table, with fulcrumd's median over keepalived's for each configuration.
 pub fn report(series: &[Series]) -> String {
     let mut text = String::from(
-        "| interval | departure | router | median ms | min ms | max ms | runs | median vs keepalived |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| interval | family | departure | router | median ms | min ms | max ms | runs | median vs keepalived |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     for one in series {
         let Some((median, min, max)) = one.summary() else { continue };
@@ -153,6 +167,7 @@ pub fn report(series: &[Series]) -> String {
             .iter()
             .find(|other| {
                 other.implementation == Implementation::Keepalived
+                    && other.family == one.family
                     && other.interval == one.interval
                     && other.departure == one.departure
             })
@@ -164,8 +179,9 @@ pub fn report(series: &[Series]) -> String {
         };
         let _ = writeln!(
             text,
-            "| {:?} | {} | {} | {median} | {min} | {max} | {} | {ratio} |",
+            "| {:?} | {} | {} | {} | {median} | {min} | {max} | {} | {ratio} |",
             one.interval,
+            one.family,
             one.departure,
             one.implementation,
             one.outages_ms.len()
@@ -181,6 +197,7 @@ mod tests {
     fn series(implementation: Implementation, outages_ms: Vec<u64>) -> Series {
         Series {
             implementation,
+            family: fulcrum_vrrp::Family::Ipv6,
             interval: Duration::from_secs(1),
             departure: Departure::Crash,
             outages_ms,
@@ -201,11 +218,11 @@ mod tests {
             series(Implementation::Keepalived, vec![600, 610, 620]),
         ]);
         assert!(
-            table.contains("| 1s | crash | fulcrumd | 310 | 300 | 320 | 3 | 0.51 |"),
+            table.contains("| 1s | IPv6 | crash | fulcrumd | 310 | 300 | 320 | 3 | 0.51 |"),
             "{table}"
         );
         assert!(
-            table.contains("| 1s | crash | keepalived | 610 | 600 | 620 | 3 | 1.00 |"),
+            table.contains("| 1s | IPv6 | crash | keepalived | 610 | 600 | 620 | 3 | 1.00 |"),
             "{table}"
         );
     }
