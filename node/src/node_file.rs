@@ -388,15 +388,18 @@ pub enum NodeFileError {
         /// The instance's position in the file, from 0.
         index: usize,
     },
-    /// Unicast peers are listed, but none of a family the instance has VIPs of: that
-    /// family's router would hear nobody and hold the VIPs everywhere.
+    /// Unicast peers or members are listed, but none of a family the instance has VIPs of:
+    /// that family's router would hear nobody (and hold the VIPs everywhere), or anybody.
     #[error(
-        "field `vrrp[{index}].unicast_peers`: the instance has {family} VIPs but no {family} peer"
+        "field `vrrp[{index}].{field}`: the instance has {family} VIPs but lists no {family} \
+         address (for IPv6, the other nodes' link-local addresses on the link)"
     )]
-    NoUnicastPeerOfFamily {
+    NoAddressOfFamily {
         /// The instance's position in the file, from 0.
         index: usize,
-        /// The family without peers.
+        /// `unicast_peers` or `members`.
+        field: &'static str,
+        /// The family without addresses.
         family: Family,
     },
     /// A secret file could not be read.
@@ -480,10 +483,14 @@ impl NodeFile {
             let families = |addresses: &[IpAddr]| -> Vec<Family> {
                 addresses.iter().map(|a| Family::of(*a)).collect()
             };
-            let peer_families = families(&instance.unicast_peers);
-            let unheard = families(&instance.vips).into_iter().find(|f| !peer_families.contains(f));
-            if let Some(family) = unheard.filter(|_| !peer_families.is_empty()) {
-                return Err(NodeFileError::NoUnicastPeerOfFamily { index, family });
+            for (field, listed) in
+                [("unicast_peers", &instance.unicast_peers), ("members", &instance.members)]
+            {
+                let listed = families(listed);
+                let missing = families(&instance.vips).into_iter().find(|f| !listed.contains(f));
+                if let Some(family) = missing.filter(|_| !listed.is_empty()) {
+                    return Err(NodeFileError::NoAddressOfFamily { index, field, family });
+                }
             }
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
@@ -707,16 +714,30 @@ mod tests {
     }
 
     #[test]
-    fn unicast_peers_must_cover_every_family_of_the_vips() {
+    fn unicast_peers_and_members_must_cover_every_family_of_the_vips() {
         let err = NodeFile::parse(
             "node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\n\
              vips = [\"198.18.0.100\", \"2001:db8::100\"]\nunicast_peers = [\"198.18.0.12\"]\n",
         )
         .unwrap_err();
         assert!(
-            matches!(err, NodeFileError::NoUnicastPeerOfFamily { index: 0, family: Family::Ipv6 }),
+            matches!(
+                err,
+                NodeFileError::NoAddressOfFamily {
+                    index: 0,
+                    field: "unicast_peers",
+                    family: Family::Ipv6
+                }
+            ),
             "{err}"
         );
+        let err = NodeFile::parse(
+            "node_id = 1\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\n\
+             vips = [\"198.18.0.100\", \"2001:db8::100\"]\nmembers = [\"198.18.0.12\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`vrrp[0].members`"), "{err}");
+        assert!(err.to_string().contains("link-local"), "{err}");
     }
 
     #[test]

@@ -113,12 +113,16 @@ impl Lab {
             "shutdown_drain = \"10s\"\n{lease}{}",
             fulcrumd_node_file(node_id(host), instances)
         );
-        // Adverts only from the other members count (the fence's defence against forgery).
-        let others: Vec<String> = members
-            .iter()
-            .filter(|m| m.name != host.name)
-            .map(|m| format!("\"{}\"", m.address))
-            .collect();
+        // Adverts only from the other members count (the fence's defence against forgery):
+        // over IPv6 they come from the members' link-local addresses.
+        let ipv6 = instances.iter().any(|i| i.vips.iter().any(std::net::IpAddr::is_ipv6));
+        let mut others = Vec::new();
+        for member in members.iter().filter(|m| m.name != host.name) {
+            others.push(format!("\"{}\"", member.address));
+            if ipv6 {
+                others.push(format!("\"{}\"", self.link_local(member)?));
+            }
+        }
         if !others.is_empty() {
             file = file
                 .replace("[[vrrp]]\n", &format!("[[vrrp]]\nmembers = [{}]\n", others.join(", ")));

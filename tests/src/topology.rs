@@ -259,6 +259,21 @@ impl Lab {
         Ok(())
     }
 
+    /// `host`'s IPv6 link-local address on the lab link (the kernel derives it from the MAC).
+    pub fn link_local(&self, host: &Host) -> Result<Ipv6Addr, LabError> {
+        let output = netns::exec(
+            &host.namespace,
+            "ip",
+            &["-o", "-6", "addr", "show", "dev", "eth0", "scope", "link"],
+        )?;
+        output
+            .split_whitespace()
+            .skip_while(|word| *word != "inet6")
+            .nth(1)
+            .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+            .ok_or_else(|| LabError::Invalid(format!("no link-local address in {output:?}")))
+    }
+
     /// The run's name prefix.
     pub fn prefix(&self) -> String {
         self.lock().prefix.clone()

@@ -656,7 +656,16 @@ fn a_planned_handover_of_a_dual_stack_vip_keeps_an_ipv6_download_and_loses_no_ip
     // The client's packets now go to lb2 (its Neighbor Advertisement moved the entry), which
     // hands those of the download on to lb1: without that, lb2's kernel would reset it.
     let lb2_mac = c.lab.mac(&c.lbs[1]).unwrap();
-    assert_eq!(c.lab.arp_entry(&c.client, vip_v6(1)).unwrap(), Some(lb2_mac));
+    assert_eq!(c.lab.arp_entry(&c.client, vip_v6(1)).unwrap(), Some(lb2_mac.clone()));
+    // lb1 keeps the VIP on lo while it drains, but does not answer solicitations for it: a
+    // client that forgot the VIP learns lb2 again, every time.
+    for _ in 0..3 {
+        let vip = vip_v6(1).to_string();
+        c.lab.exec(&c.client, "ip", &["neigh", "flush", "to", &vip, "dev", "eth0"]).unwrap();
+        let report = c.probe(SocketAddr::from((vip_v6(1), FRONT_PORT)), 2);
+        assert_eq!(report.successes, 2, "{report}");
+        assert_eq!(c.lab.arp_entry(&c.client, vip_v6(1)).unwrap(), Some(lb2_mac.clone()));
+    }
     let whole_download = usize::try_from(SECS * 10 * 1024).unwrap();
     assert_eq!(
         download.join().unwrap(),
