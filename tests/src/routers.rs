@@ -357,7 +357,11 @@ impl Lab {
                 self.exec(host, "ip", &["addr", "del", &cidr, "dev", INTERFACE])?;
             }
         }
-        self.set_link(host, true)
+        self.set_link(host, true)?;
+        // Linux drops a link's IPv6 addresses when it goes down (IPv4 ones stay); a rebooted
+        // host configures its own again.
+        let own = format!("{}/64", host.address_v6());
+        self.exec(host, "ip", &["addr", "replace", &own, "dev", INTERFACE, "nodad"]).map(drop)
     }
 
     fn set_link(&self, host: &Host, up: bool) -> Result<(), LabError> {
