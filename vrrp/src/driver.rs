@@ -166,12 +166,6 @@ impl Vrrp {
             Router::new(settings.router.clone())
                 .map_err(|source| DriverError::Config { vrid: settings.router.vrid, source })?;
             let key = LinkKey { interface: settings.interface.clone(), family: settings.family() };
-            if settings.router.follower && key.family == Family::Ipv4 {
-                return Err(DriverError::NoGroupLeader {
-                    vrid: settings.router.vrid,
-                    interface: settings.interface,
-                });
-            }
             match links.iter_mut().find(|(link, _)| *link == key) {
                 Some((_, list)) if list.iter().any(|s| s.router.vrid == settings.router.vrid) => {
                     return Err(DriverError::DuplicateVrid {
@@ -184,17 +178,20 @@ impl Vrrp {
                 None => links.push((key, vec![settings])),
             }
         }
-        let leads = |key: &LinkKey, vrid: u8| {
-            key.family == Family::Ipv4
-                && links.iter().any(|(k, list)| {
-                    k == key && list.iter().any(|s| s.router.vrid == vrid && !s.router.follower)
-                })
+        // A follower needs its VRID's IPv4 router, one that elects, on its interface.
+        let leads = |interface: &str, vrid: u8| {
+            links.iter().any(|(key, list)| {
+                key.interface == interface
+                    && key.family == Family::Ipv4
+                    && list.iter().any(|s| s.router.vrid == vrid && !s.router.follower)
+            })
         };
         for (key, list) in &links {
-            let leader = LinkKey { family: Family::Ipv4, ..key.clone() };
-            if let Some(orphan) =
-                list.iter().find(|s| s.router.follower && !leads(&leader, s.router.vrid))
-            {
+            let orphan = list.iter().find(|s| {
+                s.router.follower
+                    && (key.family == Family::Ipv4 || !leads(&key.interface, s.router.vrid))
+            });
+            if let Some(orphan) = orphan {
                 return Err(DriverError::NoGroupLeader {
                     vrid: orphan.router.vrid,
                     interface: key.interface.clone(),
