@@ -411,6 +411,21 @@ fn holds_configured(host: &Host, vip: IpAddr, up: bool) -> Result<bool, LabError
     Ok(crate::netns::exec(&host.namespace, "ip", &show)?.contains(&format!(" {vip}/")))
 }
 
+/// The packet sockets open in `host`'s namespace, as `/proc/net/packet` lists them: the
+/// protocol each listens to (in hex, as the kernel prints it; 0003 is every ethertype) and
+/// the bytes queued for it.
+pub fn packet_sockets(host: &Host) -> Result<Vec<(String, u64)>, LabError> {
+    let table = crate::netns::exec(&host.namespace, "cat", &["/proc/net/packet"])?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some((fields.get(3)?.to_string(), fields.get(6)?.parse().ok()?))
+        })
+        .collect())
+}
+
 /// Asks a running `fulcrumd` for its VRRP status (SIGUSR1) and returns it as JSON: instances
 /// with state, priority and counters, and per-link drops by reason.
 pub fn fulcrumd_status(process: &mut LabProcess) -> Result<serde_json::Value, LabError> {

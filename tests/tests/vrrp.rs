@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
 use fulcrum_lab::process::LabProcess;
-use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status, holds};
+use fulcrum_lab::routers::{Implementation, Instance, fulcrumd_status, holds, packet_sockets};
 use fulcrum_lab::topology::{BACKEND_HTTP_PORT, vip, vip_v6};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 use fulcrum_vrrp::wire::{Advertisement, ChecksumForm, Family, Packet, Version};
@@ -138,6 +138,17 @@ fn three_nodes_elect_the_highest_and_the_client_reaches_it() {
     // Still exactly one holder after many advertisement intervals.
     std::thread::sleep(INTERVAL * 10);
     assert_eq!(cluster.lab.holders(&cluster.lbs, vip(1)).unwrap(), ["lb1"]);
+    // The announcer's packet socket listens to no ethertype, so no frame of the link is
+    // queued for it (a socket of every ethertype would hold a copy of each, unread).
+    for lb in &cluster.lbs {
+        let sockets = packet_sockets(lb).unwrap();
+        assert!(!sockets.is_empty(), "{}: no packet socket", lb.name);
+        assert!(
+            sockets.iter().all(|(proto, queued)| proto == "0000" && *queued == 0),
+            "{}: {sockets:?}",
+            lb.name
+        );
+    }
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! Neighbor Advertisement for an IPv6 one, sent on a send-only datalink channel (pnet).
 
 use std::net::IpAddr;
+use std::os::fd::IntoRawFd;
 
-use pnet_datalink::{Channel, DataLinkSender, NetworkInterface};
+use pnet_datalink::{Channel, ChannelType, DataLinkSender, NetworkInterface};
+use socket2::{Domain, Socket, Type};
 
 use crate::error::DriverError;
 use crate::{garp, ndp};
@@ -22,9 +24,22 @@ impl Announcer {
             pnet_datalink::interfaces().into_iter().find(|i| i.name == interface);
         let link = found.ok_or_else(|| DriverError::NoInterface(interface.to_owned()))?;
         let mac = link.mac.ok_or_else(|| DriverError::NoMac(interface.to_owned()))?.octets();
-        // Send-only: promiscuous mode (pnet's default) would make the link hand every frame
-        // on the wire to a socket nobody reads.
-        let config = pnet_datalink::Config { promiscuous: false, ..Default::default() };
+        // Send-only. pnet's own socket listens to every ethertype (ETH_P_ALL), so the kernel
+        // would queue a copy of every frame on the link for a socket nobody reads; one bound
+        // to protocol 0 hooks none and receives nothing, and the kernel reads each sent
+        // frame's ethertype from its header. Promiscuous mode (pnet's default) stays off too.
+        let socket = Socket::new(Domain::PACKET, Type::RAW, None).map_err(|source| {
+            DriverError::Io { what: format!("packet socket on {interface}"), source }
+        })?;
+        let config = pnet_datalink::Config {
+            promiscuous: false,
+            // Layer 3 only makes pnet bind to protocol 0; the socket is raw, so frames go out
+            // with the Ethernet header they are written with.
+            channel_type: ChannelType::Layer3(0),
+            // pnet owns (and closes) the descriptor from here on.
+            socket_fd: Some(socket.into_raw_fd()),
+            ..Default::default()
+        };
         match pnet_datalink::channel(&link, config) {
             Ok(Channel::Ethernet(sender, _receiver)) => {
                 Ok(Announcer { interface: interface.to_owned(), mac, sender })
