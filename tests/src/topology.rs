@@ -259,19 +259,16 @@ impl Lab {
         Ok(())
     }
 
-    /// `host`'s IPv6 link-local address on the lab link (the kernel derives it from the MAC).
+    /// `host`'s IPv6 link-local address on the lab link (the kernel derives it from the MAC),
+    /// found as fulcrumd finds its own.
     pub fn link_local(&self, host: &Host) -> Result<Ipv6Addr, LabError> {
-        let output = netns::exec(
-            &host.namespace,
-            "ip",
-            &["-o", "-6", "addr", "show", "dev", "eth0", "scope", "link"],
-        )?;
-        output
-            .split_whitespace()
-            .skip_while(|word| *word != "inet6")
-            .nth(1)
-            .and_then(|cidr| cidr.split('/').next()?.parse().ok())
-            .ok_or_else(|| LabError::Invalid(format!("no link-local address in {output:?}")))
+        let found = self.run_in(host, || {
+            fulcrum_vrrp::interface_address("eth0", fulcrum_vrrp::Family::Ipv6, &[])
+        })?;
+        match found {
+            Some(std::net::IpAddr::V6(address)) => Ok(address),
+            _ => Err(LabError::Invalid(format!("{} has no link-local address", host.name))),
+        }
     }
 
     /// The run's name prefix.
