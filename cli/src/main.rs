@@ -24,6 +24,7 @@ use crate::commands::cluster::{MemberCommand, VipCommand};
 use crate::commands::config::GetCommand;
 use crate::commands::listener::{ListenerCommand, RouteCommand};
 use crate::commands::pool::{BackendCommand, PoolCommand};
+use crate::commands::cert::CertCommand;
 use crate::commands::ratelimit::RateLimitCommand;
 use crate::commands::{Context, WriteArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, Failure};
@@ -154,6 +155,11 @@ enum ClusterCommand {
     /// --refill 100
     #[command(subcommand)]
     Ratelimit(RateLimitCommand),
+    /// List, show and renew the certificates listeners get by ACME.
+    ///
+    /// Example: fulcrumctl cert list
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// List, add, promote and remove Raft members.
     ///
     /// Example: fulcrumctl member add 4 198.18.0.14:7200
@@ -260,6 +266,7 @@ async fn dispatch(ctx: &Context, command: ClusterCommand, format: Format) -> any
         ClusterCommand::Listener(command) => commands::listener::listener(ctx, command).await,
         ClusterCommand::Route(command) => commands::listener::route(ctx, command).await,
         ClusterCommand::Ratelimit(command) => commands::ratelimit::ratelimit(ctx, command).await,
+        ClusterCommand::Cert(command) => commands::cert::cert(ctx, command).await,
         ClusterCommand::Member(command) => commands::cluster::member(ctx, command).await,
         ClusterCommand::Vip(command) => commands::cluster::vip(ctx, command).await,
         // clap makes --to and --reset exclusive and one of them required: no --to is --reset.

@@ -28,6 +28,9 @@
 //! | `POST /v1/members/{id}/promote`, `DELETE /v1/members/{id}` | | [`Members`] |
 //! | `POST /v1/vips/{vrid}/failover` | [`Failover`] | [`FailoverDone`] |
 //! | `GET /v1/revisions/{revision}/wait[?timeout=10s]` | | [`Propagation`] (504 if incomplete) |
+//! | `GET /v1/certificates` | | list of [`CertificateStatus`] |
+//! | `GET /v1/certificates/{listener}` | | [`CertificateStatus`] |
+//! | `POST /v1/certificates/{listener}/renew` | | [`Written`] |
 //!
 //! Every error is an [`ErrorBody`] with a 4xx or 5xx status.
 
@@ -257,4 +260,85 @@ pub struct Propagation {
     pub complete: bool,
     /// Each member's applied revision (`None` when it did not answer).
     pub applied: Vec<(u64, Option<Revision>)>,
+}
+
+/// An ACME listener's certificate as the cluster keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The listener.
+    pub listener: String,
+    /// The directory it orders from.
+    pub directory: String,
+    /// The challenge it answers.
+    pub challenge: String,
+    /// The names it should cover now.
+    pub hostnames: Vec<String>,
+    /// The certificate in service, if one was issued.
+    pub issued: Option<IssuedStatus>,
+    /// The order in progress or waiting after a failure, if any.
+    pub order: Option<OrderStatus>,
+}
+
+/// A certificate in service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedStatus {
+    /// The names it covers.
+    pub hostnames: Vec<String>,
+    /// Start of validity (UNIX seconds).
+    pub not_before: u64,
+    /// End of validity (UNIX seconds).
+    pub not_after: u64,
+    /// When it is due for renewal (UNIX seconds).
+    pub renew_at: u64,
+    /// The chain, leaf first, as PEM.
+    pub chain_pem: String,
+}
+
+/// An order in progress, failed and waiting, or asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderStatus {
+    /// The authority's order URL, once placed.
+    pub url: Option<String>,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// No new attempt before this (UNIX seconds).
+    pub retry_at: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// An operator asked for a new certificate.
+    pub renew_requested: bool,
+}
+
+/// Every ACME listener's certificate status in `config`, in listener order.
+pub fn certificate_statuses(config: &crate::Config) -> Vec<CertificateStatus> {
+    config
+        .spec
+        .listeners
+        .iter()
+        .filter_map(|listener| {
+            let acme = listener.tls.as_ref()?.acme.as_ref()?;
+            let issued = config.acme.certificate(&listener.name).map(|c| IssuedStatus {
+                hostnames: c.hostnames.clone(),
+                not_before: c.not_before,
+                not_after: c.not_after,
+                renew_at: c.renew_at(),
+                chain_pem: c.chain_pem.clone(),
+            });
+            let order = config.acme.order(&listener.name).map(|o| OrderStatus {
+                url: o.url.clone(),
+                failures: o.failures,
+                retry_at: o.retry_at,
+                last_error: o.last_error.clone(),
+                renew_requested: o.renew_requested,
+            });
+            Some(CertificateStatus {
+                listener: listener.name.to_string(),
+                directory: acme.directory.clone(),
+                challenge: acme.challenge.to_string(),
+                hostnames: acme.names_for(listener),
+                issued,
+                order,
+            })
+        })
+        .collect()
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The first byte of every encoded message.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// The largest message encoded or decoded (a whole configuration fits many times over).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -76,6 +76,8 @@ pub enum Command {
     PutRateLimit(RateLimitPolicy),
     /// Delete a rate-limit policy that nothing refers to.
     DeleteRateLimit(Name),
+    /// A step of ACME certificate management (state kept beside the declared configuration).
+    Acme(crate::acme::AcmeCommand),
 }
 
 /// The kinds of object a command can name.
@@ -92,6 +94,10 @@ pub enum ObjectKind {
     Backend,
     /// A rate-limit policy.
     RateLimit,
+    /// An https listener that gets its certificate by ACME.
+    AcmeListener,
+    /// An ACME account (named by its directory).
+    AcmeAccount,
 }
 
 impl fmt::Display for ObjectKind {
@@ -102,6 +108,8 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Pool => "pool",
             ObjectKind::Backend => "backend",
             ObjectKind::RateLimit => "rate limit",
+            ObjectKind::AcmeListener => "ACME listener",
+            ObjectKind::AcmeAccount => "ACME account for",
         })
     }
 }
@@ -134,8 +142,14 @@ impl Config {
     /// Applies `command`: on success the revision goes up by one and is returned; on error
     /// nothing changes.
     pub fn apply(&mut self, command: &Command) -> Result<Revision, ApplyError> {
-        let spec = self.spec.with(command)?;
-        self.spec = spec;
+        if let Command::Acme(acme) = command {
+            let mut state = self.acme.clone();
+            state.change(&self.spec, acme)?;
+            self.acme = state;
+        } else {
+            self.spec = self.spec.with(command)?;
+            self.acme.retain_listeners(&self.spec);
+        }
         self.revision += 1;
         Ok(self.revision)
     }
@@ -153,6 +167,8 @@ impl ClusterSpec {
     fn change(&mut self, command: &Command) -> Result<(), ApplyError> {
         match command {
             Command::Apply(spec) => *self = spec.clone(),
+            // Kept beside the declared configuration (`Config::apply`).
+            Command::Acme(_) => {}
             Command::PutListener(listener) => {
                 put(&mut self.listeners, listener.clone(), |l| &l.name)
             }

@@ -27,6 +27,9 @@ pub struct Config {
     pub revision: Revision,
     /// What the operators declared.
     pub spec: ClusterSpec,
+    /// ACME accounts, orders and certificates: kept by the cluster, not declared.
+    #[serde(default)]
+    pub acme: crate::acme::AcmeState,
 }
 
 /// The declarative part of the configuration: the content of a cluster file.
@@ -207,8 +210,12 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    /// Certificates to choose from by SNI; the first is the fallback.
+    /// Certificates to choose from by SNI; the first is the fallback after an ACME one.
+    #[serde(default)]
     pub certificates: Vec<Certificate>,
+    /// Get a certificate from an ACME authority, shared by every node.
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeSettings>,
 }
 
 /// A certificate chain and its key, as PEM files present on every node.

@@ -7,6 +7,7 @@
 //! It never does IO and never reads a clock: every function here is a pure transformation of
 //! values, so every node that applies the same commands reaches the same [`Config`].
 
+pub mod acme;
 pub mod api;
 pub mod codec;
 pub mod command;

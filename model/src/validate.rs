@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::Name;
+use crate::acme::{AcmeSettings, ChallengeKind};
 use crate::config::*;
 
 /// The largest Maglev table accepted (the next prime after 2^20 is far above any real pool).
@@ -125,6 +126,44 @@ impl Checker {
         }
     }
 
+    fn acme(&mut self, spec: &ClusterSpec, listener: &Listener, acme: &AcmeSettings) {
+        let object = format!("listener '{}'", listener.name);
+        if !acme.directory.starts_with("https://") || acme.directory.len() <= "https://".len() {
+            self.report(&object, "tls.acme.directory", "an ACME directory is an https:// URL");
+        }
+        let names = acme.names_for(listener);
+        if names.is_empty() {
+            self.report(
+                &object,
+                "tls.acme.hostnames",
+                "no names to certify: list `hostnames`, or give routes an exact `host`",
+            );
+        }
+        for name in names.iter().filter(|name| !is_dns_name(name)) {
+            self.report(
+                &object,
+                "tls.acme.hostnames",
+                format!("'{name}' is not a DNS name an ACME authority can validate over HTTP or TLS (wildcards need DNS-01)"),
+            );
+        }
+        // Any port: the authority asks on 80, which may be forwarded to another.
+        let answers_http = |l: &Listener| {
+            l.protocol == Protocol::Http
+                && (l.bind.ip() == listener.bind.ip()
+                    || (l.bind.ip().is_unspecified() && l.bind.is_ipv4() == listener.bind.is_ipv4()))
+        };
+        if acme.challenge == ChallengeKind::Http01 && !spec.listeners.iter().any(answers_http) {
+            self.report(
+                &object,
+                "tls.acme.challenge",
+                format!(
+                    "http-01 is answered by an http listener: add one on {}:80, or use tls-alpn-01",
+                    listener.bind.ip()
+                ),
+            );
+        }
+    }
+
     fn listener(&mut self, spec: &ClusterSpec, listener: &Listener) {
         let object = format!("listener '{}'", listener.name);
         if listener.bind.port() == 0 {
@@ -161,14 +200,23 @@ impl Checker {
             );
         }
         match (listener.protocol, &listener.tls) {
-            (Protocol::Https, None) => {
-                self.report(&object, "tls", "an https listener needs `tls.certificates`")
-            }
-            (Protocol::Https, Some(tls)) if tls.certificates.is_empty() => self.report(
+            (Protocol::Https, None) => self.report(
                 &object,
-                "tls.certificates",
-                "an https listener needs at least one certificate",
+                "tls",
+                "an https listener needs `tls.certificates` or `tls.acme`",
             ),
+            (Protocol::Https, Some(tls)) if tls.certificates.is_empty() && tls.acme.is_none() => {
+                self.report(
+                    &object,
+                    "tls.certificates",
+                    "an https listener needs at least one certificate, or `tls.acme`",
+                )
+            }
+            (Protocol::Https, Some(tls)) => {
+                if let Some(acme) = &tls.acme {
+                    self.acme(spec, listener, acme);
+                }
+            }
             (Protocol::Tcp | Protocol::Http, Some(_)) => self.report(
                 &object,
                 "tls",
@@ -489,4 +537,19 @@ fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn is_prime(n: u32) -> bool {
     n >= 2 && (2..).take_while(|d: &u32| d.saturating_mul(*d) <= n).all(|d| !n.is_multiple_of(d))
+}
+
+/// A name an ACME authority can validate by HTTP-01 or TLS-ALPN-01: letters, digits and
+/// hyphens in dot-separated labels of at most 63 bytes, 253 in all, no wildcard, and not an
+/// IP address (its last label has a letter).
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').count() >= 2
+        && name.rsplit('.').next().is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()))
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }

@@ -31,7 +31,7 @@ fn json_round_trip_is_identity() {
 
 #[test]
 fn binary_round_trip_is_identity_and_compact() {
-    let config = Config { revision: 42, spec: example() };
+    let config = Config { revision: 42, spec: example(), acme: Default::default() };
     let bytes = codec::encode(&config).unwrap();
     assert_eq!(codec::decode::<Config>(&bytes).unwrap(), config);
     let json = serde_json::to_vec(&config).unwrap();
@@ -48,7 +48,7 @@ fn binary_rejects_wrong_version_trailing_bytes_and_truncation() {
     trailing.push(0);
     assert!(matches!(codec::decode::<Config>(&trailing), Err(codec::CodecError::Trailing(1))));
     assert!(matches!(codec::decode::<Config>(&[]), Err(codec::CodecError::Empty)));
-    let full = codec::encode(&Config { revision: 1, spec: example() }).unwrap();
+    let full = codec::encode(&Config { revision: 1, spec: example(), acme: Default::default() }).unwrap();
     for cut in 1..full.len() {
         assert!(codec::decode::<Config>(&full[..cut]).is_err(), "cut at {cut} decoded");
     }

@@ -266,7 +266,7 @@ fn https_listener_without_certificates() {
     let mut spec = base();
     spec.listeners[0].protocol = Protocol::Https;
     only_violation(&spec, "listener 'public'", "tls");
-    spec.listeners[0].tls = Some(Tls { certificates: vec![] });
+    spec.listeners[0].tls = Some(Tls { certificates: vec![], acme: None });
     only_violation(&spec, "listener 'public'", "tls.certificates");
 }
 
@@ -274,7 +274,10 @@ fn https_listener_without_certificates() {
 fn tls_on_a_plain_listener() {
     let mut spec = base();
     spec.listeners[0].tls =
-        Some(Tls { certificates: vec![Certificate { cert: "a.pem".into(), key: "a.key".into() }] });
+        Some(Tls {
+            certificates: vec![Certificate { cert: "a.pem".into(), key: "a.key".into() }],
+            acme: None,
+        });
     only_violation(&spec, "listener 'public'", "tls");
 }
 

@@ -10,6 +10,7 @@
 //! - [`dataplane`]: listeners, L4 and L7 forwarding, pools, health checks, drains, counters.
 //! - [`cluster`]: the node as a member: peer RPC, cluster views, VIP moves, priorities,
 //!   hand-overs with second-chance forwarding.
+//! - [`acme`]: ACME certificates ordered by the leader for every node, keys sealed.
 //! - [`api`]: the admin API and the `/metrics` endpoint.
 //! - `prometheus`: writing the metrics text format.
 //! - [`time`], [`secret`]: deadlines from operators' durations, random keys.
@@ -17,6 +18,7 @@
 //! The binary (`src/bin/fulcrumd/`) is `main.rs`, which parses the arguments, over
 //! `daemon.rs`, which starts the node's parts in order and stops them in reverse.
 
+pub mod acme;
 pub mod api;
 pub mod cluster;
 pub mod dataplane;

@@ -58,6 +58,44 @@ pub struct NodeFile {
     /// after about this long; Raft elections must fit in it (checked).
     #[serde(default = "default_fence_lease", with = "fulcrum_model::duration")]
     pub fence_lease: Duration,
+    /// How ACME keys are sealed in the store; without it, under the cluster secret.
+    #[serde(default)]
+    pub acme: Option<AcmeSection>,
+}
+
+/// The `[acme]` section: the secret that seals ACME account and certificate keys in the
+/// replicated store, and the previous ones while a rotation is under way.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// A file holding the sealing secret (the same on every node); default: the cluster
+    /// secret (`[raft] secret_file`).
+    #[serde(default)]
+    pub seal_key_file: Option<PathBuf>,
+    /// Files holding earlier sealing secrets: keys sealed under them still open, and the
+    /// leader seals them again under the current one.
+    #[serde(default)]
+    pub previous_seal_key_files: Vec<PathBuf>,
+}
+
+impl AcmeSection {
+    /// The current sealing secret (`cluster_secret` unless a file names one) and the
+    /// previous ones.
+    pub fn seal_secrets(
+        &self,
+        cluster_secret: &[u8],
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), NodeFileError> {
+        let current = match &self.seal_key_file {
+            Some(path) => read_secret(path, "ACME seal key", MIN_SECRET_BYTES)?,
+            None => cluster_secret.to_vec(),
+        };
+        let previous = self
+            .previous_seal_key_files
+            .iter()
+            .map(|path| read_secret(path, "previous ACME seal key", MIN_SECRET_BYTES))
+            .collect::<Result<_, _>>()?;
+        Ok((current, previous))
+    }
 }
 
 fn default_fence_lease() -> Duration {

@@ -532,7 +532,7 @@ async fn tls_chooses_the_certificate_by_sni_and_speaks_h2_by_alpn() {
     }
     let port = free_port();
     let mut listener = Listener::new(name("web"), port.address, Protocol::Https, name("web"));
-    listener.tls = Some(Tls { certificates });
+    listener.tls = Some(Tls { certificates, acme: None });
     let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -770,7 +770,7 @@ async fn a_changed_certificate_is_served_without_a_restart() {
     let (files, old_root) = write_certificate(dir.path(), "one.example.test");
     let port = free_port();
     let mut listener = Listener::new(name("web"), port.address, Protocol::Https, name("web"));
-    listener.tls = Some(Tls { certificates: vec![files.clone()] });
+    listener.tls = Some(Tls { certificates: vec![files.clone()], acme: None });
     let config = Config {
         revision: 1,
         spec: ClusterSpec {
@@ -1140,7 +1140,7 @@ async fn tls_1_2_clients_get_a_forward_secret_aead_suite() {
     let (files, root) = write_certificate(dir.path(), "one.example.test");
     let port = free_port();
     let mut listener = Listener::new(name("web"), port.address, Protocol::Https, name("web"));
-    listener.tls = Some(Tls { certificates: vec![files] });
+    listener.tls = Some(Tls { certificates: vec![files], acme: None });
     let _plane = serve(vec![listener], vec![pool("web", &[&a])], vec![]).await;
 
     let mut roots = rustls::RootCertStore::empty();

@@ -1,6 +1,7 @@
 //! What the commands that talk to the cluster share: the [`Context`] they run in, the report
 //! of a write (and its `--wait`), and reading one object from a file.
 
+pub(crate) mod cert;
 pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod listener;

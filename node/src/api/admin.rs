@@ -16,8 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fulcrum_model::api::{
     AddMember, BackendStateChange, BackendWeightChange, DryRun, ErrorBody, Failover, HEADER_ACTOR,
-    Written,
+    Written, certificate_statuses,
 };
+use fulcrum_model::acme::AcmeCommand;
 use fulcrum_model::{
     ApplyError, Backend, Command, Listener, Name, Pool, RateLimitPolicy, Route, file,
 };
@@ -292,6 +293,27 @@ impl Admin {
                 _ => json(StatusCode::OK, &*self.store.linearizable_config().await?),
             },
             (&Method::POST, ["v1", "config"]) => self.apply_file(call).await,
+            (&Method::GET, ["v1", "certificates"]) => {
+                let config = self.store.linearizable_config().await?;
+                json(StatusCode::OK, &certificate_statuses(&config))
+            }
+            (&Method::GET, ["v1", "certificates", name]) => {
+                let config = self.store.linearizable_config().await?;
+                let status = certificate_statuses(&config)
+                    .into_iter()
+                    .find(|s| s.listener == *name)
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            format!("listener '{name}' does not get its certificate by ACME"),
+                        )
+                    })?;
+                json(StatusCode::OK, &status)
+            }
+            (&Method::POST, ["v1", "certificates", name, "renew"]) => {
+                let renew = AcmeCommand::RequestRenewal(name_of(name)?);
+                self.write(call, Command::Acme(renew)).await
+            }
             (&Method::PUT, ["v1", "listeners", name]) => {
                 let listener = named_body(call, name, |o: &Listener| &o.name)?;
                 self.write(call, Command::PutListener(listener)).await
@@ -470,6 +492,18 @@ fn describe(command: &Command) -> String {
         }
         Command::PutRateLimit(p) => format!("rate limit {} set", p.name),
         Command::DeleteRateLimit(name) => format!("rate limit {name} deleted"),
+        Command::Acme(acme) => match acme {
+            AcmeCommand::PutAccount(a) => format!("ACME account stored for {}", a.directory),
+            AcmeCommand::ResealAccount(a) => format!("ACME account resealed for {}", a.directory),
+            AcmeCommand::PutOrder(o) => format!("ACME order of listener {} stored", o.listener),
+            AcmeCommand::PutChallenges { listener, answers } => {
+                format!("{} ACME challenge answers of listener {listener} stored", answers.len())
+            }
+            AcmeCommand::Issued(c) => format!("ACME certificate of listener {} stored", c.listener),
+            AcmeCommand::RequestRenewal(listener) => {
+                format!("ACME renewal of listener {listener} requested")
+            }
+        },
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wait_for_capacity};
 use super::shared::Shared;
+use super::acme::ACME_TLS_ALPN;
 use super::tls::RELOAD_EVERY;
 use super::{http, l4};
 
@@ -33,7 +34,7 @@ pub(crate) fn start(
     let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>().map_err(
         |source| ListenerError::Bind { name: spec.name.clone(), bind: spec.bind, source },
     )?;
-    let runtime = ListenerRuntime::new(spec)?;
+    let runtime = ListenerRuntime::new(spec, &shared.acme)?;
     if spec.protocol == Protocol::Https {
         tokio::spawn(reload_certificates(Arc::clone(&runtime)));
     }
@@ -144,6 +145,11 @@ async fn serve(
             let timeout = listener.spec().http.header_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
+                    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                        // A TLS-ALPN-01 validation: the certificate was the answer.
+                        tracing::debug!(listener = %listener.name(), %peer, "ACME TLS-ALPN-01 validation answered");
+                        return;
+                    }
                     http::serve(tls, Downstream { tls: true, ..client }, listener, shared).await
                 }
                 Ok(Err(e)) => {

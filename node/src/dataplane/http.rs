@@ -187,6 +187,12 @@ async fn route_and_forward(
     shared: &Shared,
 ) -> Response<ProxyBody> {
     let spec = listener.spec();
+    // An ACME HTTP-01 validation: the cluster answers it, whichever node it reaches.
+    if !downstream.tls
+        && let Some(answer) = shared.acme.load().http01_answer(request.uri().path())
+    {
+        return acme_answer(answer);
+    }
     let router = listener.router();
     // Routes and rate limits see the path in normal form, and so does the backend.
     match fulcrum_policy::path::normalize(request.uri().path()) {
@@ -771,6 +777,17 @@ pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBod
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The key authorization an HTTP-01 validation asks for (RFC 8555 §8.3).
+fn acme_answer(key_authorization: &str) -> Response<ProxyBody> {
+    let body = Bytes::copy_from_slice(key_authorization.as_bytes());
+    let mut response =
+        Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     response
 }
 

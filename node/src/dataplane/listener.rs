@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 
 use super::addresses::{AddressDrains, Phase};
 use super::stats::{RouteStats, TrafficStats};
-use super::tls::CertStore;
+use super::acme::AcmeMaterial;
+use super::tls::{AcmeSource, CertStore};
 use fulcrum_policy::Router;
 
 /// A listener that could not be started; the rest of the configuration still applies.
@@ -68,6 +69,8 @@ pub struct ListenerRuntime {
     route_stats: Mutex<HashMap<String, Arc<RouteStats>>>,
     /// Certificates and the TLS acceptor of an https listener.
     tls: ArcSwap<Option<TlsState>>,
+    /// The cluster's ACME certificates and answers, which its TLS may present.
+    acme: Arc<ArcSwap<AcmeMaterial>>,
 }
 
 /// An https listener's certificates and the acceptor presenting them.
@@ -83,12 +86,20 @@ impl std::fmt::Debug for TlsState {
 }
 
 impl TlsState {
-    fn load(spec: &Listener) -> Result<Option<TlsState>, ListenerError> {
+    fn load(
+        spec: &Listener,
+        acme: &Arc<ArcSwap<AcmeMaterial>>,
+    ) -> Result<Option<TlsState>, ListenerError> {
         if spec.protocol != Protocol::Https {
             return Ok(None);
         }
         let files = spec.tls.as_ref().map(|t| t.certificates.as_slice()).unwrap_or_default();
-        let store = CertStore::load(files)
+        let acme = spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.acme.is_some())
+            .then(|| AcmeSource { listener: spec.name.clone(), material: Arc::clone(acme) });
+        let store = CertStore::for_listener(files, acme)
             .map_err(|source| ListenerError::Tls { name: spec.name.clone(), source })?;
         let store = Arc::new(store);
         let acceptor = TlsAcceptor::from(store.server_config());
@@ -98,8 +109,11 @@ impl TlsState {
 
 impl ListenerRuntime {
     /// A listener as configured, not accepting yet; fails if its certificates cannot be used.
-    pub fn new(spec: &Listener) -> Result<Arc<ListenerRuntime>, ListenerError> {
-        let tls = TlsState::load(spec)?;
+    pub(crate) fn new(
+        spec: &Listener,
+        acme: &Arc<ArcSwap<AcmeMaterial>>,
+    ) -> Result<Arc<ListenerRuntime>, ListenerError> {
+        let tls = TlsState::load(spec, acme)?;
         let runtime = Arc::new(ListenerRuntime {
             name: spec.name.clone(),
             spec: ArcSwap::from_pointee(spec.clone()),
@@ -112,6 +126,7 @@ impl ListenerRuntime {
             router: ArcSwap::default(),
             route_stats: Mutex::default(),
             tls: ArcSwap::from_pointee(tls),
+            acme: Arc::clone(acme),
         });
         runtime.router.store(Arc::new(runtime.build_router(spec)));
         Ok(runtime)
@@ -152,8 +167,9 @@ impl ListenerRuntime {
     pub fn update(&self, spec: &Listener) -> Result<(), ListenerError> {
         let files_changed = {
             let tls = self.tls.load();
-            let current = tls.as_ref().as_ref().map(|t| t.store.files());
-            let next = spec.tls.as_ref().map(|t| t.certificates.as_slice());
+            let current = tls.as_ref().as_ref().map(|t| (t.store.files(), t.store.uses_acme()));
+            let next =
+                spec.tls.as_ref().map(|t| (t.certificates.as_slice(), t.acme.is_some()));
             current != next
         };
         self.spec.store(Arc::new(spec.clone()));
@@ -161,7 +177,7 @@ impl ListenerRuntime {
         // A raised or lifted limit lets waiting accept loops go on at once.
         self.capacity.notify_waiters();
         if files_changed {
-            self.tls.store(Arc::new(TlsState::load(spec)?));
+            self.tls.store(Arc::new(TlsState::load(spec, &self.acme)?));
         } else if let Some(tls) = self.tls.load().as_ref() {
             // Same files named: they may still have new contents.
             tls.store.reload_changed();

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use fulcrum_model::Algorithm;
 use fulcrum_policy::Health;
 
+use super::acme::AcmeMaterial;
 use super::error::ErrorKind;
 use super::listener::ListenerRuntime;
 use super::pool::PoolRuntime;
@@ -20,6 +21,7 @@ pub(crate) fn render(
     listeners: &[Arc<ListenerRuntime>],
     retired: &[Arc<ListenerRuntime>],
     pools: &[Arc<PoolRuntime>],
+    acme: &AcmeMaterial,
 ) -> String {
     let backends: Vec<_> = pools
         .iter()
@@ -174,6 +176,7 @@ pub(crate) fn render(
             }
         }
     }
+    acme.render(&mut page);
     page.finish()
 }
 

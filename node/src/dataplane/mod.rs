@@ -7,6 +7,7 @@
 //! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
 //! takes a lock or waits on the configuration store or the disk.
 
+pub(crate) mod acme;
 mod accept;
 pub mod addresses;
 mod attempt;
@@ -40,7 +41,9 @@ use tokio::task::JoinHandle;
 use fulcrum_policy::CookieSigner;
 use fulcrum_policy::ratelimit::{DEFAULT_MAX_KEYS, Limiter};
 
+use crate::acme::seal::Sealer;
 use crate::time::deadline_after;
+use acme::AcmeMaterial;
 use addresses::Phase;
 use listener::{ListenerError, ListenerRuntime};
 use pool::PoolRuntime;
@@ -93,6 +96,8 @@ pub struct DataPlane {
     retired_pools: Mutex<Vec<Arc<PoolRuntime>>>,
     /// The revision of the configuration last applied: what this node serves.
     served_revision: std::sync::atomic::AtomicU64,
+    /// Opens the keys of ACME certificates (a node without a cluster secret has none).
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl DataPlane {
@@ -112,12 +117,20 @@ impl DataPlane {
                 limiters: ArcSwap::default(),
                 signer,
                 addresses: Arc::default(),
+                acme: Arc::default(),
             }),
+            sealer: None,
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
             retired_pools: Mutex::default(),
             served_revision: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The same, opening ACME certificates' keys with `sealer`.
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> DataPlane {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// Makes the running data plane match `config`. A listener that cannot start is reported
@@ -131,6 +144,8 @@ impl DataPlane {
         let spec = &config.spec;
         let old_pools = self.apply_pools(spec);
         self.apply_rate_limits(spec);
+        let material = AcmeMaterial::build(config, self.sealer.as_deref(), &self.shared.acme.load());
+        self.shared.acme.store(Arc::new(material));
 
         // Stop what goes away first, so its address is free for whatever replaces it.
         let leaving: Vec<Name> = control
@@ -329,7 +344,7 @@ impl DataPlane {
             fulcrum_policy::lock(&self.retired_pools).iter().filter(|p| !p.is_idle()).cloned(),
         );
         pools.sort_by(|a, b| a.name().cmp(b.name()));
-        metrics::render(&listeners, &retired, &pools)
+        metrics::render(&listeners, &retired, &pools, &self.shared.acme.load())
     }
 }
 

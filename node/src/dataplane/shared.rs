@@ -1,5 +1,5 @@
 //! What every connection of the data plane reads: the pools, the rate-limit policies, the
-//! sticky-cookie signer and the local addresses being drained. Swapped whole by
+//! sticky-cookie signer, the local addresses being drained and the ACME material. Swapped whole by
 //! `DataPlane::apply`, never locked on the data path.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use fulcrum_model::{Name, RateLimitKey, RateLimitPolicy};
 use fulcrum_policy::{CookieSigner, Limiter};
 
+use super::acme::AcmeMaterial;
 use super::addresses::AddressDrains;
 use super::pool::PoolRuntime;
 
@@ -29,6 +30,8 @@ pub(crate) struct Shared {
     pub signer: CookieSigner,
     /// Local addresses (VIPs handed over) whose connections drain.
     pub addresses: Arc<AddressDrains>,
+    /// ACME certificates and challenge answers.
+    pub acme: Arc<ArcSwap<AcmeMaterial>>,
 }
 
 impl Shared {

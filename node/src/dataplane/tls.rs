@@ -1,17 +1,21 @@
-//! TLS termination: an `https` listener's certificates, read from the PEM files it names,
-//! chosen by SNI (the first is the fallback), offered with ALPN `h2` and `http/1.1` over TLS
-//! 1.2 and 1.3, and read again when their files change, without a restart.
+//! TLS termination: an `https` listener's certificates, its ACME certificate and the PEM
+//! files it names, chosen by SNI (the ACME one, then the first file, is the fallback),
+//! offered with ALPN `h2` and `http/1.1` over TLS 1.2 and 1.3, and read again when their
+//! files change, without a restart. A listener with ACME also answers TLS-ALPN-01
+//! validation handshakes (ALPN `acme-tls/1`) with the cluster's validation certificate.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use fulcrum_model::Certificate;
+use fulcrum_model::{Certificate, Name};
 use fulcrum_raft_store::tls::{PemFileError, load_certified_key};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::ServerName;
+
+use super::acme::{ACME_TLS_ALPN, AcmeMaterial};
 
 /// How often certificate files are checked for changes.
 pub(crate) const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -34,21 +38,45 @@ struct Loaded {
     changed: (Option<SystemTime>, Option<SystemTime>),
 }
 
+/// Where a listener with ACME finds its certificate and validation answers.
+#[derive(Debug)]
+pub(crate) struct AcmeSource {
+    /// The listener whose certificate to present.
+    pub listener: Name,
+    /// The cluster's ACME material, swapped on every applied configuration.
+    pub material: Arc<ArcSwap<AcmeMaterial>>,
+}
+
 /// A listener's certificates; the TLS handshake asks it which to present.
 #[derive(Debug)]
 pub(crate) struct CertStore {
     files: Vec<Certificate>,
     loaded: ArcSwap<Vec<Loaded>>,
+    acme: Option<AcmeSource>,
 }
 
 impl CertStore {
     /// Reads every certificate; fails on the first that cannot be used.
     pub(crate) fn load(files: &[Certificate]) -> Result<CertStore, TlsError> {
-        if files.is_empty() {
+        CertStore::for_listener(files, None)
+    }
+
+    /// The same, for a listener that may also present an ACME certificate (then it may
+    /// have no files: until one is issued, only validation handshakes succeed).
+    pub(crate) fn for_listener(
+        files: &[Certificate],
+        acme: Option<AcmeSource>,
+    ) -> Result<CertStore, TlsError> {
+        if files.is_empty() && acme.is_none() {
             return Err(TlsError::NoCertificate);
         }
         let loaded = files.iter().map(load_one).collect::<Result<Vec<_>, _>>()?;
-        Ok(CertStore { files: files.to_vec(), loaded: ArcSwap::from_pointee(loaded) })
+        Ok(CertStore { files: files.to_vec(), loaded: ArcSwap::from_pointee(loaded), acme })
+    }
+
+    /// Whether it presents an ACME certificate.
+    pub(crate) fn uses_acme(&self) -> bool {
+        self.acme.is_some()
     }
 
     /// The files this store reads.
@@ -105,6 +133,9 @@ impl CertStore {
                 .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>)
         });
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if self.acme.is_some() {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Arc::new(config)
     }
 
@@ -118,12 +149,30 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let issued = match &self.acme {
+            Some(acme) => {
+                let material = acme.material.load();
+                // RFC 8737 §3: a validation handshake offers acme-tls/1 alone.
+                if hello.alpn().is_some_and(|mut offered| {
+                    offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none()
+                }) {
+                    return hello.server_name().and_then(|name| material.alpn_certificate(name));
+                }
+                material.issued(&acme.listener)
+            }
+            None => None,
+        };
         let loaded = self.loaded.load();
-        let by_name = hello.server_name().and_then(|name| {
-            let name = ServerName::try_from(name).ok()?;
-            loaded.iter().find(|l| valid_for(&l.key, &name))
-        });
-        by_name.or_else(|| loaded.first()).map(|l| Arc::clone(&l.key))
+        let name = hello.server_name().and_then(|name| ServerName::try_from(name).ok());
+        if let Some(name) = &name {
+            if let Some(issued) = issued.as_ref().filter(|key| valid_for(key, name)) {
+                return Some(Arc::clone(issued));
+            }
+            if let Some(file) = loaded.iter().find(|l| valid_for(&l.key, name)) {
+                return Some(Arc::clone(&file.key));
+            }
+        }
+        issued.or_else(|| loaded.first().map(|l| Arc::clone(&l.key)))
     }
 }
 

@@ -20,6 +20,8 @@ use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked};
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::dev;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
+use fulcrum_node::acme::manager::CertificateManager;
+use fulcrum_node::acme::seal::Sealer;
 use fulcrum_node::secret::random_secret;
 use fulcrum_node::time::deadline_after;
 use fulcrum_policy::CookieSigner;
@@ -139,6 +141,20 @@ impl Daemon {
             None => None,
         };
         let signer = cookie_signer(store_settings.as_ref())?;
+        // ACME keys are sealed under a secret every node has; a node without a store has
+        // no ACME.
+        let sealer = match &store_settings {
+            Some(settings) => {
+                let (current, previous) = node
+                    .acme
+                    .clone()
+                    .unwrap_or_default()
+                    .seal_secrets(&settings.secret)
+                    .with_context(node_file)?;
+                Some(Arc::new(Sealer::new(&current, &previous)))
+            }
+            None => None,
+        };
         let store = match store_settings {
             Some(settings) => Some(start_store(settings).await?),
             None => None,
@@ -147,10 +163,12 @@ impl Daemon {
             seed_dev_cluster(store).await?;
         }
         let workers = node.workers.map_or_else(workers::default_count, |n| n.get());
-        let plane = Arc::new(
-            DataPlane::with_workers(workers, signer)
-                .context("cannot start the data plane's worker threads")?,
-        );
+        let plane = DataPlane::with_workers(workers, signer)
+            .context("cannot start the data plane's worker threads")?;
+        let plane = Arc::new(match &sealer {
+            Some(sealer) => plane.with_sealer(Arc::clone(sealer)),
+            None => plane,
+        });
         serve_configuration(&plane, store.as_ref(), options.cluster_file.as_deref()).await?;
         if let Some(address) = node.metrics_listen {
             let listener = TcpListener::bind(address)
@@ -182,6 +200,10 @@ impl Daemon {
             cluster_file: options.cluster_file.clone(),
         };
         daemon.node = daemon.start_member(node);
+        if let (Some(member), Some(store), Some(sealer)) = (&daemon.node, &daemon.store, sealer) {
+            let manager = CertificateManager::new(Arc::clone(store), Arc::clone(member), sealer);
+            tokio::spawn(manager.run());
+        }
         if let (Some(listener), Some(token), Some(member), Some(store)) =
             (admin_listener, admin_token, &daemon.node, &daemon.store)
         {
@@ -449,7 +471,7 @@ fn read_cluster_file(path: &Path) -> anyhow::Result<Config> {
         .with_context(|| format!("cannot read cluster file {}", path.display()))?;
     let spec = file::parse(&text)
         .with_context(|| format!("{} is not a valid cluster file", path.display()))?;
-    Ok(Config { revision: 0, spec })
+    Ok(Config { revision: 0, spec, acme: Default::default() })
 }
 
 fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
