@@ -15,7 +15,7 @@ fi
 # Debian packages the tests use, by the command that shows each is there.
 declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived
     [shellcheck]=shellcheck [systemd-analyze]=systemd [vagrant]=vagrant [testssl]=testssl.sh
-    [pip3]=python3-pip [tshark]=tshark [sysctl]=procps)
+    [pip3]=python3-pip [tshark]=tshark [sysctl]=procps [pebble]=pebble)
 missing=()
 for command in "${!packages[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")

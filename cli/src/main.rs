@@ -20,11 +20,11 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::Client;
+use crate::commands::cert::CertCommand;
 use crate::commands::cluster::{MemberCommand, VipCommand};
 use crate::commands::config::GetCommand;
 use crate::commands::listener::{ListenerCommand, RouteCommand};
 use crate::commands::pool::{BackendCommand, PoolCommand};
-use crate::commands::cert::CertCommand;
 use crate::commands::ratelimit::RateLimitCommand;
 use crate::commands::{Context, WriteArgs};
 use crate::exit::{EXIT_CODES_HELP, Exit, Failure};

@@ -268,8 +268,11 @@ impl AcmeState {
             AcmeCommand::PutChallenges { listener, answers } => {
                 acme_listener(listener)?;
                 self.challenges.retain(|c| &c.listener != listener);
-                self.challenges
-                    .extend(answers.iter().map(|a| ChallengeAnswer { listener: listener.clone(), ..a.clone() }));
+                self.challenges.extend(
+                    answers
+                        .iter()
+                        .map(|a| ChallengeAnswer { listener: listener.clone(), ..a.clone() }),
+                );
             }
             AcmeCommand::Issued(certificate) => {
                 acme_listener(&certificate.listener)?;

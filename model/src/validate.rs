@@ -150,7 +150,8 @@ impl Checker {
         let answers_http = |l: &Listener| {
             l.protocol == Protocol::Http
                 && (l.bind.ip() == listener.bind.ip()
-                    || (l.bind.ip().is_unspecified() && l.bind.is_ipv4() == listener.bind.is_ipv4()))
+                    || (l.bind.ip().is_unspecified()
+                        && l.bind.is_ipv4() == listener.bind.is_ipv4()))
         };
         if acme.challenge == ChallengeKind::Http01 && !spec.listeners.iter().any(answers_http) {
             self.report(

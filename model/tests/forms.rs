@@ -48,7 +48,8 @@ fn binary_rejects_wrong_version_trailing_bytes_and_truncation() {
     trailing.push(0);
     assert!(matches!(codec::decode::<Config>(&trailing), Err(codec::CodecError::Trailing(1))));
     assert!(matches!(codec::decode::<Config>(&[]), Err(codec::CodecError::Empty)));
-    let full = codec::encode(&Config { revision: 1, spec: example(), acme: Default::default() }).unwrap();
+    let full =
+        codec::encode(&Config { revision: 1, spec: example(), acme: Default::default() }).unwrap();
     for cut in 1..full.len() {
         assert!(codec::decode::<Config>(&full[..cut]).is_err(), "cut at {cut} decoded");
     }

@@ -273,11 +273,10 @@ fn https_listener_without_certificates() {
 #[test]
 fn tls_on_a_plain_listener() {
     let mut spec = base();
-    spec.listeners[0].tls =
-        Some(Tls {
-            certificates: vec![Certificate { cert: "a.pem".into(), key: "a.key".into() }],
-            acme: None,
-        });
+    spec.listeners[0].tls = Some(Tls {
+        certificates: vec![Certificate { cert: "a.pem".into(), key: "a.key".into() }],
+        acme: None,
+    });
     only_violation(&spec, "listener 'public'", "tls");
 }
 

@@ -77,7 +77,11 @@ fn pool(pool_name: &str, algorithm: Algorithm, backends: &[&TestBackend]) -> Poo
 }
 
 fn config(listeners: Vec<Listener>, pools: Vec<Pool>) -> Config {
-    Config { revision: 1, spec: ClusterSpec { listeners, pools, rate_limits: vec![] } }
+    Config {
+        revision: 1,
+        spec: ClusterSpec { listeners, pools, rate_limits: vec![] },
+        acme: Default::default(),
+    }
 }
 
 fn tcp_listener(bind: SocketAddr, pool_name: &str) -> Listener {

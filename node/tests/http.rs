@@ -144,7 +144,11 @@ async fn serve(
     rate_limits: Vec<RateLimitPolicy>,
 ) -> DataPlane {
     let plane = DataPlane::new().expect("workers start");
-    let config = Config { revision: 1, spec: ClusterSpec { listeners, pools, rate_limits } };
+    let config = Config {
+        revision: 1,
+        spec: ClusterSpec { listeners, pools, rate_limits },
+        acme: Default::default(),
+    };
     let errors = plane.apply(&config).await.expect("not drained");
     assert!(errors.is_empty(), "{errors:?}");
     plane
@@ -276,6 +280,7 @@ async fn a_sticky_cookie_is_honoured_then_re_pinned_when_its_backend_fails() {
     let config = Config {
         revision: 2,
         spec: ClusterSpec { listeners: vec![listener], pools: vec![web], rate_limits: vec![] },
+        acme: Default::default(),
     };
     plane.apply(&config).await.expect("applied");
     let (_, headers, _) = get(port.address, "/", &[("cookie", &cookie)]).await;
@@ -303,7 +308,7 @@ async fn a_sticky_cookie_survives_a_config_change_that_keeps_its_backend_and_mov
             pools: vec![pool("web", members)],
             rate_limits: vec![],
         };
-        Config { revision, spec }
+        Config { revision, spec, acme: Default::default() }
     };
     // Two nodes of one cluster: the cookie key comes from the cluster secret.
     let signer = || fulcrum_policy::CookieSigner::new(b"one cluster secret of 32 bytes!!");
@@ -778,6 +783,7 @@ async fn a_changed_certificate_is_served_without_a_restart() {
             pools: vec![pool("web", &[&a])],
             rate_limits: vec![],
         },
+        acme: Default::default(),
     };
     let plane = DataPlane::new().expect("workers start");
     assert!(plane.apply(&config).await.expect("applied").is_empty());

@@ -7,6 +7,7 @@
 //! processes it started.
 //!
 //! # Layout
+//! - [`acme`]: pebble, an ACME authority in the lab, with its DNS answering the VIP.
 //! - [`attack`]: the attack tests' attackers: HTTP/2 rapid reset, slow HTTP/2 bodies and
 //!   unauthenticated floods.
 //! - [`capture`]: packet captures on a host's link with tshark, decoded by Wireshark.
@@ -38,6 +39,7 @@
 //! - [`routers`]: VRRP routers (`fulcrumd` or keepalived) on the load-balancer hosts, and who
 //!   holds a VIP.
 
+pub mod acme;
 pub mod attack;
 pub mod backend;
 pub mod bench;

@@ -123,6 +123,14 @@ impl LabProcess {
         self.record.pid
     }
 
+    /// Every line the process has printed so far, reading what is waiting first.
+    pub fn read_available(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// Every line the process has printed so far (as far as it has been read).
     pub fn output(&self) -> &[String] {
         &self.seen

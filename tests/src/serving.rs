@@ -166,6 +166,30 @@ pub fn tls_over(
     Ok(rustls::StreamOwned::new(connection, stream))
 }
 
+/// The body of `GET path` over HTTPS (HTTP/1.1, `Connection: close`) from `address`,
+/// trusting only the CA in `ca`; an answer other than 200 is an error.
+pub fn https_get(address: SocketAddr, ca: &std::path::Path, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut tls = tls_connect(address, ca)?;
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    // A server that closes without close_notify still gave its whole answer.
+    if let Err(error) = tls.read_to_end(&mut answer)
+        && error.kind() != std::io::ErrorKind::UnexpectedEof
+    {
+        return Err(error);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    }
+    Ok(body.to_owned())
+}
+
 fn connect(address: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     let stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -61,7 +61,10 @@ pub fn tls_alpn_certificate(
 }
 
 /// An issued chain (PEM, leaf first) and its PKCS#8 key, ready for rustls.
-pub fn certified_key(chain_pem: &str, key_pkcs8: &[u8]) -> Result<Arc<CertifiedKey>, CertificateError> {
+pub fn certified_key(
+    chain_pem: &str,
+    key_pkcs8: &[u8],
+) -> Result<Arc<CertifiedKey>, CertificateError> {
     let chain = chain(chain_pem)?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
     let signer = rustls::crypto::ring::sign::any_supported_type(&private)

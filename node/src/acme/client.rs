@@ -48,8 +48,7 @@ impl AcmeHttp {
     /// A client trusting the CAs in `ca_file`, or the system's.
     pub fn new(ca_file: Option<&Path>) -> Result<AcmeHttp, ClientError> {
         let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-        let failed =
-            |reason: String| ClientError::Ca { path: path.display().to_string(), reason };
+        let failed = |reason: String| ClientError::Ca { path: path.display().to_string(), reason };
         let mut roots = rustls::RootCertStore::empty();
         for certificate in CertificateDer::pem_file_iter(path).map_err(|e| failed(e.to_string()))? {
             let certificate = certificate.map_err(|e| failed(e.to_string()))?;

@@ -19,8 +19,8 @@ use fulcrum_model::acme::{
 use fulcrum_model::{ApplyError, Command, Config, Listener, Name};
 use fulcrum_raft_store::{ConfigStore, Request, WriteError};
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, Key, NewOrder,
-    Order, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, Key, NewOrder, Order,
+    OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -116,7 +116,13 @@ impl CertificateManager {
     }
 
     /// One attempt at `listener`'s certificate; its outcome is written to the store.
-    async fn attempt(&self, listener: &Listener, acme: &AcmeSettings, names: Vec<String>, due: Due) {
+    async fn attempt(
+        &self,
+        listener: &Listener,
+        acme: &AcmeSettings,
+        names: Vec<String>,
+        due: Due,
+    ) {
         tracing::info!(listener = %listener.name, ?due, names = ?names, directory = %acme.directory, "ordering a certificate");
         let outcome = tokio::time::timeout(ORDER_TIMEOUT, self.order(&listener.name, acme, &names))
             .await
@@ -128,7 +134,9 @@ impl CertificateManager {
                     Ok(revision) => {
                         tracing::info!(listener = %listener.name, revision, not_after, "certificate issued and stored; every node serves it");
                     }
-                    Err(error) => tracing::warn!(listener = %listener.name, "certificate issued but not stored: {error}; the order is resumed"),
+                    Err(error) => {
+                        tracing::warn!(listener = %listener.name, "certificate issued but not stored: {error}; the order is resumed")
+                    }
                 }
             }
             Err(OrderError::NotLeader) => {
@@ -249,7 +257,9 @@ impl CertificateManager {
         names: &[String],
     ) -> Result<Order, OrderError> {
         let previous = self.store.config().acme.order(listener).cloned();
-        if let Some(url) = previous.as_ref().filter(|o| o.hostnames == names).and_then(|o| o.url.clone()) {
+        if let Some(url) =
+            previous.as_ref().filter(|o| o.hostnames == names).and_then(|o| o.url.clone())
+        {
             match account.order(url.clone()).await {
                 Ok(mut order) => {
                     if !matches!(order.state().status, OrderStatus::Invalid) {
@@ -258,11 +268,14 @@ impl CertificateManager {
                     }
                     tracing::info!(%listener, %url, "the stored order is invalid; placing a new one");
                 }
-                Err(error) => tracing::info!(%listener, %url, "the stored order cannot be read ({error}); placing a new one"),
+                Err(error) => {
+                    tracing::info!(%listener, %url, "the stored order cannot be read ({error}); placing a new one")
+                }
             }
         }
         self.still_leading()?;
-        let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let identifiers: Vec<Identifier> =
+            names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let order = account.new_order(&NewOrder::new(&identifiers)).await?;
         tracing::info!(%listener, url = order.url(), "order placed");
         let stored = AcmeOrder {
@@ -299,7 +312,9 @@ impl CertificateManager {
             }
             let hostname = authorization.identifier().to_string();
             let challenge = authorization.challenge(challenge_type.clone()).ok_or_else(|| {
-                OrderError::Invalid(format!("the authority offers no {kind} challenge for {hostname}"))
+                OrderError::Invalid(format!(
+                    "the authority offers no {kind} challenge for {hostname}"
+                ))
             })?;
             answers.push(ChallengeAnswer {
                 listener: listener.clone(),
@@ -313,9 +328,8 @@ impl CertificateManager {
             return Ok(());
         }
         self.still_leading()?;
-        let revision = self
-            .write(AcmeCommand::PutChallenges { listener: listener.clone(), answers })
-            .await?;
+        let revision =
+            self.write(AcmeCommand::PutChallenges { listener: listener.clone(), answers }).await?;
         let propagation = self.node.wait_revision(revision, PROPAGATION_WAIT).await;
         if !propagation.complete {
             tracing::warn!(%listener, revision, "not every node serves the challenge answers yet; validating anyway (a validation that reaches a node without them fails and is retried)");
@@ -339,7 +353,10 @@ impl CertificateManager {
     async fn reseal(&self, config: &Config) {
         for account in config.acme.accounts.iter().filter(|a| !self.sealer.is_current(&a.key)) {
             let place = account_place(&account.directory);
-            let resealed = self.sealer.open(&account.key, &place).and_then(|key| self.sealer.seal(&key, &place));
+            let resealed = self
+                .sealer
+                .open(&account.key, &place)
+                .and_then(|key| self.sealer.seal(&key, &place));
             match resealed {
                 Ok(key) => {
                     let account = AcmeAccount { directory: account.directory.clone(), key };
@@ -347,7 +364,9 @@ impl CertificateManager {
                         tracing::warn!("cannot reseal the ACME account key: {error}");
                     }
                 }
-                Err(error) => tracing::warn!(directory = %account.directory, "cannot reseal the ACME account key: {error}"),
+                Err(error) => {
+                    tracing::warn!(directory = %account.directory, "cannot reseal the ACME account key: {error}")
+                }
             }
         }
         for issued in config.acme.certificates.iter().filter(|c| !self.sealer.is_current(&c.key)) {
@@ -355,14 +374,20 @@ impl CertificateManager {
                 continue; // the order in progress brings a new key
             }
             let place = certificate_place(&issued.listener);
-            match self.sealer.open(&issued.key, &place).and_then(|key| self.sealer.seal(&key, &place)) {
+            match self
+                .sealer
+                .open(&issued.key, &place)
+                .and_then(|key| self.sealer.seal(&key, &place))
+            {
                 Ok(key) => {
                     let resealed = IssuedCertificate { key, ..issued.clone() };
                     if let Err(error) = self.write(AcmeCommand::Issued(resealed)).await {
                         tracing::warn!(listener = %issued.listener, "cannot reseal the certificate key: {error}");
                     }
                 }
-                Err(error) => tracing::warn!(listener = %issued.listener, "cannot reseal the certificate key: {error}"),
+                Err(error) => {
+                    tracing::warn!(listener = %issued.listener, "cannot reseal the certificate key: {error}")
+                }
             }
         }
     }

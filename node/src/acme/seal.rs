@@ -169,8 +169,10 @@ mod tests {
     fn after_a_rotation_the_previous_secret_still_opens_and_new_blobs_use_the_new_one() {
         let old = Sealer::new(b"old secret of enough length....", &[]);
         let before = old.seal(b"key", "place").unwrap();
-        let rotated =
-            Sealer::new(b"new secret of enough length....", &[b"old secret of enough length....".to_vec()]);
+        let rotated = Sealer::new(
+            b"new secret of enough length....",
+            &[b"old secret of enough length....".to_vec()],
+        );
         assert_eq!(rotated.open(&before, "place").unwrap(), b"key");
         assert!(!rotated.is_current(&before));
         let after = rotated.seal(b"key", "place").unwrap();

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fulcrum_model::acme::AcmeCommand;
 use fulcrum_model::api::{
     AddMember, BackendStateChange, BackendWeightChange, DryRun, ErrorBody, Failover, HEADER_ACTOR,
     Written, certificate_statuses,
 };
-use fulcrum_model::acme::AcmeCommand;
 use fulcrum_model::{
     ApplyError, Backend, Command, Listener, Name, Pool, RateLimitPolicy, Route, file,
 };

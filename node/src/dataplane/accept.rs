@@ -13,9 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use super::acme::ACME_TLS_ALPN;
 use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wait_for_capacity};
 use super::shared::Shared;
-use super::acme::ACME_TLS_ALPN;
 use super::tls::RELOAD_EVERY;
 use super::{http, l4};
 

@@ -49,14 +49,21 @@ impl AcmeMaterial {
     /// The material of `config`, taking from `previous` what is unchanged. A certificate
     /// whose key does not open here is logged and not served (the previous one, if any,
     /// stays).
-    pub(crate) fn build(config: &Config, sealer: Option<&Sealer>, previous: &AcmeMaterial) -> AcmeMaterial {
+    pub(crate) fn build(
+        config: &Config,
+        sealer: Option<&Sealer>,
+        previous: &AcmeMaterial,
+    ) -> AcmeMaterial {
         let mut issued = HashMap::new();
         for certificate in &config.acme.certificates {
             let listener = &certificate.listener;
             if let Some(old) = previous.issued.get(listener)
                 && old.chain_pem == certificate.chain_pem
             {
-                issued.insert(listener.clone(), Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) });
+                issued.insert(
+                    listener.clone(),
+                    Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) },
+                );
                 continue;
             }
             let Some(sealer) = sealer else {
@@ -66,16 +73,24 @@ impl AcmeMaterial {
             let opened = sealer
                 .open(&certificate.key, &certificate_place(listener))
                 .map_err(|e| e.to_string())
-                .and_then(|key| certified_key(&certificate.chain_pem, &key).map_err(|e| e.to_string()));
+                .and_then(|key| {
+                    certified_key(&certificate.chain_pem, &key).map_err(|e| e.to_string())
+                });
             match opened {
                 Ok(key) => {
                     tracing::info!(%listener, not_after = certificate.not_after, "serving the ACME certificate");
-                    issued.insert(listener.clone(), Issued { chain_pem: certificate.chain_pem.clone(), key });
+                    issued.insert(
+                        listener.clone(),
+                        Issued { chain_pem: certificate.chain_pem.clone(), key },
+                    );
                 }
                 Err(error) => {
                     tracing::error!(%listener, "cannot serve the ACME certificate: {error}");
                     if let Some(old) = previous.issued.get(listener) {
-                        issued.insert(listener.clone(), Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) });
+                        issued.insert(
+                            listener.clone(),
+                            Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) },
+                        );
                     }
                 }
             }
@@ -104,7 +119,13 @@ impl AcmeMaterial {
                             }
                         },
                     };
-                    alpn.insert(hostname, AlpnAnswer { key_authorization: answer.key_authorization.clone(), certificate });
+                    alpn.insert(
+                        hostname,
+                        AlpnAnswer {
+                            key_authorization: answer.key_authorization.clone(),
+                            certificate,
+                        },
+                    );
                 }
             }
         }
@@ -183,7 +204,10 @@ mod tests {
     fn http01_answers_only_its_own_path_and_token() {
         let config = with_answers(vec![answer(ChallengeKind::Http01, "a.example.test", "tok")]);
         let material = AcmeMaterial::build(&config, None, &AcmeMaterial::default());
-        assert_eq!(material.http01_answer("/.well-known/acme-challenge/tok"), Some("tok.thumbprint"));
+        assert_eq!(
+            material.http01_answer("/.well-known/acme-challenge/tok"),
+            Some("tok.thumbprint")
+        );
         assert_eq!(material.http01_answer("/.well-known/acme-challenge/other"), None);
         assert_eq!(material.http01_answer("/tok"), None);
         assert!(material.alpn_certificate("a.example.test").is_none());

@@ -16,9 +16,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::acme::AcmeMaterial;
 use super::addresses::{AddressDrains, Phase};
 use super::stats::{RouteStats, TrafficStats};
-use super::acme::AcmeMaterial;
 use super::tls::{AcmeSource, CertStore};
 use fulcrum_policy::Router;
 
@@ -168,8 +168,7 @@ impl ListenerRuntime {
         let files_changed = {
             let tls = self.tls.load();
             let current = tls.as_ref().as_ref().map(|t| (t.store.files(), t.store.uses_acme()));
-            let next =
-                spec.tls.as_ref().map(|t| (t.certificates.as_slice(), t.acme.is_some()));
+            let next = spec.tls.as_ref().map(|t| (t.certificates.as_slice(), t.acme.is_some()));
             current != next
         };
         self.spec.store(Arc::new(spec.clone()));

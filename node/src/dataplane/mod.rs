@@ -7,8 +7,8 @@
 //! The data path reads pools through an `ArcSwap` (one atomic load per connection) and never
 //! takes a lock or waits on the configuration store or the disk.
 
-pub(crate) mod acme;
 mod accept;
+pub(crate) mod acme;
 pub mod addresses;
 mod attempt;
 mod client_clock;
@@ -144,7 +144,8 @@ impl DataPlane {
         let spec = &config.spec;
         let old_pools = self.apply_pools(spec);
         self.apply_rate_limits(spec);
-        let material = AcmeMaterial::build(config, self.sealer.as_deref(), &self.shared.acme.load());
+        let material =
+            AcmeMaterial::build(config, self.sealer.as_deref(), &self.shared.acme.load());
         self.shared.acme.store(Arc::new(material));
 
         // Stop what goes away first, so its address is free for whatever replaces it.

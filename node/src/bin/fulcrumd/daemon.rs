@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fulcrum_model::{Command, Config, file};
+use fulcrum_node::acme::manager::CertificateManager;
+use fulcrum_node::acme::seal::Sealer;
 use fulcrum_node::api::{EndpointTls, admin::Admin, metrics};
 use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked};
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::dev;
 use fulcrum_node::node_file::{LogFormat, LogSettings, NodeFile};
-use fulcrum_node::acme::manager::CertificateManager;
-use fulcrum_node::acme::seal::Sealer;
 use fulcrum_node::secret::random_secret;
 use fulcrum_node::time::deadline_after;
 use fulcrum_policy::CookieSigner;
