@@ -2,7 +2,7 @@
 //! the load-balancer hosts, and `fulcrumctl` run from the client host against their admin
 //! APIs.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -237,6 +237,41 @@ impl Lab {
     ) -> Result<LabProcess, LabError> {
         let file = self.cluster_node_file(timing, host, members, instances, tracked_pools)?;
         self.start_fulcrumd_with_tools(host, &file, tools)
+    }
+
+    /// A cluster node on each of `members`, VRID `vrid` protecting `vips` with priorities
+    /// ranked by place (150, 100, 50, …: the first owns the VIPs), each tracking
+    /// `tracked_pools`; started in order and each waited for.
+    pub fn start_ranked_cluster(
+        &self,
+        timing: Timing,
+        members: &[Host],
+        vrid: u8,
+        vips: &[IpAddr],
+        tracked_pools: &[&str],
+    ) -> Result<Vec<LabProcess>, LabError> {
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let instance = Instance::ranked(vrid, i, vips);
+                self.start_cluster_node(timing, host, members, &[instance], tracked_pools)
+            })
+            .collect()
+    }
+
+    /// `fulcrumctl args` (see [`Lab::fulcrumctl`]) with the lab's token, which must succeed.
+    pub fn fulcrumctl_ok(
+        &self,
+        host: &Host,
+        endpoints: &[&Host],
+        args: &[&str],
+    ) -> Result<CtlOutput, LabError> {
+        let output = self.fulcrumctl(host, endpoints, None, args)?;
+        if !output.ok() {
+            return Err(LabError::Invalid(format!("fulcrumctl {args:?} failed: {output:?}")));
+        }
+        Ok(output)
     }
 
     /// Runs `fulcrumctl args` on `host` against the admin APIs of `endpoints` (tried in

@@ -18,6 +18,7 @@ use fulcrum_lab::acme::Pebble;
 use fulcrum_lab::cluster::{CtlOutput, Timing, node_id, web_cluster_file};
 use fulcrum_lab::process::LabProcess;
 use fulcrum_lab::routers::Instance;
+use fulcrum_lab::serving::metric;
 use fulcrum_lab::topology::vip;
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
 use nix::sys::signal::Signal;
@@ -45,14 +46,8 @@ fn acme_cluster(validity: Duration) -> AcmeCluster {
         Lab::up(&topology, LAB_BINARY).unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
     let lbs = lab.hosts_of(HostRole::LoadBalancer);
     let backend_processes = lab.start_backends().unwrap();
-    let nodes = lbs
-        .iter()
-        .enumerate()
-        .map(|(i, lb)| {
-            let instance = Instance::ranked(VRID, i, &[vip(1)]);
-            lab.start_cluster_node(Timing::Lab, lb, &lbs, &[instance], &["web"]).unwrap()
-        })
-        .collect();
+    let nodes =
+        lab.start_ranked_cluster(Timing::Lab, &lbs, VRID, &[vip(1).into()], &["web"]).unwrap();
     let client = lab.host("client").unwrap();
     let pebble = Pebble::start(&lab, &client, vip(1), validity).unwrap();
     AcmeCluster {
@@ -67,14 +62,8 @@ fn acme_cluster(validity: Duration) -> AcmeCluster {
 }
 
 impl AcmeCluster {
-    fn ctl(&self, endpoints: &[&Host], args: &[&str]) -> CtlOutput {
-        self.lab.fulcrumctl(&self.client, endpoints, None, args).unwrap()
-    }
-
     fn ctl_ok(&self, endpoints: &[&Host], args: &[&str]) -> CtlOutput {
-        let output = self.ctl(endpoints, args);
-        assert!(output.ok(), "fulcrumctl {args:?} failed: {output:?}");
-        output
+        self.lab.fulcrumctl_ok(&self.client, endpoints, args).unwrap()
     }
 
     fn pebble(&mut self) -> &mut Pebble {
@@ -193,7 +182,11 @@ fn a_certificate_is_ordered_once_validated_by_a_node_that_did_not_order_and_serv
     let lbs = c.lbs.clone();
     let all: Vec<&Host> = lbs.iter().collect();
     let leader = c.leader(&all);
-    // The VIP (and so every validation request) goes to a node that does not order.
+    // The VIP (and so every validation request) goes to a node that does not order; the
+    // pools come first, so every node's tracked pool is healthy for the move.
+    let backends: Vec<&Host> = c.backends.iter().collect();
+    let web = c.lab.lab_file("web.toml", &web_cluster_file(80, &backends)).unwrap();
+    c.ctl_ok(&all, &["apply", "-f", &web, "--wait"]);
     if leader == node_id(&c.lbs[0]) {
         let to = node_id(&c.lbs[1]).to_string();
         c.ctl_ok(&all, &["failover", "--vrid", "51", "--to", &to]);
@@ -222,12 +215,32 @@ fn a_certificate_is_ordered_once_validated_by_a_node_that_did_not_order_and_serv
     assert_eq!(c.pebble().counts(), (1, 1), "one account and one order at the authority");
     let listed = c.ctl_ok(&all, &["cert", "list"]).stdout;
     assert!(listed.contains(LISTENER) && listed.contains("issued"), "{listed}");
+    let not_after = status["issued"]["not_after"].as_u64().unwrap();
+    for lb in &c.lbs {
+        let metrics = c.lab.admin_metrics(lb).unwrap();
+        let labels = format!("listener=\"{LISTENER}\"");
+        let shown = metric(&metrics, "fulcrum_acme_certificate_not_after_seconds", &labels);
+        assert_eq!(shown, Some(not_after as f64), "{} reports the expiry", lb.name);
+    }
+
+    // An operator's renewal: a new certificate, on every node.
+    c.ctl_ok(&all, &["cert", "renew", LISTENER]);
+    c.wait_certificate(&all, Duration::from_secs(60), "a renewed certificate", |s| {
+        issued(s)
+            && s["order"].is_null()
+            && s["issued"]["chain_pem"] != status["issued"]["chain_pem"]
+    });
+    let on_vip = c.wait_served(vip(1).into(), &root, Duration::from_secs(10));
+    for lb in &c.lbs {
+        assert_eq!(c.served(lb.address.into(), &root), Ok(on_vip.clone()), "{} renewed", lb.name);
+    }
+    assert_eq!(c.pebble().counts(), (1, 2), "the same account, a second order");
 
     // The VIP's master dies: the next one serves the same certificate.
     c.nodes[master].crash().unwrap();
     let after = c.wait_served(vip(1).into(), &root, Duration::from_secs(15));
     assert_eq!(after, on_vip, "the certificate survives the failover");
-    assert_eq!(c.pebble().counts(), (1, 1), "no new order after the failover");
+    assert_eq!(c.pebble().counts(), (1, 2), "no new order after the failover");
 }
 
 #[test]
@@ -315,4 +328,57 @@ fn the_leader_killed_in_the_middle_of_an_order_leaves_it_to_the_next_leader_with
     assert!(resumed, "the next leader resumed the stored order");
     let root = c.pebble.as_ref().unwrap().issuing_root(&c.lab).unwrap();
     c.wait_served(vip(1).into(), &root, Duration::from_secs(15));
+}
+
+#[test]
+fn the_seal_key_is_rotated_node_by_node_and_the_leader_seals_the_stored_keys_again() {
+    let mut c = acme_cluster(Duration::from_secs(3600));
+    let lbs = c.lbs.clone();
+    let all: Vec<&Host> = lbs.iter().collect();
+    c.apply(&c.lbs[0], "tls-alpn-01", true);
+    c.wait_certificate(&all, Duration::from_secs(60), "a certificate", issued);
+    let root = c.pebble.as_ref().unwrap().issuing_root(&c.lab).unwrap();
+    let leaf = c.wait_served(vip(1).into(), &root, Duration::from_secs(10));
+
+    // Sealed under the cluster secret until now. First every node gets the new seal key
+    // with the cluster secret as the previous one; then the previous one goes.
+    let new_key = c.lab.lab_file("acme-seal.key", "a new ACME seal key of 32 bytes!\n").unwrap();
+    let old_key = c.lab.log_dir().join("cluster.secret").display().to_string();
+    let rotating =
+        format!("\n[acme]\nseal_key_file = {new_key:?}\nprevious_seal_key_files = [{old_key:?}]\n");
+    let rotated = format!("\n[acme]\nseal_key_file = {new_key:?}\n");
+    for (phase, extra) in [("rotating", &rotating), ("rotated", &rotated)] {
+        for (i, lb) in lbs.iter().enumerate() {
+            c.nodes[i].stop().unwrap();
+            let instance = Instance::ranked(VRID, i, &[vip(1)]);
+            let file =
+                c.lab.cluster_node_file(Timing::Lab, lb, &lbs, &[instance], &["web"]).unwrap();
+            c.nodes[i] = c.lab.start_fulcrumd(lb, &(file + extra)).unwrap();
+            c.leader(&all);
+            // A restarted node opens the stored key again, or it could not serve.
+            let served = c.wait_served(lb.address.into(), &root, Duration::from_secs(15));
+            assert_eq!(served, leaf, "{} serves the certificate ({phase})", lb.name);
+        }
+        if phase == "rotating" {
+            // The leader (by now on the new key) seals the account and certificate keys again.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let resealed: usize = (0..3)
+                    .map(|i| {
+                        c.log(i).matches("key sealed again under the current seal key").count()
+                    })
+                    .sum();
+                if resealed >= 2 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the stored keys were sealed again: {resealed} of 2"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert_eq!(c.served(vip(1).into(), &root), Ok(leaf), "the VIP serves the certificate");
+    assert_eq!(c.pebble().counts(), (1, 1), "rotation orders nothing");
 }

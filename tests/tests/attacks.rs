@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use fulcrum_lab::attack::{self, FloodControl, H2Outcome};
 use fulcrum_lab::cluster::{ADMIN_PORT, RAFT_PORT, Timing, node_id, web_cluster_file};
 use fulcrum_lab::probe::{ProbeArgs, ProbeReport, ProbeTarget};
-use fulcrum_lab::routers::Instance;
 use fulcrum_lab::serving::{ServingNode, exchange, metric, tls_client_config, tls_over};
 use fulcrum_lab::topology::{RunningProbe, vip};
 use fulcrum_lab::{Host, HostRole, Lab, Topology};
@@ -318,14 +317,8 @@ fn an_unauthenticated_flood_on_the_admin_and_raft_ports_changes_nothing() {
         .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
     let _backends = lab.start_backends().unwrap();
     let lbs = lab.hosts_of(HostRole::LoadBalancer);
-    let _nodes: Vec<_> = lbs
-        .iter()
-        .enumerate()
-        .map(|(i, lb)| {
-            let instance = Instance::ranked(VRID, i, &[vip(1)]);
-            lab.start_cluster_node(Timing::Lab, lb, &lbs, &[instance], &["web"]).unwrap()
-        })
-        .collect();
+    let _nodes =
+        lab.start_ranked_cluster(Timing::Lab, &lbs, VRID, &[vip(1).into()], &["web"]).unwrap();
     let client = lab.host("client").unwrap();
     let all: Vec<&Host> = lbs.iter().collect();
     let leader_id = lab.agreed_leader(&client, &all, Duration::from_secs(30)).unwrap();

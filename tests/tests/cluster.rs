@@ -103,9 +103,7 @@ impl Cluster {
 
     /// `fulcrumctl` that must succeed.
     fn ctl_ok(&self, endpoints: &[&Host], args: &[&str]) -> CtlOutput {
-        let output = self.ctl(endpoints, args);
-        assert!(output.ok(), "fulcrumctl {args:?} failed: {output:?}");
-        output
+        self.lab.fulcrumctl_ok(&self.client, endpoints, args).unwrap()
     }
 
     fn status(&self, endpoint: &Host) -> serde_json::Value {

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fulcrum_model::acme::{
     AcmeAccount, AcmeCommand, AcmeOrder, AcmeSettings, ChallengeAnswer, ChallengeKind,
-    IssuedCertificate,
+    IssuedCertificate, Sealed,
 };
 use fulcrum_model::{ApplyError, Command, Config, Listener, Name};
 use fulcrum_raft_store::{ConfigStore, Request, WriteError};
@@ -349,45 +349,42 @@ impl CertificateManager {
         Ok(())
     }
 
-    /// Seals again, under the current secret, every stored key sealed under a previous one.
+    /// Seals again, under the current secret, every stored key sealed under a previous one
+    /// this node has (see `[acme] previous_seal_key_files`).
     async fn reseal(&self, config: &Config) {
-        for account in config.acme.accounts.iter().filter(|a| !self.sealer.is_current(&a.key)) {
+        for account in &config.acme.accounts {
             let place = account_place(&account.directory);
-            let resealed = self
-                .sealer
-                .open(&account.key, &place)
-                .and_then(|key| self.sealer.seal(&key, &place));
-            match resealed {
-                Ok(key) => {
-                    let account = AcmeAccount { directory: account.directory.clone(), key };
-                    if let Err(error) = self.write(AcmeCommand::ResealAccount(account)).await {
-                        tracing::warn!("cannot reseal the ACME account key: {error}");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(directory = %account.directory, "cannot reseal the ACME account key: {error}")
-                }
+            let Some(key) = self.resealed(&account.key, &place) else { continue };
+            let account = AcmeAccount { directory: account.directory.clone(), key };
+            match self.write(AcmeCommand::ResealAccount(account)).await {
+                Ok(_) => tracing::info!(%place, "key sealed again under the current seal key"),
+                Err(error) => tracing::warn!(%place, "cannot store the key sealed again: {error}"),
             }
         }
-        for issued in config.acme.certificates.iter().filter(|c| !self.sealer.is_current(&c.key)) {
+        for issued in &config.acme.certificates {
             if config.acme.order(&issued.listener).is_some_and(|o| o.url.is_some()) {
                 continue; // the order in progress brings a new key
             }
             let place = certificate_place(&issued.listener);
-            match self
-                .sealer
-                .open(&issued.key, &place)
-                .and_then(|key| self.sealer.seal(&key, &place))
+            let Some(key) = self.resealed(&issued.key, &place) else { continue };
+            match self.write(AcmeCommand::Issued(IssuedCertificate { key, ..issued.clone() })).await
             {
-                Ok(key) => {
-                    let resealed = IssuedCertificate { key, ..issued.clone() };
-                    if let Err(error) = self.write(AcmeCommand::Issued(resealed)).await {
-                        tracing::warn!(listener = %issued.listener, "cannot reseal the certificate key: {error}");
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(listener = %issued.listener, "cannot reseal the certificate key: {error}")
-                }
+                Ok(_) => tracing::info!(%place, "key sealed again under the current seal key"),
+                Err(error) => tracing::warn!(%place, "cannot store the key sealed again: {error}"),
+            }
+        }
+    }
+
+    /// `sealed` sealed under the current secret, if it is under a previous one this node has.
+    fn resealed(&self, sealed: &Sealed, place: &str) -> Option<Sealed> {
+        if self.sealer.is_current(sealed) || !self.sealer.knows(sealed) {
+            return None;
+        }
+        match self.sealer.open(sealed, place).and_then(|key| self.sealer.seal(&key, place)) {
+            Ok(resealed) => Some(resealed),
+            Err(error) => {
+                tracing::warn!(%place, "cannot seal the key again: {error}");
+                None
             }
         }
     }

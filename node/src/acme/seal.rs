@@ -128,6 +128,12 @@ impl Sealer {
         Ok(plain.to_vec())
     }
 
+    /// Whether `sealed` was sealed under the current secret or a previous one given.
+    pub fn knows(&self, sealed: &Sealed) -> bool {
+        let id = sealed.0.get(1..1 + KEY_ID_LEN);
+        std::iter::once(&self.current).chain(&self.previous).any(|k| Some(&k.id[..]) == id)
+    }
+
     /// Whether `sealed` was sealed under the current secret (else it is due for resealing).
     pub fn is_current(&self, sealed: &Sealed) -> bool {
         sealed.0.get(1..1 + KEY_ID_LEN) == Some(&self.current.id[..])
@@ -174,7 +180,8 @@ mod tests {
             &[b"old secret of enough length....".to_vec()],
         );
         assert_eq!(rotated.open(&before, "place").unwrap(), b"key");
-        assert!(!rotated.is_current(&before));
+        assert!(!rotated.is_current(&before) && rotated.knows(&before));
+        assert!(!Sealer::new(b"a third secret of enough length", &[]).knows(&before));
         let after = rotated.seal(b"key", "place").unwrap();
         assert!(rotated.is_current(&after));
         assert!(matches!(old.open(&after, "place"), Err(SealError::UnknownKey(_))));
