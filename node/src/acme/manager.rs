@@ -262,11 +262,13 @@ impl CertificateManager {
         {
             match account.order(url.clone()).await {
                 Ok(mut order) => {
-                    if !matches!(order.state().status, OrderStatus::Invalid) {
+                    // Finalized orders used a key that died with the node that made it.
+                    let status = order.state().status;
+                    if matches!(status, OrderStatus::Pending | OrderStatus::Ready) {
                         tracing::info!(%listener, %url, "resuming the stored order");
                         return Ok(order);
                     }
-                    tracing::info!(%listener, %url, "the stored order is invalid; placing a new one");
+                    tracing::info!(%listener, %url, ?status, "the stored order cannot be finished here; placing a new one");
                 }
                 Err(error) => {
                     tracing::info!(%listener, %url, "the stored order cannot be read ({error}); placing a new one")

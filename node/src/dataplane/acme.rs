@@ -172,6 +172,12 @@ impl AcmeMaterial {
         self.alpn.get(&hostname.to_ascii_lowercase()).map(|a| Arc::clone(&a.certificate))
     }
 
+    /// Whether `path` is where HTTP-01 answers live (checked before the material is loaded,
+    /// so other requests pay one string comparison).
+    pub(crate) fn is_http01_path(path: &str) -> bool {
+        path.starts_with(HTTP01_PREFIX)
+    }
+
     /// The HTTP-01 answer for a request `path`, if it asks for a token the cluster holds.
     pub(crate) fn http01_answer(&self, path: &str) -> Option<&str> {
         let token = path.strip_prefix(HTTP01_PREFIX)?;

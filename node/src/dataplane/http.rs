@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
 use fulcrum_policy::{PickKey, client_key, narrower};
 
+use super::acme::AcmeMaterial;
 use super::addresses::Phase;
 use super::attempt::Attempts;
 use super::client_clock::{ClientClock, HeadTimer};
@@ -189,6 +190,7 @@ async fn route_and_forward(
     let spec = listener.spec();
     // An ACME HTTP-01 validation: the cluster answers it, whichever node it reaches.
     if !downstream.tls
+        && AcmeMaterial::is_http01_path(request.uri().path())
         && let Some(answer) = shared.acme.load().http01_answer(request.uri().path())
     {
         return acme_answer(answer);
