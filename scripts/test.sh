@@ -15,15 +15,29 @@ fi
 # Debian packages the tests use, by the command that shows each is there.
 declare -A packages=([ip]=iproute2 [nft]=nftables [keepalived]=keepalived
     [shellcheck]=shellcheck [systemd-analyze]=systemd [vagrant]=vagrant [testssl]=testssl.sh
-    [pip3]=python3-pip [tshark]=tshark [sysctl]=procps [pebble]=pebble)
+    [pip3]=python3-pip [tshark]=tshark [sysctl]=procps [pebble]=pebble [bird]=bird2
+    [vtysh]=frr)
 missing=()
 for command in "${!packages[@]}"; do
     command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
+    # Packages with daemons (keepalived, bird2, frr) must not start them on this host: the
+    # tests run their own, inside the lab's namespaces.
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        trap 'rm -f "$guard"' EXIT
+        printf '#!/bin/sh\nexit 101\n' > "$guard"
+        chmod 755 "$guard"
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ -n "$guard" ]; then
+        rm -f "$guard"
+        trap - EXIT
+    fi
 fi
 # slowloris, from PyPI, for the attack tests.
 if ! command -v slowloris >/dev/null 2>&1; then

@@ -12,6 +12,7 @@
 //!   hand-overs with second-chance forwarding.
 //! - [`acme`]: ACME certificates ordered by the leader for every node, keys sealed.
 //! - [`api`]: the admin API and the `/metrics` endpoint.
+//! - [`bgp`]: VIPs announced to routers over BGP through a BIRD the node runs.
 //! - `prometheus`: writing the metrics text format.
 //! - [`time`], [`secret`]: deadlines from operators' durations, random keys.
 //!
@@ -20,6 +21,7 @@
 
 pub mod acme;
 pub mod api;
+pub mod bgp;
 pub mod cluster;
 pub mod dataplane;
 pub mod dev;

@@ -61,6 +61,79 @@ pub struct NodeFile {
     /// How ACME keys are sealed in the store; without it, under the cluster secret.
     #[serde(default)]
     pub acme: Option<AcmeSection>,
+    /// VIPs announced to routers over BGP (every healthy node at once, ECMP).
+    #[serde(default)]
+    pub bgp: Option<BgpSection>,
+}
+
+/// The `[bgp]` section: VIPs this node announces to its routers while it can serve them,
+/// through a BIRD 2 that fulcrumd runs (and that dies with it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSection {
+    /// This node's AS number (the same on every node, so routers see equal paths).
+    pub local_as: u32,
+    /// The BGP router id: this node's IPv4 address.
+    pub router_id: std::net::Ipv4Addr,
+    /// The VIPs announced (as /32 and /128); they are added to `lo` so the node accepts
+    /// their traffic.
+    pub vips: Vec<IpAddr>,
+    /// Pools that must be servable here for the VIPs to be announced.
+    #[serde(default)]
+    pub track_pools: Vec<String>,
+    /// The routers.
+    pub neighbors: Vec<BgpNeighbor>,
+    /// Bidirectional forwarding detection on every session, so a dead node is withdrawn
+    /// within `bfd_interval × bfd_multiplier`.
+    #[serde(default = "default_true")]
+    pub bfd: bool,
+    /// BFD's transmit and receive interval.
+    #[serde(default = "default_bfd_interval", with = "fulcrum_model::duration")]
+    pub bfd_interval: Duration,
+    /// Missed BFD packets before a session is down.
+    #[serde(default = "default_bfd_multiplier")]
+    pub bfd_multiplier: u8,
+    /// BGP hold time (keepalives every third of it).
+    #[serde(default = "default_hold_time", with = "fulcrum_model::duration")]
+    pub hold_time: Duration,
+    /// Where BIRD's configuration, control socket and log go.
+    #[serde(default = "default_bgp_run_dir")]
+    pub run_dir: PathBuf,
+    /// The BIRD 2 daemon.
+    #[serde(default = "default_bird")]
+    pub bird: PathBuf,
+    /// Its control client.
+    #[serde(default = "default_birdc")]
+    pub birdc: PathBuf,
+}
+
+/// One BGP router.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighbor {
+    /// Its address (the session's; IPv4 sessions carry IPv4 VIPs, IPv6 ones IPv6 VIPs).
+    pub address: IpAddr,
+    /// Its AS number.
+    pub remote_as: u32,
+}
+
+fn default_bfd_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_bfd_multiplier() -> u8 {
+    3
+}
+fn default_hold_time() -> Duration {
+    Duration::from_secs(9)
+}
+fn default_bgp_run_dir() -> PathBuf {
+    PathBuf::from("/run/fulcrum/bgp")
+}
+fn default_bird() -> PathBuf {
+    PathBuf::from("/usr/sbin/bird")
+}
+fn default_birdc() -> PathBuf {
+    PathBuf::from("/usr/sbin/birdc")
 }
 
 /// The `[acme]` section: the secret that seals ACME account and certificate keys in the
@@ -468,6 +541,9 @@ pub enum NodeFileError {
     /// The `[raft]` section is inconsistent.
     #[error("[raft]: {0}")]
     Raft(String),
+    /// The `[bgp]` section cannot work.
+    #[error("[bgp]: {0}")]
+    Bgp(String),
     /// The primary address is not given and the interface has none to offer.
     #[error(
         "VRID {vrid}: interface {interface} has no {} address (or does not exist); \
@@ -529,6 +605,23 @@ impl NodeFile {
                 if let Some(family) = missing.filter(|_| !listed.is_empty()) {
                     return Err(NodeFileError::NoAddressOfFamily { index, field, family });
                 }
+            }
+        }
+        if let Some(bgp) = &file.bgp {
+            if bgp.vips.is_empty() || bgp.neighbors.is_empty() {
+                return Err(NodeFileError::Bgp("list at least one VIP and one neighbor".into()));
+            }
+            if bgp.bfd_multiplier == 0 || bgp.bfd_interval < Duration::from_millis(10) {
+                return Err(NodeFileError::Bgp(
+                    "bfd_multiplier must be at least 1 and bfd_interval at least 10ms".into(),
+                ));
+            }
+            let in_vrrp =
+                bgp.vips.iter().find(|vip| file.vrrp.iter().any(|i| i.vips.contains(vip)));
+            if let Some(vip) = in_vrrp {
+                return Err(NodeFileError::Bgp(format!(
+                    "{vip} is also a VRRP VIP: a VIP is announced over BGP or elected by VRRP, not both"
+                )));
             }
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {

@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`acme`]: pebble, an ACME authority in the lab, with its DNS answering the VIP.
+//! - [`bgp`]: a BGP router (FRR) in the lab, and the node file's `[bgp]` for it.
 //! - [`attack`]: the attack tests' attackers: HTTP/2 rapid reset, slow HTTP/2 bodies and
 //!   unauthenticated floods.
 //! - [`capture`]: packet captures on a host's link with tshark, decoded by Wireshark.
@@ -49,6 +50,7 @@ pub mod bench_l4;
 pub mod bench_l7;
 pub mod bench_propagation;
 pub mod bench_raft;
+pub mod bgp;
 pub mod capture;
 pub mod chaos;
 pub mod cluster;

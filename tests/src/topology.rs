@@ -30,6 +30,8 @@ use crate::process::{self, LabProcess, ProcessRecord};
 pub const STATE_DIR: &str = "/run/fulcrum-lab";
 /// The client host's address.
 pub const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The router's address, when a test adds one.
+pub const ROUTER_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 /// The lab's subnet prefix length.
 pub const PREFIX_LEN: u8 = 24;
 /// The lab's IPv6 subnet, 2001:db8:18::/64 (the documentation range).
@@ -105,6 +107,8 @@ pub enum HostRole {
     Backend,
     /// Runs the prober.
     Client,
+    /// Routes between the client and the load balancers (BGP, ECMP), when a test adds one.
+    Router,
 }
 
 /// One host of the lab: a namespace with one interface, `eth0`, on the bridge.
@@ -236,29 +240,64 @@ impl Lab {
         netns::ip(&["-n", switch, "link", "add", "br0", "type", "bridge"])?;
         netns::ip(&["-n", switch, "link", "set", "br0", "up"])?;
         for host in &record.hosts {
-            let ns = host.namespace.as_str();
-            netns::ip(&["netns", "add", ns])?;
-            // Before eth0 exists, so its link-local address skips duplicate address detection
-            // too: a tentative address cannot send VRRP adverts or answer neighbours.
-            netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0"])?;
-            netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"])?;
-            netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            // Created inside the switch namespace with its peer moved straight into the host:
-            // neither end ever exists in the root namespace.
-            netns::ip(&[
-                "-n", switch, "link", "add", &host.name, "type", "veth", "peer", "name", "eth0",
-                "netns", ns,
-            ])?;
-            netns::ip(&["-n", switch, "link", "set", &host.name, "master", "br0", "up"])?;
-            let cidr = format!("{}/{PREFIX_LEN}", host.address);
-            netns::ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
-            let cidr_v6 = format!("{}/64", host.address_v6());
-            netns::ip(&["-n", ns, "addr", "add", &cidr_v6, "dev", "eth0", "nodad"])?;
-            netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            attach(switch, host)?;
         }
         Ok(())
     }
 
+    /// Adds a router host (`rtr`, 198.18.0.254 and 2001:db8:18::254) on the bridge,
+    /// forwarding IPv4 and IPv6 and hashing multipath routes on ports
+    /// (`fib_multipath_hash_policy=1`), without ICMP redirects, since its next hops share
+    /// the link with its clients.
+    pub fn add_router(&self) -> Result<Host, LabError> {
+        let router = {
+            let mut record = self.lock();
+            let router = host(&record.prefix, "rtr".into(), ROUTER_ADDRESS, HostRole::Router);
+            record.hosts.push(router.clone());
+            router
+        };
+        self.save()?;
+        attach(&self.switch_namespace(), &router)?;
+        for setting in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+            "net.ipv4.fib_multipath_hash_policy=1",
+            "net.ipv6.fib_multipath_hash_policy=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.eth0.send_redirects=0",
+        ] {
+            netns::exec(&router.namespace, "sysctl", &["-qw", setting])?;
+        }
+        Ok(router)
+    }
+}
+
+/// Makes `host`'s namespace and links its `eth0` to the bridge in `switch`, with its
+/// addresses.
+fn attach(switch: &str, host: &Host) -> Result<(), LabError> {
+    let ns = host.namespace.as_str();
+    netns::ip(&["netns", "add", ns])?;
+    // Before eth0 exists, so its link-local address skips duplicate address detection
+    // too: a tentative address cannot send VRRP adverts or answer neighbours.
+    netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0"])?;
+    netns::exec(ns, "sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"])?;
+    netns::ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    // Created inside the switch namespace with its peer moved straight into the host:
+    // neither end ever exists in the root namespace.
+    netns::ip(&[
+        "-n", switch, "link", "add", &host.name, "type", "veth", "peer", "name", "eth0", "netns",
+        ns,
+    ])?;
+    netns::ip(&["-n", switch, "link", "set", &host.name, "master", "br0", "up"])?;
+    let cidr = format!("{}/{PREFIX_LEN}", host.address);
+    netns::ip(&["-n", ns, "addr", "add", &cidr, "dev", "eth0"])?;
+    let cidr_v6 = format!("{}/64", host.address_v6());
+    netns::ip(&["-n", ns, "addr", "add", &cidr_v6, "dev", "eth0", "nodad"])?;
+    netns::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    Ok(())
+}
+
+impl Lab {
     /// `host`'s IPv6 link-local address on the lab link (the kernel derives it from the MAC),
     /// found as fulcrumd finds its own.
     pub fn link_local(&self, host: &Host) -> Result<Ipv6Addr, LabError> {

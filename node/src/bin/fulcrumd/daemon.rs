@@ -18,6 +18,7 @@ use fulcrum_model::{Command, Config, file};
 use fulcrum_node::acme::manager::CertificateManager;
 use fulcrum_node::acme::seal::Sealer;
 use fulcrum_node::api::{EndpointTls, admin::Admin, metrics};
+use fulcrum_node::bgp::Bgp;
 use fulcrum_node::cluster::{Handover, LocalVrid, Node, Priorities, Tracked};
 use fulcrum_node::dataplane::{DataPlane, workers};
 use fulcrum_node::dev;
@@ -100,6 +101,8 @@ struct Daemon {
     handover: Option<Arc<Handover>>,
     /// The VRRP thread (`[[vrrp]]`).
     vrrp: Option<Arc<Vrrp>>,
+    /// VIPs announced over BGP (`[bgp]`).
+    bgp: Option<Arc<Bgp>>,
     /// The node as a cluster member, with a store.
     node: Option<Arc<Node>>,
     /// Re-read on SIGHUP.
@@ -191,11 +194,22 @@ impl Daemon {
             true => None,
             false => Some(Arc::new(Vrrp::start(vrrp_settings).context("cannot start VRRP")?)),
         };
+        let bgp = match &node.bgp {
+            Some(section) => {
+                let bgp = Bgp::start(section.clone())
+                    .await
+                    .context("cannot start BGP announcements ([bgp])")?;
+                tokio::spawn(Arc::clone(&bgp).follow_health(Arc::clone(&plane)));
+                Some(bgp)
+            }
+            None => None,
+        };
         let mut daemon = Daemon {
             store,
             plane,
             handover,
             vrrp,
+            bgp,
             node: None,
             cluster_file: options.cluster_file.clone(),
         };
@@ -290,6 +304,11 @@ impl Daemon {
     async fn stop(self, signal: &str, shutdown_drain: Duration) {
         tracing::info!(signal, "stopping");
         notify_systemd(sd_notify::NotifyState::Stopping);
+        if let Some(bgp) = &self.bgp {
+            // The routers stop sending new flows here before the listeners stop accepting.
+            bgp.withdraw().await;
+            tokio::time::sleep(BGP_WITHDRAW_WAIT).await;
+        }
         let drains = match &self.node {
             Some(member) => {
                 member.set_draining();
@@ -324,6 +343,9 @@ impl Daemon {
         }
         if let Some(store) = &self.store {
             store.shutdown().await;
+        }
+        if let Some(bgp) = &self.bgp {
+            bgp.stop().await;
         }
         tracing::info!("fulcrumd stopped");
     }
@@ -399,6 +421,10 @@ async fn start_handover(node: &NodeFile) -> anyhow::Result<Option<Arc<Handover>>
         }
     }
 }
+
+/// How long a stopping node keeps accepting after withdrawing its BGP VIPs, for the routers
+/// to act on the withdrawal.
+const BGP_WITHDRAW_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a stopping node keeps accepting while it waits for another to take its VIPs.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);

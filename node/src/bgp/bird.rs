@@ -1,0 +1,93 @@
+//! BIRD 2's configuration for a node's BGP announcements, sans IO: its sessions to the
+//! routers (with BFD), and one static protocol per family holding exactly the VIPs announced
+//! now, exported to every session with this node as the next hop. A change of the announced
+//! set changes only the static protocols, which BIRD reconfigures without touching the
+//! sessions. Sessions retry within seconds after an error (BIRD waits a minute by default),
+//! since a session that starts before its BFD session is up is closed once.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::node_file::BgpSection;
+
+/// The BIRD configuration announcing `announced` (a subset of the section's VIPs).
+pub fn render(section: &BgpSection, announced: &[IpAddr]) -> String {
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "# Written by fulcrumd from its node file's [bgp]; changes are overwritten.");
+    let _ = writeln!(out, "router id {};", section.router_id);
+    let _ = writeln!(out, "log stderr {{ warning, error, fatal }};");
+    let _ = writeln!(out, "protocol device {{ }}");
+    if section.bfd {
+        let _ = writeln!(
+            out,
+            "protocol bfd {{\n  interface \"*\" {{\n    min rx interval {ms} ms;\n    min tx interval {ms} ms;\n    multiplier {multiplier};\n  }};\n}}",
+            ms = section.bfd_interval.as_millis(),
+            multiplier = section.bfd_multiplier,
+        );
+    }
+    for (protocol, channel, v4) in
+        [("fulcrum_vips4", "ipv4", true), ("fulcrum_vips6", "ipv6", false)]
+    {
+        let _ = writeln!(out, "protocol static {protocol} {{\n  {channel};");
+        for vip in announced.iter().filter(|vip| vip.is_ipv4() == v4) {
+            let length = if v4 { 32 } else { 128 };
+            let _ = writeln!(out, "  route {vip}/{length} blackhole;");
+        }
+        let _ = writeln!(out, "}}");
+    }
+    for (index, neighbor) in section.neighbors.iter().enumerate() {
+        let (channel, protocol) = match neighbor.address {
+            IpAddr::V4(_) => ("ipv4", "fulcrum_vips4"),
+            IpAddr::V6(_) => ("ipv6", "fulcrum_vips6"),
+        };
+        let _ = writeln!(
+            out,
+            "protocol bgp router{index} {{\n  local as {local};\n  neighbor {address} as {remote};\n  hold time {hold};\n  keepalive time {keepalive};\n  connect delay time 1;\n  connect retry time 2;\n  error wait time 1, 10;{bfd}\n  {channel} {{\n    import none;\n    export where proto = \"{protocol}\";\n    next hop self;\n  }};\n}}",
+            local = section.local_as,
+            address = neighbor.address,
+            remote = neighbor.remote_as,
+            hold = section.hold_time.as_secs().max(3),
+            keepalive = (section.hold_time.as_secs() / 3).max(1),
+            bfd = if section.bfd { "\n  bfd on;" } else { "" },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_file::NodeFile;
+
+    fn section() -> BgpSection {
+        let file = NodeFile::parse(
+            "node_id = 1\n[bgp]\nlocal_as = 64512\nrouter_id = \"198.18.0.11\"\n\
+             vips = [\"198.18.0.200\", \"2001:db8:18::200\"]\n\
+             neighbors = [{ address = \"198.18.0.254\", remote_as = 64500 }]\n",
+        )
+        .unwrap();
+        file.bgp.unwrap()
+    }
+
+    #[test]
+    fn only_the_announced_vips_are_routes_and_every_session_exports_them_with_bfd() {
+        let text = render(&section(), &["198.18.0.200".parse().unwrap()]);
+        assert!(text.contains("router id 198.18.0.11;"), "{text}");
+        assert!(text.contains("  route 198.18.0.200/32 blackhole;"), "{text}");
+        assert!(!text.contains("2001:db8:18::200/128"), "{text}");
+        assert!(text.contains("neighbor 198.18.0.254 as 64500;"), "{text}");
+        assert!(text.contains("local as 64512;"), "{text}");
+        assert!(text.contains("bfd on;") && text.contains("min rx interval 100 ms;"), "{text}");
+        assert!(text.contains("export where proto = \"fulcrum_vips4\";"), "{text}");
+        assert!(text.contains("hold time 9;") && text.contains("keepalive time 3;"), "{text}");
+    }
+
+    #[test]
+    fn nothing_announced_leaves_the_sessions_up_with_empty_static_protocols() {
+        let text = render(&section(), &[]);
+        assert!(!text.contains("route "), "{text}");
+        assert!(text.contains("protocol bgp router0"), "{text}");
+        assert!(text.contains("protocol static fulcrum_vips4 {\n  ipv4;\n}"), "{text}");
+    }
+}

@@ -1,0 +1,168 @@
+//! The BIRD 2 process a node announces through. fulcrumd starts it with the configuration
+//! `bird.rs` renders into `run_dir`, and the kernel stops it when fulcrumd dies
+//! (`PR_SET_PDEATHSIG`), so a dead node's sessions close and the routers withdraw its routes.
+//! A change of the announced set rewrites the file and asks BIRD to reconfigure.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::bird;
+use crate::node_file::BgpSection;
+
+/// How long BIRD has to open its control socket, and `birdc` to answer.
+const BIRD_WAIT: Duration = Duration::from_secs(5);
+
+/// Why BIRD could not be run or told.
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    /// A file or directory, or running a program, failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// BIRD exited, refused the configuration, or did not answer.
+    #[error("BIRD: {0}")]
+    Bird(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeakerError {
+    let what = what.into();
+    move |source| SpeakerError::Io { what, source }
+}
+
+/// A running BIRD and what it announces.
+#[derive(Debug)]
+pub struct Speaker {
+    section: BgpSection,
+    child: tokio::sync::Mutex<Child>,
+    announced: tokio::sync::Mutex<Vec<IpAddr>>,
+}
+
+impl Speaker {
+    /// Writes the configuration announcing nothing and starts BIRD with it.
+    pub async fn start(section: BgpSection) -> Result<Speaker, SpeakerError> {
+        let dir = &section.run_dir;
+        std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        let (config, socket) = (config_path(&section), socket_path(&section));
+        write_config(&config, &bird::render(&section, &[]))?;
+        let _ = std::fs::remove_file(&socket);
+        let mut command = Command::new(&section.bird);
+        command
+            .arg("-f")
+            .arg("-c")
+            .arg(&config)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        // The kernel stops BIRD when fulcrumd dies, however it dies: a node that cannot serve
+        // must not stay announced. Only an async-signal-safe prctl runs in the child.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command.spawn().map_err(io(format!("start {}", section.bird.display())))?;
+        let deadline = tokio::time::Instant::now() + BIRD_WAIT;
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().map_err(io("wait for BIRD"))? {
+                return Err(SpeakerError::Bird(format!(
+                    "exited at start ({status}); check {} with `bird -p -c`",
+                    config.display()
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SpeakerError::Bird(format!(
+                    "no control socket {} within {BIRD_WAIT:?}",
+                    socket.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(pid = child.id(), config = %config.display(), "BIRD started; nothing announced yet");
+        Ok(Speaker {
+            section,
+            child: tokio::sync::Mutex::new(child),
+            announced: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Makes BIRD announce exactly `vips`; nothing happens if it already does.
+    pub async fn announce(&self, vips: &[IpAddr]) -> Result<(), SpeakerError> {
+        let mut announced = self.announced.lock().await;
+        if *announced == vips {
+            return Ok(());
+        }
+        if let Some(status) = self.child.lock().await.try_wait().map_err(io("wait for BIRD"))? {
+            return Err(SpeakerError::Bird(format!("exited ({status})")));
+        }
+        write_config(&config_path(&self.section), &bird::render(&self.section, vips))?;
+        let answer = self.birdc(&["configure"]).await?;
+        if !answer.contains("Reconfigured") && !answer.contains("Reconfiguration in progress") {
+            return Err(SpeakerError::Bird(format!("configure answered: {}", answer.trim())));
+        }
+        tracing::info!(announced = ?vips, withdrawn = ?announced.iter().filter(|v| !vips.contains(v)).collect::<Vec<_>>(), "BGP announcements changed");
+        *announced = vips.to_vec();
+        Ok(())
+    }
+
+    /// What BIRD announces now.
+    pub async fn announced(&self) -> Vec<IpAddr> {
+        self.announced.lock().await.clone()
+    }
+
+    /// Stops BIRD (its sessions close; the routers withdraw what it announced).
+    pub async fn stop(&self) {
+        let mut child = self.child.lock().await;
+        if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(BIRD_WAIT, child.wait()).await.is_err() {
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn birdc(&self, args: &[&str]) -> Result<String, SpeakerError> {
+        let output = Command::new(&self.section.birdc)
+            .arg("-s")
+            .arg(socket_path(&self.section))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(BIRD_WAIT, output)
+            .await
+            .map_err(|_| SpeakerError::Bird(format!("birdc {args:?} did not answer")))?
+            .map_err(io(format!("run {}", self.section.birdc.display())))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn config_path(section: &BgpSection) -> PathBuf {
+    section.run_dir.join("bird.conf")
+}
+
+fn socket_path(section: &BgpSection) -> PathBuf {
+    section.run_dir.join("bird.ctl")
+}
+
+/// Replaces the file whole, so BIRD never reads half of it.
+fn write_config(path: &std::path::Path, text: &str) -> Result<(), SpeakerError> {
+    let temporary = path.with_extension("conf.new");
+    std::fs::write(&temporary, text).map_err(io(format!("write {}", temporary.display())))?;
+    std::fs::rename(&temporary, path).map_err(io(format!("replace {}", path.display())))
+}
