@@ -103,6 +103,29 @@ pub struct NodeStatus {
     pub pools: Vec<PoolStatus>,
     /// True while it drains before stopping.
     pub draining: bool,
+    /// Its BGP announcements and sessions, if it announces VIPs over BGP.
+    #[serde(default)]
+    pub bgp: Option<BgpStatus>,
+}
+
+/// What a node announces over BGP, and its sessions to the routers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// The VIPs announced now (none while a tracked pool cannot be served, or stopping).
+    pub announced: Vec<IpAddr>,
+    /// The VIPs it would announce.
+    pub vips: Vec<IpAddr>,
+    /// One per router.
+    pub sessions: Vec<BgpSession>,
+}
+
+/// One BGP session, as the node's BIRD reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSession {
+    /// The router's address.
+    pub neighbor: IpAddr,
+    /// BIRD's protocol state (`up`, `start`, `down`) and BGP state (`Established`, `Active`…).
+    pub state: String,
 }
 
 /// One virtual router on one node.

@@ -88,6 +88,24 @@ impl Announcing {
             .collect()
     }
 
+    /// Waits up to 5 s until `host`'s metric `name{labels}` is `value`.
+    fn wait_metric(&self, host: &Host, name: &str, labels: &str, value: f64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = self.lab.admin_metrics(host).unwrap();
+            let seen = metric(&metrics, name, labels);
+            if seen == Some(value) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} {name}{{{labels}}} is {seen:?}, not {value}",
+                host.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `count` requests from the client to the VIP, each on a new connection (a new source
     /// port, so a new flow for the router's hash); how many were answered 200.
     fn requests(&self, count: usize) -> usize {
@@ -115,6 +133,15 @@ fn get(address: SocketAddr) -> std::io::Result<()> {
 fn every_node_announces_the_vip_and_the_router_spreads_client_flows_over_all_three() {
     let mut c = announcing();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
+    let vip = format!("vip=\"{VIP}\"");
+    let router = format!("neighbor=\"{}\"", fulcrum_lab::topology::ROUTER_ADDRESS);
+    for lb in &c.lbs {
+        c.wait_metric(lb, "fulcrum_bgp_announced", &vip, 1.0);
+        c.wait_metric(lb, "fulcrum_bgp_session_established", &router, 1.0);
+    }
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    let shown = c.lab.fulcrumctl_ok(&c.client, &all, &["status"]).unwrap().stdout;
+    assert_eq!(shown.matches("announcing 1/1, sessions 1/1 up").count(), 3, "{shown}");
     let before = c.accepted();
     let answered = c.requests(120);
     assert_eq!(answered, 120, "every request through the router is answered");
@@ -139,6 +166,7 @@ fn a_node_withdraws_when_its_pool_fails_and_when_it_stops_and_bfd_withdraws_a_cr
     let lb1 = c.lbs[0].clone();
     c.lab.exec(&lb1, "ip", &["route", "add", "blackhole", &format!("{backend}/32")]).unwrap();
     c.wait_next_hops(&[1, 2], Duration::from_secs(10));
+    c.wait_metric(&lb1, "fulcrum_bgp_announced", &format!("vip=\"{VIP}\""), 0.0);
     assert_eq!(c.requests(30), 30, "flows go to the nodes that can serve");
     c.lab.exec(&lb1, "ip", &["route", "del", "blackhole", &format!("{backend}/32")]).unwrap();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(10));

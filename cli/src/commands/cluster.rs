@@ -57,6 +57,17 @@ pub(crate) enum MemberCommand {
     },
 }
 
+/// A node's BGP column: how many of its VIPs it announces, and its sessions established.
+fn bgp_summary(bgp: &fulcrum_model::api::BgpStatus) -> String {
+    let established = bgp.sessions.iter().filter(|s| s.state.ends_with("Established")).count();
+    format!(
+        "announcing {}/{}, sessions {established}/{} up",
+        bgp.announced.len(),
+        bgp.vips.len(),
+        bgp.sessions.len()
+    )
+}
+
 /// `status`: every node, the VIP owners, and pool health per node.
 pub(crate) async fn status(ctx: &Context) -> anyhow::Result<()> {
     let status: ClusterStatus = ctx.client.get("/v1/status").await?;
@@ -72,7 +83,12 @@ pub(crate) async fn status(ctx: &Context) -> anyhow::Result<()> {
     )?;
     writeln!(io::stdout())?;
 
-    let mut nodes = Table::new(&["NODE", "ADDRESS", "ROLE", "LEADER", "TERM", "REVISION", "VRRP"]);
+    let bgp = status.nodes.iter().any(|r| r.status.as_ref().is_some_and(|s| s.bgp.is_some()));
+    let mut header = vec!["NODE", "ADDRESS", "ROLE", "LEADER", "TERM", "REVISION", "VRRP"];
+    if bgp {
+        header.push("BGP");
+    }
+    let mut nodes = Table::new(&header);
     for report in &status.nodes {
         let address = status
             .members
@@ -97,6 +113,9 @@ pub(crate) async fn status(ctx: &Context) -> anyhow::Result<()> {
                     node.revision.to_string(),
                     if vrrp.is_empty() { "-".to_owned() } else { vrrp.join(", ") },
                 ]);
+                if bgp {
+                    row.push(node.bgp.as_ref().map_or_else(|| "-".to_owned(), bgp_summary));
+                }
             }
             None => row.push(no_answer(report.error.as_deref())),
         }

@@ -55,6 +55,30 @@ pub fn render(section: &BgpSection, announced: &[IpAddr]) -> String {
     out
 }
 
+/// The state of each session (`router<index>`) in `birdc show protocols` output: BIRD's
+/// protocol state and, when it says one, the BGP state (`up Established`, `start Active`).
+pub fn session_states(shown: &str) -> Vec<(usize, String)> {
+    shown
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let index = fields.next()?.strip_prefix("router")?.parse().ok()?;
+            if fields.next()? != "BGP" {
+                return None;
+            }
+            let _table = fields.next()?;
+            let state = fields.next()?.to_owned();
+            let _since = fields.next()?;
+            let detail: Vec<&str> = fields.collect();
+            let state = match detail.first() {
+                Some(bgp) => format!("{state} {bgp}"),
+                None => state,
+            };
+            Some((index, state))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +105,21 @@ mod tests {
         assert!(text.contains("bfd on;") && text.contains("min rx interval 100 ms;"), "{text}");
         assert!(text.contains("export where proto = \"fulcrum_vips4\";"), "{text}");
         assert!(text.contains("hold time 9;") && text.contains("keepalive time 3;"), "{text}");
+    }
+
+    #[test]
+    fn session_states_are_read_from_show_protocols() {
+        let shown = "BIRD 2.0.12 ready.\n\
+Name       Proto      Table      State  Since         Info\n\
+device1    Device     ---        up     01:22:17.802  \n\
+fulcrum_vips4 Static     master4    up     01:22:17.802  \n\
+router0    BGP        ---        up     01:22:34.908  Established   \n\
+router1    BGP        ---        start  01:22:18.663  Idle          Error: BFD session down\n";
+        assert_eq!(
+            session_states(shown),
+            vec![(0, "up Established".to_owned()), (1, "start Idle".to_owned())]
+        );
+        assert!(session_states("garbage\nrouterx BGP").is_empty());
     }
 
     #[test]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fulcrum_model::api::{BgpSession, BgpStatus};
+use fulcrum_policy::lock;
 use fulcrum_vrrp::VipManager;
 
 use crate::DataPlane;
@@ -21,6 +23,8 @@ use speaker::{Speaker, SpeakerError};
 
 /// How often tracked pools are looked at.
 const HEALTH_POLL: Duration = Duration::from_millis(100);
+/// How often the sessions' states are asked of BIRD, in health polls.
+const SESSIONS_EVERY: u32 = 10;
 
 /// Why BGP could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,8 @@ pub struct Bgp {
     loopback: VipManager,
     /// Set when the node stops: nothing is announced any more.
     withdrawn: AtomicBool,
+    /// What `status` reports: refreshed by the health loop.
+    status: std::sync::Mutex<BgpStatus>,
 }
 
 /// The VIPs to announce: all of them while every tracked pool can be served here and the
@@ -65,7 +71,46 @@ impl Bgp {
             }
         }
         let speaker = Speaker::start(section.clone()).await?;
-        Ok(Arc::new(Bgp { section, speaker, loopback, withdrawn: AtomicBool::new(false) }))
+        let status = BgpStatus { vips: section.vips.clone(), ..BgpStatus::default() };
+        Ok(Arc::new(Bgp {
+            section,
+            speaker,
+            loopback,
+            withdrawn: AtomicBool::new(false),
+            status: std::sync::Mutex::new(status),
+        }))
+    }
+
+    /// What it announces now and its sessions (as of the last second).
+    pub fn status(&self) -> BgpStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Asks BIRD for the sessions' states and keeps them with what is announced.
+    async fn refresh_status(&self) {
+        let sessions = match self.speaker.sessions().await {
+            Ok(states) => self
+                .section
+                .neighbors
+                .iter()
+                .enumerate()
+                .map(|(index, neighbor)| BgpSession {
+                    neighbor: neighbor.address,
+                    state: states
+                        .iter()
+                        .find(|(i, _)| *i == index)
+                        .map_or_else(|| "unknown".to_owned(), |(_, state)| state.clone()),
+                })
+                .collect(),
+            Err(error) => {
+                tracing::debug!("cannot read BIRD's sessions: {error}");
+                Vec::new()
+            }
+        };
+        let announced = self.speaker.announced().await;
+        let mut status = lock(&self.status);
+        status.announced = announced;
+        status.sessions = sessions;
     }
 
     /// Announces the VIPs while every tracked pool can be served here; runs until the
@@ -74,8 +119,13 @@ impl Bgp {
         let mut tick = tokio::time::interval(HEALTH_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
+        let mut polls = 0u32;
         loop {
             tick.tick().await;
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(SESSIONS_EVERY) {
+                self.refresh_status().await;
+            }
             let failing: Vec<&String> = self
                 .section
                 .track_pools

@@ -122,6 +122,11 @@ impl Speaker {
         self.announced.lock().await.clone()
     }
 
+    /// Each session's state (by its index in `neighbors`), as BIRD reports it.
+    pub async fn sessions(&self) -> Result<Vec<(usize, String)>, SpeakerError> {
+        Ok(bird::session_states(&self.birdc(&["show", "protocols"]).await?))
+    }
+
     /// Stops BIRD (its sessions close; the routers withdraw what it announced).
     pub async fn stop(&self) {
         let mut child = self.child.lock().await;

@@ -19,6 +19,7 @@ use super::fence::{Arbiter, FenceTimes, Leases};
 use super::nftables::Handover;
 use super::peer::{PeerAnswer, PeerRequest, Peers};
 use super::priorities::Priorities;
+use crate::bgp::Bgp;
 use crate::dataplane::DataPlane;
 use crate::prometheus::Exposition;
 
@@ -61,6 +62,8 @@ pub struct Node {
     pub(super) fence: Option<FenceState>,
     /// While this node leads the Raft group: who holds each VRID's lease.
     pub(super) arbiter: std::sync::Mutex<Option<Arbiter>>,
+    /// Its BGP announcements, if it makes any.
+    bgp: std::sync::OnceLock<Arc<Bgp>>,
 }
 
 impl Node {
@@ -92,6 +95,7 @@ impl Node {
             drains: TaskTracker::new(),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            bgp: std::sync::OnceLock::new(),
         });
         let weak = Arc::downgrade(&node);
         node.peers.serve(Arc::new(move |request| {
@@ -160,6 +164,7 @@ impl Node {
             vrrp,
             pools: self.plane.pool_status(),
             draining: self.draining.load(Ordering::Relaxed),
+            bgp: self.bgp.get().map(|bgp| bgp.status()),
         }
     }
 
@@ -206,6 +211,25 @@ impl Node {
         for vrrp in &status.vrrp {
             priority.sample(&format!("vrid=\"{}\"", vrrp.vrid), vrrp.priority);
         }
+        if let Some(bgp) = &status.bgp {
+            let mut announced = page.family(
+                "fulcrum_bgp_announced",
+                "gauge",
+                "1 while this node announces the VIP over BGP.",
+            );
+            for vip in &bgp.vips {
+                announced.sample(&format!("vip=\"{vip}\""), u8::from(bgp.announced.contains(vip)));
+            }
+            let mut sessions = page.family(
+                "fulcrum_bgp_session_established",
+                "gauge",
+                "1 while the BGP session to the router is established.",
+            );
+            for session in &bgp.sessions {
+                let up = u8::from(session.state.ends_with("Established"));
+                sessions.sample(&format!("neighbor=\"{}\"", session.neighbor), up);
+            }
+        }
         page.finish()
     }
 
@@ -217,6 +241,11 @@ impl Node {
     }
 
     // Mutators.
+
+    /// Reports `bgp`'s announcements and sessions in the node's status and metrics.
+    pub fn report_bgp(&self, bgp: Arc<Bgp>) {
+        let _ = self.bgp.set(bgp);
+    }
 
     /// Marks the node ready (serving its configuration, VRRP started) or not.
     pub fn set_ready(&self, ready: bool) {

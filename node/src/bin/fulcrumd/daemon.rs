@@ -214,6 +214,9 @@ impl Daemon {
             cluster_file: options.cluster_file.clone(),
         };
         daemon.node = daemon.start_member(node);
+        if let (Some(member), Some(bgp)) = (&daemon.node, &daemon.bgp) {
+            member.report_bgp(Arc::clone(bgp));
+        }
         if let (Some(member), Some(store), Some(sealer)) = (&daemon.node, &daemon.store, sealer) {
             let manager = CertificateManager::new(Arc::clone(store), Arc::clone(member), sealer);
             tokio::spawn(manager.run());
