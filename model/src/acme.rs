@@ -113,13 +113,15 @@ pub struct AcmeState {
     pub certificates: Vec<IssuedCertificate>,
 }
 
-/// An ACME account: its directory and its sealed PKCS#8 key.
+/// An ACME account: its directory, its sealed PKCS#8 key, and the contacts registered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AcmeAccount {
     /// The directory URL the account belongs to.
     pub directory: String,
     /// The account key (PKCS#8, sealed).
     pub key: Sealed,
+    /// The contacts the authority has for the account (updated when the listeners' change).
+    pub contact: Vec<String>,
 }
 
 /// A listener's certificate order: in progress (with the authority's URL), failed and
@@ -140,6 +142,10 @@ pub struct AcmeOrder {
     pub last_error: Option<String>,
     /// An operator asked for a new certificate now.
     pub renew_requested: bool,
+    /// The key (PKCS#8, sealed) of the signing request the order is finalized with, stored
+    /// before the authority receives the request, so a later leader can take the
+    /// certificate.
+    pub pending_key: Option<Sealed>,
 }
 
 /// A challenge answer: for HTTP-01 the key authorization served at
@@ -190,8 +196,8 @@ pub enum AcmeCommand {
     /// Keep a new account; refused when the directory has one, so two nodes racing to make
     /// one end with the first.
     PutAccount(AcmeAccount),
-    /// Replace an account's sealed key with the same key sealed under a newer secret.
-    ResealAccount(AcmeAccount),
+    /// Replace a kept account: its key sealed under a newer secret, or its contacts.
+    UpdateAccount(AcmeAccount),
     /// Create or replace a listener's order.
     PutOrder(AcmeOrder),
     /// Replace a listener's challenge answers.
@@ -206,6 +212,13 @@ pub enum AcmeCommand {
     Issued(IssuedCertificate),
     /// An operator asks for a new certificate now.
     RequestRenewal(Name),
+    /// Replace a certificate's key with the same key sealed under a newer secret.
+    ResealCertificate {
+        /// The listener whose certificate it is.
+        listener: Name,
+        /// The key, sealed anew.
+        key: Sealed,
+    },
 }
 
 impl AcmeState {
@@ -249,7 +262,7 @@ impl AcmeState {
                 }
                 self.accounts.push(account.clone());
             }
-            AcmeCommand::ResealAccount(account) => {
+            AcmeCommand::UpdateAccount(account) => {
                 let kept = self
                     .accounts
                     .iter_mut()
@@ -258,7 +271,17 @@ impl AcmeState {
                         kind: ObjectKind::AcmeAccount,
                         name: account.directory.clone(),
                     })?;
-                kept.key = account.key.clone();
+                *kept = account.clone();
+            }
+            AcmeCommand::ResealCertificate { listener, key } => {
+                let kept =
+                    self.certificates.iter_mut().find(|c| &c.listener == listener).ok_or_else(
+                        || ApplyError::NotFound {
+                            kind: ObjectKind::AcmeListener,
+                            name: listener.to_string(),
+                        },
+                    )?;
+                kept.key = key.clone();
             }
             AcmeCommand::PutOrder(order) => {
                 acme_listener(&order.listener)?;
@@ -297,6 +320,7 @@ impl AcmeState {
                         retry_at: 0,
                         last_error: None,
                         renew_requested: true,
+                        pending_key: None,
                     }),
                 }
             }

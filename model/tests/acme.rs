@@ -90,7 +90,7 @@ fn config() -> Config {
 }
 
 fn account(directory: &str) -> AcmeAccount {
-    AcmeAccount { directory: directory.into(), key: Sealed(vec![1, 2, 3]) }
+    AcmeAccount { directory: directory.into(), key: Sealed(vec![1, 2, 3]), contact: vec![] }
 }
 
 fn order(listener: &str) -> AcmeOrder {
@@ -102,6 +102,7 @@ fn order(listener: &str) -> AcmeOrder {
         retry_at: 5_000,
         last_error: Some("rate limited".into()),
         renew_requested: false,
+        pending_key: Some(Sealed(vec![4, 5, 6])),
     }
 }
 
@@ -377,7 +378,8 @@ fn a_second_account_for_a_directory_is_refused_and_changes_nothing() {
     let mut config = config();
     assert_eq!(config.apply(&acme(AcmeCommand::PutAccount(account(DIRECTORY)))), Ok(2));
     let before = config.clone();
-    let racer = AcmeAccount { directory: DIRECTORY.into(), key: Sealed(vec![7, 7, 7]) };
+    let racer =
+        AcmeAccount { directory: DIRECTORY.into(), key: Sealed(vec![7, 7, 7]), contact: vec![] };
     let err = config.apply(&acme(AcmeCommand::PutAccount(racer))).unwrap_err();
     assert_eq!(
         err,
@@ -473,6 +475,7 @@ fn request_renewal_creates_or_flags_an_order() {
             retry_at: 0,
             last_error: None,
             renew_requested: true,
+            pending_key: None,
         }]
     );
 
@@ -648,6 +651,8 @@ fn binary_round_trip_of_a_config_with_acme_state() {
         },
         AcmeCommand::Issued(certificate("public", 1_000)),
         AcmeCommand::RequestRenewal(name("public")),
+        AcmeCommand::UpdateAccount(account(DIRECTORY)),
+        AcmeCommand::ResealCertificate { listener: name("public"), key: Sealed(vec![9]) },
     ];
     for command in commands.map(Command::Acme) {
         let bytes = codec::encode(&command).unwrap();
@@ -655,4 +660,28 @@ fn binary_round_trip_of_a_config_with_acme_state() {
         let json = serde_json::to_string(&command).unwrap();
         assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), command);
     }
+}
+
+#[test]
+fn an_account_is_updated_whole_and_a_certificate_resealed_without_touching_its_order() {
+    let mut config = config();
+    let unknown = config.apply(&acme(AcmeCommand::UpdateAccount(account(DIRECTORY))));
+    assert!(matches!(unknown, Err(ApplyError::NotFound { kind: ObjectKind::AcmeAccount, .. })));
+    config.apply(&acme(AcmeCommand::PutAccount(account(DIRECTORY)))).unwrap();
+    let updated = AcmeAccount {
+        key: Sealed(vec![8]),
+        contact: vec!["mailto:ops@example.test".into()],
+        ..account(DIRECTORY)
+    };
+    config.apply(&acme(AcmeCommand::UpdateAccount(updated.clone()))).unwrap();
+    assert_eq!(config.acme.accounts, [updated]);
+
+    config.apply(&acme(AcmeCommand::Issued(certificate("public", 1_000)))).unwrap();
+    config.apply(&acme(AcmeCommand::PutOrder(order("public")))).unwrap();
+    let reseal = AcmeCommand::ResealCertificate { listener: name("public"), key: Sealed(vec![9]) };
+    config.apply(&acme(reseal)).unwrap();
+    assert_eq!(config.acme.certificate(&name("public")).unwrap().key, Sealed(vec![9]));
+    assert_eq!(config.acme.order(&name("public")), Some(&order("public")), "the order stays");
+    let missing = AcmeCommand::ResealCertificate { listener: name("shop"), key: Sealed(vec![9]) };
+    assert!(config.apply(&acme(missing)).is_err(), "no certificate to reseal");
 }

@@ -96,7 +96,8 @@ pub struct BgpSection {
     /// BGP hold time (keepalives every third of it).
     #[serde(default = "default_hold_time", with = "fulcrum_model::duration")]
     pub hold_time: Duration,
-    /// Where BIRD's configuration, control socket and log go.
+    /// Where BIRD's configuration, control socket and pid file go (its log goes to
+    /// fulcrumd's standard error).
     #[serde(default = "default_bgp_run_dir")]
     pub run_dir: PathBuf,
     /// The BIRD 2 daemon.

@@ -21,6 +21,8 @@ const READY: Duration = Duration::from_secs(10);
 pub struct Router {
     host: Host,
     bgpd: LabProcess,
+    /// bgpd's log lines read before the last [`Router::skip_bgpd_log`].
+    skipped: usize,
     _bfdd: LabProcess,
     _zebra: LabProcess,
 }
@@ -88,7 +90,7 @@ impl Router {
             (Some(z), Some(f), Some(b)) => (z, f, b),
             _ => return Err(LabError::Invalid("FRR's daemons did not all start".into())),
         };
-        Ok(Router { host: router.clone(), bgpd, _bfdd: bfdd, _zebra: zebra })
+        Ok(Router { host: router.clone(), bgpd, skipped: 0, _bfdd: bfdd, _zebra: zebra })
     }
 
     /// The next hops the router's kernel has for `vip` now, in address order.
@@ -137,7 +139,12 @@ impl Router {
     /// Reads what bgpd has logged so far, so that [`Router::wait_bgpd_log`] looks only at
     /// what it logs from now on.
     pub fn skip_bgpd_log(&mut self) {
-        self.bgpd.read_available();
+        self.skipped = self.bgpd.read_available().len();
+    }
+
+    /// What bgpd has logged since the last [`Router::skip_bgpd_log`].
+    pub fn bgpd_log_since_skip(&mut self) -> Vec<String> {
+        self.bgpd.read_available()[self.skipped..].to_vec()
     }
 
     /// Waits up to `timeout` for bgpd to log, after the last [`Router::skip_bgpd_log`], a
@@ -148,6 +155,9 @@ impl Router {
         matches: impl Fn(&str) -> bool,
         timeout: Duration,
     ) -> Result<String, LabError> {
+        if let Some(line) = self.bgpd_log_since_skip().into_iter().find(|l| matches(l)) {
+            return Ok(line);
+        }
         self.bgpd.wait_for(what, matches, timeout)
     }
 }

@@ -171,6 +171,10 @@ fn served_leaf(address: SocketAddr, root: &str) -> Result<Vec<u8>, String> {
     Ok(leaf.as_ref().to_vec())
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
 fn issued(status: &serde_json::Value) -> bool {
     status["issued"].is_object()
 }
@@ -261,6 +265,15 @@ fn http01_renews_before_expiry_and_a_failed_renewal_backs_off_while_the_old_cert
     let renew_at = first["issued"]["renew_at"].as_u64().unwrap();
     assert_eq!(renew_at, not_before + (not_after - not_before) / 3 * 2, "{first}");
 
+    // Renewed two thirds in, before the first one expires, and served by every node.
+    let second = c.wait_certificate(&all, validity, "a renewal", |s| {
+        s["issued"]["not_after"].as_u64().is_some_and(|n| n != not_after)
+    });
+    assert!(unix_now() < not_after, "renewed before expiry: {second}");
+    let second_leaf = c.wait_served(vip(1).into(), &root, Duration::from_secs(10));
+    assert_ne!(second_leaf, first_leaf, "the renewed certificate is served");
+    let (first_leaf, not_after) = (second_leaf, second["issued"]["not_after"].as_u64().unwrap());
+
     // The authority goes away before the renewal: two failed attempts, 10 s apart, while
     // the first certificate is still served.
     c.pebble.take().unwrap().stop().unwrap();
@@ -269,8 +282,7 @@ fn http01_renews_before_expiry_and_a_failed_renewal_backs_off_while_the_old_cert
     });
     assert!(failing["order"]["last_error"].is_string(), "{failing}");
     let retry_at = failing["order"]["retry_at"].as_u64().unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    assert!(retry_at >= now + 5, "the third attempt waits about 20 s: {failing}");
+    assert!(retry_at >= unix_now() + 5, "the third attempt waits about 20 s: {failing}");
     assert_eq!(failing["issued"]["not_after"].as_u64(), Some(not_after), "{failing}");
     assert_eq!(
         c.served(vip(1).into(), &root),

@@ -49,6 +49,10 @@ fn announcing() -> Announcing {
     let nodes = lbs
         .iter()
         .map(|lb| {
+            // As the operator guide asks: the VIP on lo is not answered for on the LAN.
+            for setting in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
+                lab.exec(lb, "sysctl", &["-qw", setting]).unwrap();
+            }
             let run_dir = lab.log_dir().join(format!("bird-{}", lb.name));
             let file = lab.cluster_node_file(Timing::Lab, lb, &lbs, &[], &["web"]).unwrap()
                 + &node_section(lb, &router_host, &[VIP.into()], &["web"], &run_dir);
@@ -116,6 +120,12 @@ impl Announcing {
     }
 }
 
+/// The PID of the BIRD that fulcrumd runs on `host`.
+fn bird_pid(lab: &Lab, host: &Host) -> u32 {
+    let file = lab.log_dir().join(format!("bird-{}", host.name)).join("bird.pid");
+    std::fs::read_to_string(&file).unwrap().trim().parse().unwrap()
+}
+
 fn get(address: SocketAddr) -> std::io::Result<()> {
     let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -150,9 +160,16 @@ fn every_node_announces_the_vip_and_the_router_spreads_client_flows_over_all_thr
     assert!(share.iter().all(|&n| n > 0.0), "every node takes flows: {share:?}");
     assert_eq!(share.iter().sum::<f64>(), 120.0, "{share:?}");
 
-    // A killed fulcrumd takes its BIRD with it: its session closes and its path goes.
-    c.nodes[2].crash().unwrap();
+    // A killed fulcrumd (SIGKILL to it alone) takes its BIRD with it: the kernel stops BIRD,
+    // its session closes and its path goes.
+    let bird_pid = bird_pid(&c.lab, &c.lbs[2]);
+    c.nodes[2].signal(Signal::SIGKILL).unwrap();
     c.wait_next_hops(&[0, 1], Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{bird_pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "BIRD ({bird_pid}) outlived fulcrumd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(c.requests(30), 30, "the two others answer every flow");
 }
 
@@ -171,9 +188,17 @@ fn a_node_withdraws_when_its_pool_fails_and_when_it_stops_and_bfd_withdraws_a_cr
     c.lab.exec(&lb1, "ip", &["route", "del", "blackhole", &format!("{backend}/32")]).unwrap();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(10));
 
-    // SIGTERM: lb2 withdraws first, while it still runs and drains.
+    // SIGTERM: lb2 withdraws first, its session still up, while it still runs and drains.
+    c.router.skip_bgpd_log();
     c.nodes[1].signal(Signal::SIGTERM).unwrap();
     c.wait_next_hops(&[0, 2], Duration::from_secs(5));
+    let lb2 = format!("neighbor {}", c.lbs[1].address);
+    let lb2_down: Vec<String> =
+        c.router.bgpd_log_since_skip().into_iter().filter(|l| l.contains(&lb2)).collect();
+    assert!(
+        lb2_down.is_empty(),
+        "withdrawn by an update, not by closing the session: {lb2_down:?}"
+    );
     assert!(c.nodes[1].running(), "withdrawn before the process ended");
     c.nodes[1].wait(Duration::from_secs(20)).unwrap();
 

@@ -151,13 +151,19 @@ impl CertificateManager {
     /// Keeps the failure, its reason and the next attempt's time; an order the authority
     /// found invalid is forgotten, any other is resumed then.
     async fn record_failure(&self, listener: &Name, names: Vec<String>, error: &OrderError) {
+        if !self.leads() {
+            tracing::info!(%listener, "order failed after this node stopped leading ({error}); the next leader resumes it");
+            return;
+        }
         let config = self.store.config();
         let previous = config.acme.order(listener);
         let failures = previous.map_or(0, |o| o.failures).saturating_add(1);
         let retry_at = plan::retry_at(unix_now(), failures);
-        let url = match error {
-            OrderError::Invalid(_) => None,
-            _ => previous.and_then(|o| o.url.clone()),
+        let (url, pending_key) = match error {
+            OrderError::Invalid(_) => (None, None),
+            _ => {
+                (previous.and_then(|o| o.url.clone()), previous.and_then(|o| o.pending_key.clone()))
+            }
         };
         tracing::warn!(%listener, failures, retry_in = retry_at.saturating_sub(unix_now()), "certificate order failed: {error}; the certificate in service (if any) stays");
         let order = AcmeOrder {
@@ -168,6 +174,7 @@ impl CertificateManager {
             retry_at,
             last_error: Some(error.to_string()),
             renew_requested: previous.is_some_and(|o| o.renew_requested),
+            pending_key,
         };
         if let Err(error) = self.write(AcmeCommand::PutOrder(order)).await {
             tracing::warn!(%listener, "cannot record the failed order: {error}");
@@ -184,19 +191,29 @@ impl CertificateManager {
         let http = AcmeHttp::new(acme.ca_file.as_deref())?;
         let account = self.account(acme, http).await?;
         let mut order = self.place_or_resume(&account, listener, names).await?;
-        self.authorize(&mut order, listener, acme.challenge).await?;
-        let status = order.poll_ready(&POLL).await?;
-        if status != OrderStatus::Ready {
-            return Err(invalid(&mut order, status).await);
-        }
-        self.still_leading()?;
-        let (key, request) = certificate::key_and_request(acme.key_type, names)?;
-        order.finalize_csr(&request).await?;
+        let place = certificate_place(listener);
+        let (key, sealed) = match self.finalized_key(&mut order, listener)? {
+            // Finalized by a leader before this one: its key was stored first.
+            Some(sealed) => (self.sealer.open(&sealed, &place)?, sealed),
+            None => {
+                self.authorize(&mut order, listener, acme.challenge).await?;
+                let status = order.poll_ready(&POLL).await?;
+                if status != OrderStatus::Ready {
+                    return Err(invalid(&mut order, status).await);
+                }
+                let (key, request) = certificate::key_and_request(acme.key_type, names)?;
+                let sealed = self.sealer.seal(&key, &place)?;
+                // Stored before the authority hears of it, so whoever leads next can take
+                // the certificate this request brings.
+                self.keep_order_key(listener, sealed.clone()).await?;
+                order.finalize_csr(&request).await?;
+                (key, sealed)
+            }
+        };
         let chain_pem = order.poll_certificate(&POLL).await?;
         let (not_before, not_after) = certificate::validity(&chain_pem)?;
         // The chain and key must serve before they are stored for every node.
         certificate::certified_key(&chain_pem, &key)?;
-        let sealed = self.sealer.seal(&key, &certificate_place(listener))?;
         Ok(IssuedCertificate {
             listener: listener.clone(),
             hostnames: names.to_vec(),
@@ -207,43 +224,73 @@ impl CertificateManager {
         })
     }
 
+    /// The stored key of `order` if it was finalized already (processing or valid at the
+    /// authority); `None` for an order still to authorize and finalize.
+    fn finalized_key(
+        &self,
+        order: &mut Order,
+        listener: &Name,
+    ) -> Result<Option<Sealed>, OrderError> {
+        if !matches!(order.state().status, OrderStatus::Processing | OrderStatus::Valid) {
+            return Ok(None);
+        }
+        let config = self.store.config();
+        let key = config.acme.order(listener).and_then(|o| o.pending_key.clone());
+        // `place_or_resume` resumes a finalized order only with its key.
+        key.map(Some).ok_or_else(|| OrderError::Invalid("finalized without a stored key".into()))
+    }
+
+    /// Stores the sealed key a finalize request is about to be made with.
+    async fn keep_order_key(&self, listener: &Name, key: Sealed) -> Result<(), OrderError> {
+        let config = self.store.config();
+        let mut order = config
+            .acme
+            .order(listener)
+            .cloned()
+            .ok_or_else(|| OrderError::Invalid("the stored order vanished".into()))?;
+        order.pending_key = Some(key);
+        self.write(AcmeCommand::PutOrder(order)).await?;
+        Ok(())
+    }
+
     /// The cluster's account at `acme.directory`: its key stored first, then registered
-    /// (registering a known key returns the existing account).
+    /// (registering a known key returns the existing account); its contacts brought in
+    /// line with the listener's.
     async fn account(&self, acme: &AcmeSettings, http: AcmeHttp) -> Result<Account, OrderError> {
         let place = account_place(&acme.directory);
-        let stored = self.store.config().acme.account(&acme.directory).cloned();
-        let (pkcs8, new) = match stored {
-            Some(account) => (self.sealer.open(&account.key, &place)?, false),
+        let stored = match self.store.config().acme.account(&acme.directory).cloned() {
+            Some(account) => account,
             None => {
-                self.still_leading()?;
                 let (_, pkcs8) = Key::generate_pkcs8()?;
                 let key = self.sealer.seal(pkcs8.secret_pkcs8_der(), &place)?;
-                let account = AcmeAccount { directory: acme.directory.clone(), key };
-                match self.write(AcmeCommand::PutAccount(account)).await {
-                    Ok(_) => (pkcs8.secret_pkcs8_der().to_vec(), true),
+                let account =
+                    AcmeAccount { directory: acme.directory.clone(), key, contact: Vec::new() };
+                match self.write(AcmeCommand::PutAccount(account.clone())).await {
+                    Ok(_) => account,
                     // Another node stored one first: use that.
-                    Err(WriteError::Rejected(ApplyError::AlreadyExists { .. })) => {
-                        let config = self.store.config();
-                        let account = config.acme.account(&acme.directory).ok_or_else(|| {
-                            OrderError::Invalid("the stored account vanished".into())
-                        })?;
-                        (self.sealer.open(&account.key, &place)?, false)
+                    Err(OrderError::Store(WriteError::Rejected(ApplyError::AlreadyExists {
+                        ..
+                    }))) => {
+                        self.store.config().acme.account(&acme.directory).cloned().ok_or_else(
+                            || OrderError::Invalid("the stored account vanished".into()),
+                        )?
                     }
-                    Err(error) => return Err(error.into()),
+                    Err(error) => return Err(error),
                 }
             }
         };
+        let pkcs8 = self.sealer.open(&stored.key, &place)?;
         let key = Key::from_pkcs8_der(PrivatePkcs8KeyDer::from(pkcs8.as_slice()))?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8));
         let (account, _) = Account::builder_with_http(Box::new(http))
             .create_from_key((key, der), acme.directory.clone())
             .await?;
-        if new && !acme.contact.is_empty() {
+        if stored.contact != acme.contact {
             let contact: Vec<&str> = acme.contact.iter().map(String::as_str).collect();
             account.update_contacts(&contact).await?;
-        }
-        if new {
-            tracing::info!(directory = %acme.directory, account = account.id(), "ACME account registered");
+            let updated = AcmeAccount { contact: acme.contact.clone(), ..stored };
+            self.write(AcmeCommand::UpdateAccount(updated)).await?;
+            tracing::info!(directory = %acme.directory, account = account.id(), contact = ?acme.contact, "ACME account contacts registered");
         }
         Ok(account)
     }
@@ -260,12 +307,19 @@ impl CertificateManager {
         if let Some(url) =
             previous.as_ref().filter(|o| o.hostnames == names).and_then(|o| o.url.clone())
         {
+            let key_stored = previous.as_ref().is_some_and(|o| o.pending_key.is_some());
             match account.order(url.clone()).await {
                 Ok(mut order) => {
-                    // Finalized orders used a key that died with the node that made it.
+                    // A finalized order is taken up only with the key its request was made
+                    // with; without it, its certificate is of no use.
                     let status = order.state().status;
-                    if matches!(status, OrderStatus::Pending | OrderStatus::Ready) {
-                        tracing::info!(%listener, %url, "resuming the stored order");
+                    let resumable = match status {
+                        OrderStatus::Pending | OrderStatus::Ready => true,
+                        OrderStatus::Processing | OrderStatus::Valid => key_stored,
+                        _ => false,
+                    };
+                    if resumable {
+                        tracing::info!(%listener, %url, ?status, "resuming the stored order");
                         return Ok(order);
                     }
                     tracing::info!(%listener, %url, ?status, "the stored order cannot be finished here; placing a new one");
@@ -288,6 +342,7 @@ impl CertificateManager {
             retry_at: 0,
             last_error: previous.as_ref().and_then(|o| o.last_error.clone()),
             renew_requested: previous.is_some_and(|o| o.renew_requested),
+            pending_key: None,
         };
         self.write(AcmeCommand::PutOrder(stored)).await?;
         Ok(order)
@@ -357,20 +412,17 @@ impl CertificateManager {
         for account in &config.acme.accounts {
             let place = account_place(&account.directory);
             let Some(key) = self.resealed(&account.key, &place) else { continue };
-            let account = AcmeAccount { directory: account.directory.clone(), key };
-            match self.write(AcmeCommand::ResealAccount(account)).await {
+            let account = AcmeAccount { key, ..account.clone() };
+            match self.write(AcmeCommand::UpdateAccount(account)).await {
                 Ok(_) => tracing::info!(%place, "key sealed again under the current seal key"),
                 Err(error) => tracing::warn!(%place, "cannot store the key sealed again: {error}"),
             }
         }
         for issued in &config.acme.certificates {
-            if config.acme.order(&issued.listener).is_some_and(|o| o.url.is_some()) {
-                continue; // the order in progress brings a new key
-            }
             let place = certificate_place(&issued.listener);
             let Some(key) = self.resealed(&issued.key, &place) else { continue };
-            match self.write(AcmeCommand::Issued(IssuedCertificate { key, ..issued.clone() })).await
-            {
+            let listener = issued.listener.clone();
+            match self.write(AcmeCommand::ResealCertificate { listener, key }).await {
                 Ok(_) => tracing::info!(%place, "key sealed again under the current seal key"),
                 Err(error) => tracing::warn!(%place, "cannot store the key sealed again: {error}"),
             }
@@ -395,8 +447,12 @@ impl CertificateManager {
         if self.leads() { Ok(()) } else { Err(OrderError::NotLeader) }
     }
 
-    async fn write(&self, command: AcmeCommand) -> Result<u64, WriteError> {
-        self.store.write(Request { idempotency_key: None, command: Command::Acme(command) }).await
+    /// Writes `command` if this node still leads: a deposed leader stops short, and the
+    /// next one resumes from what the store holds.
+    async fn write(&self, command: AcmeCommand) -> Result<u64, OrderError> {
+        self.still_leading()?;
+        let request = Request { idempotency_key: None, command: Command::Acme(command) };
+        Ok(self.store.write(request).await?)
     }
 }
 

@@ -85,6 +85,7 @@ mod tests {
             retry_at,
             last_error: None,
             renew_requested,
+            pending_key: None,
         }
     }
 

@@ -494,7 +494,10 @@ fn describe(command: &Command) -> String {
         Command::DeleteRateLimit(name) => format!("rate limit {name} deleted"),
         Command::Acme(acme) => match acme {
             AcmeCommand::PutAccount(a) => format!("ACME account stored for {}", a.directory),
-            AcmeCommand::ResealAccount(a) => format!("ACME account resealed for {}", a.directory),
+            AcmeCommand::UpdateAccount(a) => format!("ACME account updated for {}", a.directory),
+            AcmeCommand::ResealCertificate { listener, .. } => {
+                format!("ACME certificate key of listener {listener} resealed")
+            }
             AcmeCommand::PutOrder(o) => format!("ACME order of listener {} stored", o.listener),
             AcmeCommand::PutChallenges { listener, answers } => {
                 format!("{} ACME challenge answers of listener {listener} stored", answers.len())

@@ -10,7 +10,6 @@ pub mod speaker;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fulcrum_model::api::{BgpSession, BgpStatus};
@@ -23,8 +22,8 @@ use speaker::{Speaker, SpeakerError};
 
 /// How often tracked pools are looked at.
 const HEALTH_POLL: Duration = Duration::from_millis(100);
-/// How often the sessions' states are asked of BIRD, in health polls.
-const SESSIONS_EVERY: u32 = 10;
+/// How often BIRD is checked on and its sessions' states asked for.
+const SESSIONS_POLL: Duration = Duration::from_secs(1);
 
 /// Why BGP could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +41,15 @@ pub struct Bgp {
     section: BgpSection,
     speaker: Speaker,
     loopback: VipManager,
-    /// Set when the node stops: nothing is announced any more.
-    withdrawn: AtomicBool,
-    /// What `status` reports: refreshed by the health loop.
+    /// The VIPs this node added to `lo` (and removes when it stops).
+    added: Vec<IpAddr>,
+    /// What `status` reports: refreshed every second.
     status: std::sync::Mutex<BgpStatus>,
 }
 
-/// The VIPs to announce: all of them while every tracked pool can be served here and the
-/// node is not stopping, else none.
-pub fn wanted(vips: &[IpAddr], servable: bool, stopping: bool) -> Vec<IpAddr> {
-    if servable && !stopping { vips.to_vec() } else { Vec::new() }
+/// The VIPs to announce: all of them while every tracked pool can be served here, else none.
+pub fn wanted(vips: &[IpAddr], servable: bool) -> Vec<IpAddr> {
+    if servable { vips.to_vec() } else { Vec::new() }
 }
 
 impl std::fmt::Debug for Bgp {
@@ -65,18 +63,28 @@ impl Bgp {
     /// nothing yet; [`Bgp::follow_health`] decides what to announce.
     pub async fn start(section: BgpSection) -> Result<Arc<Bgp>, BgpError> {
         let loopback = VipManager::open("lo")?;
+        let mut added = Vec::new();
         for vip in &section.vips {
             if !loopback.holds(*vip).await? {
                 loopback.add(*vip).await?;
+                added.push(*vip);
             }
         }
-        let speaker = Speaker::start(section.clone()).await?;
+        let speaker = match Speaker::start(section.clone()).await {
+            Ok(speaker) => speaker,
+            Err(error) => {
+                for vip in &added {
+                    let _ = loopback.remove(*vip).await;
+                }
+                return Err(error.into());
+            }
+        };
         let status = BgpStatus { vips: section.vips.clone(), ..BgpStatus::default() };
         Ok(Arc::new(Bgp {
             section,
             speaker,
             loopback,
-            withdrawn: AtomicBool::new(false),
+            added,
             status: std::sync::Mutex::new(status),
         }))
     }
@@ -86,61 +94,33 @@ impl Bgp {
         lock(&self.status).clone()
     }
 
-    /// Asks BIRD for the sessions' states and keeps them with what is announced.
-    async fn refresh_status(&self) {
-        let sessions = match self.speaker.sessions().await {
-            Ok(states) => self
-                .section
-                .neighbors
-                .iter()
-                .enumerate()
-                .map(|(index, neighbor)| BgpSession {
-                    neighbor: neighbor.address,
-                    state: states
-                        .iter()
-                        .find(|(i, _)| *i == index)
-                        .map_or_else(|| "unknown".to_owned(), |(_, state)| state.clone()),
-                })
-                .collect(),
-            Err(error) => {
-                tracing::debug!("cannot read BIRD's sessions: {error}");
-                Vec::new()
-            }
-        };
-        let announced = self.speaker.announced().await;
-        let mut status = lock(&self.status);
-        status.announced = announced;
-        status.sessions = sessions;
-    }
-
     /// Announces the VIPs while every tracked pool can be served here; runs until the
     /// process ends.
     pub async fn follow_health(self: Arc<Self>, plane: Arc<DataPlane>) {
+        tokio::spawn(Arc::clone(&self).follow_sessions());
         let mut tick = tokio::time::interval(HEALTH_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_error: Option<String> = None;
-        let mut polls = 0u32;
+        let mut was_servable = true;
         loop {
             tick.tick().await;
-            polls = polls.wrapping_add(1);
-            if polls.is_multiple_of(SESSIONS_EVERY) {
-                self.refresh_status().await;
-            }
             let failing: Vec<&String> = self
                 .section
                 .track_pools
                 .iter()
                 .filter(|pool| !plane.pool(pool).is_some_and(|p| p.can_serve()))
                 .collect();
-            let stopping = self.withdrawn.load(Ordering::Acquire);
-            let wanted = wanted(&self.section.vips, failing.is_empty(), stopping);
-            if self.speaker.announced().await == wanted {
-                continue;
+            let servable = failing.is_empty();
+            if servable != was_servable {
+                match servable {
+                    false => {
+                        tracing::warn!(pools = ?failing, "tracked pool unservable here: withdrawing the BGP VIPs")
+                    }
+                    true => tracing::info!("tracked pools servable again: announcing the BGP VIPs"),
+                }
+                was_servable = servable;
             }
-            if wanted.is_empty() && !stopping {
-                tracing::warn!(pools = ?failing, "tracked pool unservable here: withdrawing the BGP VIPs");
-            }
-            match self.speaker.announce(&wanted).await {
+            match self.speaker.announce(&wanted(&self.section.vips, servable)).await {
                 Ok(()) => last_error = None,
                 Err(error) => {
                     let error = error.to_string();
@@ -153,19 +133,53 @@ impl Bgp {
         }
     }
 
-    /// Withdraws every VIP (the node stops); the routers stop sending new flows here.
+    /// Every second: starts BIRD again if it exited, and keeps the sessions' states for the
+    /// status (apart from the health loop, so a slow `birdc` never delays a withdrawal).
+    async fn follow_sessions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SESSIONS_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.speaker.revive().await {
+                tracing::error!("cannot start BIRD again: {error}");
+            }
+            let states = self.speaker.sessions().await.unwrap_or_else(|error| {
+                tracing::debug!("cannot read BIRD's sessions: {error}");
+                Vec::new()
+            });
+            let sessions = self
+                .section
+                .neighbors
+                .iter()
+                .enumerate()
+                .map(|(index, neighbor)| BgpSession {
+                    neighbor: neighbor.address,
+                    state: states
+                        .iter()
+                        .find(|(i, _)| *i == index)
+                        .map_or_else(|| "down".to_owned(), |(_, state)| state.clone()),
+                })
+                .collect();
+            let announced = self.speaker.announced().await;
+            let mut status = lock(&self.status);
+            status.announced = announced;
+            status.sessions = sessions;
+        }
+    }
+
+    /// Withdraws every VIP for good (the node stops); the routers stop sending new flows
+    /// here.
     pub async fn withdraw(&self) {
-        self.withdrawn.store(true, Ordering::Release);
-        if let Err(error) = self.speaker.announce(&[]).await {
+        if let Err(error) = self.speaker.withdraw().await {
             tracing::error!("cannot withdraw the BGP VIPs: {error}; stopping BIRD instead");
             self.speaker.stop().await;
         }
     }
 
-    /// Stops BIRD and removes the VIPs from `lo`.
+    /// Stops BIRD and removes the VIPs it added from `lo`.
     pub async fn stop(&self) {
         self.speaker.stop().await;
-        for vip in &self.section.vips {
+        for vip in &self.added {
             if let Err(error) = self.loopback.remove(*vip).await {
                 tracing::warn!(%vip, "cannot remove the BGP VIP from lo: {error}");
             }
@@ -178,10 +192,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_vip_is_announced_only_while_servable_and_not_stopping() {
+    fn every_vip_is_announced_only_while_servable() {
         let vips: Vec<IpAddr> = vec!["198.18.0.200".parse().unwrap()];
-        assert_eq!(wanted(&vips, true, false), vips);
-        assert!(wanted(&vips, false, false).is_empty());
-        assert!(wanted(&vips, true, true).is_empty());
+        assert_eq!(wanted(&vips, true), vips);
+        assert!(wanted(&vips, false).is_empty());
     }
 }

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -43,6 +44,8 @@ pub struct Speaker {
     section: BgpSection,
     child: tokio::sync::Mutex<Child>,
     announced: tokio::sync::Mutex<Vec<IpAddr>>,
+    /// Set once the node stops: nothing is announced any more.
+    withdrawn: AtomicBool,
 }
 
 impl Speaker {
@@ -50,57 +53,36 @@ impl Speaker {
     pub async fn start(section: BgpSection) -> Result<Speaker, SpeakerError> {
         let dir = &section.run_dir;
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-        let (config, socket) = (config_path(&section), socket_path(&section));
-        write_config(&config, &bird::render(&section, &[]))?;
-        let _ = std::fs::remove_file(&socket);
-        let mut command = Command::new(&section.bird);
-        command
-            .arg("-f")
-            .arg("-c")
-            .arg(&config)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.join("bird.pid"))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        // The kernel stops BIRD when fulcrumd dies, however it dies: a node that cannot serve
-        // must not stay announced. Only an async-signal-safe prctl runs in the child.
-        #[allow(unsafe_code)]
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = command.spawn().map_err(io(format!("start {}", section.bird.display())))?;
-        let deadline = tokio::time::Instant::now() + BIRD_WAIT;
-        while !socket.exists() {
-            if let Some(status) = child.try_wait().map_err(io("wait for BIRD"))? {
-                return Err(SpeakerError::Bird(format!(
-                    "exited at start ({status}); check {} with `bird -p -c`",
-                    config.display()
-                )));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SpeakerError::Bird(format!(
-                    "no control socket {} within {BIRD_WAIT:?}",
-                    socket.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tracing::info!(pid = child.id(), config = %config.display(), "BIRD started; nothing announced yet");
+        let child = spawn(&section).await?;
         Ok(Speaker {
             section,
             child: tokio::sync::Mutex::new(child),
             announced: tokio::sync::Mutex::default(),
+            withdrawn: AtomicBool::new(false),
         })
     }
 
-    /// Makes BIRD announce exactly `vips`; nothing happens if it already does.
+    /// Starts BIRD again, announcing nothing, if it has exited; says whether it had.
+    pub async fn revive(&self) -> Result<bool, SpeakerError> {
+        let mut announced = self.announced.lock().await;
+        let mut child = self.child.lock().await;
+        let Some(status) = child.try_wait().map_err(io("wait for BIRD"))? else {
+            return Ok(false);
+        };
+        tracing::error!(
+            "BIRD exited ({status}); starting it again, announcing nothing until the next health check"
+        );
+        announced.clear();
+        *child = spawn(&self.section).await?;
+        Ok(true)
+    }
+
+    /// Makes BIRD announce exactly `vips` (nothing once [`Speaker::withdraw`] ran); nothing
+    /// happens if it already does.
     pub async fn announce(&self, vips: &[IpAddr]) -> Result<(), SpeakerError> {
         let mut announced = self.announced.lock().await;
+        // Read under the lock, so an announcement racing the withdrawal cannot undo it.
+        let vips = if self.withdrawn.load(Ordering::Acquire) { &[][..] } else { vips };
         if *announced == vips {
             return Ok(());
         }
@@ -115,6 +97,12 @@ impl Speaker {
         tracing::info!(announced = ?vips, withdrawn = ?announced.iter().filter(|v| !vips.contains(v)).collect::<Vec<_>>(), "BGP announcements changed");
         *announced = vips.to_vec();
         Ok(())
+    }
+
+    /// Announces nothing from now on.
+    pub async fn withdraw(&self) -> Result<(), SpeakerError> {
+        self.withdrawn.store(true, Ordering::Release);
+        self.announce(&[]).await
     }
 
     /// What BIRD announces now.
@@ -155,6 +143,59 @@ impl Speaker {
             .map_err(io(format!("run {}", self.section.birdc.display())))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// Writes the configuration announcing nothing and starts BIRD with it; returns once its
+/// control socket is open.
+async fn spawn(section: &BgpSection) -> Result<Child, SpeakerError> {
+    let (config, socket) = (config_path(section), socket_path(section));
+    write_config(&config, &bird::render(section, &[]))?;
+    let _ = std::fs::remove_file(&socket);
+    let mut command = Command::new(&section.bird);
+    command
+        .arg("-f")
+        .arg("-c")
+        .arg(&config)
+        .arg("-s")
+        .arg(&socket)
+        .arg("-P")
+        .arg(section.run_dir.join("bird.pid"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    // The kernel stops BIRD when fulcrumd dies, however it dies: a node that cannot serve
+    // must not stay announced. If fulcrumd died before the prctl took effect, the parent is
+    // no longer fulcrumd and BIRD does not start. Only async-signal-safe calls run there.
+    let parent = nix::unistd::Pid::this();
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("fulcrumd is gone"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(io(format!("start {}", section.bird.display())))?;
+    let deadline = tokio::time::Instant::now() + BIRD_WAIT;
+    while !socket.exists() {
+        if let Some(status) = child.try_wait().map_err(io("wait for BIRD"))? {
+            return Err(SpeakerError::Bird(format!(
+                "exited at start ({status}); check {} with `bird -p -c`",
+                config.display()
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SpeakerError::Bird(format!(
+                "no control socket {} within {BIRD_WAIT:?}",
+                socket.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(pid = child.id(), config = %config.display(), "BIRD started; nothing announced yet");
+    Ok(child)
 }
 
 fn config_path(section: &BgpSection) -> PathBuf {
