@@ -6,8 +6,10 @@
 //! the same key and the authority returns the same account), the order's URL as soon as it
 //! exists (so a new leader resumes it instead of placing another), the challenge answers
 //! before the authority is told to validate (and once every node serves them, so the
-//! validation request may reach any node). A failure is recorded with its reason and the
-//! time of the next attempt, doubling from 10 s to an hour.
+//! validation request may reach any node), the certificate's key before the order is
+//! finalized (so a new leader can take the certificate). Only the leader writes, each write
+//! checking first. A failure is recorded with its reason and the time of the next attempt,
+//! doubling from 10 s to an hour.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
