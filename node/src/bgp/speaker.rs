@@ -62,9 +62,13 @@ impl Speaker {
         })
     }
 
-    /// Starts BIRD again, announcing nothing, if it has exited; says whether it had.
+    /// Starts BIRD again, announcing nothing, if it has exited and the node is not
+    /// stopping; says whether it did.
     pub async fn revive(&self) -> Result<bool, SpeakerError> {
         let mut announced = self.announced.lock().await;
+        if self.withdrawn.load(Ordering::Acquire) {
+            return Ok(false); // stopping: BIRD goes for good
+        }
         let mut child = self.child.lock().await;
         let Some(status) = child.try_wait().map_err(io("wait for BIRD"))? else {
             return Ok(false);
