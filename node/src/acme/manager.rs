@@ -214,8 +214,14 @@ impl CertificateManager {
         };
         let chain_pem = order.poll_certificate(&POLL).await?;
         let (not_before, not_after) = certificate::validity(&chain_pem)?;
-        // The chain and key must serve before they are stored for every node.
-        certificate::certified_key(&chain_pem, &key)?;
+        // The chain and key must serve before they are stored for every node. They do not
+        // fit if a deposed leader's finalize won the race: that order is of no use, and the
+        // next attempt orders anew.
+        certificate::certified_key(&chain_pem, &key).map_err(|error| {
+            OrderError::Invalid(format!(
+                "the issued certificate does not fit the stored key: {error}"
+            ))
+        })?;
         Ok(IssuedCertificate {
             listener: listener.clone(),
             hostnames: names.to_vec(),
