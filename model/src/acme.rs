@@ -244,13 +244,9 @@ impl AcmeState {
         command: &AcmeCommand,
     ) -> Result<(), ApplyError> {
         let acme_listener = |name: &Name| {
-            spec.listener(name.as_str())
-                .filter(|l| l.tls.as_ref().is_some_and(|t| t.acme.is_some()))
-                .map(|_| ())
-                .ok_or_else(|| ApplyError::NotFound {
-                    kind: ObjectKind::AcmeListener,
-                    name: name.to_string(),
-                })
+            spec.listener(name.as_str()).filter(|l| l.acme().is_some()).map(|_| ()).ok_or_else(
+                || ApplyError::NotFound { kind: ObjectKind::AcmeListener, name: name.to_string() },
+            )
         };
         match command {
             AcmeCommand::PutAccount(account) => {
@@ -330,10 +326,7 @@ impl AcmeState {
 
     /// Forgets orders, answers and certificates of listeners that no longer ask for ACME.
     pub(crate) fn retain_listeners(&mut self, spec: &crate::ClusterSpec) {
-        let wanted = |name: &Name| {
-            spec.listener(name.as_str())
-                .is_some_and(|l| l.tls.as_ref().is_some_and(|t| t.acme.is_some()))
-        };
+        let wanted = |name: &Name| spec.listener(name.as_str()).is_some_and(|l| l.acme().is_some());
         self.orders.retain(|o| wanted(&o.listener));
         self.challenges.retain(|c| wanted(&c.listener));
         self.certificates.retain(|c| wanted(&c.listener));

@@ -339,7 +339,7 @@ pub fn certificate_statuses(config: &crate::Config) -> Vec<CertificateStatus> {
         .listeners
         .iter()
         .filter_map(|listener| {
-            let acme = listener.tls.as_ref()?.acme.as_ref()?;
+            let acme = listener.acme()?;
             let issued = config.acme.certificate(&listener.name).map(|c| IssuedStatus {
                 hostnames: c.hostnames.clone(),
                 not_before: c.not_before,

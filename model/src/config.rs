@@ -166,6 +166,11 @@ fn default_idle_timeout() -> Duration {
 }
 
 impl Listener {
+    /// Its ACME settings, if it gets its certificate by ACME.
+    pub fn acme(&self) -> Option<&crate::acme::AcmeSettings> {
+        self.tls.as_ref()?.acme.as_ref()
+    }
+
     /// A listener with defaults for everything but its name, address, protocol and pool.
     pub fn new(name: Name, bind: SocketAddr, protocol: Protocol, default_pool: Name) -> Listener {
         Listener {

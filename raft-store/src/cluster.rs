@@ -247,6 +247,11 @@ impl ConfigStore {
         self.shared.node_id
     }
 
+    /// Whether this node leads the Raft group, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.raft().metrics().borrow().current_leader == Some(self.node_id())
+    }
+
     /// The Raft handle, for what this API does not cover.
     pub fn raft(&self) -> &Raft {
         &self.shared.raft

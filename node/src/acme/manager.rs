@@ -96,12 +96,12 @@ impl CertificateManager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !self.leads() {
+            if !self.store.is_leader() {
                 continue;
             }
             let config = self.store.config();
             for listener in &config.spec.listeners {
-                let Some(acme) = listener.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+                let Some(acme) = listener.acme() else {
                     continue;
                 };
                 let names = acme.names_for(listener);
@@ -111,10 +111,6 @@ impl CertificateManager {
             }
             self.reseal(&self.store.config()).await;
         }
-    }
-
-    fn leads(&self) -> bool {
-        self.store.raft().metrics().borrow().current_leader == Some(self.store.node_id())
     }
 
     /// One attempt at `listener`'s certificate; its outcome is written to the store.
@@ -153,7 +149,7 @@ impl CertificateManager {
     /// Keeps the failure, its reason and the next attempt's time; an order the authority
     /// found invalid is forgotten, any other is resumed then.
     async fn record_failure(&self, listener: &Name, names: Vec<String>, error: &OrderError) {
-        if !self.leads() {
+        if !self.store.is_leader() {
             tracing::info!(%listener, "order failed after this node stopped leading ({error}); the next leader resumes it");
             return;
         }
@@ -452,7 +448,7 @@ impl CertificateManager {
     }
 
     fn still_leading(&self) -> Result<(), OrderError> {
-        if self.leads() { Ok(()) } else { Err(OrderError::NotLeader) }
+        if self.store.is_leader() { Ok(()) } else { Err(OrderError::NotLeader) }
     }
 
     /// Writes `command` if this node still leads: a deposed leader stops short, and the

@@ -42,26 +42,29 @@ struct SealKey {
 impl SealKey {
     fn derive(secret: &[u8]) -> SealKey {
         let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"fulcrum acme seal v1").extract(secret);
+        // Both lengths are ring's own constants, well within HKDF's limit of 255 blocks, so
+        // neither expansion nor the key can fail.
+        let okm = |info: &[u8], out: &mut [u8]| {
+            prk.expand(&[info], Length(out.len()))
+                .and_then(|okm| okm.fill(out))
+                .unwrap_or_else(|_| unreachable!("HKDF-SHA256 yields {} bytes", out.len()))
+        };
         let mut key = [0u8; 32];
         let mut id = [0u8; KEY_ID_LEN];
-        // Output lengths are the algorithm's own, so neither expand can fail.
-        if let Ok(okm) = prk.expand(&[b"key"], &CHACHA20_POLY1305) {
-            let _ = okm.fill(&mut key);
-        }
-        if let Ok(okm) = prk.expand(&[b"key id"], IdLen) {
-            let _ = okm.fill(&mut id);
-        }
+        okm(b"key", &mut key);
+        okm(b"key id", &mut id);
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &key)
             .unwrap_or_else(|_| unreachable!("a 32-byte key fits ChaCha20-Poly1305"));
         SealKey { id, key: LessSafeKey::new(unbound) }
     }
 }
 
-struct IdLen;
+/// An HKDF output length.
+struct Length(usize);
 
-impl hkdf::KeyType for IdLen {
+impl hkdf::KeyType for Length {
     fn len(&self) -> usize {
-        KEY_ID_LEN
+        self.0
     }
 }
 

@@ -307,9 +307,7 @@ impl Node {
 
     /// Whether this node leads the Raft group with a quorum now (a heartbeat round).
     pub(super) async fn leads_with_quorum(&self) -> bool {
-        let raft = self.store.raft();
-        raft.metrics().borrow().current_leader == Some(self.id())
-            && raft.get_read_log_id().await.is_ok()
+        self.store.is_leader() && self.store.raft().get_read_log_id().await.is_ok()
     }
 
     /// The leader's answer to node `node` asking for `vrid`'s lease: after this node

@@ -21,7 +21,7 @@ pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// One issued certificate as served, with the chain it came from (to see a change).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Issued {
     chain_pem: String,
     key: Arc<CertifiedKey>,
@@ -60,10 +60,7 @@ impl AcmeMaterial {
             if let Some(old) = previous.issued.get(listener)
                 && old.chain_pem == certificate.chain_pem
             {
-                issued.insert(
-                    listener.clone(),
-                    Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) },
-                );
+                issued.insert(listener.clone(), old.clone());
                 continue;
             }
             let Some(sealer) = sealer else {
@@ -87,10 +84,7 @@ impl AcmeMaterial {
                 Err(error) => {
                     tracing::error!(%listener, "cannot serve the ACME certificate: {error}");
                     if let Some(old) = previous.issued.get(listener) {
-                        issued.insert(
-                            listener.clone(),
-                            Issued { chain_pem: old.chain_pem.clone(), key: Arc::clone(&old.key) },
-                        );
+                        issued.insert(listener.clone(), old.clone());
                     }
                 }
             }
@@ -133,7 +127,7 @@ impl AcmeMaterial {
             .spec
             .listeners
             .iter()
-            .filter(|l| l.tls.as_ref().is_some_and(|t| t.acme.is_some()))
+            .filter(|l| l.acme().is_some())
             .map(|l| {
                 let not_after = config.acme.certificate(&l.name).map_or(0, |c| c.not_after);
                 let failures = config.acme.order(&l.name).map_or(0, |o| o.failures);

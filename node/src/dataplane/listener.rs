@@ -95,10 +95,8 @@ impl TlsState {
         }
         let files = spec.tls.as_ref().map(|t| t.certificates.as_slice()).unwrap_or_default();
         let acme = spec
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.acme.is_some())
-            .then(|| AcmeSource { listener: spec.name.clone(), material: Arc::clone(acme) });
+            .acme()
+            .map(|_| AcmeSource { listener: spec.name.clone(), material: Arc::clone(acme) });
         let store = CertStore::for_listener(files, acme)
             .map_err(|source| ListenerError::Tls { name: spec.name.clone(), source })?;
         let store = Arc::new(store);
