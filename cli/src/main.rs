@@ -189,6 +189,23 @@ enum ClusterCommand {
         #[arg(long, conflicts_with = "to")]
         reset: bool,
     },
+    /// Drain a node's BGP VIPs, or lift the drain.
+    ///
+    /// The node withdraws its BGP VIPs, so the routers send it no new flow, and serves the
+    /// connections it holds (the other nodes hand it their packets); new connections go to
+    /// the other nodes. The drain lasts until lifted or the node restarts. VRRP VIPs move
+    /// with `failover` instead.
+    ///
+    /// Example: fulcrumctl drain 2
+    ///
+    /// Example: fulcrumctl drain 2 --lift
+    Drain {
+        /// The node's id
+        node: u64,
+        /// Announce the VIPs again
+        #[arg(long)]
+        lift: bool,
+    },
     /// Wait until every node applies a revision (up to --timeout).
     ///
     /// Exit code 6 when some node has not applied it in time.
@@ -273,6 +290,7 @@ async fn dispatch(ctx: &Context, command: ClusterCommand, format: Format) -> any
         ClusterCommand::Failover { vrid, to, reset: _ } => {
             commands::cluster::failover(ctx, vrid, to).await
         }
+        ClusterCommand::Drain { node, lift } => commands::cluster::drain(ctx, node, !lift).await,
         ClusterCommand::Wait { revision } => ctx.wait_for(revision).await,
     }
 }

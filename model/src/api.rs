@@ -27,6 +27,7 @@
 //! | `POST /v1/members` | [`AddMember`] | [`Members`] |
 //! | `POST /v1/members/{id}/promote`, `DELETE /v1/members/{id}` | | [`Members`] |
 //! | `POST /v1/vips/{vrid}/failover` | [`Failover`] | [`FailoverDone`] |
+//! | `POST /v1/nodes/{id}/drain` | [`NodeDrain`] | [`NodeDrain`] |
 //! | `GET /v1/revisions/{revision}/wait[?timeout=10s]` | | [`Propagation`] (504 if incomplete) |
 //! | `GET /v1/certificates` | | list of [`CertificateStatus`] |
 //! | `GET /v1/certificates/{listener}` | | [`CertificateStatus`] |
@@ -117,6 +118,24 @@ pub struct BgpStatus {
     pub vips: Vec<IpAddr>,
     /// One per router.
     pub sessions: Vec<BgpSession>,
+    /// Whether an operator drained the node (`fulcrumctl node drain`): it announces nothing.
+    #[serde(default)]
+    pub drained: bool,
+    /// With flow steering (`keep_flows`): the members sharing the flows, as this node sees
+    /// them, itself included.
+    #[serde(default)]
+    pub flow_members: Vec<FlowMemberStatus>,
+}
+
+/// One member sharing a BGP VIP's flows, as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowMemberStatus {
+    /// Its id.
+    pub node: u64,
+    /// `announcing` (takes new connections) or `draining` (serves those it holds).
+    pub standing: String,
+    /// Packets this node handed to it so far (its connections, or its new ones).
+    pub handed_packets: u64,
 }
 
 /// One BGP session, as the node's BIRD reports it.
@@ -272,6 +291,14 @@ pub struct FailoverDone {
     pub vrid: u8,
     /// The node now master of it, if one was seen within the wait.
     pub master: Option<u64>,
+}
+
+/// Drain a node's BGP VIPs (it withdraws them and serves only the connections it holds),
+/// or lift the drain; also the answer, once the node took it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDrain {
+    /// True to drain, false to announce again.
+    pub drain: bool,
 }
 
 /// How far a revision has spread.

@@ -13,7 +13,8 @@
 //! - [`acme`]: ACME certificates ordered by the leader for every node, keys sealed.
 //! - [`api`]: the admin API and the `/metrics` endpoint.
 //! - [`bgp`]: VIPs announced to routers over BGP through a BIRD the node runs.
-//! - `prometheus`: writing the metrics text format.
+//! - `prometheus`: writing the metrics text format; `nft`: loading and reading nftables
+//!   rulesets.
 //! - [`time`], [`secret`]: deadlines from operators' durations, random keys.
 //!
 //! The binary (`src/bin/fulcrumd/`) is `main.rs`, which parses the arguments, over
@@ -25,6 +26,7 @@ pub mod bgp;
 pub mod cluster;
 pub mod dataplane;
 pub mod dev;
+mod nft;
 pub mod node_file;
 mod prometheus;
 pub mod secret;

@@ -100,6 +100,15 @@ pub struct BgpSection {
     /// fulcrumd's standard error).
     #[serde(default = "default_bgp_run_dir")]
     pub run_dir: PathBuf,
+    /// Keep established connections when the node set changes: packets of a connection
+    /// another node holds are handed to it (flow steering, among the Raft members). On by
+    /// default with `[raft]`, which it needs; [`NodeFile::parse`] settles it.
+    #[serde(default)]
+    pub keep_flows: Option<bool>,
+    /// The link the nodes share, where steered packets cross: by default the one towards
+    /// the first neighbor.
+    #[serde(default)]
+    pub interface: Option<String>,
     /// The BIRD 2 daemon.
     #[serde(default = "default_bird")]
     pub bird: PathBuf,
@@ -584,13 +593,14 @@ impl NodeFile {
     pub fn parse(text: &str) -> Result<NodeFile, NodeFileError> {
         let deserializer = toml::de::Deserializer::parse(text)
             .map_err(|error| NodeFileError::Syntax(error.to_string()))?;
-        let file: NodeFile = serde_path_to_error::deserialize(deserializer).map_err(|error| {
-            NodeFileError::Field {
-                field: error.path().to_string(),
-                line: error.inner().span().map_or(1, |span| line_of(text, span.start)),
-                problem: error.inner().message().to_owned(),
-            }
-        })?;
+        let mut file: NodeFile =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                NodeFileError::Field {
+                    field: error.path().to_string(),
+                    line: error.inner().span().map_or(1, |span| line_of(text, span.start)),
+                    problem: error.inner().message().to_owned(),
+                }
+            })?;
         if let Some(index) = file.vrrp.iter().position(|instance| instance.vips.is_empty()) {
             return Err(NodeFileError::NoVips { index });
         }
@@ -624,6 +634,15 @@ impl NodeFile {
                     "{vip} is also a VRRP VIP: a VIP is announced over BGP or elected by VRRP, not both"
                 )));
             }
+            if bgp.keep_flows == Some(true) && file.raft.is_none() {
+                return Err(NodeFileError::Bgp(
+                    "keep_flows needs [raft]: the nodes that share flows are its members".into(),
+                ));
+            }
+        }
+        let has_raft = file.raft.is_some();
+        if let Some(bgp) = file.bgp.as_mut() {
+            bgp.keep_flows = Some(bgp.keep_flows.unwrap_or(has_raft));
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
             return Err(NodeFileError::FenceWithoutRaft);

@@ -117,6 +117,12 @@ pub(crate) fn interface_index(interface: &str) -> Result<u32, DriverError> {
         .map_err(|_| DriverError::NoInterface(interface.to_owned()))
 }
 
+/// The MAC address of `interface`, if it has one.
+pub fn interface_mac(interface: &str) -> Option<[u8; 6]> {
+    let mac = pnet_datalink::interfaces().into_iter().find(|i| i.name == interface)?.mac?;
+    Some(mac.octets())
+}
+
 /// The node's own address of `family` on `interface`: the first IPv4 address that is not
 /// one of `vips` (VIPs from an earlier run may still be there), or the IPv6 link-local address
 /// VRRP advertises from (RFC 9568 §5.1.2.1).

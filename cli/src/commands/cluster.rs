@@ -5,7 +5,9 @@ use std::io::{self, Write};
 use clap::Subcommand;
 #[cfg(test)]
 use fulcrum_model::api::LeaseView;
-use fulcrum_model::api::{AddMember, ClusterStatus, Failover, FailoverDone, Members, VipOwner};
+use fulcrum_model::api::{
+    AddMember, ClusterStatus, Failover, FailoverDone, Members, NodeDrain, VipOwner,
+};
 use hyper::Method;
 
 use super::Context;
@@ -57,15 +59,31 @@ pub(crate) enum MemberCommand {
     },
 }
 
-/// A node's BGP column: how many of its VIPs it announces, and its sessions established.
+/// A node's BGP column: how many of its VIPs it announces, its sessions established,
+/// whether an operator drained it, and with flow steering the members it shares flows with.
 fn bgp_summary(bgp: &fulcrum_model::api::BgpStatus) -> String {
     let established = bgp.sessions.iter().filter(|s| s.state.ends_with("Established")).count();
-    format!(
+    let mut summary = format!(
         "announcing {}/{}, sessions {established}/{} up",
         bgp.announced.len(),
         bgp.vips.len(),
         bgp.sessions.len()
-    )
+    );
+    if bgp.drained {
+        summary.push_str(", drained");
+    }
+    if !bgp.flow_members.is_empty() {
+        let members: Vec<String> = bgp
+            .flow_members
+            .iter()
+            .map(|m| match m.standing.as_str() {
+                "announcing" => m.node.to_string(),
+                _ => format!("{} (draining)", m.node),
+            })
+            .collect();
+        summary.push_str(&format!(", flows shared with {}", members.join(" ")));
+    }
+    summary
 }
 
 /// `status`: every node, the VIP owners, and pool health per node.
@@ -225,6 +243,24 @@ pub(crate) async fn failover(ctx: &Context, vrid: u8, to: Option<u64>) -> anyhow
     Ok(())
 }
 
+/// `drain NODE [--lift]`.
+pub(crate) async fn drain(ctx: &Context, node: u64, drain: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/nodes/{node}/drain");
+    let done: NodeDrain =
+        ctx.client.write(Method::POST, &path, Body::json(&NodeDrain { drain })?).await?;
+    if ctx.json {
+        return output::print_json(&done);
+    }
+    match done.drain {
+        true => writeln!(
+            io::stdout(),
+            "node {node}: BGP VIPs withdrawn; it serves the connections it holds"
+        ),
+        false => writeln!(io::stdout(), "node {node}: BGP VIPs announced again"),
+    }?;
+    Ok(())
+}
+
 /// Runs a `member` command.
 pub(crate) async fn member(ctx: &Context, command: MemberCommand) -> anyhow::Result<()> {
     let (members, done): (Members, String) = match command {
@@ -296,6 +332,30 @@ fn no_answer(error: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bgp_column_says_drained_and_who_shares_the_flows() {
+        use fulcrum_model::api::{BgpSession, BgpStatus, FlowMemberStatus};
+        let member = |node, standing: &str| FlowMemberStatus {
+            node,
+            standing: standing.into(),
+            handed_packets: 0,
+        };
+        let bgp = BgpStatus {
+            announced: vec![],
+            vips: vec!["198.18.0.200".parse().unwrap()],
+            sessions: vec![BgpSession {
+                neighbor: "198.18.0.254".parse().unwrap(),
+                state: "up Established".into(),
+            }],
+            drained: true,
+            flow_members: vec![member(1, "announcing"), member(2, "draining")],
+        };
+        assert_eq!(
+            super::bgp_summary(&bgp),
+            "announcing 0/1, sessions 1/1 up, drained, flows shared with 1 2 (draining)"
+        );
+    }
+
     use super::*;
 
     #[test]

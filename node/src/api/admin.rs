@@ -17,7 +17,7 @@ use bytes::Bytes;
 use fulcrum_model::acme::AcmeCommand;
 use fulcrum_model::api::{
     AddMember, BackendStateChange, BackendWeightChange, DryRun, ErrorBody, Failover, HEADER_ACTOR,
-    Written, certificate_statuses,
+    NodeDrain, Written, certificate_statuses,
 };
 use fulcrum_model::{
     ApplyError, Backend, Command, Listener, Name, Pool, RateLimitPolicy, Route, file,
@@ -35,7 +35,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use super::{EndpointTls, HttpResponse};
-use crate::cluster::{MoveError, Node};
+use crate::cluster::{BgpDrainError, MoveError, Node};
 use crate::dataplane::DataPlane;
 use crate::prometheus::CONTENT_TYPE;
 
@@ -123,6 +123,18 @@ impl From<MoveError> for ApiError {
         };
         ApiError::new(status, error)
             .hint("`fulcrumctl vip status` shows the VRIDs and their routers")
+    }
+}
+
+impl From<BgpDrainError> for ApiError {
+    fn from(error: BgpDrainError) -> ApiError {
+        let status = match error {
+            BgpDrainError::NotAMember(_) => StatusCode::NOT_FOUND,
+            BgpDrainError::NoBgp(_) => StatusCode::CONFLICT,
+            BgpDrainError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error)
+            .hint("`fulcrumctl status` shows the nodes and their BGP column")
     }
 }
 
@@ -399,6 +411,17 @@ impl Admin {
                 };
                 audit(call, &what, None, None);
                 json(StatusCode::OK, &done)
+            }
+            (&Method::POST, ["v1", "nodes", id, "drain"]) => {
+                let id = number::<u64>(id, "node id")?;
+                let drain: NodeDrain = body(call)?;
+                node.drain_bgp(id, drain.drain).await?;
+                let what = match drain.drain {
+                    true => format!("node {id} drained: BGP VIPs withdrawn"),
+                    false => format!("node {id} drain lifted: BGP VIPs announced"),
+                };
+                audit(call, &what, None, None);
+                json(StatusCode::OK, &drain)
             }
             (&Method::GET, ["v1", "revisions", revision, "wait"]) => {
                 let revision = number::<u64>(revision, "revision")?;

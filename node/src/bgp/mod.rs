@@ -1,24 +1,35 @@
 //! VIPs announced over BGP: every node that can serve them announces them to its routers at
 //! once, and the routers spread flows over the nodes (ECMP). A node withdraws when a tracked
-//! pool cannot be served here and when it stops; a node that dies takes its BIRD with it.
+//! pool cannot be served here, when an operator drains it and when it stops; a node that
+//! dies takes its BIRD with it. With `keep_flows`, the nodes hand each other the packets of
+//! connections they hold, so a router rehashing flows cuts none.
 //!
 //! - [`bird`]: BIRD 2's configuration for the sessions and the announced VIPs (pure).
 //! - [`speaker`]: the BIRD process, started by fulcrumd and stopped with it.
+//! - [`buckets`]: which node each flow belongs to, derived alike on every node (pure).
+//! - [`steering`]: the nftables rules that hand packets to that node.
 
 pub mod bird;
+pub mod buckets;
 pub mod speaker;
+pub mod steering;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fulcrum_model::api::{BgpSession, BgpStatus};
+use fulcrum_model::api::{BgpSession, BgpStatus, FlowMemberStatus};
 use fulcrum_policy::lock;
-use fulcrum_vrrp::VipManager;
+use fulcrum_vrrp::{Family, VipManager, interface_address, interface_mac};
 
 use crate::DataPlane;
 use crate::node_file::BgpSection;
+use buckets::Standing;
 use speaker::{Speaker, SpeakerError};
+use steering::{FlowMember, Link, Plan};
+
+use crate::nft::NftError;
 
 /// How often tracked pools are looked at.
 const HEALTH_POLL: Duration = Duration::from_millis(100);
@@ -34,6 +45,9 @@ pub enum BgpError {
     /// BIRD could not be started.
     #[error(transparent)]
     Speaker(#[from] SpeakerError),
+    /// The link steered packets cross could not be found.
+    #[error("[bgp] keep_flows: {0}")]
+    Link(String),
 }
 
 /// What this node announces, and why.
@@ -45,6 +59,14 @@ pub struct Bgp {
     added: Vec<IpAddr>,
     /// What `status` reports: refreshed every second.
     status: std::sync::Mutex<BgpStatus>,
+    /// Where packets handed to this node arrive, with flow steering on.
+    link: Option<Link>,
+    /// Whether it announces the VIPs now: it takes new connections.
+    announcing: AtomicBool,
+    /// Set by an operator's drain: nothing is announced until it is lifted.
+    drained: AtomicBool,
+    /// Held while the steering rules change; true once they are removed for good.
+    steering_removed: tokio::sync::Mutex<bool>,
 }
 
 /// The VIPs to announce: all of them while every tracked pool can be served here, else none.
@@ -62,6 +84,14 @@ impl Bgp {
     /// Adds the VIPs to `lo` (so their traffic is accepted here) and starts BIRD announcing
     /// nothing yet; [`Bgp::follow_health`] decides what to announce.
     pub async fn start(section: BgpSection) -> Result<Arc<Bgp>, BgpError> {
+        let link = match section.keep_flows.unwrap_or(false) {
+            true => Some(shared_link(&section).await?),
+            false => {
+                // Rules a run with keep_flows left behind would hand packets on.
+                let _ = steering::remove().await;
+                None
+            }
+        };
         let loopback = VipManager::open("lo")?;
         let mut added = Vec::new();
         for vip in &section.vips {
@@ -86,7 +116,52 @@ impl Bgp {
             loopback,
             added,
             status: std::sync::Mutex::new(status),
+            link,
+            announcing: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            steering_removed: tokio::sync::Mutex::new(false),
         }))
+    }
+
+    /// What this node tells the others of its part in the flows, with flow steering on.
+    pub fn flow_member(&self) -> Option<FlowMember> {
+        let standing = match self.announcing.load(Ordering::Acquire) {
+            true => Standing::Announcing,
+            false => Standing::Draining,
+        };
+        let link = self.link.clone()?;
+        Some(FlowMember { standing, vips: self.section.vips.clone(), link })
+    }
+
+    /// Drains the node (withdraws the VIPs, serving the connections it holds) or lifts the
+    /// drain; takes effect within [`HEALTH_POLL`].
+    pub fn set_drained(&self, drained: bool) {
+        if self.drained.swap(drained, Ordering::AcqRel) != drained {
+            tracing::info!(drained, "BGP drain set by an operator");
+        }
+        lock(&self.status).drained = drained;
+    }
+
+    /// Puts `plan`'s steering rules in place, unless the node stopped steering.
+    pub(crate) async fn steer(&self, plan: &Plan) -> Result<(), NftError> {
+        let removed = self.steering_removed.lock().await;
+        match *removed {
+            true => Ok(()),
+            false => steering::load(plan).await,
+        }
+    }
+
+    /// The packets handed to each peer so far (none if they cannot be read).
+    pub(crate) async fn handed(&self) -> std::collections::BTreeMap<u64, u64> {
+        steering::read_handed().await.unwrap_or_else(|error| {
+            tracing::debug!("cannot read the flow steering counters: {error}");
+            Default::default()
+        })
+    }
+
+    /// Keeps the flow members' view and what was handed to each for the status.
+    pub fn report_flows(&self, members: Vec<FlowMemberStatus>) {
+        lock(&self.status).flow_members = members;
     }
 
     /// What it announces now and its sessions (as of the last second).
@@ -110,7 +185,7 @@ impl Bgp {
                 .iter()
                 .filter(|pool| !plane.pool(pool).is_some_and(|p| p.can_serve()))
                 .collect();
-            let servable = failing.is_empty();
+            let servable = failing.is_empty() && !self.drained.load(Ordering::Acquire);
             if servable != was_servable {
                 match servable {
                     false => {
@@ -120,8 +195,17 @@ impl Bgp {
                 }
                 was_servable = servable;
             }
-            match self.speaker.announce(&wanted(&self.section.vips, servable)).await {
-                Ok(()) => last_error = None,
+            let vips = wanted(&self.section.vips, servable);
+            if vips.is_empty() {
+                // Draining before the routers hear of it: peers stop sending new flows here.
+                self.announcing.store(false, Ordering::Release);
+            }
+            match self.speaker.announce(&vips).await {
+                Ok(()) => {
+                    last_error = None;
+                    let announces = !self.speaker.announced().await.is_empty();
+                    self.announcing.store(announces, Ordering::Release);
+                }
                 Err(error) => {
                     let error = error.to_string();
                     if last_error.as_ref() != Some(&error) {
@@ -170,21 +254,71 @@ impl Bgp {
     /// Withdraws every VIP for good (the node stops); the routers stop sending new flows
     /// here.
     pub async fn withdraw(&self) {
+        self.announcing.store(false, Ordering::Release);
         if let Err(error) = self.speaker.withdraw().await {
             tracing::error!("cannot withdraw the BGP VIPs: {error}; stopping BIRD instead");
             self.speaker.stop().await;
         }
     }
 
-    /// Stops BIRD and removes the VIPs it added from `lo`.
+    /// Stops BIRD, removes the steering rules and the VIPs it added to `lo`.
     pub async fn stop(&self) {
         self.speaker.stop().await;
+        let mut removed = self.steering_removed.lock().await;
+        if self.link.is_some()
+            && !*removed
+            && let Err(error) = steering::remove().await
+        {
+            tracing::warn!("cannot remove the flow steering rules: {error}");
+        }
+        *removed = true;
         for vip in &self.added {
             if let Err(error) = self.loopback.remove(*vip).await {
                 tracing::warn!(%vip, "cannot remove the BGP VIP from lo: {error}");
             }
         }
     }
+}
+
+/// This node's end of the link the nodes share: `interface`, or the one towards the first
+/// neighbor.
+async fn shared_link(section: &BgpSection) -> Result<Link, BgpError> {
+    let interface = match &section.interface {
+        Some(interface) => interface.clone(),
+        None => {
+            let neighbor = section.neighbors.first().map(|n| n.address.to_string());
+            let neighbor = neighbor.ok_or_else(|| BgpError::Link("no neighbor".into()))?;
+            let output = tokio::process::Command::new("ip")
+                .args(["-j", "route", "get", &neighbor])
+                .output()
+                .await
+                .map_err(|e| BgpError::Link(format!("cannot run ip route get: {e}")))?;
+            route_device(&String::from_utf8_lossy(&output.stdout)).ok_or_else(|| {
+                BgpError::Link(format!(
+                    "no route to the neighbor {neighbor}: name the shared link with interface"
+                ))
+            })?
+        }
+    };
+    let mac = interface_mac(&interface).ok_or_else(|| {
+        BgpError::Link(format!("interface {interface:?} has no MAC address (or does not exist)"))
+    })?;
+    let address = |family| interface_address(&interface, family, &section.vips);
+    let ipv4 = match address(Family::Ipv4) {
+        Some(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    };
+    let ipv6 = match address(Family::Ipv6) {
+        Some(IpAddr::V6(v6)) => Some(v6),
+        _ => None,
+    };
+    Ok(Link { interface, mac, ipv4, ipv6 })
+}
+
+/// The device of `ip -j route get`'s answer.
+fn route_device(json: &str) -> Option<String> {
+    let routes: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some(routes.get(0)?.get("dev")?.as_str()?.to_owned())
 }
 
 #[cfg(test)]
@@ -196,5 +330,13 @@ mod tests {
         let vips: Vec<IpAddr> = vec!["198.18.0.200".parse().unwrap()];
         assert_eq!(wanted(&vips, true), vips);
         assert!(wanted(&vips, false).is_empty());
+    }
+
+    #[test]
+    fn the_shared_link_is_the_route_s_device() {
+        let json = r#"[{"dst":"198.18.0.254","dev":"eth0","prefsrc":"198.18.0.11","flags":[],"uid":0,"cache":[]}]"#;
+        assert_eq!(route_device(json).as_deref(), Some("eth0"));
+        assert_eq!(route_device("[]"), None);
+        assert_eq!(route_device("RTNETLINK answers: Network is unreachable"), None);
     }
 }

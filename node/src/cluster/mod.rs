@@ -15,12 +15,15 @@
 //!   lease, and the timings that keep one holder per VRID.
 //! - `fencing`: the fence at work: renewing leases, arbitrating them on the leader, and
 //!   letting VRRP and the kernel hold a VIP only while its lease runs.
+//! - `flows`: BGP VIPs' flows kept across node changes: the members' standings asked for,
+//!   the bucket table derived and its steering rules loaded.
 //! - `nftables`: this node's nftables ruleset (second-chance forwarding and the fence's
 //!   `fenced` and `held` sets), rendered whole and loaded with `nft`.
 
 mod drain;
 mod fence;
 mod fencing;
+mod flows;
 mod handover;
 mod moves;
 mod nftables;
@@ -30,6 +33,7 @@ mod priorities;
 mod views;
 
 pub use fence::{DEFAULT_LEASE, FenceTimes};
+pub use flows::BgpDrainError;
 pub use handover::Drain;
 pub use moves::MoveError;
 pub use nftables::{Handover, HandoverError};

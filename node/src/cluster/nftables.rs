@@ -34,16 +34,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fulcrum_vrrp::VipManager;
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use fulcrum_policy::lock;
+
+use crate::nft::{NftError, load, quotable};
 
 /// The nftables table (in the `ip`, `ip6` and `arp` families) that holds this node's rules.
 const TABLE: &str = "fulcrum";
@@ -58,24 +58,13 @@ const SLOWEST_LOAD: Duration = Duration::from_millis(50);
 const SLOW_LOAD_TRIES: usize = 3;
 /// How often lapsed leases are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_millis(250);
-/// How long `nft` may take to load a ruleset.
-const NFT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why second-chance forwarding could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    /// `nft` could not be run.
-    #[error("cannot run nft (is the nftables package installed?): {0}")]
-    NftMissing(std::io::Error),
-    /// `nft` refused the ruleset.
-    #[error("nft refused the second-chance ruleset: {0}")]
-    NftRefused(String),
-    /// Talking to `nft` failed.
-    #[error("cannot pass the ruleset to nft: {0}")]
-    NftIo(std::io::Error),
-    /// `nft` did not finish.
-    #[error("nft did not finish within {NFT_TIMEOUT:?}")]
-    NftTimeout,
+    /// `nft` failed.
+    #[error("second-chance rules: {0}")]
+    Nft(#[from] NftError),
     /// `nft` took longer than the fence allows to set a lease's timeout, again and again.
     #[error("nft took over {0:?} to set a lease's timeout on every try: the VIPs are dropped")]
     NftSlow(Duration),
@@ -273,11 +262,6 @@ fn render_removal() -> String {
         .iter()
         .map(|family| format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
         .collect()
-}
-
-/// Whether `interface` can be quoted in a rule as it is.
-fn quotable(interface: &str) -> bool {
-    !interface.is_empty() && !interface.contains(['"', '\\', '\n'])
 }
 
 /// TCP states (`/proc/net/tcp`'s `st`, hex) in which the client still has to reach this
@@ -594,7 +578,7 @@ impl Handover {
         if loaded.is_none() {
             return Ok(());
         }
-        load(&render_held(&[], vips)).await
+        Ok(load(&render_held(&[], vips)).await?)
     }
 
     async fn reconcile_or_log(&self) {
@@ -616,32 +600,6 @@ impl Handover {
         *loaded = Some(wanted);
         Ok(())
     }
-}
-
-/// Runs `nft -f -` with `script`.
-async fn load(script: &str) -> Result<(), HandoverError> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(HandoverError::NftMissing)?;
-    let run = async {
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).await?;
-        }
-        child.wait_with_output().await
-    };
-    let output = tokio::time::timeout(NFT_TIMEOUT, run)
-        .await
-        .map_err(|_| HandoverError::NftTimeout)?
-        .map_err(HandoverError::NftIo)?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(HandoverError::NftRefused(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
 }
 
 #[cfg(test)]

@@ -229,6 +229,23 @@ impl Node {
                 let up = u8::from(session.state.ends_with("Established"));
                 sessions.sample(&format!("neighbor=\"{}\"", session.neighbor), up);
             }
+            let mut standing = page.family(
+                "fulcrum_bgp_flow_member_announcing",
+                "gauge",
+                "Members sharing the BGP VIPs' flows as this node sees them: 1 announcing, 0 draining.",
+            );
+            for member in &bgp.flow_members {
+                let announcing = u8::from(member.standing == "announcing");
+                standing.sample(&format!("node=\"{}\"", member.node), announcing);
+            }
+            let mut handed = page.family(
+                "fulcrum_bgp_handed_packets_total",
+                "counter",
+                "Packets of BGP VIPs this node handed to the member holding their connection.",
+            );
+            for member in bgp.flow_members.iter().filter(|m| m.node != status.id) {
+                handed.sample(&format!("to=\"{}\"", member.node), member.handed_packets);
+            }
         }
         page.finish()
     }
@@ -242,9 +259,12 @@ impl Node {
 
     // Mutators.
 
-    /// Reports `bgp`'s announcements and sessions in the node's status and metrics.
-    pub fn report_bgp(&self, bgp: Arc<Bgp>) {
-        let _ = self.bgp.set(bgp);
+    /// Reports `bgp`'s announcements and sessions in the node's status and metrics, and
+    /// steers its VIPs' flows with the other members if it keeps flows.
+    pub fn report_bgp(self: &Arc<Self>, bgp: Arc<Bgp>) {
+        if self.bgp.set(Arc::clone(&bgp)).is_ok() && bgp.flow_member().is_some() {
+            tokio::spawn(Arc::clone(self).steer_flows(bgp));
+        }
     }
 
     /// Marks the node ready (serving its configuration, VRRP started) or not.
@@ -285,6 +305,16 @@ impl Node {
             Ok(PeerRequest::Release { vrid, node, generation }) => {
                 self.released(vrid, node, generation);
                 PeerAnswer::Noted(true)
+            }
+            Ok(PeerRequest::Flows) => {
+                PeerAnswer::Flows(self.bgp.get().and_then(|bgp| bgp.flow_member()))
+            }
+            Ok(PeerRequest::DrainBgp(drain)) => {
+                let bgp = self.bgp.get();
+                if let Some(bgp) = bgp {
+                    bgp.set_drained(drain);
+                }
+                PeerAnswer::Noted(bgp.is_some())
             }
             Err(error) => PeerAnswer::Malformed(error.to_string()),
         }

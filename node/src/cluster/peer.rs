@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::fence::{Grant, LeaseRefusal};
+use crate::bgp::steering::FlowMember;
 
 /// What one node asks another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +81,11 @@ pub(crate) enum PeerRequest {
         /// The generation given up: requests of it still on their way grant nothing.
         generation: u64,
     },
+    /// Its part in the BGP VIPs' flows (`Flows`).
+    Flows,
+    /// Withdraw the BGP VIPs and serve only the connections held (`true`), or announce
+    /// again (`false`).
+    DrainBgp(bool),
 }
 
 /// What it answers.
@@ -101,6 +107,8 @@ pub(crate) enum PeerAnswer {
     /// This node runs the VRID but cannot forward for the drain: why (its nftables rules
     /// did not load).
     CannotForward(String),
+    /// Its part in the BGP VIPs' flows; `None` without BGP or flow steering.
+    Flows(Option<FlowMember>),
 }
 
 /// Answers from several members, by id.

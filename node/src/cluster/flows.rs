@@ -1,0 +1,160 @@
+//! Keeping BGP VIPs' connections across node changes (the member's side of flow steering):
+//! every [`POLL`] the node asks every Raft member its part in the flows, derives the bucket
+//! table from those that answer with the same VIPs, and loads the steering rules when they
+//! change. A member that does not answer [`MISSES`] times in a row is left out (it died or
+//! stopped): its buckets go to the others, its connections are lost with it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fulcrum_model::api::FlowMemberStatus;
+
+use super::node::Node;
+use super::peer::{PeerAnswer, PeerRequest};
+use crate::bgp::Bgp;
+use crate::bgp::buckets::{BucketTable, Standing};
+use crate::bgp::steering::{FlowMember, Plan};
+
+/// How often the members are asked.
+const POLL: Duration = Duration::from_millis(100);
+/// How long one member may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
+/// Unanswered polls in a row before a member is left out.
+const MISSES: u32 = 2;
+/// How often the handed packets are read for the status.
+const COUNTERS_EVERY: u32 = 10;
+
+/// Why a node's BGP drain could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum BgpDrainError {
+    /// No such member.
+    #[error("node {0} is not a member")]
+    NotAMember(u64),
+    /// It announces no VIP over BGP.
+    #[error("node {0} announces no VIP over BGP")]
+    NoBgp(u64),
+    /// It did not answer.
+    #[error("node {node} did not answer: {error}")]
+    Unreachable {
+        /// The node.
+        node: u64,
+        /// What asking it came to.
+        error: String,
+    },
+}
+
+/// What this node knows of one member.
+struct Known {
+    member: FlowMember,
+    misses: u32,
+}
+
+impl Node {
+    /// Drains node `id`'s BGP VIPs (`drain`) or lifts its drain. Not kept across its
+    /// restart: a node starts announcing.
+    pub async fn drain_bgp(self: &Arc<Self>, id: u64, drain: bool) -> Result<(), BgpDrainError> {
+        if !self.peers.member_ids().contains(&id) {
+            return Err(BgpDrainError::NotAMember(id));
+        }
+        let timeout = super::peer::PEER_TIMEOUT;
+        match self.peers.ask(id, &PeerRequest::DrainBgp(drain), timeout).await {
+            Ok(PeerAnswer::Noted(true)) => Ok(()),
+            Ok(_) => Err(BgpDrainError::NoBgp(id)),
+            Err(error) => Err(BgpDrainError::Unreachable { node: id, error }),
+        }
+    }
+
+    /// Steers the BGP VIPs' flows until the node stops; `bgp` steers (it has a link).
+    pub(super) async fn steer_flows(self: Arc<Self>, bgp: Arc<Bgp>) {
+        let Some(own) = bgp.flow_member() else { return };
+        let mut known: BTreeMap<u64, Known> = BTreeMap::new();
+        let mut loaded: Option<Plan> = None;
+        let mut last_error: Option<String> = None;
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round: u32 = 0;
+        loop {
+            tick.tick().await;
+            round = round.wrapping_add(1);
+            let ids = self.peers.member_ids();
+            let answers = self.peers.ask_within(&ids, PeerRequest::Flows, ANSWER_TIMEOUT).await;
+            known.retain(|id, _| ids.contains(id));
+            for (id, answer) in answers {
+                match answer {
+                    Ok(PeerAnswer::Flows(Some(member))) => {
+                        if member.vips != own.vips && !known.contains_key(&id) {
+                            tracing::warn!(node = id, vips = ?member.vips, "member announces other BGP VIPs: its flows are not shared");
+                        }
+                        known.insert(id, Known { member, misses: 0 });
+                    }
+                    Ok(_) => {
+                        known.remove(&id);
+                    }
+                    Err(_) => {
+                        let gone = known.get_mut(&id).is_some_and(|k| {
+                            k.misses += 1;
+                            k.misses >= MISSES
+                        });
+                        if gone && known.remove(&id).is_some() {
+                            tracing::warn!(
+                                node = id,
+                                "member no longer answers: its BGP flows are left out"
+                            );
+                        }
+                    }
+                }
+            }
+            let me = self.id();
+            let sharing: BTreeMap<u64, &FlowMember> = known
+                .iter()
+                .filter(|(id, k)| k.member.vips == own.vips || **id == me)
+                .map(|(id, k)| (*id, &k.member))
+                .collect();
+            let standings: BTreeMap<u64, Standing> =
+                sharing.iter().map(|(id, m)| (*id, m.standing)).collect();
+            let plan = Plan {
+                me,
+                link: own.link.clone(),
+                vips: own.vips.clone(),
+                table: BucketTable::derive(&standings),
+                peers: sharing
+                    .iter()
+                    .filter(|(id, _)| **id != me)
+                    .map(|(id, m)| (*id, m.link.clone()))
+                    .collect(),
+            };
+            if loaded.as_ref() != Some(&plan) {
+                match bgp.steer(&plan).await {
+                    Ok(()) => {
+                        tracing::info!(members = ?standings, "flow steering rules loaded");
+                        loaded = Some(plan);
+                        last_error = None;
+                    }
+                    Err(error) => {
+                        let error = error.to_string();
+                        if last_error.as_ref() != Some(&error) {
+                            tracing::error!("cannot load the flow steering rules: {error}");
+                        }
+                        last_error = Some(error);
+                    }
+                }
+            }
+            if round.is_multiple_of(COUNTERS_EVERY) {
+                let handed = bgp.handed().await;
+                let members = standings
+                    .iter()
+                    .map(|(id, standing)| FlowMemberStatus {
+                        node: *id,
+                        standing: match standing {
+                            Standing::Announcing => "announcing".into(),
+                            Standing::Draining => "draining".into(),
+                        },
+                        handed_packets: handed.get(id).copied().unwrap_or(0),
+                    })
+                    .collect();
+                bgp.report_flows(members);
+            }
+        }
+    }
+}
