@@ -105,6 +105,11 @@ pub struct BgpSection {
     /// default with `[raft]`, which it needs; [`NodeFile::parse`] settles it.
     #[serde(default)]
     pub keep_flows: Option<bool>,
+    /// Hold rate limits cluster-wide: every node counts what the others admitted (reported
+    /// every 100 ms among the Raft members). On by default with `[raft]`, which it needs;
+    /// [`NodeFile::parse`] settles it.
+    #[serde(default)]
+    pub share_rate_limits: Option<bool>,
     /// The link the nodes share, where steered packets cross: by default the one towards
     /// the first neighbor.
     #[serde(default)]
@@ -639,10 +644,17 @@ impl NodeFile {
                     "keep_flows needs [raft]: the nodes that share flows are its members".into(),
                 ));
             }
+            if bgp.share_rate_limits == Some(true) && file.raft.is_none() {
+                return Err(NodeFileError::Bgp(
+                    "share_rate_limits needs [raft]: the nodes that share limits are its members"
+                        .into(),
+                ));
+            }
         }
         let has_raft = file.raft.is_some();
         if let Some(bgp) = file.bgp.as_mut() {
             bgp.keep_flows = Some(bgp.keep_flows.unwrap_or(has_raft));
+            bgp.share_rate_limits = Some(bgp.share_rate_limits.unwrap_or(has_raft));
         }
         if file.fence == Some(FenceMode::Quorum) && file.raft.is_none() {
             return Err(NodeFileError::FenceWithoutRaft);

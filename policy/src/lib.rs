@@ -13,7 +13,8 @@
 //! - [`health`]: rise/fall [`Hysteresis`], [`PassiveEjection`] and the check interval.
 //! - [`path`]: a request path in normal form before routing, or why it cannot be.
 //! - [`router`]: a listener's routes compiled for first-match routing and weighted splits.
-//! - [`sticky`]: the signed sticky-session cookie and finding it among a request's cookies.
+//! - [`sticky`]: the signed sticky-session cookie and finding it among a request's cookies,
+//!   and [`derived_mac`], the keyed MAC each purpose derives from the cluster secret.
 
 pub mod balance;
 pub mod health;
@@ -26,7 +27,7 @@ pub use balance::{Balancer, InFlight, Load, Member, PickKey};
 pub use health::{Health, Hysteresis, PassiveEjection};
 pub use ratelimit::{Decision, Limiter, client_key, narrower};
 pub use router::{CompiledRoute, Routed, Router};
-pub use sticky::CookieSigner;
+pub use sticky::{CookieSigner, derived_mac};
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -19,6 +19,14 @@
 //! - A capacity or limit of 0 refuses everything without tracking a key: `retry_after` is `None`
 //!   (waiting never helps) and `reset` is zero.
 //!
+//! Shared counters ([`Limiter::shared`]): limiters of one policy on several nodes, under one
+//! seed, hash keys alike; each keeps what it admitted for its next [`Limiter::take_report`]
+//! (the busiest [`MAX_REPORTED_KEYS`] keys), and counts what the others report with
+//! [`Limiter::absorb`]: a bucket loses the tokens they took (down to a debt of one capacity,
+//! repaid by refill), a window counts their requests in its current window. Every node then
+//! holds about the cluster's count, behind by what the others admitted since their last
+//! report.
+//!
 //! Storage: keys are hashed with xxh3 under a random per-limiter seed and only the 64-bit hash is
 //! kept. Two keys share a counter with probability ~2^-64 per pair (harmless: one client is
 //! limited a little early), and since the seed is secret no one can craft keys that collide with
@@ -37,6 +45,9 @@ use std::time::{Duration, Instant};
 
 use fulcrum_model::RateLimit;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// The most keys one report carries: the busiest.
+pub const MAX_REPORTED_KEYS: usize = 4096;
 
 /// The default bound on tracked keys per policy.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -107,6 +118,8 @@ pub struct Limiter {
     /// Origin of the sliding windows: the `now` of the first check.
     epoch: OnceLock<Instant>,
     shards: Box<[Mutex<Shard>]>,
+    /// Whether admitted requests are kept for [`Limiter::take_report`].
+    shared: bool,
 }
 
 impl Limiter {
@@ -119,13 +132,53 @@ impl Limiter {
             .map(|_| {
                 Mutex::new(Shard {
                     index: KeyMap::default(),
+                    unreported: CountMap::default(),
                     slots: Vec::new(),
                     capacity: max_keys / count,
                     rng: fastrand::Rng::with_seed(fastrand::u64(..)),
                 })
             })
             .collect();
-        Limiter { policy: Policy::new(limit), seed, max_keys, epoch: OnceLock::new(), shards }
+        Limiter {
+            policy: Policy::new(limit),
+            seed,
+            max_keys,
+            epoch: OnceLock::new(),
+            shards,
+            shared: false,
+        }
+    }
+
+    /// A limiter sharing its counters with the limiters of the same policy and `seed` on
+    /// other nodes (see the module's doc); `seed` must be secret, as the random one is.
+    pub fn shared(limit: &RateLimit, max_keys: usize, seed: u64) -> Limiter {
+        Limiter { seed, shared: true, ..Limiter::new(limit, max_keys) }
+    }
+
+    /// What this limiter admitted since the last report, by key hash: the busiest
+    /// [`MAX_REPORTED_KEYS`] keys (the others' counts are dropped). Empty unless shared.
+    pub fn take_report(&self) -> Vec<(u64, u32)> {
+        let mut report: Vec<(u64, u32)> = Vec::new();
+        for shard in self.shards.iter() {
+            report.extend(crate::lock(shard).unreported.drain());
+        }
+        if report.len() > MAX_REPORTED_KEYS {
+            report.select_nth_unstable_by(MAX_REPORTED_KEYS, |a, b| b.1.cmp(&a.1));
+            report.truncate(MAX_REPORTED_KEYS);
+        }
+        report
+    }
+
+    /// Counts, at `now`, what another node's limiter of this policy reported it admitted.
+    pub fn absorb(&self, report: &[(u64, u32)], now: Instant) {
+        if self.policy.limit() == 0 {
+            return;
+        }
+        let epoch = *self.epoch.get_or_init(|| now);
+        for &(hash, count) in report {
+            let shard = &self.shards[(hash >> 32) as usize % self.shards.len()];
+            crate::lock(shard).absorb(hash, count, now, &self.policy, epoch);
+        }
     }
 
     /// Counts a request for `key` at `now` if the limit allows it, and says what to answer.
@@ -144,7 +197,13 @@ impl Limiter {
         let hash = xxh3_64_with_seed(key, self.seed);
         // Bits the shard's own map uses neither for its bucket index nor for its tags.
         let shard = &self.shards[(hash >> 32) as usize % self.shards.len()];
-        crate::lock(shard).check(hash, now, &self.policy, epoch)
+        let mut shard = crate::lock(shard);
+        let decision = shard.check(hash, now, &self.policy, epoch);
+        if self.shared && decision.allowed {
+            let count = shard.unreported.entry(hash).or_insert(0);
+            *count = count.saturating_add(1);
+        }
+        decision
     }
 
     /// How many keys are tracked now.
@@ -231,6 +290,16 @@ impl Policy {
         }
         slot.last_seen = slot.last_seen.max(now);
         offset
+    }
+
+    /// Counts `count` requests another node admitted, after [`Policy::settle`].
+    fn consume(&self, slot: &mut Slot, count: u32) {
+        match *self {
+            Policy::Bucket { capacity, .. } => {
+                slot.tokens = (slot.tokens - f64::from(count)).max(-f64::from(capacity));
+            }
+            Policy::Window { .. } => slot.current = slot.current.saturating_add(count),
+        }
     }
 
     /// Whether the key's counter at `now` equals a fresh one, so forgetting it changes nothing.
@@ -371,10 +440,13 @@ impl Hasher for KeyHasher {
 }
 
 type KeyMap = HashMap<u64, usize, BuildHasherDefault<KeyHasher>>;
+type CountMap = HashMap<u64, u32, BuildHasherDefault<KeyHasher>>;
 
 /// Some of a limiter's keys: `slots` densely, `index` from key hash to position in `slots`.
 struct Shard {
     index: KeyMap,
+    /// A shared limiter's admissions since its last report, by key.
+    unreported: CountMap,
     slots: Vec<Slot>,
     capacity: usize,
     rng: fastrand::Rng,
@@ -382,7 +454,20 @@ struct Shard {
 
 impl Shard {
     fn check(&mut self, key: u64, now: Instant, policy: &Policy, epoch: Instant) -> Decision {
-        let at = match self.index.get(&key) {
+        let at = self.slot(key, now, policy, epoch);
+        policy.decide(&mut self.slots[at], now, epoch)
+    }
+
+    fn absorb(&mut self, key: u64, count: u32, now: Instant, policy: &Policy, epoch: Instant) {
+        let at = self.slot(key, now, policy, epoch);
+        let slot = &mut self.slots[at];
+        policy.settle(slot, now, epoch);
+        policy.consume(slot, count);
+    }
+
+    /// Where `key`'s counter is, made fresh (room made) if it is not tracked.
+    fn slot(&mut self, key: u64, now: Instant, policy: &Policy, epoch: Instant) -> usize {
+        match self.index.get(&key) {
             Some(&at) => at,
             None => {
                 if self.slots.len() >= self.capacity {
@@ -392,8 +477,7 @@ impl Shard {
                 self.slots.push(policy.fresh(key, now, epoch));
                 self.slots.len() - 1
             }
-        };
-        policy.decide(&mut self.slots[at], now, epoch)
+        }
     }
 
     /// Drops the idle keys among a sample (every key if there are few), or else the least
@@ -450,6 +534,76 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn shared_buckets_admit_the_capacity_once_across_nodes() {
+        let limit = RateLimit::TokenBucket { capacity: 10, refill_per_second: 0.0 };
+        let (a, b) = (Limiter::shared(&limit, 100, 7), Limiter::shared(&limit, 100, 7));
+        let now = Instant::now();
+        assert_eq!(burst(&a, b"client", now, 6), 6);
+        b.absorb(&a.take_report(), now);
+        assert_eq!(burst(&b, b"client", now, 10), 4, "b counts what a admitted");
+        a.absorb(&b.take_report(), now);
+        assert_eq!(burst(&a, b"client", now, 10), 0, "and a what b admitted");
+        // Another key is untouched.
+        assert_eq!(burst(&a, b"other", now, 3), 3);
+    }
+
+    #[test]
+    fn a_shared_bucket_repays_a_debt_before_it_admits_again() {
+        let limit = RateLimit::TokenBucket { capacity: 4, refill_per_second: 1.0 };
+        let (a, b) = (Limiter::shared(&limit, 100, 1), Limiter::shared(&limit, 100, 1));
+        let now = Instant::now();
+        assert_eq!(burst(&a, b"k", now, 4), 4);
+        assert_eq!(burst(&b, b"k", now, 4), 4, "both admitted before hearing of the other");
+        a.absorb(&b.take_report(), now);
+        // Four tokens of debt: the fifth second's refill is the first one usable.
+        assert_eq!(burst(&a, b"k", now + ms(4_500), 1), 0);
+        assert_eq!(burst(&a, b"k", now + ms(5_000), 1), 1);
+        // A debt is bounded by one capacity.
+        let huge = [(xxh3_64_with_seed(b"k", 1), 1_000)];
+        a.absorb(&huge, now + ms(5_000));
+        assert_eq!(burst(&a, b"k", now + ms(9_000), 1), 0);
+        assert_eq!(burst(&a, b"k", now + ms(10_000), 1), 1);
+    }
+
+    #[test]
+    fn shared_windows_count_what_the_others_admitted() {
+        let limit = RateLimit::SlidingWindow { limit: 10, window: ms(1_000) };
+        let (a, b) = (Limiter::shared(&limit, 100, 3), Limiter::shared(&limit, 100, 3));
+        let now = Instant::now();
+        assert_eq!(burst(&a, b"k", now, 7), 7);
+        b.absorb(&a.take_report(), now);
+        assert_eq!(burst(&b, b"k", now, 10), 3);
+    }
+
+    #[test]
+    fn an_unshared_limiter_reports_nothing_and_a_report_is_taken_once() {
+        let limit = RateLimit::TokenBucket { capacity: 10, refill_per_second: 1.0 };
+        let now = Instant::now();
+        let alone = Limiter::new(&limit, 100);
+        burst(&alone, b"k", now, 3);
+        assert!(alone.take_report().is_empty());
+        let shared = Limiter::shared(&limit, 100, 9);
+        burst(&shared, b"k", now, 3);
+        burst(&shared, b"k", now, 20); // Refusals are not reported.
+        assert_eq!(shared.take_report(), vec![(xxh3_64_with_seed(b"k", 9), 10)]);
+        assert!(shared.take_report().is_empty());
+    }
+
+    #[test]
+    fn a_report_keeps_the_busiest_keys() {
+        let limit = RateLimit::TokenBucket { capacity: 10, refill_per_second: 1.0 };
+        let limiter = Limiter::shared(&limit, 2 * MAX_REPORTED_KEYS, 5);
+        let now = Instant::now();
+        for n in 0..MAX_REPORTED_KEYS + 10 {
+            burst(&limiter, &(n as u64).to_be_bytes(), now, 1);
+        }
+        burst(&limiter, b"busy", now, 5);
+        let report = limiter.take_report();
+        assert_eq!(report.len(), MAX_REPORTED_KEYS);
+        assert!(report.contains(&(xxh3_64_with_seed(b"busy", 5), 5)));
     }
 
     /// Checks `n` times at `now`; returns how many were allowed, checking every decision's sanity.

@@ -14,6 +14,15 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+/// An HMAC-SHA256 keyed with a key derived from `secret` for one `purpose`: the key never
+/// equals a key used for another purpose, and a block-sized key makes keying infallible.
+pub fn derived_mac(purpose: &[u8], secret: &[u8]) -> Hmac<Sha256> {
+    let mut key = [0u8; 64];
+    let derived = Sha256::new().chain_update(purpose).chain_update(secret).finalize();
+    key[..32].copy_from_slice(&derived);
+    <Hmac<Sha256> as KeyInit>::new(&key.into())
+}
+
 /// Bytes of the MAC kept in the cookie: 128 bits, plenty against forgery.
 const TAG_BYTES: usize = 16;
 
@@ -33,13 +42,7 @@ impl std::fmt::Debug for CookieSigner {
 impl CookieSigner {
     /// A signer keyed with `secret` (any length; the cluster secret on a cluster node).
     pub fn new(secret: &[u8]) -> CookieSigner {
-        // Derived, not used as is: the cookie key never equals a key used elsewhere, and a
-        // block-sized key makes keying infallible.
-        let mut key = [0u8; 64];
-        let derived =
-            Sha256::new().chain_update(b"fulcrum sticky cookie\0").chain_update(secret).finalize();
-        key[..32].copy_from_slice(&derived);
-        CookieSigner { mac: <Hmac<Sha256> as KeyInit>::new(&key.into()) }
+        CookieSigner { mac: derived_mac(b"fulcrum sticky cookie\0", secret) }
     }
 
     fn tag(&self, pool: &str, address: &str) -> Vec<u8> {

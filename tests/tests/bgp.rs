@@ -481,3 +481,76 @@ fn a_crashed_host_loses_only_the_connections_it_held() {
     let cut = outcomes.iter().filter(|o| o.is_err()).count();
     assert_eq!(cut as f64, held[2], "exactly lb3's connections are lost: {outcomes:?}");
 }
+
+#[test]
+fn a_rate_limit_holds_across_the_three_nodes_the_router_spreads_its_flows_over() {
+    let c = announcing();
+    c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
+    c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
+    // One client address, every request on a new connection: its flows spread over the nodes.
+    const CAPACITY: f64 = 20.0;
+    const REFILL: f64 = 20.0;
+    let backends = c.lab.hosts_of(HostRole::Backend);
+    let backend_refs: Vec<&Host> = backends.iter().collect();
+    let text = web_cluster_file(80, &backend_refs).replacen(
+        "default_pool = \"web\"\n",
+        "default_pool = \"web\"\nrate_limit = \"per-client\"\n",
+        1,
+    ) + &format!(
+        "\n[[rate_limits]]\nname = \"per-client\"\nkey = \"client_ip\"\nkind = \"token_bucket\"\n\
+         capacity = {CAPACITY}\nrefill_per_second = {REFILL}\n"
+    );
+    let file = c.lab.lab_file("limited.toml", &text).unwrap();
+    let all: Vec<&Host> = c.lbs.iter().collect();
+    c.lab.fulcrumctl_ok(&c.client, &all, &["apply", "-f", &file, "--wait"]).unwrap();
+
+    // Five times the limit's rate, for five seconds.
+    let before = c.accepted();
+    let address = SocketAddr::new(VIP.into(), 80);
+    let (admitted, refused, elapsed) = c
+        .lab
+        .run_in(&c.client, move || {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let start = tokio::time::Instant::now();
+                let mut all = tokio::task::JoinSet::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                for _ in 0..500 {
+                    tick.tick().await;
+                    all.spawn(async move { status_of(address).await });
+                }
+                let statuses = all.join_all().await;
+                let count = |code| statuses.iter().filter(|s| **s == Some(code)).count() as f64;
+                (count(200), count(429), start.elapsed())
+            })
+        })
+        .unwrap();
+    let after = c.accepted();
+    let share: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(share.iter().all(|&n| n > 50.0), "every node takes a good share: {share:?}");
+    assert_eq!(admitted + refused, 500.0, "every request is answered 200 or 429");
+    let allowed = CAPACITY + REFILL * elapsed.as_secs_f64();
+    eprintln!("cluster-wide limit: {admitted} admitted, {allowed:.1} allowed, shares {share:?}");
+    // Over: at most a bucket's debt (one capacity) plus what the others admit between two
+    // reports; per-node limits would admit about three times `allowed`.
+    assert!(
+        admitted >= 0.9 * allowed && admitted <= allowed + CAPACITY + 0.1 * allowed,
+        "{admitted} admitted, {allowed:.0} allowed by the limit over {elapsed:?}"
+    );
+}
+
+/// The status of one `GET /` on a new connection to `address`, if it was answered.
+async fn status_of(address: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
+        head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}

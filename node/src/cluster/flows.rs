@@ -1,3 +1,6 @@
+//! BGP VIPs' flows shared among the nodes. Their rate limits, held cluster-wide: every node
+//! reports what its shared limiters admitted to every other member every 100 ms.
+//!
 //! Keeping BGP VIPs' connections across node changes (the member's side of flow steering):
 //! every [`POLL`] the node asks every Raft member its part in the flows, derives the bucket
 //! table from those that answer with the same VIPs, and loads the steering rules when they
@@ -25,6 +28,9 @@ const MISSES: u32 = 2;
 /// How often the handed packets are read for the status.
 const COUNTERS_EVERY: u32 = 10;
 
+/// How often shared rate limits report what they admitted.
+const RATE_REPORT_EVERY: Duration = Duration::from_millis(100);
+
 /// Why a node's BGP drain could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum BgpDrainError {
@@ -51,6 +57,30 @@ struct Known {
 }
 
 impl Node {
+    /// Every [`RATE_REPORT_EVERY`], tells every other member what this node's shared rate
+    /// limits admitted, so each counts the cluster's requests; runs until the process ends.
+    pub fn share_rate_limits(self: &Arc<Self>) {
+        let node = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RATE_REPORT_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let reports = node.plane.rate_reports();
+                if reports.is_empty() {
+                    continue;
+                }
+                let peers = Arc::clone(&node.peers);
+                // Apart from the cadence: a peer that does not answer delays no report.
+                tokio::spawn(async move {
+                    let ids = peers.peer_ids();
+                    let request = PeerRequest::RateCounts(reports);
+                    peers.ask_within(&ids, request, RATE_REPORT_EVERY).await;
+                });
+            }
+        });
+    }
+
     /// Drains node `id`'s BGP VIPs (`drain`) or lifts its drain. Not kept across its
     /// restart: a node starts announcing.
     pub async fn drain_bgp(self: &Arc<Self>, id: u64, drain: bool) -> Result<(), BgpDrainError> {

@@ -309,6 +309,10 @@ impl Node {
             Ok(PeerRequest::Flows) => {
                 PeerAnswer::Flows(self.bgp.get().and_then(|bgp| bgp.flow_member()))
             }
+            Ok(PeerRequest::RateCounts(reports)) => {
+                self.plane.absorb_rate_reports(&reports, std::time::Instant::now());
+                PeerAnswer::Noted(true)
+            }
             Ok(PeerRequest::DrainBgp(drain)) => {
                 let bgp = self.bgp.get();
                 if let Some(bgp) = bgp {

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use super::fence::{Grant, LeaseRefusal};
 use crate::bgp::steering::FlowMember;
+use crate::dataplane::shared_limits::RateReport;
 
 /// What one node asks another.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,6 +87,8 @@ pub(crate) enum PeerRequest {
     /// Withdraw the BGP VIPs and serve only the connections held (`true`), or announce
     /// again (`false`).
     DrainBgp(bool),
+    /// What the sender's shared rate limits admitted since its last report (`Noted`).
+    RateCounts(Vec<RateReport>),
 }
 
 /// What it answers.

@@ -22,6 +22,7 @@ mod premature;
 mod probe;
 pub mod proxy_header;
 mod shared;
+pub mod shared_limits;
 mod splice;
 pub mod stats;
 pub(crate) mod tls;
@@ -98,6 +99,8 @@ pub struct DataPlane {
     served_revision: std::sync::atomic::AtomicU64,
     /// Opens the keys of ACME certificates (a node without a cluster secret has none).
     sealer: Option<Arc<Sealer>>,
+    /// Seeds rate limits shared with the other nodes, if they are.
+    limit_seeder: Option<shared_limits::LimitSeeder>,
 }
 
 impl DataPlane {
@@ -120,6 +123,7 @@ impl DataPlane {
                 acme: Arc::default(),
             }),
             sealer: None,
+            limit_seeder: None,
             control: tokio::sync::Mutex::default(),
             retired: Arc::default(),
             retired_pools: Mutex::default(),
@@ -130,6 +134,13 @@ impl DataPlane {
     /// The same, opening ACME certificates' keys with `sealer`.
     pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> DataPlane {
         self.sealer = Some(sealer);
+        self
+    }
+
+    /// The same, its rate limits shared with the other nodes (keyed from the cluster
+    /// `secret`): see [`shared_limits`].
+    pub fn with_shared_limits(mut self, secret: &[u8]) -> DataPlane {
+        self.limit_seeder = Some(shared_limits::LimitSeeder::new(secret));
         self
     }
 
@@ -239,7 +250,13 @@ impl DataPlane {
             .map(|policy| {
                 let limiter = match old.get(&policy.name) {
                     Some((previous, limiter)) if previous == policy => Arc::clone(limiter),
-                    _ => Arc::new(Limiter::new(&policy.limit, DEFAULT_MAX_KEYS)),
+                    _ => Arc::new(match &self.limit_seeder {
+                        Some(seeder) => {
+                            let (seed, _) = seeder.seed(policy);
+                            Limiter::shared(&policy.limit, DEFAULT_MAX_KEYS, seed)
+                        }
+                        None => Limiter::new(&policy.limit, DEFAULT_MAX_KEYS),
+                    }),
                 };
                 (policy.name.clone(), (policy.clone(), limiter))
             })

@@ -158,6 +158,9 @@ impl Daemon {
             }
             None => None,
         };
+        let shares_limits = node.bgp.as_ref().is_some_and(|b| b.share_rate_limits == Some(true));
+        let limits_secret =
+            store_settings.as_ref().filter(|_| shares_limits).map(|s| s.secret.clone());
         let store = match store_settings {
             Some(settings) => Some(start_store(settings).await?),
             None => None,
@@ -168,8 +171,12 @@ impl Daemon {
         let workers = node.workers.map_or_else(workers::default_count, |n| n.get());
         let plane = DataPlane::with_workers(workers, signer)
             .context("cannot start the data plane's worker threads")?;
-        let plane = Arc::new(match &sealer {
+        let plane = match &sealer {
             Some(sealer) => plane.with_sealer(Arc::clone(sealer)),
+            None => plane,
+        };
+        let plane = Arc::new(match &limits_secret {
+            Some(secret) => plane.with_shared_limits(secret),
             None => plane,
         });
         serve_configuration(&plane, store.as_ref(), options.cluster_file.as_deref()).await?;
@@ -216,6 +223,9 @@ impl Daemon {
         daemon.node = daemon.start_member(node);
         if let (Some(member), Some(bgp)) = (&daemon.node, &daemon.bgp) {
             member.report_bgp(Arc::clone(bgp));
+        }
+        if let (Some(member), Some(_)) = (&daemon.node, &limits_secret) {
+            member.share_rate_limits();
         }
         if let (Some(member), Some(store), Some(sealer)) = (&daemon.node, &daemon.store, sealer) {
             let manager = CertificateManager::new(Arc::clone(store), Arc::clone(member), sealer);
