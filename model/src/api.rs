@@ -118,7 +118,7 @@ pub struct BgpStatus {
     pub vips: Vec<IpAddr>,
     /// One per router.
     pub sessions: Vec<BgpSession>,
-    /// Whether an operator drained the node (`fulcrumctl node drain`): it announces nothing.
+    /// Whether an operator drained the node (`fulcrumctl drain`): it announces nothing.
     #[serde(default)]
     pub drained: bool,
     /// With flow steering (`keep_flows`): the members sharing the flows, as this node sees

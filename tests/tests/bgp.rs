@@ -93,6 +93,11 @@ impl LongConnections {
         self.outcomes.join().unwrap()
     }
 
+    /// Whether some are still open.
+    fn running(&self) -> bool {
+        !self.outcomes.is_finished()
+    }
+
     /// Waits for every connection and asserts none was cut, naming `change`.
     fn assert_unbroken(self, change: &str) {
         let outcomes = self.outcomes();
@@ -149,6 +154,18 @@ impl Announcing {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Packets the other nodes handed to node `index` so far, as their `/metrics` say.
+    fn handed_to(&self, index: usize) -> f64 {
+        let labels = format!("to=\"{}\"", node_id(&self.lbs[index]));
+        (0..self.lbs.len())
+            .filter(|&i| i != index)
+            .map(|i| {
+                let metrics = self.lab.admin_metrics(&self.lbs[i]).unwrap();
+                metric(&metrics, "fulcrum_bgp_handed_packets_total", &labels).unwrap_or(0.0)
+            })
+            .sum()
     }
 
     /// Open connections of listeners `front` and `echo` on each node.
@@ -395,9 +412,14 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
     let mut c = announcing();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
-    // Shorter than the nodes' shutdown_drain (10 s), so a stopping node serves them out.
+    // Shorter than the nodes' shutdown_drain (10 s), so a stopping node serves them out;
+    // connections across a node's return last longer, as announcing takes a few seconds.
     const SECS: u64 = 6;
-    let (echoes, downloads) = (12, 6);
+    const RETURN_SECS: u64 = 20;
+    let (echoes, downloads) = (16, 8);
+    let open = |batch: &LongConnections, change: &str| {
+        assert!(batch.running(), "{change} came after the connections ended: nothing was tested");
+    };
 
     // lb1's health checks fail: it withdraws, and serves what it holds.
     let batch = c.long_connections(echoes, downloads, SECS);
@@ -405,16 +427,19 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
     c.fail_health_checks(0, true);
     c.wait_next_hops(&[1, 2], Duration::from_secs(10));
     c.wait_flow_view(&[0, 1, 2], &[1, 2], &[0]);
+    open(&batch, "lb1's withdrawal");
     batch.assert_unbroken("lb1 withdrawn by its health checks");
 
     // They pass again: lb1 takes its buckets back from the nodes that held them meanwhile.
-    let batch = c.long_connections(echoes, downloads, SECS);
+    let batch = c.long_connections(echoes, downloads, RETURN_SECS);
     c.fail_health_checks(0, false);
-    c.wait_next_hops(&[0, 1, 2], Duration::from_secs(10));
+    c.wait_next_hops(&[0, 1, 2], Duration::from_secs(15));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
+    open(&batch, "lb1's return");
     batch.assert_unbroken("lb1 announcing again");
 
-    // An operator drains lb2, then lifts the drain.
+    // An operator drains lb2, then lifts the drain. While it drains, it takes no new
+    // connection: what the others hand it belongs to the connections it holds.
     let all: Vec<&Host> = c.lbs.iter().collect();
     let lb2 = node_id(&c.lbs[1]).to_string();
     let batch = c.long_connections(echoes, downloads, SECS);
@@ -423,13 +448,23 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
     assert!(drained.contains("withdrawn"), "{drained}");
     c.wait_next_hops(&[0, 2], Duration::from_secs(10));
     c.wait_flow_view(&[0, 1, 2], &[0, 2], &[1]);
+    // The counters in /metrics are read every second.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let handed_before = c.handed_to(1);
     let shown = c.lab.fulcrumctl_ok(&c.client, &all, &["status"]).unwrap().stdout;
     assert!(shown.contains("announcing 0/1, sessions 1/1 up, drained"), "{shown}");
+    open(&batch, "lb2's drain");
     batch.assert_unbroken("lb2 drained by fulcrumctl");
-    let batch = c.long_connections(echoes, downloads, SECS);
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert!(
+        c.handed_to(1) > handed_before,
+        "the others handed lb2 the packets of its connections while it drained"
+    );
+    let batch = c.long_connections(echoes, downloads, RETURN_SECS);
     c.lab.fulcrumctl_ok(&c.client, &all, &["drain", &lb2, "--lift"]).unwrap();
-    c.wait_next_hops(&[0, 1, 2], Duration::from_secs(10));
+    c.wait_next_hops(&[0, 1, 2], Duration::from_secs(15));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
+    open(&batch, "lb2's drain lifted");
     batch.assert_unbroken("lb2's drain lifted");
 
     // SIGTERM to lb3: it withdraws, serves what it holds, and stops.
@@ -437,33 +472,18 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
     assert!(batch.per_node[2] > 0.0, "lb3 holds some: {:?}", batch.per_node);
     c.nodes[2].signal(Signal::SIGTERM).unwrap();
     c.wait_next_hops(&[0, 1], Duration::from_secs(5));
+    open(&batch, "lb3's SIGTERM");
     batch.assert_unbroken("lb3 stopped by SIGTERM");
     c.nodes[2].wait(Duration::from_secs(20)).unwrap();
     c.wait_flow_view(&[0, 1], &[0, 1], &[]);
 
     // lb3 starts again: a node added takes buckets whose connections stay where they are.
-    let batch = c.long_connections(echoes, downloads, SECS);
+    let batch = c.long_connections(echoes, downloads, RETURN_SECS);
     c.nodes[2] = c.lab.start_fulcrumd(&c.lbs[2], &c.node_files[2]).unwrap();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
+    open(&batch, "lb3's start");
     batch.assert_unbroken("lb3 added");
-
-    // Packets crossed between the nodes: the steering did the work.
-    let handed: f64 = c
-        .lbs
-        .iter()
-        .map(|lb| {
-            let metrics = c.lab.admin_metrics(lb).unwrap();
-            c.lbs
-                .iter()
-                .filter_map(|to| {
-                    let labels = format!("to=\"{}\"", node_id(to));
-                    metric(&metrics, "fulcrum_bgp_handed_packets_total", &labels)
-                })
-                .sum::<f64>()
-        })
-        .sum();
-    assert!(handed > 0.0, "no packet was handed to another node");
 }
 
 #[test]
@@ -471,7 +491,7 @@ fn a_crashed_host_loses_only_the_connections_it_held() {
     let mut c = announcing();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);
-    let batch = c.long_connections(12, 6, 10);
+    let batch = c.long_connections(16, 8, 10);
     let held = batch.per_node.clone();
     assert!(held.iter().all(|&n| n > 0.0), "every node holds some: {held:?}");
     let lb3 = c.lbs[2].clone();

@@ -31,5 +31,5 @@ pub use driver::{GarpSettings, InstanceSettings, Vrrp};
 pub use error::DriverError;
 pub use machine::{DEFAULT_PRIORITY, InstanceConfig, OWNER_PRIORITY, State, Takeover};
 pub use socket::Destination;
-pub use vip::{VipManager, interface_address, interface_mac};
+pub use vip::{VipManager, interface_address, interface_mac, interface_networks};
 pub use wire::{ChecksumForm, Family};

@@ -117,6 +117,21 @@ pub(crate) fn interface_index(interface: &str) -> Result<u32, DriverError> {
         .map_err(|_| DriverError::NoInterface(interface.to_owned()))
 }
 
+/// The IPv4 networks of `interface`: each address with its prefix length.
+pub fn interface_networks(interface: &str) -> Vec<(std::net::Ipv4Addr, u8)> {
+    let Some(found) = pnet_datalink::interfaces().into_iter().find(|i| i.name == interface) else {
+        return Vec::new();
+    };
+    found
+        .ips
+        .into_iter()
+        .filter_map(|network| match network.ip() {
+            IpAddr::V4(address) => Some((address, network.prefix())),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
 /// The MAC address of `interface`, if it has one.
 pub fn interface_mac(interface: &str) -> Option<[u8; 6]> {
     let mac = pnet_datalink::interfaces().into_iter().find(|i| i.name == interface)?.mac?;

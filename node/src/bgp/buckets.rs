@@ -5,10 +5,12 @@
 //!
 //! Each bucket ranks the members by rendezvous hashing (highest random weight), so a change
 //! of one member moves only the buckets it ranks first in. The first hop is the
-//! best-ranked member that announces; the second is a draining member ranked above it (it
-//! held the bucket before it stopped announcing) or else the next announcing member (which
-//! held the bucket until the first hop came). One change at a time keeps every connection;
-//! two overlapping changes may lose the connections of the buckets both touched.
+//! best-ranked member that announces; the second is whoever held the bucket last before it:
+//! of the draining members ranked above it (each held the bucket until it stopped
+//! announcing) and the next announcing member (which held it until the first hop began
+//! announcing), the one whose hold ended last, by the times the members report. One change
+//! at a time keeps every connection, whatever other members drain meanwhile; two changes
+//! within one connection's life may lose the connections of the buckets both touched.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,17 @@ pub enum Standing {
     Draining,
 }
 
+/// A member's standing and since when it holds (its own clock, milliseconds since the Unix
+/// epoch: the members' clocks are taken to agree within well under the time between two
+/// changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    /// Announcing or draining.
+    pub standing: Standing,
+    /// When it began to.
+    pub since_ms: u64,
+}
+
 /// A bucket's hops, by node id.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hops {
@@ -43,8 +56,8 @@ pub struct BucketTable {
 }
 
 impl BucketTable {
-    /// The table of `members` (node id and standing; members not answering are left out).
-    pub fn derive(members: &BTreeMap<u64, Standing>) -> BucketTable {
+    /// The table of `members` (by node id; members not answering are left out).
+    pub fn derive(members: &BTreeMap<u64, MemberState>) -> BucketTable {
         let hops = (0..BUCKETS).map(|bucket| hops_of(bucket, members)).collect();
         BucketTable { hops }
     }
@@ -63,20 +76,28 @@ fn weight(bucket: usize, node: u64) -> u64 {
     xxh3_64(&key)
 }
 
-fn hops_of(bucket: usize, members: &BTreeMap<u64, Standing>) -> Hops {
-    let mut ranked: Vec<(u64, Standing)> = members.iter().map(|(id, s)| (*id, *s)).collect();
+fn hops_of(bucket: usize, members: &BTreeMap<u64, MemberState>) -> Hops {
+    let mut ranked: Vec<(u64, MemberState)> = members.iter().map(|(id, m)| (*id, *m)).collect();
     // Ties (as good as impossible) go to the lower id, so the order is total.
     ranked.sort_by_key(|(id, _)| (std::cmp::Reverse(weight(bucket, *id)), *id));
-    let Some(first_at) = ranked.iter().position(|(_, s)| *s == Standing::Announcing) else {
+    let announcing = |m: &MemberState| m.standing == Standing::Announcing;
+    let Some(first_at) = ranked.iter().position(|(_, m)| announcing(m)) else {
         // Nobody announces: nothing arrives to steer, except from a router that has not
         // heard yet; the best-ranked draining member is the likeliest holder.
         return Hops { first: None, second: ranked.first().map(|(id, _)| *id) };
     };
-    let first = ranked[first_at].0;
-    let draining_above = ranked[..first_at].first().map(|(id, _)| *id);
-    let next_announcing =
-        ranked[first_at + 1..].iter().find(|(_, s)| *s == Standing::Announcing).map(|(id, _)| *id);
-    Hops { first: Some(first), second: draining_above.or(next_announcing) }
+    let (first, first_state) = ranked[first_at];
+    // Every member ranked above the first hop drains; the last to stop held the bucket last.
+    let drained_last = ranked[..first_at].iter().max_by_key(|(_, m)| m.since_ms);
+    let next_announcing = ranked[first_at + 1..].iter().find(|(_, m)| announcing(m));
+    let second = match (drained_last, next_announcing) {
+        (Some((_, drained)), Some((next, _))) if first_state.since_ms > drained.since_ms => {
+            Some(*next)
+        }
+        (Some((drained, _)), _) => Some(*drained),
+        (None, next) => next.map(|(id, _)| *id),
+    };
+    Hops { first: Some(first), second }
 }
 
 #[cfg(test)]
@@ -84,8 +105,18 @@ mod tests {
     use super::*;
     use Standing::{Announcing, Draining};
 
+    /// Members with their standings, each since time 0.
     fn table(members: &[(u64, Standing)]) -> BucketTable {
-        BucketTable::derive(&members.iter().copied().collect())
+        timed(&members.iter().map(|&(id, standing)| (id, standing, 0)).collect::<Vec<_>>())
+    }
+
+    /// Members with their standings and since when.
+    fn timed(members: &[(u64, Standing, u64)]) -> BucketTable {
+        let members = members
+            .iter()
+            .map(|&(id, standing, since_ms)| (id, MemberState { standing, since_ms }))
+            .collect();
+        BucketTable::derive(&members)
     }
 
     /// Who takes each bucket's new connections.
@@ -150,6 +181,49 @@ mod tests {
         for (old, new) in drained.hops().iter().zip(back.hops()) {
             if new.first == Some(3) {
                 assert_eq!(new.second, old.first);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_drained_member_does_not_hide_the_last_holder() {
+        // Node 9 has drained since time 0; node 3 drains at 100.
+        let before =
+            timed(&[(1, Announcing, 0), (2, Announcing, 0), (3, Announcing, 0), (9, Draining, 0)]);
+        let after =
+            timed(&[(1, Announcing, 0), (2, Announcing, 0), (3, Draining, 100), (9, Draining, 0)]);
+        for (old, new) in before.hops().iter().zip(after.hops()) {
+            if old.first == Some(3) {
+                assert_eq!(new.second, Some(3), "{old:?} then {new:?}");
+            }
+        }
+        // Node 3 announces again at 200: its buckets' connections are on their owner of the
+        // meantime, not on node 9.
+        let back = timed(&[
+            (1, Announcing, 0),
+            (2, Announcing, 0),
+            (3, Announcing, 200),
+            (9, Draining, 0),
+        ]);
+        let mut checked = 0;
+        for (meantime, new) in after.hops().iter().zip(back.hops()) {
+            if new.first == Some(3) {
+                assert_eq!(new.second, meantime.first, "{meantime:?} then {new:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 30);
+        // A member added at 300 likewise takes its buckets from their owner of the moment.
+        let added = timed(&[
+            (1, Announcing, 0),
+            (2, Announcing, 0),
+            (3, Announcing, 200),
+            (4, Announcing, 300),
+            (9, Draining, 0),
+        ]);
+        for (old, new) in back.hops().iter().zip(added.hops()) {
+            if new.first == Some(4) {
+                assert_eq!(new.second, old.first, "{old:?} then {new:?}");
             }
         }
     }

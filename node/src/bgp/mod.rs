@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use fulcrum_model::api::{BgpSession, BgpStatus, FlowMemberStatus};
 use fulcrum_policy::lock;
-use fulcrum_vrrp::{Family, VipManager, interface_address, interface_mac};
+use fulcrum_vrrp::{Family, VipManager, interface_address, interface_mac, interface_networks};
 
 use crate::DataPlane;
 use crate::node_file::BgpSection;
@@ -61,10 +61,17 @@ pub struct Bgp {
     status: std::sync::Mutex<BgpStatus>,
     /// Where packets handed to this node arrive, with flow steering on.
     link: Option<Link>,
-    /// Whether it announces the VIPs now: it takes new connections.
-    announcing: AtomicBool,
+    /// That link's IPv4 networks (address and prefix length).
+    link_networks: Vec<(std::net::Ipv4Addr, u8)>,
+    /// Whether it announces the VIPs now (it takes new connections), and since when.
+    standing: std::sync::Mutex<(Standing, u64)>,
+    /// Set once the node stops: it never announces again.
+    withdrawn: AtomicBool,
     /// Set by an operator's drain: nothing is announced until it is lifted.
     drained: AtomicBool,
+    /// Set once the steering rules hold every member that answers (at once without flow
+    /// steering): a node announces only then, so it never resets a peer's connection.
+    steering_ready: AtomicBool,
     /// Held while the steering rules change; true once they are removed for good.
     steering_removed: tokio::sync::Mutex<bool>,
 }
@@ -116,8 +123,14 @@ impl Bgp {
             loopback,
             added,
             status: std::sync::Mutex::new(status),
+            steering_ready: AtomicBool::new(link.is_none()),
+            link_networks: link
+                .as_ref()
+                .map(|l| interface_networks(&l.interface))
+                .unwrap_or_default(),
             link,
-            announcing: AtomicBool::new(false),
+            standing: std::sync::Mutex::new((Standing::Draining, unix_ms())),
+            withdrawn: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             steering_removed: tokio::sync::Mutex::new(false),
         }))
@@ -125,12 +138,22 @@ impl Bgp {
 
     /// What this node tells the others of its part in the flows, with flow steering on.
     pub fn flow_member(&self) -> Option<FlowMember> {
-        let standing = match self.announcing.load(Ordering::Acquire) {
+        let (standing, since_ms) = *lock(&self.standing);
+        let link = self.link.clone()?;
+        Some(FlowMember { standing, since_ms, vips: self.section.vips.clone(), link })
+    }
+
+    /// Records whether the node announces: never again once it stopped.
+    fn set_announcing(&self, announcing: bool) {
+        let mut standing = lock(&self.standing);
+        // Read under the lock, so a late health tick cannot undo the withdrawal.
+        let now = match announcing && !self.withdrawn.load(Ordering::Acquire) {
             true => Standing::Announcing,
             false => Standing::Draining,
         };
-        let link = self.link.clone()?;
-        Some(FlowMember { standing, vips: self.section.vips.clone(), link })
+        if standing.0 != now {
+            *standing = (now, unix_ms());
+        }
     }
 
     /// Drains the node (withdraws the VIPs, serving the connections it holds) or lifts the
@@ -151,12 +174,24 @@ impl Bgp {
         }
     }
 
-    /// The packets handed to each peer so far (none if they cannot be read).
-    pub(crate) async fn handed(&self) -> std::collections::BTreeMap<u64, u64> {
-        steering::read_handed().await.unwrap_or_else(|error| {
-            tracing::debug!("cannot read the flow steering counters: {error}");
-            Default::default()
-        })
+    /// The rules loaded hold every member, as all answered: the node may announce.
+    pub(crate) fn steering_ready(&self) {
+        if !self.steering_ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("flow steering rules hold every member: announcing may start");
+        }
+    }
+
+    /// Whether `address` is on the link the nodes share (packets are handed over on it).
+    pub(crate) fn on_link(&self, address: std::net::Ipv4Addr) -> bool {
+        in_networks(&self.link_networks, address)
+    }
+
+    /// The packets handed to each peer so far, if they can be read.
+    pub(crate) async fn handed(&self) -> Option<std::collections::BTreeMap<u64, u64>> {
+        steering::read_handed()
+            .await
+            .map_err(|error| tracing::debug!("cannot read the flow steering counters: {error}"))
+            .ok()
     }
 
     /// Keeps the flow members' view and what was handed to each for the status.
@@ -185,26 +220,31 @@ impl Bgp {
                 .iter()
                 .filter(|pool| !plane.pool(pool).is_some_and(|p| p.can_serve()))
                 .collect();
-            let servable = failing.is_empty() && !self.drained.load(Ordering::Acquire);
+            let drained = self.drained.load(Ordering::Acquire);
+            let ready = self.steering_ready.load(Ordering::Acquire);
+            let servable = failing.is_empty() && !drained && ready;
             if servable != was_servable {
-                match servable {
-                    false => {
+                match (servable, failing.is_empty(), drained) {
+                    (true, _, _) => tracing::info!("announcing the BGP VIPs"),
+                    (false, false, _) => {
                         tracing::warn!(pools = ?failing, "tracked pool unservable here: withdrawing the BGP VIPs")
                     }
-                    true => tracing::info!("tracked pools servable again: announcing the BGP VIPs"),
+                    (false, true, true) => tracing::info!("drained: withdrawing the BGP VIPs"),
+                    (false, true, false) => {
+                        tracing::info!("waiting for the flow steering rules before announcing")
+                    }
                 }
                 was_servable = servable;
             }
             let vips = wanted(&self.section.vips, servable);
             if vips.is_empty() {
                 // Draining before the routers hear of it: peers stop sending new flows here.
-                self.announcing.store(false, Ordering::Release);
+                self.set_announcing(false);
             }
             match self.speaker.announce(&vips).await {
                 Ok(()) => {
                     last_error = None;
-                    let announces = !self.speaker.announced().await.is_empty();
-                    self.announcing.store(announces, Ordering::Release);
+                    self.set_announcing(!self.speaker.announced().await.is_empty());
                 }
                 Err(error) => {
                     let error = error.to_string();
@@ -254,7 +294,8 @@ impl Bgp {
     /// Withdraws every VIP for good (the node stops); the routers stop sending new flows
     /// here.
     pub async fn withdraw(&self) {
-        self.announcing.store(false, Ordering::Release);
+        self.withdrawn.store(true, Ordering::Release);
+        self.set_announcing(false);
         if let Err(error) = self.speaker.withdraw().await {
             tracing::error!("cannot withdraw the BGP VIPs: {error}; stopping BIRD instead");
             self.speaker.stop().await;
@@ -278,6 +319,20 @@ impl Bgp {
             }
         }
     }
+}
+
+/// Whether `address` is in one of `networks` (address and prefix length).
+fn in_networks(networks: &[(std::net::Ipv4Addr, u8)], address: std::net::Ipv4Addr) -> bool {
+    networks.iter().any(|(network, prefix)| {
+        let mask = u32::MAX.checked_shl(32 - u32::from(*prefix).min(32)).unwrap_or(0);
+        u32::from(*network) & mask == u32::from(address) & mask
+    })
+}
+
+/// Now, in milliseconds since the Unix epoch (0 for a clock before it).
+fn unix_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// This node's end of the link the nodes share: `interface`, or the one towards the first
@@ -330,6 +385,17 @@ mod tests {
         let vips: Vec<IpAddr> = vec!["198.18.0.200".parse().unwrap()];
         assert_eq!(wanted(&vips, true), vips);
         assert!(wanted(&vips, false).is_empty());
+    }
+
+    #[test]
+    fn a_peer_is_on_the_link_if_an_address_of_the_link_covers_it() {
+        let networks = [("198.18.0.11".parse().unwrap(), 24), ("10.0.0.1".parse().unwrap(), 32)];
+        assert!(in_networks(&networks, "198.18.0.12".parse().unwrap()));
+        assert!(in_networks(&networks, "10.0.0.1".parse().unwrap()));
+        assert!(!in_networks(&networks, "198.18.1.12".parse().unwrap()));
+        assert!(!in_networks(&networks, "10.0.0.2".parse().unwrap()));
+        assert!(in_networks(&[("0.0.0.0".parse().unwrap(), 0)], "192.0.2.1".parse().unwrap()));
+        assert!(!in_networks(&[], "192.0.2.1".parse().unwrap()));
     }
 
     #[test]

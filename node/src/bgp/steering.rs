@@ -9,12 +9,15 @@
 //!   here and anything else goes on to the second hop; in any other bucket it goes to the
 //!   first hop;
 //! - from a peer (its source MAC is a peer's): a SYN stays here; anything else goes on to
-//!   the second hop if this node is the bucket's first hop, and is dropped otherwise, so a
-//!   packet crosses at most two nodes and never loops.
+//!   the second hop if this node is the bucket's first hop and the second hop is not the
+//!   peer it came from, and is dropped otherwise: two nodes whose views differ for a moment
+//!   cannot pass a packet to and fro;
+//! - with nowhere to go, a packet that opens no connection is dropped rather than answered
+//!   with a reset, when this node has peers: it may belong to a peer's connection.
 //!
-//! A packet goes on with nftables' `dup` to the peer's address on the link and the original
-//! is dropped, unchanged: the peers must share one link (as VRRP's do). Each peer's packets
-//! are counted by a named counter that survives reloads.
+//! A packet goes on with nftables' `dup` to the peer's address on the link (the copy's TTL
+//! or hop limit one lower) and the original is dropped: the peers must share one link (as
+//! VRRP's do). Each peer's packets are counted by a named counter that survives reloads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -48,6 +51,8 @@ pub struct Link {
 pub struct FlowMember {
     /// Whether it takes new connections.
     pub standing: Standing,
+    /// Since when (its clock, milliseconds since the Unix epoch).
+    pub since_ms: u64,
     /// The VIPs it announces when it does.
     pub vips: Vec<IpAddr>,
     /// Where it receives packets handed to it.
@@ -166,43 +171,59 @@ fn render_family(s: &mut String, plan: &Plan, family: Family) {
         let _ = writeln!(s, "\tchain first_here_{id} {{");
         let _ = writeln!(s, "\t\ttcp flags & (syn | ack) == syn accept\n\t\tgoto to_{id}\n\t}}");
     }
-    let hash = format!(
-        "jhash {name} saddr . tcp sport . tcp dport mod {BUCKETS} seed {SEED:#x}",
-        name = name
-    );
+    let hash = format!("jhash {name} saddr . tcp sport . tcp dport mod {BUCKETS} seed {SEED:#x}");
     let is_reachable = |id: u64| reachable.contains_key(&id);
     let router: Vec<FromRouter> =
         plan.table.hops().iter().map(|hops| from_router(plan.me, *hops, is_reachable)).collect();
-    let _ = writeln!(s, "\tchain from_peer {{");
-    let _ = writeln!(s, "\t\ttcp flags & (syn | ack) == syn accept");
-    let onward: Vec<String> = router
-        .iter()
-        .enumerate()
-        .filter_map(|(bucket, hop)| match hop {
-            FromRouter::FirstHere { second } => Some(format!("{bucket} : goto to_{second}")),
-            _ => None,
-        })
-        .collect();
-    if !onward.is_empty() {
-        let _ = writeln!(s, "\t\t{hash} vmap {{ {} }}", onward.join(", "));
+    // A packet of no connection here that has nowhere to go: with peers, it may belong to a
+    // connection of a peer this node's view has not caught up with, and a reset would cut it.
+    let here = match plan.peers.is_empty() {
+        true => "accept",
+        false => {
+            let _ = writeln!(s, "\tchain here {{");
+            let _ = writeln!(s, "\t\ttcp flags & (syn | ack) == syn accept\n\t\tdrop\n\t}}");
+            "goto here"
+        }
+    };
+    for id in plan.peers.keys() {
+        let _ = writeln!(s, "\tchain from_{id} {{");
+        let _ = writeln!(s, "\t\ttcp flags & (syn | ack) == syn accept");
+        // Handed on once more only to the second hop, and never back to the peer it came
+        // from, so two nodes whose views differ cannot pass a packet to and fro.
+        let onward: Vec<String> = router
+            .iter()
+            .enumerate()
+            .filter_map(|(bucket, hop)| match hop {
+                FromRouter::FirstHere { second } if second != id => {
+                    Some(format!("{bucket} : goto to_{second}"))
+                }
+                _ => None,
+            })
+            .collect();
+        if !onward.is_empty() {
+            let _ = writeln!(s, "\t\t{hash} vmap {{ {} }}", onward.join(", "));
+        }
+        let _ = writeln!(s, "\t\tdrop\n\t}}");
     }
-    // Handed here by a peer and not here: a second hand-on could loop.
-    let _ = writeln!(s, "\t\tdrop\n\t}}");
     let _ = writeln!(s, "\tchain steer {{");
     // After conntrack (-200), so every packet carries its connection's state.
     let _ = writeln!(s, "\t\ttype filter hook prerouting priority mangle; policy accept;");
     let _ = writeln!(s, "\t\t{name} daddr != {{ {} }} accept", vips.join(", "));
     let _ = writeln!(s, "\t\tmeta l4proto != tcp accept");
     let _ = writeln!(s, "\t\tct state established,related accept");
-    let macs: Vec<String> = plan.peers.values().map(|link| mac(&link.mac)).collect();
-    if !macs.is_empty() {
-        let _ = writeln!(s, "\t\tether saddr {{ {} }} goto from_peer", macs.join(", "));
+    let peers: Vec<String> = plan
+        .peers
+        .iter()
+        .map(|(id, link)| format!("{} : goto from_{id}", mac(&link.mac)))
+        .collect();
+    if !peers.is_empty() {
+        let _ = writeln!(s, "\t\tether saddr vmap {{ {} }}", peers.join(", "));
     }
     let verdicts: Vec<String> = router
         .iter()
         .enumerate()
         .map(|(bucket, hop)| match hop {
-            FromRouter::Here => format!("{bucket} : accept"),
+            FromRouter::Here => format!("{bucket} : {here}"),
             FromRouter::FirstHere { second } => format!("{bucket} : goto first_here_{second}"),
             FromRouter::To(first) => format!("{bucket} : goto to_{first}"),
         })
@@ -261,6 +282,7 @@ pub async fn remove() -> Result<(), NftError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bgp::buckets::MemberState;
     use Standing::{Announcing, Draining};
 
     const VIP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 200));
@@ -275,7 +297,11 @@ mod tests {
     }
 
     fn plan(me: u64, members: &[(u64, Standing)], vips: &[IpAddr]) -> Plan {
-        let table = BucketTable::derive(&members.iter().copied().collect());
+        let states = members
+            .iter()
+            .map(|&(id, standing)| (id, MemberState { standing, since_ms: 0 }))
+            .collect();
+        let table = BucketTable::derive(&states);
         let peers = members
             .iter()
             .filter(|(id, _)| *id != me)
@@ -284,12 +310,25 @@ mod tests {
         Plan { me, link: link(me as u8), vips: vips.to_vec(), table, peers }
     }
 
+    /// The entries (bucket and verdict) of the bucket map in `rules`, if any.
+    fn bucket_map(rules: &str) -> Vec<(usize, String)> {
+        let Some(at) = rules.find(&format!("mod {BUCKETS} seed")) else { return Vec::new() };
+        let map = &rules[at..];
+        let map = &map[map.find("vmap {").expect("a bucket map") + 6..];
+        let map = &map[..map.find('}').expect("its end")];
+        map.split(", ")
+            .map(|entry| {
+                let (bucket, verdict) = entry.split_once(" : ").unwrap();
+                (bucket.trim().parse().unwrap(), verdict.trim().to_owned())
+            })
+            .collect()
+    }
+
     /// The verdict of each bucket for packets from a router.
     fn router_verdicts(script: &str) -> Vec<String> {
         let steer = &script[script.find("chain steer").expect("a steer chain")..];
-        let map = &steer[steer.find("vmap {").expect("a bucket map") + 6..];
-        let map = &map[..map.find('}').expect("its end")];
-        map.split(", ").map(|entry| entry.split(" : ").nth(1).unwrap().trim().to_owned()).collect()
+        let steer = &steer[steer.find("jhash").expect("the bucket map")..];
+        bucket_map(steer).into_iter().map(|(_, verdict)| verdict).collect()
     }
 
     #[test]
@@ -319,29 +358,49 @@ mod tests {
         assert!(script.contains("\tcounter handed_2 {"));
         // Known connections first, then peers' packets, then the buckets.
         let known = script.find("ct state established,related accept").unwrap();
-        let peers = script.find("ether saddr { 02:00:00:00:00:02 } goto from_peer").unwrap();
+        let peers = script.find("ether saddr vmap { 02:00:00:00:00:02 : goto from_2 }").unwrap();
         let buckets = script.rfind("jhash ip saddr . tcp sport . tcp dport mod 256").unwrap();
         assert!(known < peers && peers < buckets);
     }
 
+    /// The rules of chain `name`.
+    fn chain<'a>(script: &'a str, name: &str) -> &'a str {
+        let chain = &script[script.find(&format!("chain {name} {{")).expect(name)..];
+        &chain[..chain.find("\t}").unwrap()]
+    }
+
     #[test]
-    fn a_peer_s_packet_is_handed_on_at_most_once_more() {
+    fn a_peer_s_packet_is_handed_on_at_most_once_more_and_never_back() {
         let members = [(1, Announcing), (2, Announcing), (3, Draining)];
         let plan = plan(1, &members, &[VIP]);
         let script = render(&plan);
-        let from_peer = &script[script.find("chain from_peer").unwrap()..];
-        let from_peer = &from_peer[..from_peer.find("\t}").unwrap()];
-        assert!(from_peer.contains("tcp flags & (syn | ack) == syn accept"));
-        assert!(from_peer.trim_end().ends_with("drop"));
-        // Only buckets this node is first hop of go on, to their second hop.
-        let onward = plan.table.hops().iter().filter(|h| h.first == Some(1)).count();
-        assert_eq!(from_peer.matches("goto to_").count(), onward);
-        for (bucket, hops) in plan.table.hops().iter().enumerate() {
-            if hops.first == Some(1) {
-                let entry = format!("{bucket} : goto to_{}", hops.second.unwrap());
-                assert!(from_peer.contains(&entry), "{entry}");
-            }
+        for (peer, other) in [(2u64, 3u64), (3, 2)] {
+            let from = chain(&script, &format!("from_{peer}"));
+            assert!(from.contains("tcp flags & (syn | ack) == syn accept"));
+            assert!(from.trim_end().ends_with("drop"));
+            assert!(!from.contains(&format!("goto to_{peer}")), "never back to {peer}");
+            // Only buckets this node is first hop of go on, to a second hop that is not
+            // the sender.
+            let expected: Vec<(usize, String)> = plan
+                .table
+                .hops()
+                .iter()
+                .enumerate()
+                .filter(|(_, hops)| hops.first == Some(1) && hops.second == Some(other))
+                .map(|(bucket, _)| (bucket, format!("goto to_{other}")))
+                .collect();
+            assert_eq!(bucket_map(from), expected);
         }
+    }
+
+    #[test]
+    fn with_peers_a_packet_with_nowhere_to_go_is_dropped_unless_it_opens_a_connection() {
+        let mut plan = plan(1, &[(1, Announcing), (2, Announcing)], &[VIP]);
+        plan.peers.get_mut(&2).unwrap().ipv4 = None;
+        let script = render(&plan);
+        assert!(router_verdicts(&script).iter().all(|v| v == "goto here"));
+        let here = chain(&script, "here");
+        assert!(here.contains("tcp flags & (syn | ack) == syn accept\n\t\tdrop"), "{here}");
     }
 
     #[test]
@@ -370,12 +429,10 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_with_no_address_of_the_family_gets_nothing_and_its_buckets_stay_here() {
+    fn a_peer_with_no_address_of_the_family_gets_nothing() {
         let mut plan = plan(1, &[(1, Announcing), (2, Announcing)], &[VIP]);
         plan.peers.get_mut(&2).unwrap().ipv4 = None;
-        let script = render(&plan);
-        assert!(!script.contains("to_2"));
-        assert!(router_verdicts(&script).iter().all(|v| v == "accept"));
+        assert!(!render(&plan).contains("to_2"));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! every [`POLL`] the node asks every Raft member its part in the flows, derives the bucket
 //! table from those that answer with the same VIPs, and loads the steering rules when they
 //! change. A member that does not answer [`MISSES`] times in a row is left out (it died or
-//! stopped): its buckets go to the others, its connections are lost with it.
+//! stopped): its buckets go to the others, its connections are lost with it. A member whose
+//! address is not on this node's link gets no packet from it (and an error in the log).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +17,15 @@ use fulcrum_model::api::FlowMemberStatus;
 use super::node::Node;
 use super::peer::{PeerAnswer, PeerRequest};
 use crate::bgp::Bgp;
-use crate::bgp::buckets::{BucketTable, Standing};
+use crate::bgp::buckets::{BucketTable, MemberState, Standing};
 use crate::bgp::steering::{FlowMember, Plan};
 
 /// How often the members are asked.
 const POLL: Duration = Duration::from_millis(100);
 /// How long one member may take to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
-/// Unanswered polls in a row before a member is left out.
-const MISSES: u32 = 2;
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(250);
+/// Unanswered polls in a row before a member is left out (about a second).
+const MISSES: u32 = 3;
 /// How often the handed packets are read for the status.
 const COUNTERS_EVERY: u32 = 10;
 
@@ -99,8 +100,10 @@ impl Node {
     pub(super) async fn steer_flows(self: Arc<Self>, bgp: Arc<Bgp>) {
         let Some(own) = bgp.flow_member() else { return };
         let mut known: BTreeMap<u64, Known> = BTreeMap::new();
+        let mut off_link: BTreeSet<u64> = BTreeSet::new();
         let mut loaded: Option<Plan> = None;
         let mut last_error: Option<String> = None;
+        let mut handed: BTreeMap<u64, u64> = BTreeMap::new();
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round: u32 = 0;
@@ -109,12 +112,21 @@ impl Node {
             round = round.wrapping_add(1);
             let ids = self.peers.member_ids();
             let answers = self.peers.ask_within(&ids, PeerRequest::Flows, ANSWER_TIMEOUT).await;
+            let complete = answers.iter().all(|(_, answer)| answer.is_ok());
             known.retain(|id, _| ids.contains(id));
             for (id, answer) in answers {
                 match answer {
-                    Ok(PeerAnswer::Flows(Some(member))) => {
+                    Ok(PeerAnswer::Flows(Some(mut member))) => {
                         if member.vips != own.vips && !known.contains_key(&id) {
                             tracing::warn!(node = id, vips = ?member.vips, "member announces other BGP VIPs: its flows are not shared");
+                        }
+                        // Handed over by MAC: an address not on this node's link is useless.
+                        let reachable = member.link.ipv4.is_none_or(|a| bgp.on_link(a));
+                        if !reachable && off_link.insert(id) {
+                            tracing::error!(node = id, address = ?member.link.ipv4, "member's address is not on this node's link: its IPv4 flows cannot be handed to it (set [bgp] interface, or keep_flows = false)");
+                        }
+                        if !reachable {
+                            member.link.ipv4 = None;
                         }
                         known.insert(id, Known { member, misses: 0 });
                     }
@@ -141,13 +153,15 @@ impl Node {
                 .filter(|(id, k)| k.member.vips == own.vips || **id == me)
                 .map(|(id, k)| (*id, &k.member))
                 .collect();
-            let standings: BTreeMap<u64, Standing> =
-                sharing.iter().map(|(id, m)| (*id, m.standing)).collect();
+            let states: BTreeMap<u64, MemberState> = sharing
+                .iter()
+                .map(|(id, m)| (*id, MemberState { standing: m.standing, since_ms: m.since_ms }))
+                .collect();
             let plan = Plan {
                 me,
                 link: own.link.clone(),
                 vips: own.vips.clone(),
-                table: BucketTable::derive(&standings),
+                table: BucketTable::derive(&states),
                 peers: sharing
                     .iter()
                     .filter(|(id, _)| **id != me)
@@ -157,6 +171,8 @@ impl Node {
             if loaded.as_ref() != Some(&plan) {
                 match bgp.steer(&plan).await {
                     Ok(()) => {
+                        let standings: BTreeMap<u64, Standing> =
+                            states.iter().map(|(id, s)| (*id, s.standing)).collect();
                         tracing::info!(members = ?standings, "flow steering rules loaded");
                         loaded = Some(plan);
                         last_error = None;
@@ -170,13 +186,19 @@ impl Node {
                     }
                 }
             }
+            if complete && loaded.is_some() && last_error.is_none() {
+                bgp.steering_ready();
+            }
             if round.is_multiple_of(COUNTERS_EVERY) {
-                let handed = bgp.handed().await;
-                let members = standings
+                // Kept when they cannot be read, so the counters never seem to go back.
+                if let Some(now) = bgp.handed().await {
+                    handed = now;
+                }
+                let members = states
                     .iter()
-                    .map(|(id, standing)| FlowMemberStatus {
+                    .map(|(id, state)| FlowMemberStatus {
                         node: *id,
-                        standing: match standing {
+                        standing: match state.standing {
                             Standing::Announcing => "announcing".into(),
                             Standing::Draining => "draining".into(),
                         },
