@@ -9,6 +9,8 @@
 //! # Layout
 //! - [`acme`]: pebble, an ACME authority in the lab, with its DNS answering the VIP.
 //! - [`bgp`]: a BGP router (FRR) in the lab, and the node file's `[bgp]` for it.
+//! - [`ecmp`]: one VIP over BGP ECMP on three load balancers, long connections through it,
+//!   and the Fulcrum cluster announcing it; [`bench_ecmp`]: `fulcrum-lab bench-ecmp`.
 //! - [`attack`]: the attack tests' attackers: HTTP/2 rapid reset, slow HTTP/2 bodies and
 //!   unauthenticated floods.
 //! - [`capture`]: packet captures on a host's link with tshark, decoded by Wireshark.
@@ -44,6 +46,7 @@ pub mod acme;
 pub mod attack;
 pub mod backend;
 pub mod bench;
+pub mod bench_ecmp;
 pub mod bench_fence;
 pub mod bench_handover;
 pub mod bench_l4;
@@ -54,6 +57,7 @@ pub mod bgp;
 pub mod capture;
 pub mod chaos;
 pub mod cluster;
+pub mod ecmp;
 pub mod faults;
 pub mod linearizability;
 pub mod netns;

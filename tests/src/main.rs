@@ -91,6 +91,13 @@ enum Command {
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         writes: u64,
     },
+    /// Measure one VIP over BGP ECMP on three nodes, Fulcrum against plain ECMP to three
+    /// HAProxy nodes announced the same way (needs root, haproxy, bird2 and frr): flows per
+    /// node, connections cut by each planned change and by a host's crash, the withdrawal
+    /// time after the crash, and the error of a cluster-wide rate limit; prints a table.
+    ///
+    /// Example: fulcrum-lab bench-ecmp
+    BenchEcmp,
     /// Measure L4 bulk throughput and new-connection rate through fulcrumd, through HAProxy
     /// 2.6 in TCP mode and straight to the backend (needs root and haproxy); prints a table.
     ///
@@ -308,6 +315,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let tallies = fulcrum_lab::bench_handover::handover(&exe, handovers)
                 .context("the handover benchmark failed")?;
             print!("{}", fulcrum_lab::bench_handover::report(&tallies));
+            Ok(())
+        }
+        Command::BenchEcmp => {
+            let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
+            let figures =
+                fulcrum_lab::bench_ecmp::ecmp(&exe).context("the ECMP benchmark failed")?;
+            print!("{}", fulcrum_lab::bench_ecmp::report(&figures));
             Ok(())
         }
         Command::BenchL4 { runs, bulk_mib, connection_time } => {
