@@ -284,7 +284,7 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
 }
 
 #[test]
-fn a_crashed_host_loses_only_the_connections_it_held() {
+fn a_crashed_host_loses_as_many_connections_as_it_held() {
     let mut c = announcing();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(30));
     c.wait_flow_view(&[0, 1, 2], &[0, 1, 2], &[]);

@@ -129,7 +129,8 @@ impl Bgp {
                 .map(|l| interface_networks(&l.interface))
                 .unwrap_or_default(),
             link,
-            standing: std::sync::Mutex::new((Standing::Draining, unix_ms())),
+            // Since 0: a node that has just started held nothing, so it is nobody's last holder.
+            standing: std::sync::Mutex::new((Standing::Draining, 0)),
             withdrawn: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             steering_removed: tokio::sync::Mutex::new(false),

@@ -51,6 +51,12 @@ pub enum BgpDrainError {
     },
 }
 
+/// Whether every member answered the last poll or is taken for gone (unanswered polls in a
+/// row, by member): the rules then hold every member that can hold connections.
+fn settled(silent: &BTreeMap<u64, u32>) -> bool {
+    silent.values().all(|&misses| misses == 0 || misses >= MISSES)
+}
+
 /// What this node knows of one member.
 struct Known {
     member: FlowMember,
@@ -100,6 +106,8 @@ impl Node {
     pub(super) async fn steer_flows(self: Arc<Self>, bgp: Arc<Bgp>) {
         let Some(own) = bgp.flow_member() else { return };
         let mut known: BTreeMap<u64, Known> = BTreeMap::new();
+        // Unanswered polls in a row of every member, known or not.
+        let mut silent: BTreeMap<u64, u32> = BTreeMap::new();
         let mut off_link: BTreeSet<u64> = BTreeSet::new();
         let mut loaded: Option<Plan> = None;
         let mut last_error: Option<String> = None;
@@ -112,7 +120,12 @@ impl Node {
             round = round.wrapping_add(1);
             let ids = self.peers.member_ids();
             let answers = self.peers.ask_within(&ids, PeerRequest::Flows, ANSWER_TIMEOUT).await;
-            let complete = answers.iter().all(|(_, answer)| answer.is_ok());
+            for (id, answer) in &answers {
+                let count = silent.entry(*id).or_insert(0);
+                *count = if answer.is_ok() { 0 } else { count.saturating_add(1) };
+            }
+            silent.retain(|id, _| ids.contains(id));
+            let complete = settled(&silent);
             known.retain(|id, _| ids.contains(id));
             for (id, answer) in answers {
                 match answer {
@@ -208,5 +221,21 @@ impl Node {
                 bgp.report_flows(members);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_down_holds_up_announcing_only_until_it_is_taken_for_gone() {
+        let silent =
+            |misses: &[u32]| misses.iter().enumerate().map(|(i, m)| (i as u64, *m)).collect();
+        assert!(settled(&silent(&[0, 0, 0])));
+        assert!(!settled(&silent(&[0, 1, 0])), "one poll missed may be a slow answer");
+        assert!(!settled(&silent(&[0, MISSES - 1, 0])));
+        assert!(settled(&silent(&[0, MISSES, 0])), "a dead member does not hold it forever");
+        assert!(settled(&silent(&[0, u32::MAX, 0])));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use fulcrum_model::{Name, RateLimitPolicy};
 use fulcrum_policy::derived_mac;
+use fulcrum_policy::ratelimit::MAX_REPORTED_KEYS;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -85,10 +86,14 @@ impl DataPlane {
     pub fn absorb_rate_reports(&self, reports: &[RateReport], now: Instant) {
         let Some(seeder) = &self.limit_seeder else { return };
         let limiters = self.shared.limiters.load();
-        for report in reports {
+        // A report is bounded as a sender makes it: a faulty peer cannot make this node
+        // track more keys, or work longer, than one report of each policy would.
+        let mut seen = std::collections::HashSet::new();
+        for report in reports.iter().filter(|report| seen.insert(&report.policy)) {
             match limiters.get(&report.policy) {
                 Some((policy, limiter)) if seeder.seed(policy).1 == report.fingerprint => {
-                    limiter.absorb(&report.counts, now);
+                    let counts = &report.counts[..report.counts.len().min(MAX_REPORTED_KEYS)];
+                    limiter.absorb(counts, now);
                 }
                 _ => {}
             }
