@@ -27,24 +27,30 @@ pub struct Router {
     _zebra: LabProcess,
 }
 
+/// The directory of FRR's sockets and pid files, open to FRR's user.
+fn frr_dir(lab: &Lab) -> Result<PathBuf, LabError> {
+    let dir = lab.log_dir().join("frr");
+    std::fs::create_dir_all(&dir)
+        .map_err(|source| LabError::Io { what: format!("create {}", dir.display()), source })?;
+    set_mode(&lab.log_dir(), 0o755)?;
+    set_mode(&dir, 0o777)?;
+    Ok(dir)
+}
+
+/// Sets `path`'s mode: FRR drops to its own user, which must reach its sockets and files.
+fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| LabError::Io { what: format!("chmod {}", path.display()), source })
+}
+
 impl Router {
     /// Starts FRR on `router`, peering with `nodes`.
     pub fn start(lab: &Lab, router: &Host, nodes: &[Host]) -> Result<Router, LabError> {
-        let dir = lab.log_dir().join("frr");
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| LabError::Io { what: format!("create {}", dir.display()), source })?;
-        // FRR drops to its own user, which must reach its sockets and files.
-        let open = |path: &Path, mode: u32| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(
-                |source| LabError::Io { what: format!("chmod {}", path.display()), source },
-            )
-        };
-        open(&lab.log_dir(), 0o755)?;
-        open(&dir, 0o777)?;
+        let dir = frr_dir(lab)?;
         let write = |name: &str, text: String| -> Result<PathBuf, LabError> {
             let path = PathBuf::from(lab.lab_file(&format!("frr/{name}"), &text)?);
-            open(&path, 0o644)?;
+            set_mode(&path, 0o644)?;
             Ok(path)
         };
         let mut bgp = format!(
@@ -66,6 +72,33 @@ impl Router {
             ("bfdd", write("bfdd.conf", bfd)?),
             ("bgpd", write("bgpd.conf", bgp)?),
         ];
+        Router::run(lab, router, &dir, configs)
+    }
+
+    /// Starts FRR on `router` from one integrated configuration (`frr.conf`, as Debian's FRR
+    /// reads it), which each daemon reads for its own part.
+    pub fn start_from(lab: &Lab, router: &Host, frr_conf: &Path) -> Result<Router, LabError> {
+        let dir = frr_dir(lab)?;
+        if let Some(parent) = frr_conf.parent() {
+            set_mode(parent, 0o755)?;
+        }
+        set_mode(frr_conf, 0o644)?;
+        let config = frr_conf.to_path_buf();
+        Router::run(
+            lab,
+            router,
+            &dir,
+            [("zebra", config.clone()), ("bfdd", config.clone()), ("bgpd", config)],
+        )
+    }
+
+    /// Runs zebra, bfdd and bgpd on `router`, each with its configuration, sockets in `dir`.
+    fn run(
+        lab: &Lab,
+        router: &Host,
+        dir: &Path,
+        configs: [(&str, PathBuf); 3],
+    ) -> Result<Router, LabError> {
         let mut started = Vec::new();
         for (daemon, config) in configs {
             let mut args: Vec<String> =

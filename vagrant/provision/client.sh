@@ -21,3 +21,9 @@ export FULCRUM_CA_FILE=/etc/fulcrum/ca.pem
 PROFILE
 chmod 0644 /etc/profile.d/fulcrum.sh
 echo "client.sh: fulcrumctl talks to $endpoints"
+
+# The VIP announced over BGP is reached through the router (for this boot).
+if [ -n "${ROUTER:-}" ] && [ -n "${BGP_VIP:-}" ]; then
+    ip route replace "$BGP_VIP/32" via "$ROUTER"
+    echo "client.sh: $BGP_VIP through the router $ROUTER"
+fi

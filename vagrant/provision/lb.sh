@@ -3,7 +3,8 @@
 # cluster secret and admin token, its certificate for mutual TLS and the admin API (issued
 # here with `fulcrumd pki` from the cluster CA's key, which is not kept), the systemd unit,
 # and fulcrumd started. With APPLY=yes it then applies the demo cluster file
-# (vagrant/cluster.toml.in) once a quorum answers.
+# (vagrant/cluster.toml.in) once a quorum answers. With ROUTER and BGP_VIP, the node also
+# announces BGP_VIP to the router over BGP (a [bgp] section; BIRD 2 installed).
 #
 # The lab runs this same script in network namespaces: FULCRUM_ROOT puts /etc and /var under
 # a directory of its own, FULCRUM_SYSTEMD=no leaves starting fulcrumd to the caller, and
@@ -50,6 +51,32 @@ sed -e "s|@NODE_ID@|$NODE_ID|" -e "s|@INTERFACE@|$interface|" -e "s|@PRIORITY@|$
     -e "s|@VIP@|$VIP|" -e "s|@ADDRESS@|$ADDRESS|g" -e "s|@ETC@|$etc|g" -e "s|@DATA@|$data|g" \
     "$source_dir/vagrant/node.toml.in" > "$etc/node.toml"
 printf '%s' "$members" >> "$etc/node.toml"
+
+if [ -n "${ROUTER:-}" ]; then
+    : "${BGP_VIP:?the VIP announced over BGP}"
+    if [ "$systemd" = yes ] && ! command -v bird >/dev/null 2>&1; then
+        apt-get update -qq
+        apt-get install -y -qq bird2 >/dev/null
+        # fulcrumd runs a BIRD of its own.
+        systemctl disable --now bird.service
+    fi
+    cat >> "$etc/node.toml" <<BGP
+
+[bgp]
+local_as = 64512
+router_id = "$ADDRESS"
+vips = ["$BGP_VIP"]
+track_pools = ["web"]
+neighbors = [{ address = "$ROUTER", remote_as = 64500 }]
+run_dir = "$root/run/fulcrum/bgp"
+BGP
+    # The VIP on lo is reached through the router only: not answered for on the link.
+    arp=(net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2)
+    sysctl -qw "${arp[@]}"
+    if [ "$systemd" = yes ]; then
+        printf '%s\n' "${arp[@]}" > /etc/sysctl.d/60-fulcrum-bgp.conf
+    fi
+fi
 
 backends=""
 for backend in ${BACKENDS//,/ }; do
