@@ -145,6 +145,10 @@ pub struct BgpSession {
     pub neighbor: IpAddr,
     /// BIRD's protocol state (`up`, `start`, `down`) and BGP state (`Established`, `Active`…).
     pub state: String,
+    /// Routes this node's session has sent the router (what the router holds from this
+    /// node, as far as the node can tell).
+    #[serde(default)]
+    pub routes_sent: u32,
 }
 
 /// One virtual router on one node.

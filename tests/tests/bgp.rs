@@ -131,10 +131,13 @@ fn every_node_announces_the_vip_and_the_router_spreads_client_flows_over_all_thr
     for lb in c.lbs() {
         c.wait_metric(lb, "fulcrum_bgp_announced", &vip, 1.0);
         c.wait_metric(lb, "fulcrum_bgp_session_established", &router, 1.0);
+        // What the router holds from the node, as far as the node can tell.
+        c.wait_metric(lb, "fulcrum_bgp_routes_sent", &router, 1.0);
     }
     let all: Vec<&Host> = c.lbs().iter().collect();
     let shown = c.lab().fulcrumctl_ok(&c.ecmp.client, &all, &["status"]).unwrap().stdout;
     assert_eq!(shown.matches("announcing 1/1, sessions 1/1 up").count(), 3, "{shown}");
+    assert_eq!(shown.matches("routes sent 1").count(), 3, "{shown}");
     let before = c.accepted().unwrap();
     let answered = c.requests(120);
     assert_eq!(answered, 120, "every request through the router is answered");
@@ -168,6 +171,8 @@ fn a_node_withdraws_when_its_pool_fails_and_when_it_stops_and_bfd_withdraws_a_cr
     c.lab().exec(&lb1, "ip", &["route", "add", "blackhole", &format!("{backend}/32")]).unwrap();
     c.wait_next_hops(&[1, 2], Duration::from_secs(10));
     c.wait_metric(&lb1, "fulcrum_bgp_announced", &format!("vip=\"{VIP}\""), 0.0);
+    let router = format!("neighbor=\"{}\"", fulcrum_lab::topology::ROUTER_ADDRESS);
+    c.wait_metric(&lb1, "fulcrum_bgp_routes_sent", &router, 0.0);
     c.wait_flow_view(&[0, 1, 2], &[1, 2], &[0]);
     assert_eq!(c.requests(30), 30, "flows go to the nodes that can serve");
     c.lab().exec(&lb1, "ip", &["route", "del", "blackhole", &format!("{backend}/32")]).unwrap();

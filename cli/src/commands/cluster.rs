@@ -60,7 +60,8 @@ pub(crate) enum MemberCommand {
 }
 
 /// A node's BGP column: how many of its VIPs it announces, its sessions established,
-/// whether an operator drained it, and with flow steering the members it shares flows with.
+/// whether an operator drained it, with flow steering the members it shares flows with, and
+/// the routes its sessions sent the routers.
 fn bgp_summary(bgp: &fulcrum_model::api::BgpStatus) -> String {
     let established = bgp.sessions.iter().filter(|s| s.state.ends_with("Established")).count();
     let mut summary = format!(
@@ -83,6 +84,9 @@ fn bgp_summary(bgp: &fulcrum_model::api::BgpStatus) -> String {
             .collect();
         summary.push_str(&format!(", flows shared with {}", members.join(" ")));
     }
+    // What the routers hold from this node, as far as it can tell: the routes it sent them.
+    let sent: u32 = bgp.sessions.iter().map(|s| s.routes_sent).sum();
+    summary.push_str(&format!(", routes sent {sent}"));
     summary
 }
 
@@ -346,13 +350,14 @@ mod tests {
             sessions: vec![BgpSession {
                 neighbor: "198.18.0.254".parse().unwrap(),
                 state: "up Established".into(),
+                routes_sent: 0,
             }],
             drained: true,
             flow_members: vec![member(1, "announcing"), member(2, "draining")],
         };
         assert_eq!(
             super::bgp_summary(&bgp),
-            "announcing 0/1, sessions 1/1 up, drained, flows shared with 1 2 (draining)"
+            "announcing 0/1, sessions 1/1 up, drained, flows shared with 1 2 (draining), routes sent 0"
         );
     }
 

@@ -79,6 +79,33 @@ pub fn session_states(shown: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// How many routes each session (`router<index>`) has sent its router, from `birdc show
+/// protocols all`: the `Routes:` line of its channel (`0 imported, 1 exported, 0 preferred`).
+/// A session that is down has no such line and sent none.
+pub fn exported_routes(shown: &str) -> Vec<(usize, u32)> {
+    let mut exported = Vec::new();
+    let mut session: Option<usize> = None;
+    for line in shown.lines() {
+        if !line.starts_with(' ') {
+            // A protocol's first line: `router0    BGP ...`, or another protocol.
+            session = line.strip_prefix("router").and_then(|rest| {
+                let (index, kind) = rest.split_once(char::is_whitespace)?;
+                (kind.trim_start().starts_with("BGP")).then(|| index.parse().ok()).flatten()
+            });
+            continue;
+        }
+        let Some(index) = session else { continue };
+        let Some(routes) = line.trim_start().strip_prefix("Routes:") else { continue };
+        let count = routes
+            .split(',')
+            .find_map(|part| part.trim().strip_suffix(" exported")?.trim().parse().ok());
+        if let Some(count) = count {
+            exported.push((index, count));
+        }
+    }
+    exported
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +147,31 @@ router1    BGP        ---        start  01:22:18.663  Idle          Error: BFD s
             vec![(0, "up Established".to_owned()), (1, "start Idle".to_owned())]
         );
         assert!(session_states("garbage\nrouterx BGP").is_empty());
+    }
+
+    #[test]
+    fn routes_sent_to_each_router_are_read_from_show_protocols_all() {
+        let shown = [
+            "BIRD 2.0.12 ready.",
+            "Name       Proto      Table      State  Since         Info",
+            "fulcrum_vips4 Static     master4    up     01:22:17.802  ",
+            "  Channel ipv4",
+            "    Routes:         1 imported, 0 exported, 1 preferred",
+            "router0    BGP        ---        up     01:22:34.908  Established   ",
+            "  BGP state:          Established",
+            "    Neighbor address: 198.18.0.254",
+            "  Channel ipv4",
+            "    State:          UP",
+            "    Routes:         0 imported, 1 exported, 0 preferred",
+            "router1    BGP        ---        start  04:48:26.489  Active        ",
+            "  BGP state:          Active",
+            "  Channel ipv4",
+            "    State:          DOWN",
+        ]
+        .join("\n");
+        let shown = shown.as_str();
+        assert_eq!(exported_routes(shown), vec![(0, 1)]);
+        assert!(exported_routes("garbage\n    Routes: 5 exported").is_empty());
     }
 
     #[test]

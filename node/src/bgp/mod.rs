@@ -30,6 +30,7 @@ use speaker::{Speaker, SpeakerError};
 use steering::{FlowMember, Link, Plan};
 
 use crate::nft::NftError;
+use crate::prometheus::Exposition;
 
 /// How often tracked pools are looked at.
 const HEALTH_POLL: Duration = Duration::from_millis(100);
@@ -277,12 +278,13 @@ impl Bgp {
                 .neighbors
                 .iter()
                 .enumerate()
-                .map(|(index, neighbor)| BgpSession {
-                    neighbor: neighbor.address,
-                    state: states
-                        .iter()
-                        .find(|(i, _)| *i == index)
-                        .map_or_else(|| "down".to_owned(), |(_, state)| state.clone()),
+                .map(|(index, neighbor)| {
+                    let found = states.iter().find(|(i, _, _)| *i == index);
+                    BgpSession {
+                        neighbor: neighbor.address,
+                        state: found.map_or_else(|| "down".to_owned(), |(_, s, _)| s.clone()),
+                        routes_sent: found.map_or(0, |(_, _, sent)| *sent),
+                    }
                 })
                 .collect();
             let announced = self.speaker.announced().await;
@@ -319,6 +321,52 @@ impl Bgp {
                 tracing::warn!(%vip, "cannot remove the BGP VIP from lo: {error}");
             }
         }
+    }
+}
+
+/// The BGP families of `/metrics`, from node `me`'s status `bgp`.
+pub(crate) fn write_metrics(page: &mut Exposition, bgp: &BgpStatus, me: u64) {
+    let mut announced = page.family(
+        "fulcrum_bgp_announced",
+        "gauge",
+        "1 while this node announces the VIP over BGP.",
+    );
+    for vip in &bgp.vips {
+        announced.sample(&format!("vip=\"{vip}\""), u8::from(bgp.announced.contains(vip)));
+    }
+    let mut sessions = page.family(
+        "fulcrum_bgp_session_established",
+        "gauge",
+        "1 while the BGP session to the router is established.",
+    );
+    for session in &bgp.sessions {
+        let up = u8::from(session.state.ends_with("Established"));
+        sessions.sample(&format!("neighbor=\"{}\"", session.neighbor), up);
+    }
+    let mut sent = page.family(
+        "fulcrum_bgp_routes_sent",
+        "gauge",
+        "Routes this node's session has sent the router: what the router holds from it.",
+    );
+    for session in &bgp.sessions {
+        sent.sample(&format!("neighbor=\"{}\"", session.neighbor), session.routes_sent);
+    }
+    let mut standing = page.family(
+        "fulcrum_bgp_flow_member_announcing",
+        "gauge",
+        "Members sharing the BGP VIPs' flows as this node sees them: 1 announcing, 0 draining.",
+    );
+    for member in &bgp.flow_members {
+        let announcing = u8::from(member.standing == "announcing");
+        standing.sample(&format!("node=\"{}\"", member.node), announcing);
+    }
+    let mut handed = page.family(
+        "fulcrum_bgp_handed_packets_total",
+        "counter",
+        "Packets of BGP VIPs this node handed to the member holding their connection.",
+    );
+    for member in bgp.flow_members.iter().filter(|m| m.node != me) {
+        handed.sample(&format!("to=\"{}\"", member.node), member.handed_packets);
     }
 }
 

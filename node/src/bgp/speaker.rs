@@ -114,9 +114,18 @@ impl Speaker {
         self.announced.lock().await.clone()
     }
 
-    /// Each session's state (by its index in `neighbors`), as BIRD reports it.
-    pub async fn sessions(&self) -> Result<Vec<(usize, String)>, SpeakerError> {
-        Ok(bird::session_states(&self.birdc(&["show", "protocols"]).await?))
+    /// Each session's state (by its index in `neighbors`), as BIRD reports it, and how many
+    /// routes it sent its router.
+    pub async fn sessions(&self) -> Result<Vec<(usize, String, u32)>, SpeakerError> {
+        let shown = self.birdc(&["show", "protocols", "all"]).await?;
+        let exported = bird::exported_routes(&shown);
+        Ok(bird::session_states(&shown)
+            .into_iter()
+            .map(|(index, state)| {
+                let sent = exported.iter().find(|(i, _)| *i == index).map_or(0, |(_, n)| *n);
+                (index, state, sent)
+            })
+            .collect())
     }
 
     /// Stops BIRD (its sessions close; the routers withdraw what it announced).

@@ -212,40 +212,7 @@ impl Node {
             priority.sample(&format!("vrid=\"{}\"", vrrp.vrid), vrrp.priority);
         }
         if let Some(bgp) = &status.bgp {
-            let mut announced = page.family(
-                "fulcrum_bgp_announced",
-                "gauge",
-                "1 while this node announces the VIP over BGP.",
-            );
-            for vip in &bgp.vips {
-                announced.sample(&format!("vip=\"{vip}\""), u8::from(bgp.announced.contains(vip)));
-            }
-            let mut sessions = page.family(
-                "fulcrum_bgp_session_established",
-                "gauge",
-                "1 while the BGP session to the router is established.",
-            );
-            for session in &bgp.sessions {
-                let up = u8::from(session.state.ends_with("Established"));
-                sessions.sample(&format!("neighbor=\"{}\"", session.neighbor), up);
-            }
-            let mut standing = page.family(
-                "fulcrum_bgp_flow_member_announcing",
-                "gauge",
-                "Members sharing the BGP VIPs' flows as this node sees them: 1 announcing, 0 draining.",
-            );
-            for member in &bgp.flow_members {
-                let announcing = u8::from(member.standing == "announcing");
-                standing.sample(&format!("node=\"{}\"", member.node), announcing);
-            }
-            let mut handed = page.family(
-                "fulcrum_bgp_handed_packets_total",
-                "counter",
-                "Packets of BGP VIPs this node handed to the member holding their connection.",
-            );
-            for member in bgp.flow_members.iter().filter(|m| m.node != status.id) {
-                handed.sample(&format!("to=\"{}\"", member.node), member.handed_packets);
-            }
+            crate::bgp::write_metrics(&mut page, bgp, status.id);
         }
         page.finish()
     }
