@@ -410,7 +410,7 @@ pub fn report(figures: &[Figures]) -> String {
                     (admitted as f64 / allowed - 1.0) * 100.0,
                     REQUESTS.saturating_sub(admitted + refused)
                 ),
-                None => "not shared (per node)".into(),
+                None => "not measured".into(),
             })
             .collect(),
     );
@@ -448,7 +448,7 @@ mod tests {
         ));
         assert!(report.contains("| 1.08 ([50, 48, 52]) |"));
         assert!(report.contains(
-            "120 admitted, 120 allowed (+0.1 %); 380 refused, 0 unanswered | not shared (per node) |"
+            "120 admitted, 120 allowed (+0.1 %); 380 refused, 0 unanswered | not measured |"
         ));
         assert!(report.contains("| 0.31 s | 0.31 s |"));
     }
