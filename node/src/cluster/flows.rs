@@ -1,7 +1,8 @@
-//! BGP VIPs' flows shared among the nodes. Their rate limits, held cluster-wide: every node
-//! reports what its shared limiters admitted to every other member every 100 ms.
+//! What the nodes serving BGP VIPs share: their rate limits' counts (every node reports what
+//! its shared limiters admitted to every other member every 100 ms), an operator's drain of
+//! one node, and their connections across node changes.
 //!
-//! Keeping BGP VIPs' connections across node changes (the member's side of flow steering):
+//! Keeping the connections (the member's side of flow steering):
 //! every [`POLL`] the node asks every Raft member its part in the flows, derives the bucket
 //! table from those that answer with the same VIPs, and loads the steering rules when they
 //! change. A member that does not answer [`MISSES`] times in a row is left out (it died or
