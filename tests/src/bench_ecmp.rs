@@ -319,11 +319,12 @@ impl Nodes for HaproxyNodes {
         self.reannounce(index, true)
     }
 
-    /// As an operator would: the route withdrawn, a second for the router, then HAProxy's
-    /// soft stop (it serves its connections out) and BIRD stopped.
+    /// As an operator would: the route withdrawn, and once the router has dropped it,
+    /// HAProxy's soft stop (it serves its connections out) and BIRD stopped.
     fn stop(&mut self, index: usize) -> Result<(), LabError> {
         self.reannounce(index, false)?;
-        std::thread::sleep(Duration::from_secs(1));
+        let others: Vec<usize> = (0..self.ecmp.lbs.len()).filter(|&i| i != index).collect();
+        self.ecmp.wait_next_hops(&others, Duration::from_secs(10))?;
         Self::process(&mut self.haproxies[index], index)?.signal(Signal::SIGUSR1)?;
         if let Some(mut bird) = self.birds[index].take() {
             bird.stop()?;

@@ -250,18 +250,22 @@ fn established_connections_live_through_every_planned_change_of_the_node_set() {
     assert!(drained.contains("withdrawn"), "{drained}");
     c.wait_next_hops(&[0, 2], Duration::from_secs(10));
     c.wait_flow_view(&[0, 1, 2], &[0, 2], &[1]);
-    // The counters in /metrics are read every second.
+    // The counters in /metrics are read every second: the baseline must postdate the drain,
+    // or packets handed to lb2 as first hop before it would count.
     std::thread::sleep(Duration::from_millis(1_200));
     let handed_before = c.handed_to(1).unwrap();
     let shown = c.lab().fulcrumctl_ok(&c.ecmp.client, &all, &["status"]).unwrap().stdout;
     assert!(shown.contains("announcing 0/1, sessions 1/1 up, drained"), "{shown}");
     open(&batch, "lb2's drain");
     assert_unbroken(batch, "lb2 drained by fulcrumctl");
-    std::thread::sleep(Duration::from_millis(1_200));
-    assert!(
-        c.handed_to(1).unwrap() > handed_before,
-        "the others handed lb2 the packets of its connections while it drained"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while c.handed_to(1).unwrap() <= handed_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the others handed lb2 the packets of its connections while it drained"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let batch = c.long_connections(echoes, downloads, RETURN_SECS);
     c.lab().fulcrumctl_ok(&c.ecmp.client, &all, &["drain", &lb2, "--lift"]).unwrap();
     c.wait_next_hops(&[0, 1, 2], Duration::from_secs(15));

@@ -66,8 +66,6 @@ pub struct Bgp {
     link_networks: Vec<(std::net::Ipv4Addr, u8)>,
     /// Whether it announces the VIPs now (it takes new connections), and since when.
     standing: std::sync::Mutex<(Standing, u64)>,
-    /// Set once the node stops: it never announces again.
-    withdrawn: AtomicBool,
     /// Set by an operator's drain: nothing is announced until it is lifted.
     drained: AtomicBool,
     /// Set once the steering rules hold every member that answers (at once without flow
@@ -132,7 +130,6 @@ impl Bgp {
             link,
             // Since 0: a node that has just started held nothing, so it is nobody's last holder.
             standing: std::sync::Mutex::new((Standing::Draining, 0)),
-            withdrawn: AtomicBool::new(false),
             drained: AtomicBool::new(false),
             steering_removed: tokio::sync::Mutex::new(false),
         }))
@@ -149,7 +146,7 @@ impl Bgp {
     fn set_announcing(&self, announcing: bool) {
         let mut standing = lock(&self.standing);
         // Read under the lock, so a late health tick cannot undo the withdrawal.
-        let now = match announcing && !self.withdrawn.load(Ordering::Acquire) {
+        let now = match announcing && !self.speaker.withdrawn() {
             true => Standing::Announcing,
             false => Standing::Draining,
         };
@@ -164,7 +161,6 @@ impl Bgp {
         if self.drained.swap(drained, Ordering::AcqRel) != drained {
             tracing::info!(drained, "BGP drain set by an operator");
         }
-        lock(&self.status).drained = drained;
     }
 
     /// Puts `plan`'s steering rules in place, unless the node stopped steering.
@@ -203,7 +199,9 @@ impl Bgp {
 
     /// What it announces now and its sessions (as of the last second).
     pub fn status(&self) -> BgpStatus {
-        lock(&self.status).clone()
+        let mut status = lock(&self.status).clone();
+        status.drained = self.drained.load(Ordering::Acquire);
+        status
     }
 
     /// Announces the VIPs while every tracked pool can be served here; runs until the
@@ -297,7 +295,8 @@ impl Bgp {
     /// Withdraws every VIP for good (the node stops); the routers stop sending new flows
     /// here.
     pub async fn withdraw(&self) {
-        self.withdrawn.store(true, Ordering::Release);
+        // Before BIRD hears of it: the peers stop handing this node new connections at once.
+        self.speaker.stop_announcing();
         self.set_announcing(false);
         if let Err(error) = self.speaker.withdraw().await {
             tracing::error!("cannot withdraw the BGP VIPs: {error}; stopping BIRD instead");
@@ -404,6 +403,11 @@ async fn shared_link(section: &BgpSection) -> Result<Link, BgpError> {
             })?
         }
     };
+    if !crate::nft::quotable(&interface) {
+        return Err(BgpError::Link(format!(
+            "interface name {interface:?} cannot be written in an nftables rule"
+        )));
+    }
     let mac = interface_mac(&interface).ok_or_else(|| {
         BgpError::Link(format!("interface {interface:?} has no MAC address (or does not exist)"))
     })?;

@@ -103,9 +103,19 @@ impl Speaker {
         Ok(())
     }
 
-    /// Announces nothing from now on.
-    pub async fn withdraw(&self) -> Result<(), SpeakerError> {
+    /// From now on, announces nothing ([`Speaker::withdraw`] tells BIRD).
+    pub fn stop_announcing(&self) {
         self.withdrawn.store(true, Ordering::Release);
+    }
+
+    /// Whether the node stopped announcing for good.
+    pub fn withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
+    }
+
+    /// Announces nothing from now on, and tells BIRD.
+    pub async fn withdraw(&self) -> Result<(), SpeakerError> {
+        self.stop_announcing();
         self.announce(&[]).await
     }
 

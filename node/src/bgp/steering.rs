@@ -149,7 +149,7 @@ fn render_family(s: &mut String, plan: &Plan, family: Family) {
     let vips: Vec<String> =
         plan.vips.iter().filter(|vip| Family::of(vip) == family).map(ToString::to_string).collect();
     let _ = writeln!(s, "table {name} {TABLE} {{");
-    if vips.is_empty() || !nft::quotable(&plan.link.interface) {
+    if vips.is_empty() {
         let _ = writeln!(s, "}}");
         return;
     }
