@@ -108,10 +108,11 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared
         let Some(admission) = Admission::wait(&listener).await else { break };
         let connection = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
-        listener.connections().spawn(async move {
+        let task = async move {
             serve(stream, peer, connection, shared).await;
             drop(admission);
-        });
+        };
+        listener.connections().spawn(task);
     }
     tracing::debug!(listener = %listener.name(), "stopped accepting");
 }
@@ -134,31 +135,46 @@ async fn serve(
     let client = Downstream { peer, local, tls: false };
     match listener.spec().protocol {
         Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
-        Protocol::Http => http::serve(stream, client, listener, shared).await,
-        Protocol::Https => {
-            let Some(acceptor) = listener.tls_acceptor() else {
-                return;
-            };
+        Protocol::Http => {
+            // Heads and bodies are written whole; nothing is gained by Nagle's wait.
             let _ = stream.set_nodelay(true);
-            // The handshake is part of the request head: a client slow to finish it is cut
-            // like a slowloris.
-            let timeout = listener.spec().http.header_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-                        // A TLS-ALPN-01 validation: the certificate was the answer.
-                        tracing::debug!(listener = %listener.name(), %peer, "ACME TLS-ALPN-01 validation answered");
-                        return;
-                    }
-                    http::serve(tls, Downstream { tls: true, ..client }, listener, shared).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %listener.name(), %peer, "TLS handshake failed: {e}")
-                }
-                Err(_) => {
-                    tracing::debug!(listener = %listener.name(), %peer, "TLS handshake timed out")
-                }
-            }
+            http::serve(stream, client, listener, shared, false).await
         }
+        // Boxed: a handshake and a TLS stream are large, and the task of every plain
+        // connection would be as large if they were part of it.
+        Protocol::Https => Box::pin(serve_tls(stream, client, listener, shared)).await,
+    }
+}
+
+/// Serves a connection to an https listener: the handshake (bounded like a request head),
+/// then HTTP over it.
+async fn serve_tls(
+    stream: TcpStream,
+    client: Downstream,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) {
+    let Some(acceptor) = listener.tls_acceptor() else {
+        return;
+    };
+    let peer = client.peer;
+    let _ = stream.set_nodelay(true);
+    // The handshake is part of the request head: a client slow to finish it is cut like a
+    // slowloris.
+    let timeout = listener.spec().http.header_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the certificate was the answer.
+                tracing::debug!(listener = %listener.name(), %peer, "ACME TLS-ALPN-01 validation answered");
+                return;
+            }
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            http::serve(tls, Downstream { tls: true, ..client }, listener, shared, h2).await
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %listener.name(), %peer, "TLS handshake failed: {e}")
+        }
+        Err(_) => tracing::debug!(listener = %listener.name(), %peer, "TLS handshake timed out"),
     }
 }

@@ -20,14 +20,13 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fulcrum_model::{Algorithm, HashKey, RateLimitKey, UpstreamProtocol};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +34,13 @@ use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
 use fulcrum_policy::{PickKey, client_key, narrower};
 
 use super::acme::AcmeMaterial;
-use super::addresses::Phase;
+use super::addresses::{AddressDrains, Phase};
 use super::attempt::Attempts;
-use super::client_clock::{ClientClock, HeadTimer};
+use super::client_clock::ClientClock;
 use super::error::ErrorKind;
+use super::error::error_response;
+use super::h1;
+use super::h1::io::ClientUpgrade;
 use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::premature::PrematureResets;
@@ -49,98 +51,208 @@ use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, Up
 /// How long a connection closed for a reset flood may finish its requests in flight.
 const RESET_FLOOD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serves one accepted client connection (already through TLS for https) to its end.
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one accepted client connection (already through TLS for https, `h2` if its ALPN
+/// chose HTTP/2) to its end: HTTP/2 by hyper's server, HTTP/1.1 by the proxy's own loop.
 pub(crate) async fn serve<I>(
     io: I,
     downstream: Downstream,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
+    h2: bool,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let connected = tokio::time::Instant::now();
     let spec = listener.spec();
     let clock = Arc::new(ClientClock::default());
-    let io = TokioIo::new(Tracked { inner: io, clock: Arc::clone(&clock) });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper refuses buffers under 8 KiB; validation keeps the setting above that.
-    let max_head = (spec.http.max_header_bytes as usize).max(8192);
-    let head_timer =
-        HeadTimer::new(Arc::clone(&clock), spec.http.header_timeout, spec.http.keep_alive_timeout);
-    builder
-        .http1()
-        .timer(head_timer)
-        // Turns hyper's head timer on; its deadlines are the head timer's own.
-        .header_read_timeout(spec.http.header_timeout)
-        .max_buf_size(max_head);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(spec.http.max_header_bytes);
-    let service_listener = Arc::clone(&listener);
-    let addresses = Arc::clone(&shared.addresses);
+    let mut io = Tracked { inner: io, clock: Arc::clone(&clock) };
+    let mut read = BytesMut::new();
+    let h2 = h2 || {
+        let sniffed = tokio::time::timeout_at(
+            connected + spec.http.header_timeout,
+            sniff_preface(&mut io, &mut read),
+        );
+        match sniffed.await {
+            Ok(Some(h2)) => h2,
+            _ => return,
+        }
+    };
     let first_request = CancellationToken::new();
     let request_seen = first_request.clone();
+    let service_listener = Arc::clone(&listener);
     let service_clock = Arc::clone(&clock);
-    let resets = Arc::new(PrematureResets::default());
-    let service_resets = Arc::clone(&resets);
-    let service = hyper::service::service_fn(move |request| {
+    let on_request = move || {
         if service_clock.requested() {
             request_seen.cancel();
         }
-        let listener = Arc::clone(&service_listener);
+    };
+    // Cancelled to wind the connection down: HTTP/2 with GOAWAY, HTTP/1.1 after the request
+    // in flight (with `Connection: close`) or at once between requests.
+    let shutdown = CancellationToken::new();
+    let connection = Connection {
+        listener: Arc::clone(&listener),
+        addresses: Arc::clone(&shared.addresses),
+        downstream,
+        clock,
+        first_request,
+        shutdown: shutdown.clone(),
+    };
+    if h2 {
+        // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
+        // would be as large if it were part of it.
+        let io = h1::io::Rewound::new(read.freeze(), io);
+        Box::pin(serve_h2(io, connection, shared, on_request)).await;
+    } else {
+        let limits = h1::Limits {
+            max_head: spec.http.max_header_bytes as usize,
+            header_timeout: spec.http.header_timeout,
+            keep_alive_timeout: spec.http.keep_alive_timeout,
+        };
+        let served = h1::serve(io, read, connected, limits, shutdown, move |request| {
+            on_request();
+            let listener = Arc::clone(&service_listener);
+            let shared = Arc::clone(&shared);
+            async move { handle(request, downstream, &listener, &shared).await }
+        });
+        connection.drive(served, None).await;
+    }
+}
+
+/// Serves HTTP/2 on `io` with hyper's server; `on_request` is told of each request.
+async fn serve_h2<I>(
+    io: I,
+    connection: Connection,
+    shared: Arc<Shared>,
+    on_request: impl Fn() + Send + Clone + 'static,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let listener = Arc::clone(&connection.listener);
+    let downstream = connection.downstream;
+    let shutdown = connection.shutdown.clone();
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new()).max_header_list_size(listener.spec().http.max_header_bytes);
+    let resets = Arc::new(PrematureResets::default());
+    let service_resets = Arc::clone(&resets);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        on_request();
+        let listener = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
         let pending = service_resets.start(Instant::now());
+        let request = request.map(boxed_body);
         async move {
             let response = handle(request, downstream, &listener, &shared).await;
             pending.answered();
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let closing = || must_close(&listener, &addresses, downstream.local_ip());
-    // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
-    // client that connected to a VIP just handed over (its ARP entry not yet updated) would
-    // see that cut, so such a connection is wound down once it has its first request. A
-    // stopping listener winds down at once: a stopping node stops accepting only once
-    // another node holds its VIPs, and a removed listener has no reason to wait.
-    let wind_down = async {
-        tokio::select! {
-            () = listener.stopping() => {}
-            () = async {
-                addresses.reached(downstream.local_ip(), Phase::Polite).await;
-                first_request.cancelled().await;
-            } => {}
+    let served = async move {
+        let served = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(served);
+        let result = tokio::select! {
+            result = served.as_mut() => result,
+            () = shutdown.cancelled() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %downstream.peer, "HTTP/2 connection ended: {e}");
         }
     };
-    let ended = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        () = clock.activity.idle_for(spec.idle_timeout) => {
-            listener.stats().error(ErrorKind::IdleTimeout);
-            None
+    connection.drive(served, Some(&resets)).await;
+}
+
+/// A body from hyper as the proxy's own body type.
+fn boxed_body(body: Incoming) -> ProxyBody {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// Reads until the connection's first bytes tell HTTP/2's preface from an HTTP/1.1 request;
+/// `None` if the client closed first. What was read stays in `read`.
+async fn sniff_preface<I: AsyncRead + Unpin>(io: &mut I, read: &mut BytesMut) -> Option<bool> {
+    let mut reader = h1::io::Reader { io, buf: std::mem::take(read) };
+    let h2 = loop {
+        let seen = reader.buf.len().min(H2_PREFACE.len());
+        if reader.buf[..seen] != H2_PREFACE[..seen] {
+            break Some(false);
         }
-        () = resets.abusive() => {
-            tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests right after sending them (HTTP/2 rapid reset)");
-            listener.stats().error(ErrorKind::ResetFlood);
-            // GOAWAY, and a moment for what is in flight; then the connection goes.
-            connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(RESET_FLOOD_GRACE, connection.as_mut()).await.ok()
+        if seen == H2_PREFACE.len() {
+            break Some(true);
         }
-        () = wind_down => {
-            // Drain: finish what is in flight, close politely, until the drain deadline.
-            connection.as_mut().graceful_shutdown();
+        match std::future::poll_fn(|cx| reader.poll_fill(cx)).await {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {}
+        }
+    };
+    *read = reader.buf;
+    h2
+}
+
+/// What ends a client connection besides its protocol: the idle timeout, a reset flood, a
+/// drain (polite, then by its deadline) and the listener stopping.
+struct Connection {
+    listener: Arc<ListenerRuntime>,
+    addresses: Arc<AddressDrains>,
+    downstream: Downstream,
+    clock: Arc<ClientClock>,
+    first_request: CancellationToken,
+    /// Winds the connection down when cancelled.
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    /// Drives `served` to its end, or until something ends it.
+    async fn drive(self, served: impl Future<Output = ()>, resets: Option<&PrematureResets>) {
+        let Connection { listener, addresses, downstream, clock, first_request, shutdown } = self;
+        let spec = listener.spec();
+        let closing = || must_close(&listener, &addresses, downstream.local_ip());
+        // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
+        // client that connected to a VIP just handed over (its ARP entry not yet updated) would
+        // see that cut, so such a connection is wound down once it has its first request. A
+        // stopping listener winds down at once: a stopping node stops accepting only once
+        // another node holds its VIPs, and a removed listener has no reason to wait.
+        let wind_down = async {
             tokio::select! {
-                result = connection.as_mut() => Some(result),
-                () = closing() => {
-                    listener.stats().error(ErrorKind::Drained);
-                    None
+                () = listener.stopping() => {}
+                () = async {
+                    addresses.reached(downstream.local_ip(), Phase::Polite).await;
+                    first_request.cancelled().await;
+                } => {}
+            }
+        };
+        let abusive = async {
+            match resets {
+                Some(resets) => resets.abusive().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(served);
+        tokio::select! {
+            () = served.as_mut() => {}
+            () = clock.activity.idle_for(spec.idle_timeout) => {
+                listener.stats().error(ErrorKind::IdleTimeout);
+            }
+            () = abusive => {
+                tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests right after sending them (HTTP/2 rapid reset)");
+                listener.stats().error(ErrorKind::ResetFlood);
+                // GOAWAY, and a moment for what is in flight; then the connection goes.
+                shutdown.cancel();
+                let _ = tokio::time::timeout(RESET_FLOOD_GRACE, served.as_mut()).await;
+            }
+            () = wind_down => {
+                // Drain: finish what is in flight, close politely, until the drain deadline.
+                shutdown.cancel();
+                tokio::select! {
+                    () = served.as_mut() => {}
+                    () = closing() => listener.stats().error(ErrorKind::Drained),
                 }
             }
+            () = closing() => listener.stats().error(ErrorKind::Drained),
         }
-        () = closing() => {
-            listener.stats().error(ErrorKind::Drained);
-            None
-        }
-    };
-    if let Some(Err(e)) = ended {
-        tracing::debug!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection ended: {e}");
     }
 }
 
@@ -153,7 +265,7 @@ struct Target<'a> {
 }
 
 async fn handle(
-    request: Request<Incoming>,
+    request: Request<ProxyBody>,
     downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
     shared: &Shared,
@@ -181,7 +293,7 @@ async fn handle(
 }
 
 async fn route_and_forward(
-    mut request: Request<Incoming>,
+    mut request: Request<ProxyBody>,
     started: Instant,
     downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
@@ -271,7 +383,7 @@ async fn route_and_forward(
         rewritten,
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
     };
-    let upgrade = is_upgrade(&request).then(|| hyper::upgrade::on(&mut request));
+    let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
     let timeout = spec.http.request_timeout;
     let response = match tokio::time::timeout(
         timeout,
@@ -289,8 +401,8 @@ async fn route_and_forward(
 }
 
 async fn forward(
-    request: Request<Incoming>,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    request: Request<ProxyBody>,
+    upgrade: Option<ClientUpgrade>,
     downstream: Downstream,
     listener: &Arc<ListenerRuntime>,
     shared: &Shared,
@@ -322,12 +434,7 @@ async fn forward(
     let body = match &request_bytes {
         Some(bytes) => {
             let limit = listener.spec().http.max_body_bytes;
-            CountingRequestBody::wrap(
-                Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-                    .map_err(BoxError::from)
-                    .boxed_unsync(),
-                Arc::clone(bytes),
-            )
+            CountingRequestBody::wrap(body, limit, Arc::clone(bytes))
         }
         None => http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
     };
@@ -448,7 +555,7 @@ async fn forward(
 /// agrees (101), joins the two upgraded connections.
 async fn tunnel(
     upstream: Request<ProxyBody>,
-    on_client_upgrade: hyper::upgrade::OnUpgrade,
+    on_client_upgrade: ClientUpgrade,
     backend: &Arc<BackendRuntime>,
     pool: &Arc<PoolRuntime>,
     listener: &Arc<ListenerRuntime>,
@@ -489,11 +596,13 @@ async fn tunnel(
     // an idle tunnel is closed like any idle connection.
     listener.connections().spawn(async move {
         let _in_flight = in_flight;
-        let (Ok(client), Ok(upstream)) = tokio::join!(on_client_upgrade, on_backend_upgrade) else {
+        let (Some(client), Ok(upstream)) =
+            tokio::join!(on_client_upgrade.upgraded(), on_backend_upgrade)
+        else {
             return;
         };
         let clock = Arc::new(ClientClock::default());
-        let mut client = Tracked { inner: TokioIo::new(client), clock: Arc::clone(&clock) };
+        let mut client = Tracked { inner: client, clock: Arc::clone(&clock) };
         let mut upstream = TokioIo::new(upstream);
         let idle = tunnel_listener.spec().idle_timeout;
         tokio::select! {
@@ -719,7 +828,7 @@ fn set_sticky_cookie(
 fn rate_keys<'a>(
     kind: &RateLimitKey,
     client: &'a [u8; 9],
-    request: &'a Request<Incoming>,
+    request: &'a Request<ProxyBody>,
     route: &'a str,
 ) -> (&'a [u8], Option<&'a [u8]>) {
     match kind {
@@ -731,7 +840,7 @@ fn rate_keys<'a>(
     }
 }
 
-fn hash_key(key: &HashKey, request: &Request<Incoming>, peer: SocketAddr) -> Option<Vec<u8>> {
+fn hash_key(key: &HashKey, request: &Request<ProxyBody>, peer: SocketAddr) -> Option<Vec<u8>> {
     match key {
         HashKey::SourceIp => Some(peer.ip().to_string().into_bytes()),
         HashKey::Path => Some(request.uri().path().as_bytes().to_vec()),
@@ -770,18 +879,6 @@ fn finish(
     response
 }
 
-/// A short plain-text answer from the proxy itself.
-pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
-    let body = format!("{} {}: {why}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut response =
-        Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
-}
-
 /// The key authorization an HTTP-01 validation asks for (RFC 8555 §8.3).
 fn acme_answer(key_authorization: &str) -> Response<ProxyBody> {
     let body = Bytes::copy_from_slice(key_authorization.as_bytes());
@@ -795,7 +892,7 @@ fn acme_answer(key_authorization: &str) -> Response<ProxyBody> {
 
 /// The authority the client asked for: HTTP/2's `:authority` (or an absolute-form target)
 /// before `Host` (RFC 9113 §8.3.1, RFC 9112 §3.2.2).
-fn request_host(request: &Request<Incoming>) -> Option<&str> {
+fn request_host(request: &Request<ProxyBody>) -> Option<&str> {
     request
         .uri()
         .authority()
@@ -819,7 +916,7 @@ fn bad_path(stats: &RouteStats, started: Instant, why: &str) -> Response<ProxyBo
     finish(stats, started, error_response(StatusCode::BAD_REQUEST, &format!("the path has {why}")))
 }
 
-fn body_too_large(request: &Request<Incoming>, limit: u64) -> bool {
+fn body_too_large(request: &Request<ProxyBody>, limit: u64) -> bool {
     request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -828,15 +925,7 @@ fn body_too_large(request: &Request<Incoming>, limit: u64) -> bool {
         .is_some_and(|length| length > limit)
 }
 
-fn is_upgrade(request: &Request<Incoming>) -> bool {
-    request.version() == Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
-        && request.headers().get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-        })
-}
-
-fn request_has_no_body(request: &Request<Incoming>) -> bool {
+fn request_has_no_body(request: &Request<ProxyBody>) -> bool {
     use hyper::body::Body as _;
     request.body().is_end_stream() || request.body().size_hint().exact() == Some(0)
 }
@@ -856,7 +945,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.clock.read();
+            self.clock.activity.touch();
         }
         result
     }

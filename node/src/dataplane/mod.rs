@@ -13,6 +13,7 @@ pub mod addresses;
 mod attempt;
 mod client_clock;
 pub mod error;
+mod h1;
 mod http;
 mod l4;
 pub mod listener;

@@ -339,16 +339,25 @@ impl RequestBytes {
     }
 }
 
-/// A request body on its way up, counted into [`RequestBytes`].
+/// A request body past the listener's `max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is over the listener's limit of {0} bytes")]
+pub(crate) struct OverLimit(u64);
+
+/// A request body on its way up, held to the listener's limit and counted into
+/// [`RequestBytes`].
 pub(crate) struct CountingRequestBody {
     inner: ProxyBody,
     bytes: Arc<RequestBytes>,
+    /// Bytes the body may still have.
+    left: u64,
+    limit: u64,
 }
 
 impl CountingRequestBody {
-    /// `inner`, counted into `bytes`.
-    pub(crate) fn wrap(inner: ProxyBody, bytes: Arc<RequestBytes>) -> ProxyBody {
-        UnsyncBoxBody::new(CountingRequestBody { inner, bytes })
+    /// `inner`, held to `limit` bytes and counted into `bytes`.
+    pub(crate) fn wrap(inner: ProxyBody, limit: u64, bytes: Arc<RequestBytes>) -> ProxyBody {
+        UnsyncBoxBody::new(CountingRequestBody { inner, bytes, left: limit, limit })
     }
 }
 
@@ -363,14 +372,17 @@ impl Body for CountingRequestBody {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(backend)) =
-                    (frame.data_ref(), self.bytes.backend.load().as_ref())
-                {
-                    backend.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    let length = data.len() as u64;
+                    if length > self.left {
+                        self.bytes.over_limit.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(OverLimit(self.limit).into())));
+                    }
+                    self.left -= length;
+                    if let Some(backend) = self.bytes.backend.load().as_ref() {
+                        backend.bytes_in.fetch_add(length, Ordering::Relaxed);
+                    }
                 }
-            }
-            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                self.bytes.over_limit.store(true, Ordering::Relaxed);
             }
             Some(Err(_)) => self.bytes.unreadable.store(true, Ordering::Relaxed),
             None => {}

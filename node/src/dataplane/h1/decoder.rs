@@ -1,0 +1,293 @@
+//! A request body's framing decoded, sans IO: `Content-Length` bytes, or chunked transfer
+//! coding (RFC 9112 §7.1) with extensions skipped and trailers kept. Anything that is not
+//! exactly the grammar is an error: a proxy that guessed could be made to see a different
+//! body than the backend (request smuggling).
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Hex digits a chunk size may have (a size beyond 2^64 is refused, not wrapped).
+const MAX_SIZE_DIGITS: u8 = 16;
+/// Trailer fields a chunked body may end with.
+const MAX_TRAILERS: usize = 32;
+
+/// What the bytes read so far yield.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// More bytes are needed.
+    NeedMore,
+    /// The body is complete; bytes left in the buffer belong to the next request.
+    End,
+}
+
+/// Why a body's framing could not be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FramingError {
+    #[error("invalid chunk size")]
+    ChunkSize,
+    #[error("a chunk is not followed by CRLF")]
+    ChunkEnd,
+    #[error("invalid chunk extension")]
+    Extension,
+    #[error("invalid or oversized trailers")]
+    Trailers,
+}
+
+/// A request body's decoder.
+#[derive(Debug)]
+pub(crate) enum Decoder {
+    /// Bytes left of a `Content-Length` body.
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl Decoder {
+    /// Takes what it can of the body out of `buf`; `max_trailers` bounds the trailer section.
+    pub(crate) fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        max_trailers: usize,
+    ) -> Result<Decoded, FramingError> {
+        match self {
+            Decoder::Length(0) => Ok(Decoded::End),
+            Decoder::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(buf.len());
+                *left -= take as u64;
+                Ok(Decoded::Data(buf.split_to(take).freeze()))
+            }
+            Decoder::Chunked(chunked) => chunked.decode(buf, max_trailers),
+        }
+    }
+
+    /// Whether the body has been read to its end.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, Decoder::Length(0) | Decoder::Chunked(Chunked { state: State::Done, .. }))
+    }
+
+    /// The bytes left, when the framing says.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(left) => Some(*left),
+            Decoder::Chunked(_) => None,
+        }
+    }
+}
+
+/// Where a chunked body's reading is.
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Size { size: u64, digits: u8 },
+    Extension { size: u64 },
+    SizeLf { size: u64 },
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+    Done,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Size { size: 0, digits: 0 }
+    }
+}
+
+impl Chunked {
+    fn decode(&mut self, buf: &mut BytesMut, max_trailers: usize) -> Result<Decoded, FramingError> {
+        loop {
+            if let State::Data(left) = self.state {
+                if buf.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                self.state = if take as u64 == left {
+                    State::DataCr
+                } else {
+                    State::Data(left - take as u64)
+                };
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            if self.state == State::Trailers {
+                return self.trailers(buf, max_trailers);
+            }
+            if self.state == State::Done {
+                return Ok(Decoded::End);
+            }
+            let Some(&byte) = buf.first() else { return Ok(Decoded::NeedMore) };
+            let _ = buf.split_to(1);
+            self.state = match (self.state, byte) {
+                (State::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+                    if digits == MAX_SIZE_DIGITS {
+                        return Err(FramingError::ChunkSize);
+                    }
+                    let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
+                    State::Size { size: size << 4 | digit, digits: digits + 1 }
+                }
+                (State::Size { size, digits: 1.. }, b';' | b' ' | b'\t') => {
+                    State::Extension { size }
+                }
+                (State::Size { size, digits: 1.. }, b'\r') => State::SizeLf { size },
+                (State::Size { .. }, _) => return Err(FramingError::ChunkSize),
+                (State::Extension { size }, b'\r') => State::SizeLf { size },
+                (State::Extension { .. }, b'\n') => return Err(FramingError::Extension),
+                (State::Extension { size }, _) if byte == b'\t' || !byte.is_ascii_control() => {
+                    State::Extension { size }
+                }
+                (State::Extension { .. }, _) => return Err(FramingError::Extension),
+                (State::SizeLf { size: 0 }, b'\n') => State::Trailers,
+                (State::SizeLf { size }, b'\n') => State::Data(size),
+                (State::SizeLf { .. }, _) => return Err(FramingError::ChunkSize),
+                (State::DataCr, b'\r') => State::DataLf,
+                (State::DataLf, b'\n') => State::default(),
+                (State::DataCr | State::DataLf, _) => return Err(FramingError::ChunkEnd),
+                (State::Data(_) | State::Trailers | State::Done, _) => {
+                    unreachable!("handled above")
+                }
+            };
+        }
+    }
+
+    /// The trailer section after the last chunk: empty, or fields ended by an empty line.
+    fn trailers(
+        &mut self,
+        buf: &mut BytesMut,
+        max_trailers: usize,
+    ) -> Result<Decoded, FramingError> {
+        if buf.starts_with(b"\r\n") {
+            let _ = buf.split_to(2);
+            self.state = State::Done;
+            return Ok(Decoded::End);
+        }
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return if buf.len() > max_trailers {
+                Err(FramingError::Trailers)
+            } else {
+                Ok(Decoded::NeedMore)
+            };
+        };
+        if end + 4 > max_trailers {
+            return Err(FramingError::Trailers);
+        }
+        let section = buf.split_to(end + 4);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+        let parsed = match httparse::parse_headers(&section, &mut fields) {
+            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+            _ => return Err(FramingError::Trailers),
+        };
+        let mut trailers = HeaderMap::with_capacity(parsed.len());
+        for field in parsed {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| FramingError::Trailers)?;
+            let value = HeaderValue::from_bytes(field.value).map_err(|_| FramingError::Trailers)?;
+            trailers.append(name, value);
+        }
+        self.state = State::Done;
+        Ok(Decoded::Trailers(trailers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body read whole: its bytes, its trailers and the bytes after it.
+    type Read = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
+
+    /// Feeds `input` in pieces of `step` bytes.
+    fn decode_all(
+        input: &[u8],
+        step: usize,
+    ) -> Result<Read, FramingError> {
+        let mut decoder = Decoder::Chunked(Chunked::default());
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let (mut body, mut trailers) = (Vec::new(), None);
+        for _ in 0..10_000 {
+            match decoder.decode(&mut buf, 1024)? {
+                Decoded::Data(data) => body.extend_from_slice(&data),
+                Decoded::Trailers(fields) => trailers = Some(fields),
+                Decoded::End => return Ok((body, trailers, buf.to_vec())),
+                Decoded::NeedMore if fed < input.len() => {
+                    let next = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+                Decoded::NeedMore => {
+                    panic!("ran out of input: {:?}", String::from_utf8_lossy(input))
+                }
+            }
+        }
+        panic!("no end");
+    }
+
+    #[test]
+    fn chunks_are_joined_whatever_the_reads_and_the_next_request_stays() {
+        let input = b"5\r\nhello\r\na;name=\"v\"\r\n, world!!!\r\n0\r\n\r\nGET /next";
+        for step in [1, 2, 7, input.len()] {
+            let (body, trailers, rest) = decode_all(input, step).expect("valid");
+            assert_eq!(body, b"hello, world!!!");
+            assert!(trailers.is_none());
+            assert!(b"GET /next".starts_with(&rest), "step {step}: {rest:?}");
+        }
+    }
+
+    #[test]
+    fn trailers_are_kept() {
+        let input = b"3\r\nabc\r\n0\r\ngrpc-status: 0\r\nx-b: 2\r\n\r\n";
+        for step in [1, 5, input.len()] {
+            let (body, trailers, _) = decode_all(input, step).expect("valid");
+            assert_eq!(body, b"abc");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers["grpc-status"], "0");
+            assert_eq!(trailers["x-b"], "2");
+        }
+    }
+
+    #[test]
+    fn anything_outside_the_grammar_is_refused() {
+        for (input, error) in [
+            (&b"zz\r\nhello\r\n0\r\n\r\n"[..], FramingError::ChunkSize),
+            (b"\r\n", FramingError::ChunkSize),
+            (b"5\nhello\r\n0\r\n\r\n", FramingError::ChunkSize),
+            (b"5\r\nhelloX\r\n0\r\n\r\n", FramingError::ChunkEnd),
+            (b"5;a\nb\r\nhello\r\n", FramingError::Extension),
+            (b"11111111111111111\r\n", FramingError::ChunkSize),
+            (b"0\r\nbad header\r\n\r\n", FramingError::Trailers),
+        ] {
+            assert_eq!(
+                decode_all(input, 1).unwrap_err(),
+                error,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let endless = [b"0\r\nx: ".as_slice(), &[b'a'; 2000]].concat();
+        let mut decoder = Decoder::Chunked(Chunked::default());
+        let mut buf = BytesMut::from(&endless[..]);
+        assert_eq!(decoder.decode(&mut buf, 1024), Err(FramingError::Trailers));
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let mut decoder = Decoder::Length(5);
+        let mut buf = BytesMut::from("hel");
+        assert_eq!(decoder.decode(&mut buf, 0), Ok(Decoded::Data(Bytes::from("hel"))));
+        assert_eq!(decoder.decode(&mut buf, 0), Ok(Decoded::NeedMore));
+        assert_eq!(decoder.remaining(), Some(2));
+        buf.extend_from_slice(b"loGET");
+        assert_eq!(decoder.decode(&mut buf, 0), Ok(Decoded::Data(Bytes::from("lo"))));
+        assert!(decoder.is_done());
+        assert_eq!(decoder.decode(&mut buf, 0), Ok(Decoded::End));
+        assert_eq!(&buf[..], b"GET");
+    }
+}

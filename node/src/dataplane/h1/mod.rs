@@ -1,0 +1,526 @@
+//! HTTP/1.1 from clients, served by the proxy's own connection loop instead of hyper's
+//! server: a connection between requests holds no buffer (a read lands in the worker's
+//! scratch buffer, see `io.rs`) and its task is a few hundred bytes, so ten thousand idle
+//! keep-alive clients cost little; a request is parsed into `http` types in place (header
+//! values share the bytes read), and a response head and its first body bytes leave in one
+//! write. Heads and framing are sans IO (`head.rs`, `decoder.rs`); this module moves bytes.
+//!
+//! Timers: a new connection's first head must arrive within `header_timeout` of the connect,
+//! a later head within `header_timeout` of its first byte, and a connection idle between
+//! requests is closed after `keep_alive_timeout`.
+
+mod body;
+mod decoder;
+mod head;
+pub(crate) mod io;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::body::{RequestBody, Returned};
+use self::decoder::{Chunked, Decoder};
+use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
+use self::io::{ClientUpgrade, Reader, Rewound};
+use super::error::error_response;
+use super::upstream::ProxyBody;
+
+/// How long a connection the proxy closes mid-request keeps reading (and dropping) what the
+/// client still sends, so that the client reads the answer rather than a reset.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much a lingering close reads at most.
+const LINGER_BYTES: usize = 1 << 20;
+/// How long the connection waits, after a response, for a request body the backend did not
+/// read to its end; then it closes.
+const BODY_RETURN: Duration = Duration::from_secs(5);
+
+/// One connection's HTTP/1.1 limits and timers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The largest request head, and trailer section.
+    pub max_head: usize,
+    pub header_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+/// Serves HTTP/1.1 on `io` (whose first bytes, already read, are `read`) until the client
+/// closes, a timer or an error closes it, or `shutdown` is cancelled: then the request in
+/// flight is answered with `Connection: close`. `service` answers each request.
+pub(crate) async fn serve<I, S, F>(
+    io: I,
+    read: BytesMut,
+    connected: Instant,
+    limits: Limits,
+    shutdown: CancellationToken,
+    mut service: S,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: FnMut(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let (read_half, mut write) = tokio::io::split(io);
+    let mut reader = Reader { io: read_half, buf: read };
+    let mut first = Some(connected);
+    loop {
+        let head = match read_head(&mut reader, &limits, first.take(), &shutdown).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("HTTP/1.1 request refused: {e}");
+                Box::pin(refuse(&mut write, reader, &e)).await;
+                return;
+            }
+        };
+        // Boxed, as is the service's future: a connection between requests keeps a small
+        // task, and the request's state lives only while it is served.
+        let exchanged =
+            Box::pin(exchange(head, reader, &mut write, &limits, &shutdown, &mut service));
+        reader = match exchanged.await {
+            Next::Request(kept) => kept,
+            Next::Close => return,
+            Next::Switch(lent, headers, switched) => {
+                Box::pin(switch_protocols(write, lent, &headers, switched)).await;
+                return;
+            }
+        };
+        reader.release_if_empty();
+    }
+}
+
+/// What a connection does after a request.
+enum Next<R> {
+    /// Reads the next request.
+    Request(Reader<R>),
+    /// Closes (done by the exchange).
+    Close,
+    /// Writes the backend's 101 (these fields) and hands the connection to the tunnel.
+    Switch(Reader<R>, hyper::HeaderMap, oneshot::Sender<io::Upgraded>),
+}
+
+/// One request: handed to `service` (its body reading from `reader`), answered on `write`.
+async fn exchange<R, W, S, F>(
+    head: RequestHead,
+    reader: Reader<R>,
+    write: &mut W,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+    service: &mut S,
+) -> Next<R>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Unpin,
+    S: FnMut(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let RequestHead { mut parts, framing, keep_alive, expects_continue, upgrade } = head;
+    let mut answering = Answering {
+        head_request: parts.method == Method::HEAD,
+        http10: parts.version == Version::HTTP_10,
+        keep_alive,
+    };
+    let switch = upgrade.then(|| {
+        let (switched, upgraded) = oneshot::channel();
+        parts.extensions.insert(ClientUpgrade::new(upgraded));
+        switched
+    });
+    let continue_wanted = expects_continue.then(|| Arc::new(Notify::new()));
+    let decoder = match framing {
+        Framing::Empty => None,
+        Framing::Length(length) => Some(Decoder::Length(length)),
+        Framing::Chunked => Some(Decoder::Chunked(Chunked::default())),
+    };
+    // The reader stays here, or is lent to the body until the body gives it back.
+    let (body, mut reader, mut given_back) = match decoder {
+        Some(decoder) => {
+            let (give_back, given_back) = oneshot::channel();
+            let body = RequestBody::new(
+                reader,
+                decoder,
+                limits.max_head,
+                continue_wanted.clone(),
+                give_back,
+            );
+            (body.boxed_unsync(), None, Some(given_back))
+        }
+        None => (empty_body(), Some(reader), None),
+    };
+    let pending = service(Request::from_parts(parts, body));
+    let mut pending = std::pin::pin!(pending);
+    let response = match &continue_wanted {
+        Some(wanted) => {
+            tokio::select! {
+                biased;
+                response = pending.as_mut() => response,
+                () = wanted.notified() => {
+                    let proceed = b"HTTP/1.1 100 Continue\r\n\r\n";
+                    if write_all_flushed(write, proceed).await.is_err() {
+                        return Next::Close;
+                    }
+                    pending.await
+                }
+            }
+        }
+        None => pending.await,
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match (switch, reader) {
+            (Some(switched), Some(lent)) => {
+                Next::Switch(lent, response.into_parts().0.headers, switched)
+            }
+            _ => Next::Close,
+        };
+    }
+    answering.keep_alive &= !shutdown.is_cancelled();
+    // A body the backend stopped reading early leaves the connection unusable.
+    if let Some(receiver) = given_back.as_mut()
+        && let Ok(returned) = receiver.try_recv()
+    {
+        answering.keep_alive &= returned.complete;
+        reader = Some(returned.reader);
+        given_back = None;
+    }
+    let Ok(mut keep_alive) = write_response(write, response, answering).await else {
+        return Next::Close;
+    };
+    if let Some(receiver) = given_back {
+        match tokio::time::timeout(BODY_RETURN, receiver).await {
+            Ok(Ok(Returned { reader: back, complete })) => {
+                keep_alive &= complete;
+                reader = Some(back);
+            }
+            _ => keep_alive = false,
+        }
+    }
+    match reader {
+        Some(kept) if keep_alive => Next::Request(kept),
+        reader => {
+            linger(write, reader).await;
+            Next::Close
+        }
+    }
+}
+
+/// Answers a request head that was refused, and closes.
+async fn refuse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    write: &mut W,
+    reader: Reader<R>,
+    error: &HeadError,
+) {
+    let answer = error_response(error.status(), &error.to_string());
+    let closing = Answering { head_request: false, http10: false, keep_alive: false };
+    let _ = write_response(write, answer, closing).await;
+    linger(write, Some(reader)).await;
+}
+
+/// Waits for the next request head: `Ok(None)` when the connection ends quietly (closed,
+/// timed out, or shut down between requests). `first_since`: the connect, for the first.
+async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut Reader<R>,
+    limits: &Limits,
+    first_since: Option<Instant>,
+    shutdown: &CancellationToken,
+) -> Result<Option<RequestHead>, HeadError> {
+    let mut deadline = match first_since {
+        Some(connected) => Some(connected + limits.header_timeout),
+        None if !reader.buf.is_empty() => Some(Instant::now() + limits.header_timeout),
+        None => None,
+    };
+    let idle_until = Instant::now() + limits.keep_alive_timeout;
+    loop {
+        if !reader.buf.is_empty()
+            && let Some(head) = head::parse_request(&mut reader.buf, limits.max_head)?
+        {
+            return Ok(Some(head));
+        }
+        let between_requests = reader.buf.is_empty() && first_since.is_none();
+        // Bytes already sent are read before a shutdown is heeded.
+        let read = tokio::select! {
+            biased;
+            read = std::future::poll_fn(|cx| reader.poll_fill(cx)) => read,
+            () = tokio::time::sleep_until(deadline.unwrap_or(idle_until)) => return Ok(None),
+            () = shutdown.cancelled(), if between_requests => return Ok(None),
+        };
+        match read {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {
+                deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            }
+        }
+    }
+}
+
+/// Writes `response` (head and body) and tells whether the connection may carry another
+/// request; `Err` when the client went away or the body failed mid-way.
+async fn write_response<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    response: Response<ProxyBody>,
+    answering: Answering,
+) -> std::io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let mut out = Vec::with_capacity(512);
+    let (mode, keep_alive) = head::encode_response(
+        parts.status,
+        &parts.headers,
+        body.size_hint().exact(),
+        answering,
+        &mut out,
+    );
+    if mode == BodyWrite::None {
+        write_all_flushed(write, &out).await?;
+        return Ok(keep_alive);
+    }
+    let mut left = match mode {
+        BodyWrite::Length(length) => length,
+        _ => u64::MAX,
+    };
+    let mut trailers = None;
+    loop {
+        // The first frame leaves with the head when it is ready at once; a body that is
+        // slow to start (a stream of events) gets its head out first.
+        let frame = if out.is_empty() {
+            body.frame().await
+        } else {
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(std::pin::Pin::new(&mut body).poll_frame(cx))
+            })
+            .await
+            {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    write_all_flushed(write, &out).await?;
+                    out.clear();
+                    continue;
+                }
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::debug!("the response body failed mid-way, so the connection closes: {e}");
+                return Err(std::io::Error::other(e.to_string()));
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match mode {
+            BodyWrite::Chunked => {
+                let line = head::chunk_line(data.len());
+                write_vectored_all(write, &[&out, &line, &data, b"\r\n"]).await?;
+            }
+            _ => {
+                data.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                left -= data.len() as u64;
+                write_vectored_all(write, &[&out, &data]).await?;
+            }
+        }
+        out.clear();
+        if left == 0 {
+            break;
+        }
+    }
+    let complete = match mode {
+        BodyWrite::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in trailers.iter().flatten() {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            true
+        }
+        BodyWrite::Length(_) => left == 0,
+        BodyWrite::None | BodyWrite::UntilClose => true,
+    };
+    write_all_flushed(write, &out).await?;
+    Ok(keep_alive && complete)
+}
+
+/// Writes the backend's `101` and hands the joined connection, with any bytes the client
+/// sent after its request, to the tunnel waiting for it.
+async fn switch_protocols<I>(
+    mut write: WriteHalf<I>,
+    reader: Reader<ReadHalf<I>>,
+    headers: &hyper::HeaderMap,
+    switched: oneshot::Sender<io::Upgraded>,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut out = Vec::with_capacity(256);
+    head::encode_switch(headers, &mut out);
+    if write_all_flushed(&mut write, &out).await.is_err() {
+        return;
+    }
+    let Reader { io, buf } = reader;
+    let joined: Box<dyn io::ClientIo> = Box::new(io.unsplit(write));
+    let _ = switched.send(Rewound::new(buf.freeze(), joined));
+}
+
+/// Closes the write side and, when the client may still be sending, reads and drops what it
+/// sends for a moment, so the answer is read before the connection goes.
+async fn linger<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    write: &mut W,
+    reader: Option<Reader<R>>,
+) {
+    let _ = write.shutdown().await;
+    let Some(mut reader) = reader else { return };
+    let drained = async {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            reader.buf.clear();
+            match std::future::poll_fn(|cx| reader.poll_fill(cx)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drained).await;
+}
+
+async fn write_all_flushed<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    write.write_all(bytes).await?;
+    write.flush().await
+}
+
+/// Writes every slice, in as few writes as the socket allows.
+async fn write_vectored_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    parts: &[&[u8]],
+) -> std::io::Result<()> {
+    let mut slices = [std::io::IoSlice::new(&[]); 4];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        slices[count] = std::io::IoSlice::new(part);
+        count += 1;
+    }
+    let mut remaining = &mut slices[..count];
+    while !remaining.is_empty() {
+        let written = write.write_vectored(remaining).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut remaining, written);
+    }
+    write.flush().await
+}
+
+fn empty_body() -> ProxyBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    const LIMITS: Limits = Limits {
+        max_head: 8192,
+        header_timeout: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs(10),
+    };
+
+    /// A connection whose client sends `pieces`, each after its delay, then stays open.
+    fn client_sending(pieces: Vec<(Duration, &'static [u8])>) -> Reader<DuplexStream> {
+        let (mut client, server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            for (delay, bytes) in pieces {
+                tokio::time::sleep(delay).await;
+                let _ = client.write_all(bytes).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        Reader { io: server, buf: BytesMut::new() }
+    }
+
+    /// How long `read_head` waited, and whether it returned a head.
+    async fn wait(
+        reader: &mut Reader<DuplexStream>,
+        first: bool,
+        shutdown: &CancellationToken,
+    ) -> (Duration, bool) {
+        let started = Instant::now();
+        let head = read_head(reader, &LIMITS, first.then_some(started), shutdown).await;
+        (started.elapsed(), matches!(head, Ok(Some(_))))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_head_gets_the_header_timeout_from_the_connect() {
+        let mut reader = client_sending(vec![(Duration::from_millis(600), b"GET / HTTP/1.1\r\n")]);
+        assert_eq!(
+            wait(&mut reader, true, &CancellationToken::new()).await,
+            (Duration::from_secs(1), false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_gets_the_keep_alive_timeout() {
+        let mut reader = client_sending(vec![]);
+        assert_eq!(
+            wait(&mut reader, false, &CancellationToken::new()).await,
+            (Duration::from_secs(10), false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_on_a_keep_alive_connection_gets_the_header_timeout_from_its_first_byte() {
+        let mut reader = client_sending(vec![
+            (Duration::from_secs(5), b"GET / HT"),
+            (Duration::from_millis(500), b"TP/1.1\r\n"),
+        ]);
+        assert_eq!(
+            wait(&mut reader, false, &CancellationToken::new()).await,
+            (Duration::from_secs(6), false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_in_time_is_read_and_the_next_requests_bytes_stay() {
+        let mut reader = client_sending(vec![
+            (Duration::from_secs(9), b"GET / HTTP/1.1\r\nhost: a\r\n"),
+            (Duration::from_millis(900), b"\r\nGET /next"),
+        ]);
+        assert_eq!(
+            wait(&mut reader, false, &CancellationToken::new()).await,
+            (Duration::from_millis(9900), true)
+        );
+        assert_eq!(&reader.buf[..], b"GET /next");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_closes_a_connection_between_requests_but_not_one_sending_a_head() {
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let mut reader = client_sending(vec![]);
+        assert_eq!(wait(&mut reader, false, &shutdown).await, (Duration::ZERO, false));
+        let mut reader = client_sending(vec![
+            (Duration::ZERO, b"GET / HTTP/1.1\r\n"),
+            (Duration::from_millis(200), b"host: a\r\n\r\n"),
+        ]);
+        // The head's first bytes are on their way when the wait begins.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(wait(&mut reader, false, &shutdown).await, (Duration::from_millis(190), true));
+    }
+}
