@@ -30,7 +30,7 @@ const CERT_FILE: &str = "bench-cert.pem";
 const KEY_FILE: &str = "bench-key.pem";
 
 /// What the benchmark measures, and how much.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Runs per measurement; medians are reported.
     pub runs: usize,
@@ -40,6 +40,29 @@ pub struct Settings {
     pub connections: u32,
     /// Requests per h2load run.
     pub h2_requests: u64,
+    /// What to measure (all when empty).
+    pub only: Vec<Measure>,
+}
+
+/// One of the benchmark's measurements, to run alone (to profile it, say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    /// HTTP/1.1 keep-alive (wrk).
+    Http1,
+    /// h2c (h2load).
+    H2c,
+    /// HTTP/1.1 with a new connection per request.
+    Close,
+    /// HTTPS with a new connection (a TLS 1.3 handshake) per request.
+    Tls,
+    /// Memory per idle keep-alive connection.
+    Idle,
+}
+
+impl Settings {
+    fn measures(&self, measure: Measure) -> bool {
+        self.only.is_empty() || self.only.contains(&measure)
+    }
 }
 
 /// One measurement: requests per second and latency percentiles in microseconds.
@@ -51,6 +74,10 @@ pub struct Run {
     pub p50_us: u64,
     /// 99th percentile latency.
     pub p99_us: u64,
+    /// The proxy's CPU time per request, user and system, in nanoseconds (from its
+    /// `/proc/<pid>/stat` before and after the run; not for nginx, whose workers are other
+    /// processes, nor for the direct path).
+    pub cpu_ns_per_request: Option<(u64, u64)>,
 }
 
 /// One path to the backend and what it achieved.
@@ -153,11 +180,22 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
         for (path, figures) in paths.iter().zip(&mut figures) {
             let context = |error| context(path.name, error);
             let http1 = format!("http://{}/", path.http1);
-            figures.http1.push(wrk(&lab, &client, &http1, &settings, &[]).map_err(context)?);
-            let log = lab.log_dir().join(format!("h2load-{}-{run}.log", path.name));
-            figures.h2.push(h2load(&lab, &client, path.h2, &settings, &log).map_err(context)?);
-            figures.closing.push(wrk(&lab, &client, &http1, &settings, &close).map_err(context)?);
-            if let Some(https) = path.https {
+            // The proxy's own CPU is counted; nginx's workers are processes of their own.
+            let pid = path.pid.filter(|_| path.name != "nginx");
+            if settings.measures(Measure::Http1) {
+                let run = with_cpu(pid, || wrk(&lab, &client, &http1, &settings, &[]));
+                figures.http1.push(run.map_err(context)?);
+            }
+            if settings.measures(Measure::H2c) {
+                let log = lab.log_dir().join(format!("h2load-{}-{run}.log", path.name));
+                let run = with_cpu(pid, || h2load(&lab, &client, path.h2, &settings, &log));
+                figures.h2.push(run.map_err(context)?);
+            }
+            if settings.measures(Measure::Close) {
+                let run = with_cpu(pid, || wrk(&lab, &client, &http1, &settings, &close));
+                figures.closing.push(run.map_err(context)?);
+            }
+            if let Some(https) = path.https.filter(|_| settings.measures(Measure::Tls)) {
                 let url = format!("https://{https}/");
                 figures
                     .handshakes
@@ -170,7 +208,9 @@ pub fn l7(lab_binary: &Path, settings: Settings) -> Result<Vec<Figures>, LabErro
     }
     // After the peaks are read, so they are the traffic's, not the idle connections'.
     for (path, figures) in paths.iter().zip(&mut figures) {
-        if let (Some(pid), "fulcrumd" | "haproxy") = (path.pid, path.name) {
+        if let (Some(pid), "fulcrumd" | "haproxy", true) =
+            (path.pid, path.name, settings.measures(Measure::Idle))
+        {
             figures.idle_bytes_per_connection = Some(
                 lab.run_in(&client, || in_runtime(idle_memory(path.http1, pid)))?
                     .map_err(|e| context(path.name, e))?,
@@ -350,6 +390,42 @@ async fn idle_memory(address: SocketAddr, pid: u32) -> Result<u64, LabError> {
     Ok(after.saturating_sub(before) * 1024 / IDLE_CONNECTIONS as u64)
 }
 
+/// `measure`'s run, with the CPU time `pid` spent in it per request.
+fn with_cpu(
+    pid: Option<u32>,
+    measure: impl FnOnce() -> Result<Run, LabError>,
+) -> Result<Run, LabError> {
+    let before = pid.and_then(cpu_ticks);
+    let started = std::time::Instant::now();
+    let mut run = measure()?;
+    let requests = run.rps as f64 * started.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (before, pid.and_then(cpu_ticks))
+        && requests >= 1.0
+    {
+        let tick_ns = 1e9 / clock_ticks_per_second() as f64;
+        let per_request = |ticks: u64| (ticks as f64 * tick_ns / requests) as u64;
+        run.cpu_ns_per_request =
+            Some((per_request(after.0 - before.0), per_request(after.1 - before.1)));
+    }
+    Ok(run)
+}
+
+/// A process's user and system CPU time so far, in clock ticks (`/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from the 3rd: utime is the 14th.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|ticks| u64::try_from(ticks).ok())
+        .unwrap_or(100)
+}
+
 /// One wrk run from the client host to `url`: HTTP/1.1 keep-alive, or with `extra` arguments
 /// (a `Connection: close` header for a new connection per request).
 fn wrk(
@@ -385,7 +461,12 @@ pub fn parse_wrk(output: &str) -> Option<Run> {
     if output.contains("Non-2xx or 3xx responses") || output.contains("Socket errors") {
         return None;
     }
-    Some(Run { rps: rps as u64, p50_us: percentile_us("50%")?, p99_us: percentile_us("99%")? })
+    Some(Run {
+        rps: rps as u64,
+        p50_us: percentile_us("50%")?,
+        p99_us: percentile_us("99%")?,
+        cpu_ns_per_request: None,
+    })
 }
 
 /// wrk's durations: `812.00us`, `1.23ms`, `2.01s`.
@@ -439,6 +520,7 @@ fn h2load(
             rps: rps as u64,
             p50_us: percentile(&durations, 50),
             p99_us: percentile(&durations, 99),
+            cpu_ns_per_request: None,
         }),
         _ => Err(LabError::Invalid(format!("unexpected h2load result:\n{output}"))),
     }
@@ -458,7 +540,7 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
         settings.h2_requests,
         settings.connections.min(16)
     );
-    out.push_str("| path | protocol | req/s | vs HAProxy | p50 ms | p99 ms | peak RSS |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| path | protocol | req/s | vs HAProxy | p50 ms | p99 ms | CPU µs/request (user + system) | peak RSS |\n|---|---|---|---|---|---|---|---|\n");
     for (protocol, runs_of) in [
         ("HTTP/1.1", (|f: &Figures| f.http1.clone()) as fn(&Figures) -> Vec<Run>),
         ("h2c", |f: &Figures| f.h2.clone()),
@@ -476,9 +558,17 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
                 Some(r) if r > 0 => format!("{:.2}", rps as f64 / r as f64),
                 _ => "-".into(),
             };
+            let cpu = match runs.iter().all(|r| r.cpu_ns_per_request.is_some()) {
+                true => {
+                    let user = median(&runs, |r| r.cpu_ns_per_request.map_or(0, |c| c.0));
+                    let system = median(&runs, |r| r.cpu_ns_per_request.map_or(0, |c| c.1));
+                    format!("{:.1} + {:.1}", user as f64 / 1000.0, system as f64 / 1000.0)
+                }
+                false => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {protocol} | {rps} | {ratio} | {:.2} | {:.2} | {} |",
+                "| {} | {protocol} | {rps} | {ratio} | {:.2} | {:.2} | {cpu} | {} |",
                 f.path,
                 median(&runs, |r| r.p50_us) as f64 / 1000.0,
                 median(&runs, |r| r.p99_us) as f64 / 1000.0,
@@ -486,6 +576,9 @@ pub fn report(figures: &[Figures], settings: &Settings) -> String {
                     .map_or("-".to_owned(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0)),
             );
         }
+    }
+    if figures.iter().all(|f| f.idle_bytes_per_connection.is_none()) {
+        return out;
     }
     let _ = writeln!(
         out,

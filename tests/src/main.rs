@@ -131,6 +131,9 @@ enum Command {
         /// Requests per h2load run.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
         h2_requests: u64,
+        /// Only these measurements (comma-separated; all by default), to profile one.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<fulcrum_lab::bench_l7::Measure>,
     },
     /// Measure config propagation in a three-node cluster: from `fulcrumctl backend add
     /// --wait` to the new backend serving on every node (needs root); prints a table.
@@ -336,16 +339,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", fulcrum_lab::bench_l4::report(&figures, &settings));
             Ok(())
         }
-        Command::BenchL7 { runs, duration, connections, h2_requests } => {
+        Command::BenchL7 { runs, duration, connections, h2_requests, only } => {
             let exe = std::env::current_exe().context("cannot find the fulcrum-lab executable")?;
             let settings = fulcrum_lab::bench_l7::Settings {
                 runs: usize::try_from(runs).context("too many runs")?,
                 duration,
                 connections,
                 h2_requests,
+                only,
             };
-            let figures =
-                fulcrum_lab::bench_l7::l7(&exe, settings).context("the L7 benchmark failed")?;
+            let figures = fulcrum_lab::bench_l7::l7(&exe, settings.clone())
+                .context("the L7 benchmark failed")?;
             print!("{}", fulcrum_lab::bench_l7::report(&figures, &settings));
             Ok(())
         }

@@ -469,16 +469,10 @@ async fn forward(
         backend.stats().total.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
-            return tunnel(
-                upstream,
-                on_client_upgrade,
-                backend,
-                pool,
-                listener,
-                downstream,
-                shared,
-            )
-            .await;
+            // Boxed: upgrades are rare, and every request's state would be as large.
+            let tunnelled =
+                tunnel(upstream, on_client_upgrade, backend, pool, listener, downstream, shared);
+            return Box::pin(tunnelled).await;
         }
         let stats = backend.shared_stats();
         if let Some(bytes) = &request_bytes {

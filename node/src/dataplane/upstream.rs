@@ -144,18 +144,27 @@ impl BackendConnections {
                 },
             }
         }
-        let stream = match self.dial().await {
-            Ok(stream) => stream,
-            Err(source) => return Err(self.connect_failed(source, request)),
+        // Boxed: a new connection's state would otherwise be part of every request's.
+        let mut sender = match Box::pin(self.connect_http1()).await {
+            Ok(sender) => sender,
+            Err(Connecting::Dial(source)) => return Err(self.connect_failed(source, request)),
+            Err(Connecting::Handshake(e)) => return Err(e.into()),
         };
-        let (mut sender, connection) = http1::Builder::new().handshake(stream).await?;
+        let response = sender.send_request(request).await?;
+        Ok((response, sender))
+    }
+
+    /// A new HTTP/1.1 connection, its task spawned.
+    async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, Connecting> {
+        let stream = self.dial().await.map_err(Connecting::Dial)?;
+        let (sender, connection) =
+            http1::Builder::new().handshake(stream).await.map_err(Connecting::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("backend connection ended: {e}");
             }
         });
-        let response = sender.send_request(request).await?;
-        Ok((response, sender))
+        Ok(sender)
     }
 
     async fn send_http2(
@@ -165,26 +174,31 @@ impl BackendConnections {
         let shared = lock(&self.h2).clone().filter(|sender| !sender.is_closed());
         let mut sender = match shared {
             Some(sender) => sender,
-            None => {
-                let stream = match self.dial().await {
-                    Ok(stream) => stream,
-                    Err(source) => return Err(self.connect_failed(source, request)),
-                };
-                let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(stream)
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!("backend h2c connection ended: {e}");
-                    }
-                });
-                *lock(&self.h2) = Some(sender.clone());
-                sender
-            }
+            None => match Box::pin(self.connect_http2()).await {
+                Ok(sender) => sender,
+                Err(Connecting::Dial(source)) => return Err(self.connect_failed(source, request)),
+                Err(Connecting::Handshake(e)) => return Err(e.into()),
+            },
         };
         sender.ready().await?;
         Ok(sender.send_request(request).await?)
+    }
+
+    /// A new h2c connection, its task spawned, shared from now on.
+    async fn connect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, Connecting> {
+        let stream = self.dial().await.map_err(Connecting::Dial)?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(stream)
+            .await
+            .map_err(Connecting::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("backend h2c connection ended: {e}");
+            }
+        });
+        *lock(&self.h2) = Some(sender.clone());
+        Ok(sender)
     }
 
     /// The error of a failed connect, with the unsent request to try elsewhere.
@@ -238,6 +252,13 @@ async fn sweep(connections: Weak<BackendConnections>) {
         let now = Instant::now();
         lock(&connections.idle).retain(|c| c.usable(now));
     }
+}
+
+/// Why a new backend connection could not be had.
+enum Connecting {
+    /// Connecting failed: the request was not sent and may go elsewhere.
+    Dial(std::io::Error),
+    Handshake(hyper::Error),
 }
 
 /// A connection to hand back once its response body ended.

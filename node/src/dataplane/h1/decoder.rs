@@ -204,10 +204,7 @@ mod tests {
     type Read = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
 
     /// Feeds `input` in pieces of `step` bytes.
-    fn decode_all(
-        input: &[u8],
-        step: usize,
-    ) -> Result<Read, FramingError> {
+    fn decode_all(input: &[u8], step: usize) -> Result<Read, FramingError> {
         let mut decoder = Decoder::Chunked(Chunked::default());
         let mut buf = BytesMut::new();
         let mut fed = 0;
