@@ -1,14 +1,6 @@
 //! The data path's one error type: why a connection or request failed, whose fault that was
 //! (the client's, a backend's, or ours) and whether another backend may be tried. L4 and L7
 //! count, log and retry by it; its label names the `fulcrum_*_errors_total{kind}` series.
-//! Also the short answer the proxy gives itself when a request fails.
-
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::header::{self, HeaderValue};
-use hyper::{Response, StatusCode};
-
-use super::upstream::ProxyBody;
 
 /// Why a connection failed, as counted in `fulcrum_*_errors_total{kind}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -96,19 +88,6 @@ impl ErrorKind {
     pub fn may_try_another(self) -> bool {
         matches!(self, ErrorKind::ConnectFailed | ErrorKind::BackendAtLimit)
     }
-}
-
-/// A short plain-text answer from the proxy itself.
-pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {
-    let body = format!("{} {}: {why}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut response = Response::new(
-        http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response
 }
 
 #[cfg(test)]

@@ -35,10 +35,10 @@ use fulcrum_policy::{PickKey, client_key, narrower};
 
 use super::acme::AcmeMaterial;
 use super::addresses::{AddressDrains, Phase};
+use super::answer::error_response;
 use super::attempt::Attempts;
 use super::client_clock::ClientClock;
 use super::error::ErrorKind;
-use super::error::error_response;
 use super::h1;
 use super::h1::io::ClientUpgrade;
 use super::listener::{Downstream, ListenerRuntime, must_close};

@@ -10,6 +10,7 @@
 mod accept;
 pub(crate) mod acme;
 pub mod addresses;
+mod answer;
 mod attempt;
 mod client_clock;
 pub mod error;

@@ -32,7 +32,7 @@ use self::body::{RequestBody, Returned};
 use self::decoder::{Chunked, Decoder};
 use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
 use self::io::{ClientUpgrade, Reader, Rewound};
-use super::error::error_response;
+use super::answer::error_response;
 use super::upstream::ProxyBody;
 
 /// How long a connection the proxy closes mid-request keeps reading (and dropping) what the
