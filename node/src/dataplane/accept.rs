@@ -108,11 +108,10 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared
         let Some(admission) = Admission::wait(&listener).await else { break };
         let connection = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
-        let task = async move {
+        listener.connections().spawn(async move {
             serve(stream, peer, connection, shared).await;
             drop(admission);
-        };
-        listener.connections().spawn(task);
+        });
     }
     tracing::debug!(listener = %listener.name(), "stopped accepting");
 }
@@ -134,7 +133,8 @@ async fn serve(
     };
     let client = Downstream { peer, local, tls: false };
     match listener.spec().protocol {
-        Protocol::Tcp => l4::serve(stream, client, &listener, &shared).await,
+        // Boxed, as HTTPS is: each connection's task is as large as the largest of these.
+        Protocol::Tcp => Box::pin(l4::serve(stream, client, &listener, &shared)).await,
         Protocol::Http => {
             // Heads and bodies are written whole; nothing is gained by Nagle's wait.
             let _ = stream.set_nodelay(true);

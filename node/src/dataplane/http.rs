@@ -34,7 +34,7 @@ use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
 use fulcrum_policy::{PickKey, client_key, narrower};
 
 use super::acme::AcmeMaterial;
-use super::addresses::{AddressDrains, Phase};
+use super::addresses::Drain;
 use super::answer::error_response;
 use super::attempt::Attempts;
 use super::client_clock::ClientClock;
@@ -56,68 +56,74 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one accepted client connection (already through TLS for https, `h2` if its ALPN
 /// chose HTTP/2) to its end: HTTP/2 by hyper's server, HTTP/1.1 by the proxy's own loop.
-pub(crate) async fn serve<I>(
+// Not an `async fn`: those keep a second copy of their arguments in the future, and this
+// future is every connection's task, idle ones included.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<I>(
     io: I,
     downstream: Downstream,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     h2: bool,
-) where
+) -> impl Future<Output = ()> + Send
+where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let connected = tokio::time::Instant::now();
-    let spec = listener.spec();
-    let clock = Arc::new(ClientClock::default());
-    let mut io = Tracked { inner: io, clock: Arc::clone(&clock) };
-    let mut read = BytesMut::new();
-    let h2 = h2 || {
-        let sniffed = tokio::time::timeout_at(
-            connected + spec.http.header_timeout,
-            sniff_preface(&mut io, &mut read),
-        );
-        match sniffed.await {
-            Ok(Some(h2)) => h2,
-            _ => return,
-        }
-    };
-    let first_request = CancellationToken::new();
-    let request_seen = first_request.clone();
-    let service_listener = Arc::clone(&listener);
-    let service_clock = Arc::clone(&clock);
-    let on_request = move || {
-        if service_clock.requested() {
-            request_seen.cancel();
-        }
-    };
-    // Cancelled to wind the connection down: HTTP/2 with GOAWAY, HTTP/1.1 after the request
-    // in flight (with `Connection: close`) or at once between requests.
-    let shutdown = CancellationToken::new();
-    let connection = Connection {
-        listener: Arc::clone(&listener),
-        addresses: Arc::clone(&shared.addresses),
-        downstream,
-        clock,
-        first_request,
-        shutdown: shutdown.clone(),
-    };
-    if h2 {
-        // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
-        // would be as large if it were part of it.
-        let io = h1::io::Rewound::new(read.freeze(), io);
-        Box::pin(serve_h2(io, connection, shared, on_request)).await;
-    } else {
-        let limits = h1::Limits {
-            max_head: spec.http.max_header_bytes as usize,
-            header_timeout: spec.http.header_timeout,
-            keep_alive_timeout: spec.http.keep_alive_timeout,
+    async move {
+        let connected = tokio::time::Instant::now();
+        let spec = listener.spec();
+        let clock = Arc::new(ClientClock::default());
+        let mut io = Tracked { inner: io, clock: Arc::clone(&clock) };
+        let mut read = BytesMut::new();
+        let h2 = h2 || {
+            let sniffed = tokio::time::timeout_at(
+                connected + spec.http.header_timeout,
+                sniff_preface(&mut io, &mut read),
+            );
+            match sniffed.await {
+                Ok(Some(h2)) => h2,
+                _ => return,
+            }
         };
-        let served = h1::serve(io, read, connected, limits, shutdown, move |request| {
-            on_request();
-            let listener = Arc::clone(&service_listener);
-            let shared = Arc::clone(&shared);
-            async move { handle(request, downstream, &listener, &shared).await }
-        });
-        connection.drive(served, None).await;
+        let first_request = CancellationToken::new();
+        let request_seen = first_request.clone();
+        let service_listener = Arc::clone(&listener);
+        let service_clock = Arc::clone(&clock);
+        let on_request = move || {
+            if service_clock.requested() {
+                request_seen.cancel();
+            }
+        };
+        // Cancelled to wind the connection down: HTTP/2 with GOAWAY, HTTP/1.1 after the request
+        // in flight (with `Connection: close`) or at once between requests.
+        let shutdown = CancellationToken::new();
+        let connection = Connection {
+            listener: Arc::clone(&listener),
+            drain: shared.addresses.drain_of(downstream.local_ip()),
+            downstream,
+            clock,
+            first_request,
+            shutdown: shutdown.clone(),
+        };
+        if h2 {
+            // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
+            // would be as large if it were part of it.
+            let io = h1::io::Rewound::new(read.freeze(), io);
+            Box::pin(serve_h2(io, connection, shared, on_request)).await;
+        } else {
+            let limits = h1::Limits {
+                max_head: spec.http.max_header_bytes as usize,
+                header_timeout: spec.http.header_timeout,
+                keep_alive_timeout: spec.http.keep_alive_timeout,
+            };
+            let served = h1::serve(io, read, connected, limits, shutdown, move |request| {
+                on_request();
+                let listener = Arc::clone(&service_listener);
+                let shared = Arc::clone(&shared);
+                async move { handle(request, downstream, &listener, &shared).await }
+            });
+            connection.drive(std::pin::pin!(served), None).await;
+        }
     }
 }
 
@@ -163,7 +169,7 @@ async fn serve_h2<I>(
             tracing::debug!(peer = %downstream.peer, "HTTP/2 connection ended: {e}");
         }
     };
-    connection.drive(served, Some(&resets)).await;
+    connection.drive(std::pin::pin!(served), Some(&resets)).await;
 }
 
 /// A body from hyper as the proxy's own body type.
@@ -196,7 +202,8 @@ async fn sniff_preface<I: AsyncRead + Unpin>(io: &mut I, read: &mut BytesMut) ->
 /// drain (polite, then by its deadline) and the listener stopping.
 struct Connection {
     listener: Arc<ListenerRuntime>,
-    addresses: Arc<AddressDrains>,
+    /// The drain of the local address the client reached.
+    drain: Drain,
     downstream: Downstream,
     clock: Arc<ClientClock>,
     first_request: CancellationToken,
@@ -206,10 +213,14 @@ struct Connection {
 
 impl Connection {
     /// Drives `served` to its end, or until something ends it.
-    async fn drive(self, served: impl Future<Output = ()>, resets: Option<&PrematureResets>) {
-        let Connection { listener, addresses, downstream, clock, first_request, shutdown } = self;
+    async fn drive<F: Future<Output = ()>>(
+        &self,
+        mut served: Pin<&mut F>,
+        resets: Option<&PrematureResets>,
+    ) {
+        let Connection { listener, drain, downstream, clock, first_request, shutdown } = self;
         let spec = listener.spec();
-        let closing = || must_close(&listener, &addresses, downstream.local_ip());
+        let closing = || must_close(listener, drain);
         // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
         // client that connected to a VIP just handed over (its ARP entry not yet updated) would
         // see that cut, so such a connection is wound down once it has its first request. A
@@ -219,7 +230,7 @@ impl Connection {
             tokio::select! {
                 () = listener.stopping() => {}
                 () = async {
-                    addresses.reached(downstream.local_ip(), Phase::Polite).await;
+                    drain.polite().await;
                     first_request.cancelled().await;
                 } => {}
             }
@@ -230,7 +241,6 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::pin!(served);
         tokio::select! {
             () = served.as_mut() => {}
             () = clock.activity.idle_for(spec.idle_timeout) => {
@@ -585,7 +595,7 @@ async fn tunnel(
     let in_flight = backend.load().begin();
     let close = backend.close_signal();
     let tunnel_listener = Arc::clone(listener);
-    let addresses = Arc::clone(&shared.addresses);
+    let drain = shared.addresses.drain_of(downstream.local_ip());
     // Tracked with the listener's connections, so drains wait for it and then close it, and
     // an idle tunnel is closed like any idle connection.
     listener.connections().spawn(async move {
@@ -605,7 +615,7 @@ async fn tunnel(
                 tunnel_listener.stats().error(ErrorKind::IdleTimeout)
             }
             () = close.cancelled() => tunnel_listener.stats().error(ErrorKind::Drained),
-            () = must_close(&tunnel_listener, &addresses, downstream.local_ip()) => {
+            () = must_close(&tunnel_listener, &drain) => {
                 tunnel_listener.stats().error(ErrorKind::Drained)
             }
         }

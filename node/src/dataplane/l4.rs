@@ -37,7 +37,8 @@ pub(crate) async fn serve(
     }
     let pool = spec.default_pool.as_ref().and_then(|name| shared.pools.load().get(name).cloned());
     // A drain deadline, of the listener or of the address (a VIP handed over), closes it.
-    let closing = || must_close(listener, &shared.addresses, from.local_ip());
+    let drain = shared.addresses.drain_of(from.local_ip());
+    let closing = || must_close(listener, &drain);
     let Some(pool) = pool else {
         // Fail fast: the client sees its connection closed, not a hang.
         listener.stats().error(ErrorKind::NoBackend);

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acme::AcmeMaterial;
-use super::addresses::{AddressDrains, Phase};
+use super::addresses::Drain;
 use super::stats::{RouteStats, TrafficStats};
 use super::tls::{AcmeSource, CertStore};
 use fulcrum_policy::Router;
@@ -266,12 +266,12 @@ impl Downstream {
     }
 }
 
-/// Resolves once a connection to local address `local` must close now: its listener's drain
-/// deadline came, or that of `addresses` for `local` (a VIP handed over).
-pub async fn must_close(listener: &ListenerRuntime, addresses: &AddressDrains, local: IpAddr) {
+/// Resolves once a connection must close now: its listener's drain deadline came, or that
+/// of its local address (`drain`, a VIP handed over).
+pub async fn must_close(listener: &ListenerRuntime, drain: &Drain) {
     tokio::select! {
         () = listener.closed() => {}
-        () = addresses.reached(local, Phase::Closed) => {}
+        () = drain.closed() => {}
     }
 }
 

@@ -56,44 +56,49 @@ pub(crate) struct Limits {
 /// Serves HTTP/1.1 on `io` (whose first bytes, already read, are `read`) until the client
 /// closes, a timer or an error closes it, or `shutdown` is cancelled: then the request in
 /// flight is answered with `Connection: close`. `service` answers each request.
-pub(crate) async fn serve<I, S, F>(
+// Not an `async fn`: those keep a second copy of their arguments in the future.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn serve<I, S, F>(
     io: I,
     read: BytesMut,
     connected: Instant,
     limits: Limits,
     shutdown: CancellationToken,
     mut service: S,
-) where
+) -> impl Future<Output = ()>
+where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: FnMut(Request<ProxyBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    let (read_half, mut write) = tokio::io::split(io);
-    let mut reader = Reader { io: read_half, buf: read };
-    let mut first = Some(connected);
-    loop {
-        let head = match read_head(&mut reader, &limits, first.take(), &shutdown).await {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("HTTP/1.1 request refused: {e}");
-                Box::pin(refuse(&mut write, reader, &e)).await;
-                return;
-            }
-        };
-        // Boxed, as is the service's future: a connection between requests keeps a small
-        // task, and the request's state lives only while it is served.
-        let exchanged =
-            Box::pin(exchange(head, reader, &mut write, &limits, &shutdown, &mut service));
-        reader = match exchanged.await {
-            Next::Request(kept) => kept,
-            Next::Close => return,
-            Next::Switch(lent, headers, switched) => {
-                Box::pin(switch_protocols(write, lent, &headers, switched)).await;
-                return;
-            }
-        };
-        reader.release_if_empty();
+    async move {
+        let (read_half, mut write) = tokio::io::split(io);
+        let mut reader = Reader { io: read_half, buf: read };
+        let mut first = Some(connected);
+        loop {
+            let head = match read_head(&mut reader, &limits, first.take(), &shutdown).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("HTTP/1.1 request refused: {e}");
+                    Box::pin(refuse(&mut write, reader, &e)).await;
+                    return;
+                }
+            };
+            // Boxed, as is the service's future: a connection between requests keeps a small
+            // task, and the request's state lives only while it is served.
+            let exchanged =
+                Box::pin(exchange(head, reader, &mut write, &limits, &shutdown, &mut service));
+            reader = match exchanged.await {
+                Next::Request(kept) => kept,
+                Next::Close => return,
+                Next::Switch(lent, headers, switched) => {
+                    Box::pin(switch_protocols(write, lent, &headers, switched)).await;
+                    return;
+                }
+            };
+            reader.release_if_empty();
+        }
     }
 }
 
