@@ -1,26 +1,27 @@
 //! The clock of one HTTP client connection: when bytes last moved (for the listener's
-//! `idle_timeout`), and whether a request has arrived on it (a connection is wound down
-//! politely only once it has had one). The head and keep-alive timers are the HTTP/1.1
-//! loop's own (`h1`).
+//! `idle_timeout`), whether a request has arrived on it (a connection is wound down politely
+//! only once it has had one), and the signal that winds it down. The head and keep-alive
+//! timers are the HTTP/1.1 loop's own (`h1`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
+use super::signal::Signal;
 use super::splice::Activity;
 
-/// What one client connection's timers read: set by its IO and its service.
+/// What one client connection's timers and drains read: set by its IO and its service.
 #[derive(Debug, Default)]
 pub(crate) struct ClientClock {
     /// When bytes last moved, either way.
     pub activity: Activity,
-    /// Whether a request head has arrived on the connection.
-    requested: AtomicBool,
+    /// Set when the first request head arrives.
+    pub first_request: Signal,
+    /// Set to wind the connection down: HTTP/2 with GOAWAY, HTTP/1.1 after the request in
+    /// flight (with `Connection: close`) or at once between requests.
+    pub wind_down: Signal,
 }
 
 impl ClientClock {
     /// Notes a request head; true for the connection's first.
     pub(crate) fn requested(&self) -> bool {
-        // A load first: after the first request this is a read, never a write.
-        !self.requested.load(Ordering::Relaxed) && !self.requested.swap(true, Ordering::Relaxed)
+        self.first_request.fire()
     }
 }
 

@@ -28,7 +28,6 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use fulcrum_policy::ratelimit::{Decision, retry_after_seconds};
 use fulcrum_policy::{PickKey, client_key, narrower};
@@ -39,6 +38,7 @@ use super::answer::error_response;
 use super::attempt::Attempts;
 use super::client_clock::ClientClock;
 use super::error::ErrorKind;
+use super::gate::Gated;
 use super::h1;
 use super::h1::io::ClientUpgrade;
 use super::listener::{Downstream, ListenerRuntime, must_close};
@@ -85,25 +85,16 @@ where
                 _ => return,
             }
         };
-        let first_request = CancellationToken::new();
-        let request_seen = first_request.clone();
         let service_listener = Arc::clone(&listener);
         let service_clock = Arc::clone(&clock);
         let on_request = move || {
-            if service_clock.requested() {
-                request_seen.cancel();
-            }
+            service_clock.requested();
         };
-        // Cancelled to wind the connection down: HTTP/2 with GOAWAY, HTTP/1.1 after the request
-        // in flight (with `Connection: close`) or at once between requests.
-        let shutdown = CancellationToken::new();
         let connection = Connection {
             listener: Arc::clone(&listener),
             drain: shared.addresses.drain_of(downstream.local_ip()),
             downstream,
-            clock,
-            first_request,
-            shutdown: shutdown.clone(),
+            clock: Arc::clone(&clock),
         };
         if h2 {
             // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
@@ -116,7 +107,7 @@ where
                 header_timeout: spec.http.header_timeout,
                 keep_alive_timeout: spec.http.keep_alive_timeout,
             };
-            let served = h1::serve(io, read, connected, limits, shutdown, move |request| {
+            let served = h1::serve(io, read, connected, limits, clock, move |request| {
                 on_request();
                 let listener = Arc::clone(&service_listener);
                 let shared = Arc::clone(&shared);
@@ -138,7 +129,7 @@ async fn serve_h2<I>(
 {
     let listener = Arc::clone(&connection.listener);
     let downstream = connection.downstream;
-    let shutdown = connection.shutdown.clone();
+    let clock = Arc::clone(&connection.clock);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new()).max_header_list_size(listener.spec().http.max_header_bytes);
     let resets = Arc::new(PrematureResets::default());
@@ -160,7 +151,7 @@ async fn serve_h2<I>(
         tokio::pin!(served);
         let result = tokio::select! {
             result = served.as_mut() => result,
-            () = shutdown.cancelled() => {
+            () = clock.wind_down.fired() => {
                 served.as_mut().graceful_shutdown();
                 served.await
             }
@@ -206,9 +197,6 @@ struct Connection {
     drain: Drain,
     downstream: Downstream,
     clock: Arc<ClientClock>,
-    first_request: CancellationToken,
-    /// Winds the connection down when cancelled.
-    shutdown: CancellationToken,
 }
 
 impl Connection {
@@ -218,7 +206,7 @@ impl Connection {
         mut served: Pin<&mut F>,
         resets: Option<&PrematureResets>,
     ) {
-        let Connection { listener, drain, downstream, clock, first_request, shutdown } = self;
+        let Connection { listener, drain, downstream, clock } = self;
         let spec = listener.spec();
         let closing = || must_close(listener, drain);
         // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
@@ -231,7 +219,7 @@ impl Connection {
                 () = listener.stopping() => {}
                 () = async {
                     drain.polite().await;
-                    first_request.cancelled().await;
+                    clock.first_request.fired().await;
                 } => {}
             }
         };
@@ -241,27 +229,45 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            () = served.as_mut() => {}
-            () = clock.activity.idle_for(spec.idle_timeout) => {
-                listener.stats().error(ErrorKind::IdleTimeout);
+        /// What ended the connection, if not its protocol.
+        enum Ended {
+            Idle,
+            Abusive,
+            WindDown,
+            Closing,
+        }
+        let watchers = async {
+            tokio::select! {
+                () = clock.activity.idle_for(spec.idle_timeout) => Ended::Idle,
+                () = abusive => Ended::Abusive,
+                () = wind_down => Ended::WindDown,
+                () = closing() => Ended::Closing,
             }
-            () = abusive => {
+        };
+        let mut watchers = std::pin::pin!(watchers);
+        let ended = tokio::select! {
+            biased;
+            () = served.as_mut() => return,
+            ended = Gated::new(watchers.as_mut()) => ended,
+        };
+        match ended {
+            Ended::Idle => listener.stats().error(ErrorKind::IdleTimeout),
+            Ended::Abusive => {
                 tracing::warn!(listener = %listener.name(), peer = %downstream.peer, "HTTP connection closed: the client cancelled most of its requests right after sending them (HTTP/2 rapid reset)");
                 listener.stats().error(ErrorKind::ResetFlood);
                 // GOAWAY, and a moment for what is in flight; then the connection goes.
-                shutdown.cancel();
+                clock.wind_down.fire();
                 let _ = tokio::time::timeout(RESET_FLOOD_GRACE, served.as_mut()).await;
             }
-            () = wind_down => {
+            Ended::WindDown => {
                 // Drain: finish what is in flight, close politely, until the drain deadline.
-                shutdown.cancel();
+                clock.wind_down.fire();
                 tokio::select! {
                     () = served.as_mut() => {}
                     () = closing() => listener.stats().error(ErrorKind::Drained),
                 }
             }
-            () = closing() => listener.stats().error(ErrorKind::Drained),
+            Ended::Closing => listener.stats().error(ErrorKind::Drained),
         }
     }
 }
@@ -672,8 +678,10 @@ fn upstream_request(
     }
     forwarding_headers(headers, peer, tls, authority.as_ref());
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    // Only HTTP/2 carries the authority in the URI (parsing it allocates).
     let valid_authority = authority
         .as_ref()
+        .filter(|_| h2)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
     parts.uri = match (h2, valid_authority) {
@@ -739,11 +747,7 @@ fn forwarding_headers(
     headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     // Only a host that is a valid authority is passed on: a quote or comma in it could
     // otherwise forge a Forwarded element.
-    let host = host.filter(|h| {
-        h.to_str().is_ok_and(|h| {
-            h.parse::<hyper::http::uri::Authority>().is_ok() && !h.contains(['"', ',', ';'])
-        })
-    });
+    let host = host.filter(|h| is_plain_authority(h.as_bytes()));
     match host {
         Some(value) => headers.insert("x-forwarded-host", value.clone()),
         None => headers.remove("x-forwarded-host"),
@@ -760,6 +764,18 @@ fn forwarding_headers(
     if let Ok(value) = HeaderValue::try_from(forwarded) {
         headers.insert(header::FORWARDED, value);
     }
+}
+
+/// Whether `host` is an authority (RFC 3986 §3.2: host and port, no user info) with none of
+/// the characters that delimit a Forwarded element (`"`, `,`, `;`). Checked by its bytes:
+/// parsing it as a URI authority would allocate for every request.
+fn is_plain_authority(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'')
+                || matches!(b, b'(' | b')' | b'*' | b'+' | b'=' | b':' | b'[' | b']')
+        })
 }
 
 /// Removes the headers meant for one hop only (RFC 9110 §7.6.1), and those the Connection
@@ -1016,6 +1032,16 @@ mod tests {
         let left: Vec<_> =
             headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or(""))).collect();
         assert_eq!(left, vec!["x-kept: yes", "te: trailers"]);
+    }
+
+    #[test]
+    fn only_a_plain_authority_is_passed_on_as_the_host() {
+        for host in ["www.example.test", "198.18.0.1:8080", "[2001:db8::1]:443", "a-b_c~d"] {
+            assert!(is_plain_authority(host.as_bytes()), "{host}");
+        }
+        for host in ["", "a b", "a\",b", "a;b", "a,b", "user@host", "a/b", "a\tb"] {
+            assert!(!is_plain_authority(host.as_bytes()), "{host:?}");
+        }
     }
 
     #[test]

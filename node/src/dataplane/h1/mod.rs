@@ -26,13 +26,14 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use self::body::{RequestBody, Returned};
 use self::decoder::{Chunked, Decoder};
 use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
 use self::io::{ClientUpgrade, Reader, Rewound};
 use super::answer::error_response;
+use super::client_clock::ClientClock;
+use super::signal::Signal;
 use super::upstream::ProxyBody;
 
 /// How long a connection the proxy closes mid-request keeps reading (and dropping) what the
@@ -54,7 +55,7 @@ pub(crate) struct Limits {
 }
 
 /// Serves HTTP/1.1 on `io` (whose first bytes, already read, are `read`) until the client
-/// closes, a timer or an error closes it, or `shutdown` is cancelled: then the request in
+/// closes, a timer or an error closes it, or `clock.wind_down` is set: then the request in
 /// flight is answered with `Connection: close`. `service` answers each request.
 // Not an `async fn`: those keep a second copy of their arguments in the future.
 #[allow(clippy::manual_async_fn)]
@@ -63,7 +64,7 @@ pub(crate) fn serve<I, S, F>(
     read: BytesMut,
     connected: Instant,
     limits: Limits,
-    shutdown: CancellationToken,
+    clock: Arc<ClientClock>,
     mut service: S,
 ) -> impl Future<Output = ()>
 where
@@ -76,7 +77,7 @@ where
         let mut reader = Reader { io: read_half, buf: read };
         let mut first = Some(connected);
         loop {
-            let head = match read_head(&mut reader, &limits, first.take(), &shutdown).await {
+            let head = match read_head(&mut reader, &limits, first.take(), &clock.wind_down).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
                 Err(e) => {
@@ -87,8 +88,14 @@ where
             };
             // Boxed, as is the service's future: a connection between requests keeps a small
             // task, and the request's state lives only while it is served.
-            let exchanged =
-                Box::pin(exchange(head, reader, &mut write, &limits, &shutdown, &mut service));
+            let exchanged = Box::pin(exchange(
+                head,
+                reader,
+                &mut write,
+                &limits,
+                &clock.wind_down,
+                &mut service,
+            ));
             reader = match exchanged.await {
                 Next::Request(kept) => kept,
                 Next::Close => return,
@@ -118,7 +125,7 @@ async fn exchange<R, W, S, F>(
     reader: Reader<R>,
     write: &mut W,
     limits: &Limits,
-    shutdown: &CancellationToken,
+    shutdown: &Signal,
     service: &mut S,
 ) -> Next<R>
 where
@@ -185,7 +192,7 @@ where
             _ => Next::Close,
         };
     }
-    answering.keep_alive &= !shutdown.is_cancelled();
+    answering.keep_alive &= !shutdown.is_fired();
     // A body the backend stopped reading early leaves the connection unusable.
     if let Some(receiver) = given_back.as_mut()
         && let Ok(returned) = receiver.try_recv()
@@ -233,7 +240,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut Reader<R>,
     limits: &Limits,
     first_since: Option<Instant>,
-    shutdown: &CancellationToken,
+    shutdown: &Signal,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut deadline = match first_since {
         Some(connected) => Some(connected + limits.header_timeout),
@@ -253,7 +260,7 @@ async fn read_head<R: AsyncRead + Unpin>(
             biased;
             read = std::future::poll_fn(|cx| reader.poll_fill(cx)) => read,
             () = tokio::time::sleep_until(deadline.unwrap_or(idle_until)) => return Ok(None),
-            () = shutdown.cancelled(), if between_requests => return Ok(None),
+            () = shutdown.fired(), if between_requests => return Ok(None),
         };
         match read {
             Ok(0) | Err(_) => return Ok(None),
@@ -464,7 +471,7 @@ mod tests {
     async fn wait(
         reader: &mut Reader<DuplexStream>,
         first: bool,
-        shutdown: &CancellationToken,
+        shutdown: &Signal,
     ) -> (Duration, bool) {
         let started = Instant::now();
         let head = read_head(reader, &LIMITS, first.then_some(started), shutdown).await;
@@ -475,7 +482,7 @@ mod tests {
     async fn a_first_head_gets_the_header_timeout_from_the_connect() {
         let mut reader = client_sending(vec![(Duration::from_millis(600), b"GET / HTTP/1.1\r\n")]);
         assert_eq!(
-            wait(&mut reader, true, &CancellationToken::new()).await,
+            wait(&mut reader, true, &Signal::default()).await,
             (Duration::from_secs(1), false)
         );
     }
@@ -484,7 +491,7 @@ mod tests {
     async fn an_idle_keep_alive_connection_gets_the_keep_alive_timeout() {
         let mut reader = client_sending(vec![]);
         assert_eq!(
-            wait(&mut reader, false, &CancellationToken::new()).await,
+            wait(&mut reader, false, &Signal::default()).await,
             (Duration::from_secs(10), false)
         );
     }
@@ -496,7 +503,7 @@ mod tests {
             (Duration::from_millis(500), b"TP/1.1\r\n"),
         ]);
         assert_eq!(
-            wait(&mut reader, false, &CancellationToken::new()).await,
+            wait(&mut reader, false, &Signal::default()).await,
             (Duration::from_secs(6), false)
         );
     }
@@ -508,7 +515,7 @@ mod tests {
             (Duration::from_millis(900), b"\r\nGET /next"),
         ]);
         assert_eq!(
-            wait(&mut reader, false, &CancellationToken::new()).await,
+            wait(&mut reader, false, &Signal::default()).await,
             (Duration::from_millis(9900), true)
         );
         assert_eq!(&reader.buf[..], b"GET /next");
@@ -516,8 +523,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_shutdown_closes_a_connection_between_requests_but_not_one_sending_a_head() {
-        let shutdown = CancellationToken::new();
-        shutdown.cancel();
+        let shutdown = Signal::default();
+        shutdown.fire();
         let mut reader = client_sending(vec![]);
         assert_eq!(wait(&mut reader, false, &shutdown).await, (Duration::ZERO, false));
         let mut reader = client_sending(vec![
