@@ -1288,3 +1288,62 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() 
     keep_alive_get(&mut stream).await;
     closed_by_the_proxy(&mut stream).await;
 }
+
+/// Reads from `stream` until `needle` has arrived, within [`PATIENCE`]; returns all read.
+async fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no {needle:?} in time: {:?}", String::from_utf8_lossy(&seen))
+            })
+            .expect("read");
+        assert!(n > 0, "closed before {needle:?}: {:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_gets_it_from_a_backend_that_answers_while_it_reads() {
+    // A backend that answers as soon as it has the head, then echoes the body it reads.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = backend.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1
+                {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").await;
+                let mut body = [0u8; 5];
+                if stream.read_exact(&mut body).await.is_ok() {
+                    let _ = stream.write_all(&body).await;
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let mut pool = Pool::new(name("web"));
+    pool.backends = vec![Backend::new(address)];
+    let _plane = serve(vec![http_listener(port.address, "web")], vec![pool], vec![]).await;
+
+    let mut client = TcpStream::connect(port.address).await.expect("connect");
+    client
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n",
+        )
+        .await
+        .expect("head");
+    let first = read_until(&mut client, "\r\n\r\n").await;
+    assert!(first.starts_with("HTTP/1.1 100 Continue\r\n\r\n"), "{first:?}");
+    client.write_all(b"hello").await.expect("body");
+    let answer = read_until(&mut client, "hello").await;
+    assert!(format!("{first}{answer}").contains("HTTP/1.1 200 OK"), "{first}{answer}");
+}

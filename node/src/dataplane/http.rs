@@ -75,26 +75,32 @@ where
         let clock = Arc::new(ClientClock::default());
         let mut io = Tracked { inner: io, clock: Arc::clone(&clock) };
         let mut read = BytesMut::new();
+        let connection = Connection {
+            listener: Arc::clone(&listener),
+            drain: shared.addresses.drain_of(downstream.local_ip()),
+            downstream,
+            clock: Arc::clone(&clock),
+        };
+        // A client that has sent nothing yet is closed by a stop or a drain deadline, as an
+        // idle one is.
         let h2 = h2 || {
             let sniffed = tokio::time::timeout_at(
                 connected + spec.http.header_timeout,
                 sniff_preface(&mut io, &mut read),
             );
-            match sniffed.await {
-                Ok(Some(h2)) => h2,
-                _ => return,
+            tokio::select! {
+                sniffed = sniffed => match sniffed {
+                    Ok(Some(h2)) => h2,
+                    _ => return,
+                },
+                () = listener.stopping() => return,
+                () = must_close(&listener, &connection.drain) => return,
             }
         };
         let service_listener = Arc::clone(&listener);
         let service_clock = Arc::clone(&clock);
         let on_request = move || {
             service_clock.requested();
-        };
-        let connection = Connection {
-            listener: Arc::clone(&listener),
-            drain: shared.addresses.drain_of(downstream.local_ip()),
-            downstream,
-            clock: Arc::clone(&clock),
         };
         if h2 {
             // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
@@ -950,7 +956,7 @@ fn request_has_no_body(request: &Request<ProxyBody>) -> bool {
     request.body().is_end_stream() || request.body().size_hint().exact() == Some(0)
 }
 
-/// Client IO that notes when bytes move, for the idle and head timers.
+/// Client IO that notes when bytes move, for the idle timeout.
 struct Tracked<I> {
     inner: I,
     clock: Arc<ClientClock>,

@@ -3,6 +3,7 @@
 //! read to its end (the connection may then carry the next request) or dropped early (the
 //! connection then closes: where the next request starts is unknown).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -10,10 +11,12 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncRead;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::decoder::{Decoded, Decoder, FramingError};
 use super::io::Reader;
+use crate::dataplane::signal::Signal;
 use crate::dataplane::upstream::BoxError;
 
 /// The read side, given back by a body.
@@ -33,6 +36,8 @@ pub(crate) enum BodyError {
     CutOff,
     #[error("reading the request body failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the client connection was given up before the request body's end")]
+    Abandoned,
 }
 
 /// A request body with a length or chunked framing.
@@ -41,9 +46,13 @@ pub(crate) struct RequestBody<R> {
     reader: Option<Reader<R>>,
     decoder: Decoder,
     max_trailers: usize,
-    /// Told when the body is first wanted, if the client waits for `100 Continue`.
-    continue_wanted: Option<Arc<Notify>>,
+    /// Set when the body is first wanted, if the client waits for `100 Continue`.
+    continue_wanted: Option<Arc<Signal>>,
     give_back: Option<oneshot::Sender<Returned<R>>>,
+    /// Resolves when the connection gives up on the body (it has closed, or waited long
+    /// enough): the body then fails, so the backend's connection does not wait on a client
+    /// nobody serves any more.
+    abandoned: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl<R> RequestBody<R> {
@@ -51,8 +60,9 @@ impl<R> RequestBody<R> {
         reader: Reader<R>,
         decoder: Decoder,
         max_trailers: usize,
-        continue_wanted: Option<Arc<Notify>>,
+        continue_wanted: Option<Arc<Signal>>,
         give_back: oneshot::Sender<Returned<R>>,
+        abandoned: WaitForCancellationFutureOwned,
     ) -> Self {
         RequestBody {
             reader: Some(reader),
@@ -60,6 +70,7 @@ impl<R> RequestBody<R> {
             max_trailers,
             continue_wanted,
             give_back: Some(give_back),
+            abandoned: Box::pin(abandoned),
         }
     }
 
@@ -85,6 +96,10 @@ impl<R: AsyncRead + Unpin> Body for RequestBody<R> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.reader.is_some() && this.abandoned.as_mut().poll(cx).is_ready() {
+            this.hand_back();
+            return Poll::Ready(Some(Err(BodyError::Abandoned.into())));
+        }
         loop {
             let Some(reader) = this.reader.as_mut() else { return Poll::Ready(None) };
             match this.decoder.decode(&mut reader.buf, this.max_trailers) {
@@ -106,7 +121,7 @@ impl<R: AsyncRead + Unpin> Body for RequestBody<R> {
                 Err(e) => return Poll::Ready(Some(Err(BodyError::from(e).into()))),
             }
             if let Some(wanted) = this.continue_wanted.take() {
-                wanted.notify_one();
+                wanted.fire();
             }
             let want = this
                 .decoder
@@ -139,13 +154,47 @@ mod tests {
     use bytes::BytesMut;
     use http_body_util::BodyExt;
 
+    /// A body the connection never gives up on.
+    fn kept() -> WaitForCancellationFutureOwned {
+        tokio_util::sync::CancellationToken::new().cancelled_owned()
+    }
+
+    #[tokio::test]
+    async fn a_body_the_connection_gave_up_on_fails_and_gives_the_reader_back() {
+        let (give_back, returned) = oneshot::channel();
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"ab").await.expect("written");
+        let given_up = tokio_util::sync::CancellationToken::new();
+        let reader = Reader { io: server, buf: BytesMut::new() };
+        let mut body = RequestBody::new(
+            reader,
+            Decoder::Length(10),
+            1024,
+            None,
+            give_back,
+            given_up.clone().cancelled_owned(),
+        );
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "ab");
+        given_up.cancel();
+        let error = body.frame().await.expect("a frame").unwrap_err();
+        assert!(error.to_string().contains("given up"), "{error}");
+        assert!(!returned.await.expect("given back").complete);
+    }
+
     #[tokio::test]
     async fn a_body_read_to_its_end_gives_the_connection_back_for_the_next_request() {
         let (give_back, returned) = oneshot::channel();
         let reader =
             Reader { io: &b"lo\r\n0\r\n\r\nGET /next"[..], buf: BytesMut::from("5\r\nhel") };
-        let body =
-            RequestBody::new(reader, Decoder::Chunked(Chunked::default()), 1024, None, give_back);
+        let body = RequestBody::new(
+            reader,
+            Decoder::Chunked(Chunked::default()),
+            1024,
+            None,
+            give_back,
+            kept(),
+        );
         let collected = body.collect().await.expect("read").to_bytes();
         assert_eq!(&collected[..], b"hello");
         let returned = returned.await.expect("given back");
@@ -157,14 +206,14 @@ mod tests {
     async fn a_body_dropped_early_or_cut_off_leaves_the_connection_to_close() {
         let (give_back, returned) = oneshot::channel();
         let reader = Reader { io: &b"abc"[..], buf: BytesMut::new() };
-        let body = RequestBody::new(reader, Decoder::Length(10), 1024, None, give_back);
+        let body = RequestBody::new(reader, Decoder::Length(10), 1024, None, give_back, kept());
         assert_eq!(body.size_hint().exact(), Some(10));
         let error = body.collect().await.unwrap_err();
         assert!(error.to_string().contains("before the end"), "{error}");
         assert!(!returned.await.expect("given back").complete);
 
         let (give_back, returned) = oneshot::channel();
-        let wanted = Arc::new(Notify::new());
+        let wanted = Arc::new(Signal::default());
         let reader = Reader { io: &b"abc"[..], buf: BytesMut::new() };
         let mut body = RequestBody::new(
             reader,
@@ -172,11 +221,12 @@ mod tests {
             1024,
             Some(Arc::clone(&wanted)),
             give_back,
+            kept(),
         );
         let first = body.frame().await.expect("a frame").expect("data");
         assert_eq!(first.into_data().expect("data"), "abc");
         // Asking for the body is what tells the client to go on.
-        wanted.notified().await;
+        assert!(wanted.is_fired());
         drop(body);
         assert!(returned.await.expect("given back").complete);
     }

@@ -1,7 +1,8 @@
 //! A request body's framing decoded, sans IO: `Content-Length` bytes, or chunked transfer
-//! coding (RFC 9112 §7.1) with extensions skipped and trailers kept. Anything that is not
-//! exactly the grammar is an error: a proxy that guessed could be made to see a different
-//! body than the backend (request smuggling).
+//! coding (RFC 9112 §7.1) with extensions skipped (their text is not checked beyond having
+//! no control bytes) and trailers kept. Sizes, line ends and the trailer section's end must
+//! be exactly the grammar, CRLF everywhere: a proxy that guessed could be made to see a
+//! different body, or a different next request, than the backend (request smuggling).
 
 use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
@@ -86,9 +87,20 @@ pub(crate) struct Chunked {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Size { size: u64, digits: u8 },
-    Extension { size: u64 },
-    SizeLf { size: u64 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
+    /// Whitespace after the size: a `;` (an extension) or the line's end must follow.
+    SizeSpace {
+        size: u64,
+    },
+    Extension {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
@@ -133,9 +145,13 @@ impl Chunked {
                     let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
                     State::Size { size: size << 4 | digit, digits: digits + 1 }
                 }
-                (State::Size { size, digits: 1.. }, b';' | b' ' | b'\t') => {
+                (State::Size { size, digits: 1.. }, b' ' | b'\t') => State::SizeSpace { size },
+                (State::Size { size, digits: 1.. } | State::SizeSpace { size }, b';') => {
                     State::Extension { size }
                 }
+                (State::SizeSpace { size }, b' ' | b'\t') => State::SizeSpace { size },
+                (State::SizeSpace { size }, b'\r') => State::SizeLf { size },
+                (State::SizeSpace { .. }, _) => return Err(FramingError::Extension),
                 (State::Size { size, digits: 1.. }, b'\r') => State::SizeLf { size },
                 (State::Size { .. }, _) => return Err(FramingError::ChunkSize),
                 (State::Extension { size }, b'\r') => State::SizeLf { size },
@@ -157,7 +173,9 @@ impl Chunked {
         }
     }
 
-    /// The trailer section after the last chunk: empty, or fields ended by an empty line.
+    /// The trailer section after the last chunk: empty, or fields ended by an empty line,
+    /// every line ended by CRLF (a bare LF could end the section early for one reader and
+    /// not another). Only the section's own bytes are taken from `buf`.
     fn trailers(
         &mut self,
         buf: &mut BytesMut,
@@ -168,29 +186,30 @@ impl Chunked {
             self.state = State::Done;
             return Ok(Decoded::End);
         }
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return if buf.len() > max_trailers {
-                Err(FramingError::Trailers)
-            } else {
-                Ok(Decoded::NeedMore)
-            };
-        };
-        if end + 4 > max_trailers {
-            return Err(FramingError::Trailers);
-        }
-        let section = buf.split_to(end + 4);
+        let window = &buf[..buf.len().min(max_trailers)];
         let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-        let parsed = match httparse::parse_headers(&section, &mut fields) {
-            Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        let (used, parsed) = match httparse::parse_headers(window, &mut fields) {
+            Ok(httparse::Status::Complete((used, parsed))) => (used, parsed),
+            Ok(httparse::Status::Partial) if buf.len() < max_trailers => {
+                return Ok(Decoded::NeedMore);
+            }
             _ => return Err(FramingError::Trailers),
         };
+        let bare_lf = window[..used]
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || window[i - 1] != b'\r'));
+        if bare_lf {
+            return Err(FramingError::Trailers);
+        }
         let mut trailers = HeaderMap::with_capacity(parsed.len());
-        for field in parsed {
+        for field in parsed.iter() {
             let name = HeaderName::from_bytes(field.name.as_bytes())
                 .map_err(|_| FramingError::Trailers)?;
             let value = HeaderValue::from_bytes(field.value).map_err(|_| FramingError::Trailers)?;
             trailers.append(name, value);
         }
+        let _ = buf.split_to(used);
         self.state = State::Done;
         Ok(Decoded::Trailers(trailers))
     }
@@ -260,6 +279,8 @@ mod tests {
             (b"5;a\nb\r\nhello\r\n", FramingError::Extension),
             (b"11111111111111111\r\n", FramingError::ChunkSize),
             (b"0\r\nbad header\r\n\r\n", FramingError::Trailers),
+            (b"5 junk\r\nhello\r\n0\r\n\r\n", FramingError::Extension),
+            (b"0\r\nx: y\n\r\n", FramingError::Trailers),
         ] {
             assert_eq!(
                 decode_all(input, 1).unwrap_err(),
@@ -272,6 +293,51 @@ mod tests {
         let mut decoder = Decoder::Chunked(Chunked::default());
         let mut buf = BytesMut::from(&endless[..]);
         assert_eq!(decoder.decode(&mut buf, 1024), Err(FramingError::Trailers));
+    }
+
+    #[test]
+    fn a_bare_lf_cannot_end_the_trailers_and_swallow_the_next_request() {
+        let mut decoder = Decoder::Chunked(Chunked::default());
+        let mut buf = BytesMut::from("0\r\n\nGET /x HTTP/1.1\r\nhost: a\r\n\r\n");
+        assert_eq!(decoder.decode(&mut buf, 1024), Err(FramingError::Trailers));
+        let (body, _, rest) =
+            decode_all(b"1 ; a=b\r\nx\r\n0\r\nx-t: 1\r\n\r\nGET /next", 3).expect("valid");
+        assert_eq!(body, b"x");
+        assert!(b"GET /next".starts_with(&rest), "{rest:?}");
+    }
+
+    /// Mutations of a valid chunked body, fed in random pieces: decoding ends, asks for more
+    /// or refuses, and never panics or loops.
+    #[test]
+    fn mangled_chunked_bodies_never_panic() {
+        let valid = b"5;a=b\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\nGET";
+        let alphabet = b"\r\n:; 0123456789aAfFgZ\t\x00\xff";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut input = valid.to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..input.len());
+                match rng.u8(..3) {
+                    0 => input[at] = alphabet[rng.usize(..alphabet.len())],
+                    1 => input.insert(at, alphabet[rng.usize(..alphabet.len())]),
+                    _ => drop(input.remove(at)),
+                }
+            }
+            let mut decoder = Decoder::Chunked(Chunked::default());
+            let mut buf = BytesMut::new();
+            let mut fed = 0;
+            for _ in 0..1_000 {
+                match decoder.decode(&mut buf, 64) {
+                    Ok(Decoded::NeedMore) if fed < input.len() => {
+                        let next = (fed + rng.usize(1..8)).min(input.len());
+                        buf.extend_from_slice(&input[fed..next]);
+                        fed = next;
+                    }
+                    Ok(Decoded::Data(_) | Decoded::Trailers(_)) => {}
+                    Ok(Decoded::NeedMore | Decoded::End) | Err(_) => break,
+                }
+            }
+        }
     }
 
     #[test]

@@ -151,6 +151,9 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty())
         .peekable();
+    if codings.peek().is_none() && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(HeadError::Ambiguous("an empty Transfer-Encoding"));
+    }
     if codings.peek().is_some() {
         if version == Version::HTTP_10 {
             return Err(HeadError::Ambiguous("Transfer-Encoding in an HTTP/1.0 request"));
@@ -233,12 +236,14 @@ pub(crate) struct Answering {
 
 /// Writes the head of a response whose body has `body_length` bytes, if known, into `out`;
 /// returns how the body goes and whether the connection stays open after it. Hop-by-hop
-/// framing fields are the proxy's own: the backend's are replaced.
+/// framing fields are the proxy's own: the backend's are replaced. A response without a
+/// `Date` gets `date` (RFC 9110 §6.6.1: a proxy adds the one its backend did not).
 pub(crate) fn encode_response(
     status: StatusCode,
     headers: &HeaderMap,
     body_length: Option<u64>,
     answering: Answering,
+    date: &[u8],
     out: &mut Vec<u8>,
 ) -> (BodyWrite, bool) {
     let mut keep_alive = answering.keep_alive;
@@ -253,7 +258,10 @@ pub(crate) fn encode_response(
     // The Content-Length the head says, if the proxy writes its own.
     let (write, length) = if no_body {
         let keeps_length = status == StatusCode::NOT_MODIFIED || answering.head_request;
-        (BodyWrite::None, declared.or(body_length).filter(|_| keeps_length))
+        // A backend's HEAD or 304 answer has an empty body whatever it describes: only its
+        // own Content-Length says; the proxy's own answers have their length in the body.
+        let own_length = body_length.filter(|&length| length > 0);
+        (BodyWrite::None, declared.or(own_length).filter(|_| keeps_length))
     } else {
         match body_length.or(declared) {
             Some(0) => (BodyWrite::None, Some(0)),
@@ -279,6 +287,9 @@ pub(crate) fn encode_response(
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !headers.contains_key(header::DATE) {
+        field(out, b"date", date);
     }
     if let Some(length) = length {
         field(out, b"content-length", itoa(length, &mut [0; 20]));
@@ -413,6 +424,7 @@ mod tests {
             ("transfer-encoding: chunked, identity", 400),
             ("transfer-encoding: chunked\r\ntransfer-encoding: chunked", 400),
             ("transfer-encoding: gzip, chunked", 501),
+            ("transfer-encoding: ,\r\ncontent-length: 5", 400),
         ] {
             let error = parse(&format!("{post}{framing}\r\n\r\n")).unwrap_err();
             assert_eq!(error.status().as_u16(), status, "{framing}: {error}");
@@ -450,11 +462,13 @@ mod tests {
         }
         let mut out = Vec::new();
         let status = StatusCode::from_u16(status).expect("status");
-        let (write, keep_alive) = encode_response(status, &headers, length, answering, &mut out);
+        let (write, keep_alive) =
+            encode_response(status, &headers, length, answering, DATE, &mut out);
         (String::from_utf8(out).expect("text"), write, keep_alive)
     }
 
     const PLAIN: Answering = Answering { head_request: false, http10: false, keep_alive: true };
+    const DATE: &[u8] = b"Mon, 07 Dec 2026 07:00:00 GMT";
 
     #[test]
     fn a_response_head_carries_the_framing_its_body_needs() {
@@ -464,19 +478,31 @@ mod tests {
             Some(5),
             PLAIN,
         );
-        assert_eq!(head, "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ncontent-length: 5\r\n\r\n"
+        );
         assert_eq!((write, keep_alive), (BodyWrite::Length(5), true));
 
         let (head, write, _) = encoded(200, &[], None, PLAIN);
-        assert_eq!(head, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
         assert_eq!(write, BodyWrite::Chunked);
 
         let old = Answering { http10: true, ..PLAIN };
         let (head, write, keep_alive) = encoded(200, &[], None, old);
-        assert_eq!(head, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\nconnection: close\r\n\r\n"
+        );
         assert_eq!((write, keep_alive), (BodyWrite::UntilClose, false));
         let (head, _, keep_alive) = encoded(200, &[], Some(2), old);
-        assert_eq!(head, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n");
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\n"
+        );
         assert!(keep_alive);
 
         let closing = Answering { keep_alive: false, ..PLAIN };
@@ -491,13 +517,45 @@ mod tests {
     fn head_204_and_304_answers_have_no_body_and_keep_the_length_they_describe() {
         let head = Answering { head_request: true, ..PLAIN };
         let (text, write, _) = encoded(200, &[("content-length", "1234")], Some(0), head);
-        assert_eq!(text, "HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n");
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ncontent-length: 1234\r\n\r\n"
+        );
         assert_eq!(write, BodyWrite::None);
         let (text, write, _) = encoded(204, &[("content-length", "0")], Some(0), PLAIN);
-        assert_eq!(text, "HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(text, "HTTP/1.1 204 No Content\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\n\r\n");
         assert_eq!(write, BodyWrite::None);
+        let (text, _, _) = encoded(200, &[("date", "then")], Some(0), head);
+        assert_eq!(
+            text, "HTTP/1.1 200 OK\r\ndate: then\r\n\r\n",
+            "no length made up, the backend's date kept"
+        );
         let (text, _, _) = encoded(304, &[("content-length", "10")], None, PLAIN);
-        assert_eq!(text, "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+        assert_eq!(
+            text,
+            "HTTP/1.1 304 Not Modified\r\ndate: Mon, 07 Dec 2026 07:00:00 GMT\r\ncontent-length: 10\r\n\r\n"
+        );
+    }
+
+    /// Mutations of a valid head: parsing any of them gives a head, asks for more or refuses,
+    /// and never panics.
+    #[test]
+    fn mangled_heads_never_panic() {
+        let valid = b"POST /a?b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: keep-alive, Upgrade\r\nUpgrade: w\r\nExpect: 100-continue\r\n\r\n";
+        let alphabet = b"\r\n:, ;0123456789aAzZ\t\x00\x7f\xff/?%HTTP";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut input = valid.to_vec();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..input.len());
+                match rng.u8(..3) {
+                    0 => input[at] = alphabet[rng.usize(..alphabet.len())],
+                    1 => input.insert(at, alphabet[rng.usize(..alphabet.len())]),
+                    _ => drop(input.remove(at)),
+                }
+            }
+            let _ = parse_request(&mut BytesMut::from(&input[..]), 256);
+        }
     }
 
     #[test]

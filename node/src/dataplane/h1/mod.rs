@@ -24,8 +24,9 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use self::body::{RequestBody, Returned};
 use self::decoder::{Chunked, Decoder};
@@ -135,24 +136,28 @@ where
     F: Future<Output = Response<ProxyBody>>,
 {
     let RequestHead { mut parts, framing, keep_alive, expects_continue, upgrade } = head;
-    let mut answering = Answering {
+    let answering = Answering {
         head_request: parts.method == Method::HEAD,
         http10: parts.version == Version::HTTP_10,
-        keep_alive,
+        // A keep-alive timeout of zero closes after every answer, and says so.
+        keep_alive: keep_alive && !limits.keep_alive_timeout.is_zero(),
     };
     let switch = upgrade.then(|| {
         let (switched, upgraded) = oneshot::channel();
         parts.extensions.insert(ClientUpgrade::new(upgraded));
         switched
     });
-    let continue_wanted = expects_continue.then(|| Arc::new(Notify::new()));
+    let continue_wanted = expects_continue.then(|| Arc::new(Signal::default()));
     let decoder = match framing {
         Framing::Empty => None,
         Framing::Length(length) => Some(Decoder::Length(length)),
         Framing::Chunked => Some(Decoder::Chunked(Chunked::default())),
     };
-    // The reader stays here, or is lent to the body until the body gives it back.
-    let (body, mut reader, mut given_back) = match decoder {
+    // The reader stays here, or is lent to the body until the body gives it back. Whatever
+    // way this exchange ends, a body still out then fails (the guard cancels on drop).
+    let given_up = CancellationToken::new();
+    let _give_up = given_up.clone().drop_guard();
+    let (body, reader, given_back) = match decoder {
         Some(decoder) => {
             let (give_back, given_back) = oneshot::channel();
             let body = RequestBody::new(
@@ -161,6 +166,7 @@ where
                 limits.max_head,
                 continue_wanted.clone(),
                 give_back,
+                given_up.cancelled_owned(),
             );
             (body.boxed_unsync(), None, Some(given_back))
         }
@@ -168,22 +174,49 @@ where
     };
     let pending = service(Request::from_parts(parts, body));
     let mut pending = std::pin::pin!(pending);
+    const PROCEED: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
     let response = match &continue_wanted {
         Some(wanted) => {
-            tokio::select! {
+            let response = tokio::select! {
                 biased;
                 response = pending.as_mut() => response,
-                () = wanted.notified() => {
-                    let proceed = b"HTTP/1.1 100 Continue\r\n\r\n";
-                    if write_all_flushed(write, proceed).await.is_err() {
+                () = wanted.fired() => {
+                    if write_all_flushed(write, PROCEED).await.is_err() {
                         return Next::Close;
                     }
-                    pending.await
+                    let response = pending.await;
+                    // Told once: the final answer follows.
+                    return finish_exchange(response, switch, reader, given_back, write, &answering, shutdown).await;
                 }
+            };
+            // The body was asked for as the answer came (a backend that answers while it
+            // reads): the client still waits for its 100 before sending it.
+            if wanted.is_fired() && write_all_flushed(write, PROCEED).await.is_err() {
+                return Next::Close;
             }
+            response
         }
         None => pending.await,
     };
+    finish_exchange(response, switch, reader, given_back, write, &answering, shutdown).await
+}
+
+/// The rest of an exchange once the response has come: a switch to the tunnel, or the
+/// response written and the read side back for the next request.
+async fn finish_exchange<R, W>(
+    response: Response<ProxyBody>,
+    switch: Option<oneshot::Sender<io::Upgraded>>,
+    mut reader: Option<Reader<R>>,
+    mut given_back: Option<oneshot::Receiver<Returned<R>>>,
+    write: &mut W,
+    answering: &Answering,
+    shutdown: &Signal,
+) -> Next<R>
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Unpin,
+{
+    let mut answering = *answering;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return match (switch, reader) {
             (Some(switched), Some(lent)) => {
@@ -285,6 +318,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         &parts.headers,
         body.size_hint().exact(),
         answering,
+        &http_date(),
         &mut out,
     );
     if mode == BodyWrite::None {
@@ -366,6 +400,27 @@ async fn write_response<W: AsyncWrite + Unpin>(
     };
     write_all_flushed(write, &out).await?;
     Ok(keep_alive && complete)
+}
+
+/// Now as an HTTP date, formatted once a second per worker.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let (at, date) = cached.get();
+        if at == second {
+            return date;
+        }
+        let mut date = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let length = formatted.len().min(29);
+        date[..length].copy_from_slice(&formatted.as_bytes()[..length]);
+        cached.set((second, date));
+        date
+    })
 }
 
 /// Writes the backend's `101` and hands the joined connection, with any bytes the client
