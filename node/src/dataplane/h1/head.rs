@@ -545,15 +545,7 @@ mod tests {
         let alphabet = b"\r\n:, ;0123456789aAzZ\t\x00\x7f\xff/?%HTTP";
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..20_000 {
-            let mut input = valid.to_vec();
-            for _ in 0..rng.usize(1..6) {
-                let at = rng.usize(..input.len());
-                match rng.u8(..3) {
-                    0 => input[at] = alphabet[rng.usize(..alphabet.len())],
-                    1 => input.insert(at, alphabet[rng.usize(..alphabet.len())]),
-                    _ => drop(input.remove(at)),
-                }
-            }
+            let input = super::super::mangled(valid, alphabet, &mut rng);
             let _ = parse_request(&mut BytesMut::from(&input[..]), 256);
         }
     }

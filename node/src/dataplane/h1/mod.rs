@@ -498,6 +498,23 @@ fn empty_body() -> ProxyBody {
     http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// `valid` with a few bytes changed, added or removed (from `alphabet`), for tests that
+/// mangled input never panics.
+#[cfg(test)]
+fn mangled(valid: &[u8], alphabet: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut input = valid.to_vec();
+    for _ in 0..rng.usize(1..6) {
+        let at = rng.usize(..input.len().max(1)).min(input.len().saturating_sub(1));
+        match rng.u8(..3) {
+            0 if !input.is_empty() => input[at] = alphabet[rng.usize(..alphabet.len())],
+            1 => input.insert(at, alphabet[rng.usize(..alphabet.len())]),
+            _ if !input.is_empty() => drop(input.remove(at)),
+            _ => {}
+        }
+    }
+    input
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
