@@ -87,6 +87,16 @@ pub(crate) struct Chunked {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// On a line read byte by byte: a chunk's size line, or the CRLF after its data.
+    Line(Line),
+    Data(u64),
+    Trailers,
+    Done,
+}
+
+/// The byte-by-byte states of the chunked grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
     Size {
         size: u64,
         digits: u8,
@@ -101,75 +111,77 @@ enum State {
     SizeLf {
         size: u64,
     },
-    Data(u64),
     DataCr,
     DataLf,
-    Trailers,
-    Done,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State::Size { size: 0, digits: 0 }
+        State::Line(Line::Size { size: 0, digits: 0 })
+    }
+}
+
+impl Line {
+    /// The state after `byte`.
+    fn step(self, byte: u8) -> Result<State, FramingError> {
+        let line = match (self, byte) {
+            (Line::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+                if digits == MAX_SIZE_DIGITS {
+                    return Err(FramingError::ChunkSize);
+                }
+                let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
+                Line::Size { size: size << 4 | digit, digits: digits + 1 }
+            }
+            (Line::Size { size, digits: 1.. }, b' ' | b'\t') => Line::SizeSpace { size },
+            (Line::Size { size, digits: 1.. } | Line::SizeSpace { size }, b';') => {
+                Line::Extension { size }
+            }
+            (Line::SizeSpace { size }, b' ' | b'\t') => Line::SizeSpace { size },
+            (Line::SizeSpace { size }, b'\r') => Line::SizeLf { size },
+            (Line::SizeSpace { .. }, _) => return Err(FramingError::Extension),
+            (Line::Size { size, digits: 1.. }, b'\r') => Line::SizeLf { size },
+            (Line::Size { .. }, _) => return Err(FramingError::ChunkSize),
+            (Line::Extension { size }, b'\r') => Line::SizeLf { size },
+            (Line::Extension { .. }, b'\n') => return Err(FramingError::Extension),
+            (Line::Extension { size }, _) if byte == b'\t' || !byte.is_ascii_control() => {
+                Line::Extension { size }
+            }
+            (Line::Extension { .. }, _) => return Err(FramingError::Extension),
+            (Line::SizeLf { size: 0 }, b'\n') => return Ok(State::Trailers),
+            (Line::SizeLf { size }, b'\n') => return Ok(State::Data(size)),
+            (Line::SizeLf { .. }, _) => return Err(FramingError::ChunkSize),
+            (Line::DataCr, b'\r') => Line::DataLf,
+            (Line::DataLf, b'\n') => return Ok(State::default()),
+            (Line::DataCr | Line::DataLf, _) => return Err(FramingError::ChunkEnd),
+        };
+        Ok(State::Line(line))
     }
 }
 
 impl Chunked {
     fn decode(&mut self, buf: &mut BytesMut, max_trailers: usize) -> Result<Decoded, FramingError> {
         loop {
-            if let State::Data(left) = self.state {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                self.state = if take as u64 == left {
-                    State::DataCr
-                } else {
-                    State::Data(left - take as u64)
-                };
-                return Ok(Decoded::Data(buf.split_to(take).freeze()));
-            }
-            if self.state == State::Trailers {
-                return self.trailers(buf, max_trailers);
-            }
-            if self.state == State::Done {
-                return Ok(Decoded::End);
-            }
-            let Some(&byte) = buf.first() else { return Ok(Decoded::NeedMore) };
-            let _ = buf.split_to(1);
-            self.state = match (self.state, byte) {
-                (State::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
-                    if digits == MAX_SIZE_DIGITS {
-                        return Err(FramingError::ChunkSize);
+            match self.state {
+                State::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
                     }
-                    let digit = (byte as char).to_digit(16).unwrap_or(0) as u64;
-                    State::Size { size: size << 4 | digit, digits: digits + 1 }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    self.state = if take as u64 == left {
+                        State::Line(Line::DataCr)
+                    } else {
+                        State::Data(left - take as u64)
+                    };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
-                (State::Size { size, digits: 1.. }, b' ' | b'\t') => State::SizeSpace { size },
-                (State::Size { size, digits: 1.. } | State::SizeSpace { size }, b';') => {
-                    State::Extension { size }
+                State::Trailers => return self.trailers(buf, max_trailers),
+                State::Done => return Ok(Decoded::End),
+                State::Line(line) => {
+                    let Some(&byte) = buf.first() else { return Ok(Decoded::NeedMore) };
+                    let _ = buf.split_to(1);
+                    self.state = line.step(byte)?;
                 }
-                (State::SizeSpace { size }, b' ' | b'\t') => State::SizeSpace { size },
-                (State::SizeSpace { size }, b'\r') => State::SizeLf { size },
-                (State::SizeSpace { .. }, _) => return Err(FramingError::Extension),
-                (State::Size { size, digits: 1.. }, b'\r') => State::SizeLf { size },
-                (State::Size { .. }, _) => return Err(FramingError::ChunkSize),
-                (State::Extension { size }, b'\r') => State::SizeLf { size },
-                (State::Extension { .. }, b'\n') => return Err(FramingError::Extension),
-                (State::Extension { size }, _) if byte == b'\t' || !byte.is_ascii_control() => {
-                    State::Extension { size }
-                }
-                (State::Extension { .. }, _) => return Err(FramingError::Extension),
-                (State::SizeLf { size: 0 }, b'\n') => State::Trailers,
-                (State::SizeLf { size }, b'\n') => State::Data(size),
-                (State::SizeLf { .. }, _) => return Err(FramingError::ChunkSize),
-                (State::DataCr, b'\r') => State::DataLf,
-                (State::DataLf, b'\n') => State::default(),
-                (State::DataCr | State::DataLf, _) => return Err(FramingError::ChunkEnd),
-                (State::Data(_) | State::Trailers | State::Done, _) => {
-                    unreachable!("handled above")
-                }
-            };
+            }
         }
     }
 
