@@ -6,7 +6,7 @@ use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use super::upstream::ProxyBody;
+use super::proxy_body::ProxyBody;
 
 /// A short plain-text answer from the proxy itself.
 pub(crate) fn error_response(status: StatusCode, why: &str) -> Response<ProxyBody> {

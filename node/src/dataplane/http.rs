@@ -44,9 +44,10 @@ use super::h1::io::ClientUpgrade;
 use super::listener::{Downstream, ListenerRuntime, must_close};
 use super::pool::{BackendRuntime, PoolRuntime};
 use super::premature::PrematureResets;
+use super::proxy_body::{BoxError, ProxyBody};
 use super::shared::Shared;
 use super::stats::RouteStats;
-use super::upstream::{BoxError, CountingRequestBody, ProxyBody, RequestBytes, UpstreamError};
+use super::upstream::{CountingRequestBody, RequestBytes, UpstreamError};
 
 /// How long a connection closed for a reset flood may finish its requests in flight.
 const RESET_FLOOD_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -527,7 +528,7 @@ async fn forward(
                 failure = Some(ErrorKind::ConnectFailed);
                 upstream = *request;
             }
-            Ok(Err(UpstreamError::Http(e))) => {
+            Ok(Err(UpstreamError::Failed(e))) => {
                 if request_bytes.as_ref().is_some_and(|bytes| bytes.over_limit()) {
                     return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
@@ -660,29 +661,37 @@ fn upstream_request(
     tls: bool,
 ) -> Result<Request<ProxyBody>, hyper::http::Error> {
     let Hop { h2, upgrading, rewritten, keeps_forwarded } = *hop;
+    let named_in_uri = parts.uri.authority().is_some();
     let authority = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    let upgrade = parts.headers.remove(header::UPGRADE).filter(|_| upgrading);
+    let found = Rewritten::of(&parts.headers);
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    merge_cookies(headers);
-    if let Some(upgrade) = upgrade {
-        headers.insert(header::UPGRADE, upgrade);
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if found.hop_by_hop {
+        let upgrade = headers.remove(header::UPGRADE).filter(|_| upgrading);
+        strip_hop_by_hop(headers);
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::UPGRADE, upgrade);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    if found.cookies {
+        merge_cookies(headers);
     }
     match (&authority, h2) {
         // HTTP/2 says it in :authority; a Host field as well would be redundant.
         (_, true) => drop(headers.remove(header::HOST)),
-        (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
-        (None, false) => {}
+        (Some(host), false) if named_in_uri => drop(headers.insert(header::HOST, host.clone())),
+        (_, false) => {}
     }
-    if !keeps_forwarded {
-        headers.remove("x-forwarded-for");
+    let mut prior_forwarding = found.forwarding;
+    if prior_forwarding && !keeps_forwarded {
+        headers.remove(&X_FORWARDED_FOR);
         headers.remove(header::FORWARDED);
     }
-    forwarding_headers(headers, peer, tls, authority.as_ref());
+    prior_forwarding &= keeps_forwarded || headers.contains_key(&X_FORWARDED_HOST);
+    forwarding_headers(headers, peer, tls, authority.as_ref(), prior_forwarding);
     let path = rewritten.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()));
     // Only HTTP/2 carries the authority in the URI (parsing it allocates).
     let valid_authority = authority
@@ -728,37 +737,44 @@ fn merge_cookies(headers: &mut HeaderMap) {
 }
 
 /// Every value of a header as one comma-separated list.
-fn joined(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
     (!values.is_empty()).then(|| values.join(", "))
 }
 
-/// Adds X-Forwarded-For and Forwarded (appended to what is left of them),
-/// X-Forwarded-Proto and X-Forwarded-Host. Each value is built in one `String` that becomes
-/// the header without a copy.
+/// Adds X-Forwarded-For and Forwarded (appended to what is left of them, if `prior`: the
+/// request may have some), X-Forwarded-Proto and X-Forwarded-Host. Each value is built in
+/// one `String` that becomes the header without a copy.
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     tls: bool,
     host: Option<&HeaderValue>,
+    prior: bool,
 ) {
     use std::fmt::Write as _;
     let client = peer.ip();
     let proto = if tls { "https" } else { "http" };
-    let mut xff = joined(headers, "x-forwarded-for").map_or_else(String::new, |e| e + ", ");
+    // What earlier hops said, to append to.
+    let earlier = |headers: &HeaderMap, name: &HeaderName| match prior {
+        true => joined(headers, name).map_or_else(String::new, |e| e + ", "),
+        false => String::new(),
+    };
+    let mut xff = earlier(headers, &X_FORWARDED_FOR);
     let _ = write!(xff, "{client}");
     if let Ok(value) = HeaderValue::try_from(xff) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     // Only a host that is a valid authority is passed on: a quote or comma in it could
     // otherwise forge a Forwarded element.
     let host = host.filter(|h| is_plain_authority(h.as_bytes()));
     match host {
-        Some(value) => headers.insert("x-forwarded-host", value.clone()),
-        None => headers.remove("x-forwarded-host"),
+        Some(value) => drop(headers.insert(X_FORWARDED_HOST, value.clone())),
+        None if prior => drop(headers.remove(&X_FORWARDED_HOST)),
+        None => {}
     };
-    let mut forwarded = joined(headers, header::FORWARDED).map_or_else(String::new, |e| e + ", ");
+    let mut forwarded = earlier(headers, &header::FORWARDED);
     // RFC 7239: IPv6 addresses are quoted and bracketed.
     let _ = match client {
         std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
@@ -784,6 +800,49 @@ fn is_plain_authority(host: &[u8]) -> bool {
         })
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Which of the fields the proxy rewrites a message has, found in one pass over its names:
+/// most messages have none, and looking each up by name costs a hash and a probe.
+#[derive(Debug, Default)]
+struct Rewritten {
+    /// Hop-by-hop fields (or Connection, which may name more).
+    hop_by_hop: bool,
+    cookies: bool,
+    /// X-Forwarded-For, -Host or Forwarded from an earlier hop.
+    forwarding: bool,
+}
+
+impl Rewritten {
+    fn of(headers: &HeaderMap) -> Rewritten {
+        let mut found = Rewritten::default();
+        for name in headers.keys() {
+            if *name == header::CONNECTION
+                || *name == header::TE
+                || *name == header::TRAILER
+                || *name == header::TRANSFER_ENCODING
+                || *name == header::UPGRADE
+                || *name == KEEP_ALIVE
+                || *name == PROXY_CONNECTION
+            {
+                found.hop_by_hop = true;
+            } else if *name == header::COOKIE {
+                found.cookies = true;
+            } else if *name == X_FORWARDED_FOR
+                || *name == X_FORWARDED_HOST
+                || *name == header::FORWARDED
+            {
+                found.forwarding = true;
+            }
+        }
+        found
+    }
+}
+
 /// Removes the headers meant for one hop only (RFC 9110 §7.6.1), and those the Connection
 /// header names; `TE: trailers` stays, gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -802,8 +861,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     });
     for name in [
         header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
         header::TE,
         header::TRAILER,
         header::TRANSFER_ENCODING,
@@ -818,8 +877,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// A backend's response headers made ready for the client: hop-by-hop headers out.
 fn downstream_headers(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::TE);
+    if Rewritten::of(headers).hop_by_hop {
+        strip_hop_by_hop(headers);
+        headers.remove(header::TE);
+    }
 }
 
 fn downstream_response(response: Response<Incoming>) -> Response<ProxyBody> {
@@ -1056,21 +1117,21 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         let peer: SocketAddr = "198.18.0.2:5555".parse().expect("address");
         let host = HeaderValue::from_static("www.example.test");
-        forwarding_headers(&mut headers, peer, true, Some(&host));
+        forwarding_headers(&mut headers, peer, true, Some(&host), true);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 198.18.0.2");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "www.example.test");
         assert_eq!(headers["forwarded"], "for=198.18.0.2;proto=https;host=\"www.example.test\"");
         let v6: SocketAddr = "[2001:db8::1]:5555".parse().expect("address");
         let mut headers = HeaderMap::new();
-        forwarding_headers(&mut headers, v6, false, None);
+        forwarding_headers(&mut headers, v6, false, None, false);
         assert_eq!(headers["forwarded"], "for=\"[2001:db8::1]\";proto=http");
 
         // A Host that would forge a Forwarded element is left out.
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
         let forged = HeaderValue::from_static("a\", for=10.0.0.1;proto=https;host=\"b");
-        forwarding_headers(&mut headers, peer, false, Some(&forged));
+        forwarding_headers(&mut headers, peer, false, Some(&forged), true);
         assert_eq!(headers["forwarded"], "for=198.18.0.2;proto=http");
         assert!(headers.get("x-forwarded-host").is_none());
 

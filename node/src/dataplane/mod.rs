@@ -23,6 +23,7 @@ mod metrics;
 pub mod pool;
 mod premature;
 mod probe;
+mod proxy_body;
 pub mod proxy_header;
 mod shared;
 pub mod shared_limits;

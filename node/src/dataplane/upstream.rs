@@ -1,8 +1,9 @@
 //! The upstream side of L7: each worker's own pool of connections to each backend, HTTP/1.1
 //! or h2c as the pool says. A request takes an idle HTTP/1.1 connection (the most recently
 //! used, so the rest can age out) or dials a new one, and its connection returns to the pool
-//! when the response body has been read to its end; h2c shares one connection per backend
-//! and worker. Nothing here crosses threads or waits on a lock held by another request: the
+//! when the response body has been read to its end. HTTP/1.1 is the proxy's own client
+//! (`h1::client`), run in the requesting connection's task; h2c is hyper's, one shared
+//! connection per backend and worker. Nothing here crosses threads or waits on a lock held by another request: the
 //! pool is per worker, so its mutex is never contended.
 //!
 //! The response body carries the request's [`InFlight`] and counts the backend's bytes, so a
@@ -22,17 +23,14 @@ use fulcrum_model::UpstreamProtocol;
 use fulcrum_policy::{InFlight, lock};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::h1::client::{BackendConnection, ExchangeError, ResponseBody, SendError};
+use super::proxy_body::{BoxError, ProxyBody};
 use super::stats::TrafficStats;
-
-/// Errors of a body on its way through.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type both directions are forwarded as.
-pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// How long a pooled backend connection may sit idle.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -56,7 +54,19 @@ pub(crate) enum UpstreamError {
     },
     /// The request was sent (or partly sent) and failed.
     #[error("{0}")]
-    Http(#[from] hyper::Error),
+    Failed(BoxError),
+}
+
+impl From<hyper::Error> for UpstreamError {
+    fn from(error: hyper::Error) -> Self {
+        UpstreamError::Failed(error.into())
+    }
+}
+
+impl From<ExchangeError> for UpstreamError {
+    fn from(error: ExchangeError) -> Self {
+        UpstreamError::Failed(error.into())
+    }
 }
 
 /// One worker's connections to one backend.
@@ -75,14 +85,14 @@ pub(crate) struct BackendConnections {
 
 #[derive(Debug)]
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    connection: BackendConnection,
     since: Instant,
 }
 
 impl Idle {
     /// Open, and idle for less than [`POOL_IDLE`]; dropping one that is not closes it.
     fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.duration_since(self.since) < POOL_IDLE
+        now.duration_since(self.since) < POOL_IDLE && self.connection.is_open_and_quiet()
     }
 }
 
@@ -115,56 +125,44 @@ impl BackendConnections {
         in_flight: InFlight,
         stats: Arc<TrafficStats>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let (response, checkin) = match self.protocol {
+        let (parts, body) = match self.protocol {
             UpstreamProtocol::Http1 => {
-                let (response, sender) = self.send_http1(request).await?;
-                (response, Some(Checkin { sender, connections: Arc::clone(self) }))
+                let (parts, body) = self.send_http1(request).await?.into_parts();
+                let checkin = Some(Arc::clone(self));
+                (parts, Answer::Http1 { body, checkin })
             }
-            UpstreamProtocol::Http2 => (self.send_http2(request).await?, None),
+            UpstreamProtocol::Http2 => {
+                let (parts, body) = self.send_http2(request).await?.into_parts();
+                (parts, Answer::Http2(body))
+            }
         };
-        let (parts, body) = response.into_parts();
-        let body = CountedBody { inner: body, checkin, in_flight: Some(in_flight), stats };
+        let body = CountedBody { inner: body, in_flight: Some(in_flight), stats };
         Ok(Response::from_parts(parts, body.finish_if_empty().boxed()))
     }
 
     async fn send_http1(
         &self,
         mut request: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, http1::SendRequest<ProxyBody>), UpstreamError> {
-        while let Some(mut sender) = self.take_idle() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, sender)),
-                Err(mut failed) => match failed.take_message() {
-                    // Closed by the backend before the request went out: try the next.
-                    Some(unsent) => request = unsent,
-                    None => return Err(failed.into_error().into()),
-                },
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        if let Some(connection) = self.take_idle() {
+            match connection.send(request, true).await {
+                Ok(response) => return Ok(response),
+                // Closed by the backend meanwhile: once more, on a new connection (at most
+                // once, so a request that makes the backend close is not sent on and on).
+                Err(SendError::Stale(unsent)) => request = *unsent,
+                Err(SendError::Failed(e)) => return Err(e.into()),
             }
         }
         // Boxed: a new connection's state would otherwise be part of every request's.
-        let mut sender = match Box::pin(self.connect_http1()).await {
-            Ok(sender) => sender,
-            Err(Connecting::Dial(source)) => return Err(self.connect_failed(source, request)),
-            Err(Connecting::Handshake(e)) => return Err(e.into()),
+        let stream = match Box::pin(self.dial()).await {
+            Ok(stream) => stream,
+            Err(source) => return Err(self.connect_failed(source, request)),
         };
-        let response = sender.send_request(request).await?;
-        Ok((response, sender))
-    }
-
-    /// A new HTTP/1.1 connection, its task spawned.
-    async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, Connecting> {
-        let stream = self.dial().await.map_err(Connecting::Dial)?;
-        let (sender, connection) =
-            http1::Builder::new().handshake(stream).await.map_err(Connecting::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("backend connection ended: {e}");
-            }
-        });
-        Ok(sender)
+        match BackendConnection::new(stream).send(request, false).await {
+            Ok(response) => Ok(response),
+            Err(SendError::Failed(e)) => Err(e.into()),
+            Err(SendError::Stale(_)) => Err(ExchangeError::Closed.into()),
+        }
     }
 
     async fn send_http2(
@@ -189,7 +187,7 @@ impl BackendConnections {
         let stream = self.dial().await.map_err(Connecting::Dial)?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .handshake(stream)
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(Connecting::Handshake)?;
         tokio::spawn(async move {
@@ -207,30 +205,27 @@ impl BackendConnections {
     }
 
     /// A connection to the backend, within the connect timeout.
-    async fn dial(&self) -> std::io::Result<TokioIo<TcpStream>> {
+    async fn dial(&self) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.backend))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     /// The most recently used idle connection still open and not past [`POOL_IDLE`].
-    fn take_idle(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    fn take_idle(&self) -> Option<BackendConnection> {
         let mut idle = lock(&self.idle);
         let now = Instant::now();
-        while let Some(connection) = idle.pop() {
-            if connection.usable(now) {
-                return Some(connection.sender);
+        while let Some(idle) = idle.pop() {
+            if idle.usable(now) {
+                return Some(idle.connection);
             }
         }
         None
     }
 
-    fn put_back(self: &Arc<Self>, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put_back(self: &Arc<Self>, connection: BackendConnection) {
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self)));
         }
@@ -239,7 +234,7 @@ impl BackendConnections {
             // The least recently used goes.
             idle.remove(0);
         }
-        idle.push(Idle { sender, since: Instant::now() });
+        idle.push(Idle { connection, since: Instant::now() });
     }
 }
 
@@ -261,17 +256,65 @@ enum Connecting {
     Handshake(hyper::Error),
 }
 
-/// A connection to hand back once its response body ended.
-struct Checkin {
-    sender: http1::SendRequest<ProxyBody>,
-    connections: Arc<BackendConnections>,
+/// A backend's response body as its protocol gives it.
+enum Answer {
+    /// With the pool its connection returns to at its end.
+    Http1 {
+        body: ResponseBody,
+        checkin: Option<Arc<BackendConnections>>,
+    },
+    Http2(Incoming),
+}
+
+impl Answer {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match self {
+            Answer::Http1 { body, .. } => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+            Answer::Http2(body) => {
+                ready!(Pin::new(body).poll_frame(cx)).map(|f| f.map_err(BoxError::from))
+            }
+        };
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Answer::Http1 { body, .. } => body.is_end_stream(),
+            Answer::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Answer::Http1 { body, .. } => body.size_hint(),
+            Answer::Http2(body) => body.size_hint(),
+        }
+    }
+
+    /// At the body's end: its HTTP/1.1 connection back to the pool, if it can be reused.
+    fn check_in(&mut self) {
+        if let Answer::Http1 { body, checkin } = self
+            && let Some(connections) = checkin.take()
+            && let Some(connection) = body.take_reusable()
+        {
+            connections.put_back(connection);
+        }
+    }
+
+    /// A failed body's connection is not reused: it closes with the body.
+    fn forget_connection(&mut self) {
+        if let Answer::Http1 { checkin, .. } = self {
+            *checkin = None;
+        }
+    }
 }
 
 /// A backend's response body: counts its bytes, holds the request in flight, and returns
 /// an HTTP/1.1 connection to the pool at its end (dropped early, the connection closes).
 struct CountedBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+    inner: Answer,
     in_flight: Option<InFlight>,
     stats: Arc<TrafficStats>,
 }
@@ -287,9 +330,7 @@ impl CountedBody {
 
     fn finish(&mut self) {
         self.in_flight = None;
-        if let Some(Checkin { sender, connections }) = self.checkin.take() {
-            connections.put_back(sender);
-        }
+        self.inner.check_in();
     }
 
     fn boxed(self) -> ProxyBody {
@@ -305,7 +346,7 @@ impl Body for CountedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = ready!(self.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -316,10 +357,9 @@ impl Body for CountedBody {
                 }
             }
             None => self.finish(),
-            // A failed body leaves its connection unusable: it closes when dropped.
-            Some(Err(_)) => self.checkin = None,
+            Some(Err(_)) => self.inner.forget_connection(),
         }
-        Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -16,8 +16,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::decoder::{Decoded, Decoder, FramingError};
 use super::io::Reader;
+use crate::dataplane::proxy_body::BoxError;
 use crate::dataplane::signal::Signal;
-use crate::dataplane::upstream::BoxError;
 
 /// The read side, given back by a body.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! A request body's framing decoded, sans IO: `Content-Length` bytes, or chunked transfer
+//! A message body's framing decoded, sans IO: `Content-Length` bytes, a response's bytes
+//! until the backend closes, or chunked transfer
 //! coding (RFC 9112 §7.1) with extensions skipped (their text is not checked beyond having
 //! no control bytes) and trailers kept. Sizes, line ends and the trailer section's end must
 //! be exactly the grammar, CRLF everywhere: a proxy that guessed could be made to see a
@@ -36,12 +37,14 @@ pub(crate) enum FramingError {
     Trailers,
 }
 
-/// A request body's decoder.
+/// A body's decoder.
 #[derive(Debug)]
 pub(crate) enum Decoder {
     /// Bytes left of a `Content-Length` body.
     Length(u64),
     Chunked(Chunked),
+    /// A response body that ends when the backend closes the connection: the reader ends it.
+    UntilClose,
 }
 
 impl Decoder {
@@ -62,6 +65,8 @@ impl Decoder {
                 Ok(Decoded::Data(buf.split_to(take).freeze()))
             }
             Decoder::Chunked(chunked) => chunked.decode(buf, max_trailers),
+            Decoder::UntilClose if buf.is_empty() => Ok(Decoded::NeedMore),
+            Decoder::UntilClose => Ok(Decoded::Data(buf.split().freeze())),
         }
     }
 
@@ -74,7 +79,7 @@ impl Decoder {
     pub(crate) fn remaining(&self) -> Option<u64> {
         match self {
             Decoder::Length(left) => Some(*left),
-            Decoder::Chunked(_) => None,
+            Decoder::Chunked(_) | Decoder::UntilClose => None,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! how its body is framed and whether the connection may stay open), and a response head
 //! written with the framing its body and the request allow (RFC 9112 §6).
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -98,29 +100,12 @@ pub(crate) fn parse_request(
         _ => return Err(HeadError::Version),
     };
     // Where each piece lies in the head, so the head can be frozen and shared.
-    let base = buf.as_ptr() as usize;
-    let at = |piece: &[u8]| {
-        let start = piece.as_ptr() as usize - base;
-        start..start + piece.len()
-    };
-    let target = at(request.path.unwrap_or("").as_bytes());
-    let mut spans: [(std::ops::Range<usize>, std::ops::Range<usize>); MAX_HEADERS] =
-        std::array::from_fn(|_| (0..0, 0..0));
-    let count = request.headers.len();
-    for (span, field) in spans.iter_mut().zip(request.headers.iter()) {
-        *span = (at(field.name.as_bytes()), at(field.value));
-    }
+    let target = span_of(buf, request.path.unwrap_or("").as_bytes());
+    let fields = FieldSpans::of(buf, request.headers);
     let head = buf.split_to(length).freeze();
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("target"))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for (name, value) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name.clone()])
-            .map_err(|_| HeadError::Invalid("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
-            .map_err(|_| HeadError::Invalid("header value"))?;
-        headers.append(name, value);
-    }
+    let headers = fields.shared_headers(&head).map_err(HeadError::Invalid)?;
     let framing = framing(&headers, version)?;
     let keep_alive = keeps_alive(&headers, version);
     let expects_continue = version == Version::HTTP_11
@@ -176,6 +161,33 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
         }
         return Ok(Framing::Chunked);
     }
+    Ok(match content_length(headers)? {
+        None | Some(0) => Framing::Empty,
+        Some(length) => Framing::Length(length),
+    })
+}
+
+/// A Content-Length that cannot be read as one length.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum BadLength {
+    /// Not plain digits, or past 2^64.
+    Invalid,
+    /// Several values that differ.
+    Differ,
+}
+
+impl From<BadLength> for HeadError {
+    fn from(bad: BadLength) -> Self {
+        match bad {
+            BadLength::Invalid => HeadError::Invalid("Content-Length"),
+            BadLength::Differ => HeadError::Ambiguous("Content-Length values that differ"),
+        }
+    }
+}
+
+/// The length the Content-Length fields say, if any: every value (a list or repeated fields)
+/// must be plain digits and all must agree.
+pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BadLength> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for item in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
@@ -183,20 +195,56 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or(HeadError::Invalid("Content-Length"))?;
+                .ok_or(BadLength::Invalid)?;
             if length.is_some_and(|known| known != parsed) {
-                return Err(HeadError::Ambiguous("Content-Length values that differ"));
+                return Err(BadLength::Differ);
             }
             length = Some(parsed);
         }
     }
-    Ok(match length {
-        None | Some(0) => Framing::Empty,
-        Some(length) => Framing::Length(length),
-    })
+    Ok(length)
 }
 
-fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+/// Where `piece`, a slice of `buf`, lies in it.
+pub(super) fn span_of(buf: &[u8], piece: &[u8]) -> Range<usize> {
+    let start = piece.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + piece.len()
+}
+
+/// Where a parsed head's fields lie in its buffer, kept so the head can be frozen and its
+/// header values share its bytes.
+pub(super) struct FieldSpans {
+    spans: [(Range<usize>, Range<usize>); MAX_HEADERS],
+    count: usize,
+}
+
+impl FieldSpans {
+    /// The spans of `fields`, parsed from `buf`.
+    pub(super) fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> Self {
+        let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
+            std::array::from_fn(|_| (0..0, 0..0));
+        let count = fields.len().min(MAX_HEADERS);
+        for (span, field) in spans.iter_mut().zip(fields) {
+            *span = (span_of(buf, field.name.as_bytes()), span_of(buf, field.value));
+        }
+        FieldSpans { spans, count }
+    }
+
+    /// The fields as a header map whose values share `head`'s bytes; `Err` names what is
+    /// invalid.
+    pub(super) fn shared_headers(&self, head: &Bytes) -> Result<HeaderMap, &'static str> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for (name, value) in &self.spans[..self.count] {
+            let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| "header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
+                .map_err(|_| "header value")?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
+}
+
+pub(super) fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     if has_token(headers, header::CONNECTION, "close") {
         return false;
     }
@@ -225,13 +273,17 @@ pub(crate) enum BodyWrite {
     UntilClose,
 }
 
-/// What the response head needs to know of the request it answers.
+/// What the response head (and the connection's close) needs to know of the request it
+/// answers.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Answering {
     pub head_request: bool,
     pub http10: bool,
     /// The connection may stay open after this response.
     pub keep_alive: bool,
+    /// The client said it closes after this request: once the request is read, nothing more
+    /// comes, so closing needs no lingering read.
+    pub client_closes: bool,
 }
 
 /// Writes the head of a response whose body has `body_length` bytes, if known, into `out`;
@@ -316,7 +368,7 @@ pub(crate) fn encode_switch(headers: &HeaderMap, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -324,7 +376,7 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// `n` in decimal, in `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut start = buf.len();
     loop {
         start -= 1;
@@ -334,6 +386,39 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
             return &buf[start..];
         }
     }
+}
+
+/// The last chunk of a chunked body, with its trailers if it has any: those that may be
+/// trailers (RFC 9110 §6.5.1), not framing, routing or authentication fields.
+pub(crate) fn last_chunk(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        if may_trail(name) {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn may_trail(name: &HeaderName) -> bool {
+    const NOT_IN_TRAILERS: [HeaderName; 15] = [
+        header::AUTHORIZATION,
+        header::CACHE_CONTROL,
+        header::CONNECTION,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::CONTENT_TYPE,
+        header::EXPECT,
+        header::HOST,
+        header::MAX_FORWARDS,
+        header::PROXY_AUTHORIZATION,
+        header::SET_COOKIE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+    ];
+    !NOT_IN_TRAILERS.contains(name)
 }
 
 /// The line that opens a chunk of `length` bytes: its size in hex and CRLF.
@@ -383,6 +468,17 @@ mod tests {
             parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
             HeadError::TooManyHeaders
         );
+    }
+
+    #[test]
+    fn only_fields_that_may_trail_are_written_as_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
+        trailers.insert(header::HOST, HeaderValue::from_static("evil.test"));
+        let mut out = Vec::new();
+        last_chunk(Some(&trailers), &mut out);
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
     }
 
     #[test]
@@ -467,7 +563,8 @@ mod tests {
         (String::from_utf8(out).expect("text"), write, keep_alive)
     }
 
-    const PLAIN: Answering = Answering { head_request: false, http10: false, keep_alive: true };
+    const PLAIN: Answering =
+        Answering { head_request: false, http10: false, keep_alive: true, client_closes: false };
     const DATE: &[u8] = b"Mon, 07 Dec 2026 07:00:00 GMT";
 
     #[test]

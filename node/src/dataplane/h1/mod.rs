@@ -10,6 +10,8 @@
 //! requests is closed after `keep_alive_timeout`.
 
 mod body;
+pub(crate) mod client;
+mod client_head;
 mod decoder;
 mod head;
 pub(crate) mod io;
@@ -34,8 +36,8 @@ use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
 use self::io::{ClientUpgrade, Reader, Rewound};
 use super::answer::error_response;
 use super::client_clock::ClientClock;
+use super::proxy_body::ProxyBody;
 use super::signal::Signal;
-use super::upstream::ProxyBody;
 
 /// How long a connection the proxy closes mid-request keeps reading (and dropping) what the
 /// client still sends, so that the client reads the answer rather than a reset.
@@ -141,6 +143,7 @@ where
         http10: parts.version == Version::HTTP_10,
         // A keep-alive timeout of zero closes after every answer, and says so.
         keep_alive: keep_alive && !limits.keep_alive_timeout.is_zero(),
+        client_closes: !keep_alive,
     };
     let switch = upgrade.then(|| {
         let (switched, upgraded) = oneshot::channel();
@@ -226,11 +229,14 @@ where
         };
     }
     answering.keep_alive &= !shutdown.is_fired();
+    // Whether the request was read to its end (a request without a body was).
+    let mut request_read = given_back.is_none();
     // A body the backend stopped reading early leaves the connection unusable.
     if let Some(receiver) = given_back.as_mut()
         && let Ok(returned) = receiver.try_recv()
     {
         answering.keep_alive &= returned.complete;
+        request_read = returned.complete;
         reader = Some(returned.reader);
         given_back = None;
     }
@@ -241,6 +247,7 @@ where
         match tokio::time::timeout(BODY_RETURN, receiver).await {
             Ok(Ok(Returned { reader: back, complete })) => {
                 keep_alive &= complete;
+                request_read = complete;
                 reader = Some(back);
             }
             _ => keep_alive = false,
@@ -248,6 +255,11 @@ where
     }
     match reader {
         Some(kept) if keep_alive => Next::Request(kept),
+        // The whole request was read and the client sends no more: a plain close.
+        Some(kept) if answering.client_closes && request_read && kept.buf.is_empty() => {
+            linger(write, None::<Reader<R>>).await;
+            Next::Close
+        }
         reader => {
             linger(write, reader).await;
             Next::Close
@@ -262,7 +274,8 @@ async fn refuse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     error: &HeadError,
 ) {
     let answer = error_response(error.status(), &error.to_string());
-    let closing = Answering { head_request: false, http10: false, keep_alive: false };
+    let closing =
+        Answering { head_request: false, http10: false, keep_alive: false, client_closes: false };
     let _ = write_response(write, answer, closing).await;
     linger(write, Some(reader)).await;
 }
@@ -385,14 +398,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     }
     let complete = match mode {
         BodyWrite::Chunked => {
-            out.extend_from_slice(b"0\r\n");
-            for (name, value) in trailers.iter().flatten() {
-                out.extend_from_slice(name.as_str().as_bytes());
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(value.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(b"\r\n");
+            head::last_chunk(trailers.as_ref(), &mut out);
             true
         }
         BodyWrite::Length(_) => left == 0,
@@ -608,5 +614,32 @@ mod tests {
         // The head's first bytes are sent (the client's task runs) before the wait begins.
         tokio::task::yield_now().await;
         assert_eq!(wait(&mut reader, false, &shutdown).await, (Duration::from_millis(200), true));
+    }
+
+    /// How long serving a connection whose client sends `sent` and then stays open takes.
+    async fn served_for(sent: &'static [u8]) -> Duration {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(sent).await.expect("write");
+        let started = Instant::now();
+        let clock = Arc::new(ClientClock::default());
+        serve(server, BytesMut::new(), started, LIMITS, clock, |_| async {
+            Response::new(empty_body())
+        })
+        .await;
+        drop(client);
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_said_close_is_closed_at_once_unless_it_sent_more() {
+        assert_eq!(
+            served_for(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await,
+            Duration::ZERO
+        );
+        assert_eq!(
+            served_for(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\nGET /more").await,
+            LINGER,
+            "bytes after the request: the answer is lingered over"
+        );
     }
 }
