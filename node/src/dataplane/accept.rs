@@ -14,6 +14,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::acme::ACME_TLS_ALPN;
+use super::boxed::boxed;
 use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wait_for_capacity};
 use super::shared::Shared;
 use super::tls::RELOAD_EVERY;
@@ -134,7 +135,7 @@ async fn serve(
     let client = Downstream { peer, local, tls: false };
     match listener.spec().protocol {
         // Boxed, as HTTPS is: each connection's task is as large as the largest of these.
-        Protocol::Tcp => Box::pin(l4::serve(stream, client, &listener, &shared)).await,
+        Protocol::Tcp => boxed!(l4::serve(stream, client, &listener, &shared)).await,
         Protocol::Http => {
             // Heads and bodies are written whole; nothing is gained by Nagle's wait.
             let _ = stream.set_nodelay(true);
@@ -142,7 +143,7 @@ async fn serve(
         }
         // Boxed: a handshake and a TLS stream are large, and the task of every plain
         // connection would be as large if they were part of it.
-        Protocol::Https => Box::pin(serve_tls(stream, client, listener, shared)).await,
+        Protocol::Https => boxed!(serve_tls(stream, client, listener, shared)).await,
     }
 }
 

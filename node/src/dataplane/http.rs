@@ -36,6 +36,7 @@ use super::acme::AcmeMaterial;
 use super::addresses::Drain;
 use super::answer::error_response;
 use super::attempt::Attempts;
+use super::boxed::boxed;
 use super::client_clock::ClientClock;
 use super::error::ErrorKind;
 use super::gate::Gated;
@@ -107,7 +108,7 @@ where
             // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
             // would be as large if it were part of it.
             let io = h1::io::Rewound::new(read.freeze(), io);
-            Box::pin(serve_h2(io, connection, shared, on_request)).await;
+            boxed!(serve_h2(io, connection, shared, on_request)).await;
         } else {
             let limits = h1::Limits {
                 max_head: spec.http.max_header_bytes as usize,
@@ -147,11 +148,12 @@ async fn serve_h2<I>(
         let shared = Arc::clone(&shared);
         let pending = service_resets.start(Instant::now());
         let request = request.map(boxed_body);
-        async move {
+        // Boxed: hyper spawns each stream as a task, which moves the future several times.
+        boxed!(async move {
             let response = handle(request, downstream, &listener, &shared).await;
             pending.answered();
             Ok::<_, Infallible>(response)
-        }
+        })
     });
     let served = async move {
         let served = builder.serve_connection(TokioIo::new(io), service);
@@ -408,12 +410,10 @@ async fn route_and_forward(
     };
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
     let timeout = spec.http.request_timeout;
-    let response = match tokio::time::timeout(
-        timeout,
-        forward(request, upgrade, downstream, listener, shared, &target),
-    )
-    .await
-    {
+    // Pinned where it is made: the timer takes a reference, not a copy of the large future.
+    let forwarding =
+        std::pin::pin!(forward(request, upgrade, downstream, listener, shared, &target));
+    let response = match tokio::time::timeout(timeout, forwarding).await {
         Ok(response) => response,
         Err(_) => {
             tracing::warn!(listener = %listener.name(), route = route_name, pool = %target.pool.name(), ?timeout, "504: request not answered within the listener's request_timeout");
@@ -493,9 +493,16 @@ async fn forward(
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
             // Boxed: upgrades are rare, and every request's state would be as large.
-            let tunnelled =
-                tunnel(upstream, on_client_upgrade, backend, pool, listener, downstream, shared);
-            return Box::pin(tunnelled).await;
+            return boxed!(tunnel(
+                upstream,
+                on_client_upgrade,
+                backend,
+                pool,
+                listener,
+                downstream,
+                shared
+            ))
+            .await;
         }
         let stats = backend.shared_stats();
         if let Some(bytes) = &request_bytes {
@@ -504,7 +511,7 @@ async fn forward(
         let tried = attempt.tried();
         let index = attempt.index;
         // The response body holds the request in flight until its last byte.
-        let sending = client.send(upstream, attempt.in_flight, stats);
+        let sending = std::pin::pin!(client.send(upstream, attempt.in_flight, stats));
         match tokio::time::timeout(pool_spec.response_timeout, sending).await {
             Ok(Ok(mut response)) => {
                 // A 5xx counts against the backend like a refused connection.

@@ -12,6 +12,7 @@ pub(crate) mod acme;
 pub mod addresses;
 mod answer;
 mod attempt;
+mod boxed;
 mod client_clock;
 pub mod error;
 mod gate;

@@ -28,6 +28,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::boxed::boxed;
 use super::h1::client::{BackendConnection, ExchangeError, ResponseBody, SendError};
 use super::proxy_body::{BoxError, ProxyBody};
 use super::stats::TrafficStats;
@@ -154,7 +155,7 @@ impl BackendConnections {
             }
         }
         // Boxed: a new connection's state would otherwise be part of every request's.
-        let stream = match Box::pin(self.dial()).await {
+        let stream = match boxed!(self.dial()).await {
             Ok(stream) => stream,
             Err(source) => return Err(self.connect_failed(source, request)),
         };
@@ -172,7 +173,7 @@ impl BackendConnections {
         let shared = lock(&self.h2).clone().filter(|sender| !sender.is_closed());
         let mut sender = match shared {
             Some(sender) => sender,
-            None => match Box::pin(self.connect_http2()).await {
+            None => match boxed!(self.connect_http2()).await {
                 Ok(sender) => sender,
                 Err(Connecting::Dial(source)) => return Err(self.connect_failed(source, request)),
                 Err(Connecting::Handshake(e)) => return Err(e.into()),

@@ -35,6 +35,7 @@ use self::decoder::{Chunked, Decoder};
 use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
 use self::io::{ClientUpgrade, Reader, Rewound};
 use super::answer::error_response;
+use super::boxed::boxed;
 use super::client_clock::ClientClock;
 use super::proxy_body::ProxyBody;
 use super::signal::Signal;
@@ -85,25 +86,19 @@ where
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!("HTTP/1.1 request refused: {e}");
-                    Box::pin(refuse(&mut write, reader, &e)).await;
+                    boxed!(refuse(&mut write, reader, &e)).await;
                     return;
                 }
             };
             // Boxed, as is the service's future: a connection between requests keeps a small
             // task, and the request's state lives only while it is served.
-            let exchanged = Box::pin(exchange(
-                head,
-                reader,
-                &mut write,
-                &limits,
-                &clock.wind_down,
-                &mut service,
-            ));
+            let exchanged =
+                boxed!(exchange(head, reader, &mut write, &limits, &clock.wind_down, &mut service));
             reader = match exchanged.await {
                 Next::Request(kept) => kept,
                 Next::Close => return,
                 Next::Switch(lent, headers, switched) => {
-                    Box::pin(switch_protocols(write, lent, &headers, switched)).await;
+                    boxed!(switch_protocols(write, lent, &headers, switched)).await;
                     return;
                 }
             };
@@ -123,85 +118,107 @@ enum Next<R> {
 }
 
 /// One request: handed to `service` (its body reading from `reader`), answered on `write`.
-async fn exchange<R, W, S, F>(
+// Not an `async fn`, which would keep its arguments twice: this future is copied whole into
+// its box for every request.
+#[allow(clippy::manual_async_fn)]
+fn exchange<'a, R, W, S, F>(
     head: RequestHead,
     reader: Reader<R>,
-    write: &mut W,
-    limits: &Limits,
-    shutdown: &Signal,
-    service: &mut S,
-) -> Next<R>
+    write: &'a mut W,
+    limits: &'a Limits,
+    shutdown: &'a Signal,
+    service: &'a mut S,
+) -> impl Future<Output = Next<R>> + 'a
 where
     R: AsyncRead + Send + Unpin + 'static,
     W: AsyncWrite + Unpin,
     S: FnMut(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>> + 'a,
+{
+    async move {
+        let RequestHead { mut parts, framing, keep_alive, expects_continue, upgrade } = head;
+        let answering = Answering {
+            head_request: parts.method == Method::HEAD,
+            http10: parts.version == Version::HTTP_10,
+            // A keep-alive timeout of zero closes after every answer, and says so.
+            keep_alive: keep_alive && !limits.keep_alive_timeout.is_zero(),
+            client_closes: !keep_alive,
+        };
+        let switch = upgrade.then(|| {
+            let (switched, upgraded) = oneshot::channel();
+            parts.extensions.insert(ClientUpgrade::new(upgraded));
+            switched
+        });
+        let continue_wanted = expects_continue.then(|| Arc::new(Signal::default()));
+        let decoder = match framing {
+            Framing::Empty => None,
+            Framing::Length(length) => Some(Decoder::Length(length)),
+            Framing::Chunked => Some(Decoder::Chunked(Chunked::default())),
+        };
+        // The reader stays here, or is lent to the body until the body gives it back.
+        // Whatever way this exchange ends, a body still out then fails (the guard cancels on
+        // drop); a request without a body pays for neither.
+        let (body, reader, given_back, _give_up) = match decoder {
+            Some(decoder) => {
+                let given_up = CancellationToken::new();
+                let (give_back, given_back) = oneshot::channel();
+                let body = RequestBody::new(
+                    reader,
+                    decoder,
+                    limits.max_head,
+                    continue_wanted.clone(),
+                    give_back,
+                    given_up.clone().cancelled_owned(),
+                );
+                (body.boxed_unsync(), None, Some(given_back), Some(given_up.drop_guard()))
+            }
+            None => (empty_body(), Some(reader), None, None),
+        };
+        // A future of its own, so the service's (large) state and the answer's writing can
+        // share their room in this one.
+        let Some(response) =
+            answer(service, Request::from_parts(parts, body), continue_wanted.as_deref(), write)
+                .await
+        else {
+            return Next::Close;
+        };
+        finish_exchange(response, switch, reader, given_back, write, &answering, shutdown).await
+    }
+}
+
+/// The service's answer to `request`, with `100 Continue` written first when the client
+/// waits for it and its body was wanted; `None` if that write failed.
+async fn answer<W, S, F>(
+    service: &mut S,
+    request: Request<ProxyBody>,
+    continue_wanted: Option<&Signal>,
+    write: &mut W,
+) -> Option<Response<ProxyBody>>
+where
+    W: AsyncWrite + Unpin,
+    S: FnMut(Request<ProxyBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    let RequestHead { mut parts, framing, keep_alive, expects_continue, upgrade } = head;
-    let answering = Answering {
-        head_request: parts.method == Method::HEAD,
-        http10: parts.version == Version::HTTP_10,
-        // A keep-alive timeout of zero closes after every answer, and says so.
-        keep_alive: keep_alive && !limits.keep_alive_timeout.is_zero(),
-        client_closes: !keep_alive,
-    };
-    let switch = upgrade.then(|| {
-        let (switched, upgraded) = oneshot::channel();
-        parts.extensions.insert(ClientUpgrade::new(upgraded));
-        switched
-    });
-    let continue_wanted = expects_continue.then(|| Arc::new(Signal::default()));
-    let decoder = match framing {
-        Framing::Empty => None,
-        Framing::Length(length) => Some(Decoder::Length(length)),
-        Framing::Chunked => Some(Decoder::Chunked(Chunked::default())),
-    };
-    // The reader stays here, or is lent to the body until the body gives it back. Whatever
-    // way this exchange ends, a body still out then fails (the guard cancels on drop); a
-    // request without a body pays for neither.
-    let (body, reader, given_back, _give_up) = match decoder {
-        Some(decoder) => {
-            let given_up = CancellationToken::new();
-            let (give_back, given_back) = oneshot::channel();
-            let body = RequestBody::new(
-                reader,
-                decoder,
-                limits.max_head,
-                continue_wanted.clone(),
-                give_back,
-                given_up.clone().cancelled_owned(),
-            );
-            (body.boxed_unsync(), None, Some(given_back), Some(given_up.drop_guard()))
-        }
-        None => (empty_body(), Some(reader), None, None),
-    };
-    let pending = service(Request::from_parts(parts, body));
-    let mut pending = std::pin::pin!(pending);
     const PROCEED: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-    let response = match &continue_wanted {
-        Some(wanted) => {
-            let response = tokio::select! {
-                biased;
-                response = pending.as_mut() => response,
-                () = wanted.fired() => {
-                    if write_all_flushed(write, PROCEED).await.is_err() {
-                        return Next::Close;
-                    }
-                    let response = pending.await;
-                    // Told once: the final answer follows.
-                    return finish_exchange(response, switch, reader, given_back, write, &answering, shutdown).await;
-                }
-            };
+    // Made in place: `pin!` of a local would copy the (large) future.
+    let mut pending = std::pin::pin!(service(request));
+    let Some(wanted) = continue_wanted else { return Some(pending.await) };
+    tokio::select! {
+        biased;
+        response = pending.as_mut() => {
             // The body was asked for as the answer came (a backend that answers while it
             // reads): the client still waits for its 100 before sending it.
             if wanted.is_fired() && write_all_flushed(write, PROCEED).await.is_err() {
-                return Next::Close;
+                return None;
             }
-            response
+            Some(response)
         }
-        None => pending.await,
-    };
-    finish_exchange(response, switch, reader, given_back, write, &answering, shutdown).await
+        () = wanted.fired() => {
+            // Told once: the final answer follows.
+            write_all_flushed(write, PROCEED).await.ok()?;
+            Some(pending.await)
+        }
+    }
 }
 
 /// The rest of an exchange once the response has come: a switch to the tunnel, or the

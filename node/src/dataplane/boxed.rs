@@ -1,0 +1,14 @@
+//! Boxing a future where it is made. `Box::pin(f())` builds the future on the stack and then
+//! copies all of it (its whole layout, kilobytes for a request's future) into the box; a
+//! future written into an uninitialised box is built there, with no copy (checked in the
+//! release binary's code: no `memcpy` of the request future's size is left). A macro, not a
+//! function: passing the future to a function, even an inlined one, brings the copy back.
+
+/// `$future`, pinned in a box it was written into directly.
+macro_rules! boxed {
+    ($future:expr) => {
+        Box::into_pin(Box::write(Box::new_uninit(), $future))
+    };
+}
+
+pub(crate) use boxed;
