@@ -3,8 +3,8 @@
 //! used, so the rest can age out) or dials a new one, and its connection returns to the pool
 //! when the response body has been read to its end. HTTP/1.1 is the proxy's own client
 //! (`h1::client`), run in the requesting connection's task; h2c is hyper's, one shared
-//! connection per backend and worker. Nothing here crosses threads or waits on a lock held by another request: the
-//! pool is per worker, so its mutex is never contended.
+//! connection per backend and worker. Nothing here crosses threads or waits on a lock held
+//! by another request: the pool is per worker, so its mutex is never contended.
 //!
 //! The response body carries the request's [`InFlight`] and counts the backend's bytes, so a
 //! streaming download counts against its backend until its last byte.

@@ -1,7 +1,7 @@
-//! The client connection's bytes: reads that hold no buffer while the client is quiet (a
-//! per-thread scratch buffer takes each read, and only bytes that arrived are kept), a
-//! connection with bytes already read put back in front of it, and the connection handed to
-//! a tunnel when a request upgrades.
+//! A connection's bytes: reads that hold no buffer while the peer is quiet (a per-thread
+//! scratch buffer takes each read, and only bytes that arrived are kept), a client
+//! connection with bytes already read put back in front of it, and a client connection
+//! handed to a tunnel when a request upgrades.
 
 use std::cell::RefCell;
 use std::io;
@@ -22,7 +22,8 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
 }
 
-/// The read side of a client connection and the bytes read but not yet used.
+/// The read side of a connection (a client's, or a backend's) and the bytes read but not
+/// yet used.
 #[derive(Debug)]
 pub(crate) struct Reader<R> {
     pub io: R,

@@ -1,9 +1,10 @@
-//! HTTP/1.1 from clients, served by the proxy's own connection loop instead of hyper's
-//! server: a connection between requests holds no buffer (a read lands in the worker's
-//! scratch buffer, see `io.rs`) and its task is about 2.5 KiB, so ten thousand idle
-//! keep-alive clients cost little; a request is parsed into `http` types in place (header
-//! values share the bytes read), and a response head and its first body bytes leave in one
-//! write. Heads and framing are sans IO (`head.rs`, `decoder.rs`); this module moves bytes.
+//! HTTP/1.1 with the proxy's own code, not hyper's. This module serves clients: a connection
+//! between requests holds no buffer (a read lands in the worker's scratch buffer, see
+//! `io.rs`) and its task is about 2.5 KiB, so ten thousand idle keep-alive clients cost
+//! little; a request is parsed into `http` types in place (header values share the bytes
+//! read), and a response head and its first body bytes leave in one write. `client.rs`
+//! speaks to backends, in the same task. Heads and framing are sans IO (`head.rs`,
+//! `client_head.rs`, `decoder.rs`); this module and `client.rs` move bytes.
 //!
 //! Timers: a new connection's first head must arrive within `header_timeout` of the connect,
 //! a later head within `header_timeout` of its first byte, and a connection idle between
