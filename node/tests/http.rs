@@ -385,20 +385,33 @@ async fn proxy_errors_say_what_happened() {
     let port = free_port();
     let mut listener = http_listener(port.address, "web");
     listener.routes = vec![route("dead", "/dead", "dead"), route("empty", "/empty", "empty")];
+    // A listener whose requests run out of time before its pool's response timeout does.
+    let hurried = free_port();
+    let mut hurried_listener = http_listener(hurried.address, "web");
+    hurried_listener.name = name("hurried");
+    hurried_listener.http.request_timeout = Duration::from_millis(150);
     let mut dead_pool = Pool::new(name("dead"));
     dead_pool.backends = vec![Backend::new(dead.address)];
     let mut web = pool("web", &[&a]);
     web.response_timeout = Duration::from_millis(300);
-    let _plane =
-        serve(vec![listener], vec![web, dead_pool, Pool::new(name("empty"))], vec![]).await;
+    let _plane = serve(
+        vec![listener, hurried_listener],
+        vec![web, dead_pool, Pool::new(name("empty"))],
+        vec![],
+    )
+    .await;
 
     let (status, _, body) = get(port.address, "/dead", &[]).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     let (status, _, body) = get(port.address, "/empty", &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("no healthy backend"), "{body}");
-    let (status, _, _) = get(port.address, "/slow", &[]).await;
+    let (status, _, body) = get(port.address, "/slow", &[]).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("the backend did not answer in time"), "{body}");
+    let (status, _, body) = get(hurried.address, "/slow", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("request timed out"), "the listener's timeout came first: {body}");
     let (status, _, _) = get(port.address, "/status/503", &[]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a backend's own status passes through");
 }

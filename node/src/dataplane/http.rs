@@ -287,6 +287,8 @@ struct Target<'a> {
     route_name: &'a str,
     rewritten: Option<String>,
     sticky: Option<&'a fulcrum_model::StickyCookie>,
+    /// When the listener's `request_timeout` runs out.
+    deadline: tokio::time::Instant,
 }
 
 async fn handle(
@@ -407,19 +409,11 @@ async fn route_and_forward(
         route_name,
         rewritten,
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
+        deadline: tokio::time::Instant::now() + spec.http.request_timeout,
     };
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
-    let timeout = spec.http.request_timeout;
-    // Pinned where it is made: the timer takes a reference, not a copy of the large future.
-    let forwarding =
-        std::pin::pin!(forward(request, upgrade, downstream, listener, shared, &target));
-    let response = match tokio::time::timeout(timeout, forwarding).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(listener = %listener.name(), route = route_name, pool = %target.pool.name(), ?timeout, "504: request not answered within the listener's request_timeout");
-            error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
-        }
-    };
+    // The request's deadline bounds each wait in `forward` (one timer per wait, not two).
+    let response = forward(request, upgrade, downstream, listener, shared, &target).await;
     finish(&stats, started, with_rate_headers(response, shown.as_ref()))
 }
 
@@ -493,7 +487,7 @@ async fn forward(
         let sent = Instant::now();
         if let Some(on_client_upgrade) = upgrade {
             // Boxed: upgrades are rare, and every request's state would be as large.
-            return boxed!(tunnel(
+            let tunnelled = boxed!(tunnel(
                 upstream,
                 on_client_upgrade,
                 backend,
@@ -501,8 +495,11 @@ async fn forward(
                 listener,
                 downstream,
                 shared
-            ))
-            .await;
+            ));
+            return match tokio::time::timeout_at(target.deadline, tunnelled).await {
+                Ok(response) => response,
+                Err(_) => request_timed_out(listener, target),
+            };
         }
         let stats = backend.shared_stats();
         if let Some(bytes) = &request_bytes {
@@ -512,7 +509,10 @@ async fn forward(
         let index = attempt.index;
         // The response body holds the request in flight until its last byte.
         let sending = std::pin::pin!(client.send(upstream, attempt.in_flight, stats));
-        match tokio::time::timeout(pool_spec.response_timeout, sending).await {
+        // The pool's response timeout, within what is left of the request's.
+        let answer_by =
+            target.deadline.min(tokio::time::Instant::now() + pool_spec.response_timeout);
+        match tokio::time::timeout_at(answer_by, sending).await {
             Ok(Ok(mut response)) => {
                 // A 5xx counts against the backend like a refused connection.
                 tried.answered(pool, sent.elapsed(), !response.status().is_server_error());
@@ -551,6 +551,7 @@ async fn forward(
                 backend.stats().error(ErrorKind::Io);
                 return error_response(StatusCode::BAD_GATEWAY, "the backend failed");
             }
+            Err(_) if answer_by == target.deadline => return request_timed_out(listener, target),
             Err(_) => {
                 tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %pool.name(), backend = %backend.address(), timeout = ?pool_spec.response_timeout, "504: no response within the pool's response_timeout");
                 pool.record_connect(backend, false);
@@ -573,6 +574,13 @@ async fn forward(
             error_response(StatusCode::BAD_GATEWAY, "no backend could be reached")
         }
     }
+}
+
+/// The 504 of a request not answered within its listener's `request_timeout`.
+fn request_timed_out(listener: &ListenerRuntime, target: &Target<'_>) -> Response<ProxyBody> {
+    let timeout = listener.spec().http.request_timeout;
+    tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %target.pool.name(), ?timeout, "504: request not answered within the listener's request_timeout");
+    error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
 }
 
 /// Forwards an upgrade request (WebSocket) on a connection of its own and, once the backend
