@@ -110,8 +110,8 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared
         let connection = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
         listener.connections().spawn(async move {
-            // Boxed where it is made: tokio moves a spawned future's whole state (into its
-            // task, and again as the task ends), so the task itself is kept small.
+            // Boxed where it is made: tokio moves a spawned future's whole state into its
+            // task's allocation, so what it moves is kept small.
             boxed!(serve(stream, peer, connection, shared)).await;
             drop(admission);
         });

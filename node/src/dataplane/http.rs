@@ -676,7 +676,6 @@ fn upstream_request(
     tls: bool,
 ) -> Result<Request<ProxyBody>, hyper::http::Error> {
     let Hop { h2, upgrading, rewritten, keeps_forwarded } = *hop;
-    let named_in_uri = parts.uri.authority().is_some();
     let authority = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
@@ -697,8 +696,9 @@ fn upstream_request(
     match (&authority, h2) {
         // HTTP/2 says it in :authority; a Host field as well would be redundant.
         (_, true) => drop(headers.remove(header::HOST)),
-        (Some(host), false) if named_in_uri => drop(headers.insert(header::HOST, host.clone())),
-        (_, false) => {}
+        // One Host, the one routed by, whatever the client sent.
+        (Some(host), false) => drop(headers.insert(header::HOST, host.clone())),
+        (None, false) => {}
     }
     let mut prior_forwarding = found.forwarding;
     if prior_forwarding && !keeps_forwarded {

@@ -106,6 +106,10 @@ pub(crate) fn parse_request(
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("target"))?;
     let headers = fields.shared_headers(&head).map_err(HeadError::Invalid)?;
+    // RFC 9112 §3.2: one Host, or the proxy and the backend could see different ones.
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(HeadError::Invalid("Host (more than one)"));
+    }
     let framing = framing(&headers, version)?;
     let keep_alive = keeps_alive(&headers, version);
     let expects_continue = version == Version::HTTP_11
@@ -479,6 +483,12 @@ mod tests {
         let mut out = Vec::new();
         last_chunk(Some(&trailers), &mut out);
         assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn two_hosts_are_refused() {
+        let error = parse("GET / HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -119,8 +119,8 @@ enum Next<R> {
 }
 
 /// One request: handed to `service` (its body reading from `reader`), answered on `write`.
-// Not an `async fn`, which would keep its arguments twice: this future is copied whole into
-// its box for every request.
+// Not an `async fn`, which would keep its arguments twice in this future, made (in its box)
+// for every request.
 #[allow(clippy::manual_async_fn)]
 fn exchange<'a, R, W, S, F>(
     head: RequestHead,
