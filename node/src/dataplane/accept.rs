@@ -1,6 +1,7 @@
 //! Accepting connections: binding a listener's sockets (IP_FREEBIND, so a VIP this node does
-//! not hold yet can be bound; SO_REUSEPORT, one socket per worker), the accept loop with its
-//! connection limit, and handing each connection to L4 or L7 by the listener's protocol.
+//! not hold yet can be bound; SO_REUSEPORT, one socket per worker; TCP_NODELAY, which
+//! accepted connections inherit), the accept loop with its connection limit, and handing
+//! each connection to L4 or L7 by the listener's protocol.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fulcrum_model::{Listener, Protocol};
-use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use nix::libc::{SOCK_CLOEXEC, SOCK_NONBLOCK};
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -17,6 +20,7 @@ use super::acme::ACME_TLS_ALPN;
 use super::boxed::boxed;
 use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wait_for_capacity};
 use super::shared::Shared;
+use super::speculative::SpeculativeTcp;
 use super::tls::RELOAD_EVERY;
 use super::{http, l4};
 
@@ -47,7 +51,11 @@ pub(crate) fn start(
             let shared = Arc::clone(&shared);
             worker.spawn(async move {
                 // Registered with this worker's reactor, so its connections stay on it.
-                match TcpListener::from_std(socket) {
+                // SAFETY: the listener owns its descriptor, which stays open and the same
+                // until the `AsyncFd` holding it is dropped.
+                #[allow(unsafe_code)]
+                let registered = unsafe { AsyncFd::register(socket) };
+                match registered {
                     Ok(socket) => accept_loop(socket, listener, shared).await,
                     Err(e) => tracing::error!(listener = %listener.name(), "cannot accept: {e}"),
                 }
@@ -79,13 +87,20 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
         SocketAddr::V4(_) => socket.set_freebind_v4(true)?,
         SocketAddr::V6(_) => socket.set_freebind_v6(true)?,
     }
+    // Accepted connections inherit it: heads and bodies are written whole, and nothing is
+    // gained by Nagle's wait, nor by a system call per connection to turn it off.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
 }
 
-async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared: Arc<Shared>) {
+async fn accept_loop(
+    socket: AsyncFd<std::net::TcpListener>,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+) {
     loop {
         // A listener at its limit leaves further clients in the kernel's backlog. Each worker
         // reserves its slot only after accepting, so idle workers hold none; at worst a
@@ -94,7 +109,7 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared
             break;
         }
         let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
+            accepted = accept(&socket) => accepted,
             _ = listener.stopping() => break,
         };
         let (stream, peer) = match accepted {
@@ -119,9 +134,26 @@ async fn accept_loop(socket: TcpListener, listener: Arc<ListenerRuntime>, shared
     tracing::debug!(listener = %listener.name(), "stopped accepting");
 }
 
+/// The next connection: non-blocking, and not registered with the reactor (L7 registers it
+/// only if it has to wait).
+async fn accept(
+    socket: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        let accepted = ready
+            .try_io(|socket| SockRef::from(socket.get_ref()).accept4(SOCK_NONBLOCK | SOCK_CLOEXEC));
+        if let Ok(accepted) = accepted {
+            let (stream, peer) = accepted?;
+            let peer = peer.as_socket().ok_or_else(|| io::Error::other("not an IP peer"))?;
+            return Ok((stream.into(), peer));
+        }
+    }
+}
+
 /// Serves one accepted connection by the listener's protocol.
 async fn serve(
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
@@ -137,22 +169,25 @@ async fn serve(
     let client = Downstream { peer, local, tls: false };
     match listener.spec().protocol {
         // Boxed, as HTTPS is: each connection's task is as large as the largest of these.
-        Protocol::Tcp => boxed!(l4::serve(stream, client, &listener, &shared)).await,
+        Protocol::Tcp => match TcpStream::from_std(stream) {
+            Ok(stream) => boxed!(l4::serve(stream, client, &listener, &shared)).await,
+            Err(e) => tracing::warn!(listener = %listener.name(), "cannot serve a connection: {e}"),
+        },
         Protocol::Http => {
-            // Heads and bodies are written whole; nothing is gained by Nagle's wait.
-            let _ = stream.set_nodelay(true);
-            http::serve(stream, client, listener, shared, false).await
+            http::serve(SpeculativeTcp::new(stream), client, listener, shared, false).await
         }
         // Boxed: a handshake and a TLS stream are large, and the task of every plain
         // connection would be as large if they were part of it.
-        Protocol::Https => boxed!(serve_tls(stream, client, listener, shared)).await,
+        Protocol::Https => {
+            boxed!(serve_tls(SpeculativeTcp::new(stream), client, listener, shared)).await
+        }
     }
 }
 
 /// Serves a connection to an https listener: the handshake (bounded like a request head),
 /// then HTTP over it.
 async fn serve_tls(
-    stream: TcpStream,
+    stream: SpeculativeTcp,
     client: Downstream,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
@@ -161,7 +196,6 @@ async fn serve_tls(
         return;
     };
     let peer = client.peer;
-    let _ = stream.set_nodelay(true);
     // The handshake is part of the request head: a client slow to finish it is cut like a
     // slowloris.
     let timeout = listener.spec().http.header_timeout;

@@ -751,15 +751,31 @@ fn merge_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// Every value of a header as one comma-separated list.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    (!values.is_empty()).then(|| values.join(", "))
+/// Writes every value of a header, each followed by `, ` (what a proxy appends its own
+/// element to).
+fn write_earlier(value: &mut String, headers: &HeaderMap, name: &HeaderName) {
+    for earlier in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+        value.push_str(earlier);
+        value.push_str(", ");
+    }
+}
+
+/// A header value formatted by `format` in a per-thread scratch string and copied once: a
+/// `String` of its own would grow a few times, and becoming a header would cost it one more
+/// allocation unless it were exactly full.
+fn formatted_value(format: impl FnOnce(&mut String)) -> Option<HeaderValue> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        format(scratch);
+        HeaderValue::from_str(scratch).ok()
+    })
 }
 
 /// Adds X-Forwarded-For and Forwarded (appended to what is left of them, if `prior`: the
-/// request may have some), X-Forwarded-Proto and X-Forwarded-Host. Each value is built in
-/// one `String` that becomes the header without a copy.
+/// request may have some), X-Forwarded-Proto and X-Forwarded-Host.
 fn forwarding_headers(
     headers: &mut HeaderMap,
     peer: SocketAddr,
@@ -770,14 +786,13 @@ fn forwarding_headers(
     use std::fmt::Write as _;
     let client = peer.ip();
     let proto = if tls { "https" } else { "http" };
-    // What earlier hops said, to append to.
-    let earlier = |headers: &HeaderMap, name: &HeaderName| match prior {
-        true => joined(headers, name).map_or_else(String::new, |e| e + ", "),
-        false => String::new(),
-    };
-    let mut xff = earlier(headers, &X_FORWARDED_FOR);
-    let _ = write!(xff, "{client}");
-    if let Ok(value) = HeaderValue::try_from(xff) {
+    let xff = formatted_value(|value| {
+        if prior {
+            write_earlier(value, headers, &X_FORWARDED_FOR);
+        }
+        let _ = write!(value, "{client}");
+    });
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -789,16 +804,20 @@ fn forwarding_headers(
         None if prior => drop(headers.remove(&X_FORWARDED_HOST)),
         None => {}
     };
-    let mut forwarded = earlier(headers, &header::FORWARDED);
-    // RFC 7239: IPv6 addresses are quoted and bracketed.
-    let _ = match client {
-        std::net::IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={proto}"),
-        std::net::IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={proto}"),
-    };
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        let _ = write!(forwarded, ";host=\"{host}\"");
-    }
-    if let Ok(value) = HeaderValue::try_from(forwarded) {
+    let forwarded = formatted_value(|value| {
+        if prior {
+            write_earlier(value, headers, &header::FORWARDED);
+        }
+        // RFC 7239: IPv6 addresses are quoted and bracketed.
+        let _ = match client {
+            std::net::IpAddr::V6(ip) => write!(value, "for=\"[{ip}]\";proto={proto}"),
+            std::net::IpAddr::V4(ip) => write!(value, "for={ip};proto={proto}"),
+        };
+        if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+            let _ = write!(value, ";host=\"{host}\"");
+        }
+    });
+    if let Some(value) = forwarded {
         headers.insert(header::FORWARDED, value);
     }
 }

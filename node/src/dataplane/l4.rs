@@ -55,7 +55,7 @@ pub(crate) async fn serve(
     let Some(Connected { backend, mut upstream, close, in_flight: _in_flight }) = connected else {
         return;
     };
-    let _ = client.set_nodelay(true);
+    // The client's connection has it from the listening socket.
     let _ = upstream.set_nodelay(true);
     if spec.proxy_protocol {
         let sent = tokio::select! {

@@ -29,6 +29,7 @@ pub mod proxy_header;
 mod shared;
 pub mod shared_limits;
 mod signal;
+mod speculative;
 mod splice;
 pub mod stats;
 pub(crate) mod tls;

@@ -90,6 +90,8 @@ impl BackendConnection {
         request: Request<ProxyBody>,
         reused: bool,
     ) -> Result<Response<ResponseBody>, SendError> {
+        // The last response is gone by now, so its buffer can serve another.
+        self.reader.release_if_empty();
         let (parts, body) = request.into_parts();
         let head_request = parts.method == Method::HEAD;
         let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
@@ -194,12 +196,10 @@ impl ResponseBody {
             return None;
         }
         self.upload = None;
-        let mut connection = self.connection.take()?;
-        if !connection.reader.buf.is_empty() {
-            return None;
-        }
-        connection.reader.release_if_empty();
-        Some(connection)
+        let connection = self.connection.take()?;
+        // Its read buffer stays until the next request: the response's head, which shares
+        // it, is still being answered with.
+        connection.reader.buf.is_empty().then_some(connection)
     }
 
     fn fail(&mut self, error: ExchangeError) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
@@ -295,7 +295,13 @@ impl From<UploadError> for ExchangeError {
 /// A request on its way to the backend: bytes queued for the socket, and the body they come
 /// from until it has ended.
 struct Upload {
+    /// The request head, written from `head_written` on. Kept as it was encoded: a `Bytes`
+    /// made of it would allocate again for its share count.
+    head: Vec<u8>,
+    head_written: usize,
+    /// Body bytes after the head (a bodiless request allocates no queue).
     queue: VecDeque<Bytes>,
+    /// Bytes of the head and queue not yet written.
     queued: usize,
     /// `None` once its end is queued.
     body: Option<ProxyBody>,
@@ -312,25 +318,25 @@ impl std::fmt::Debug for Upload {
 
 impl Upload {
     fn new(head: Vec<u8>, body: ProxyBody, framing: RequestFraming) -> Self {
-        let mut upload = Upload {
-            queue: VecDeque::with_capacity(4),
-            queued: 0,
+        Upload {
+            queued: head.len(),
+            head,
+            head_written: 0,
+            queue: VecDeque::new(),
             body: (framing != RequestFraming::Empty).then_some(body),
             chunked: framing == RequestFraming::Chunked,
             left: match framing {
                 RequestFraming::Length(length) => length,
                 _ => 0,
             },
-        };
-        upload.push(Bytes::from(head));
-        upload
+        }
     }
 
     /// Whether the backend has been sent the whole request: its body's end is written, or
     /// all the bytes its length announced are (a body that has not yet said it ended, like
     /// an HTTP/2 stream whose end comes in an empty frame).
     fn is_sent(&self) -> bool {
-        self.queue.is_empty() && (self.body.is_none() || (!self.chunked && self.left == 0))
+        self.queued == 0 && (self.body.is_none() || (!self.chunked && self.left == 0))
     }
 
     fn push(&mut self, bytes: Bytes) {
@@ -414,17 +420,25 @@ impl Upload {
 
     /// Writes what is queued.
     fn poll_write(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.queue.is_empty() {
+        while self.queued > 0 {
             let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
-            let count = self.queue.len().min(MAX_SLICES);
-            for (slice, bytes) in slices.iter_mut().zip(&self.queue) {
+            let head = &self.head[self.head_written..];
+            let unwritten = std::iter::once(head)
+                .filter(|head| !head.is_empty())
+                .chain(self.queue.iter().map(|bytes| &bytes[..]));
+            let mut count = 0;
+            for (slice, bytes) in slices.iter_mut().zip(unwritten) {
                 *slice = io::IoSlice::new(bytes);
+                count += 1;
             }
             let mut written = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queued -= written;
+            let of_head = written.min(head.len());
+            self.head_written += of_head;
+            written -= of_head;
             while written > 0 {
                 let Some(front) = self.queue.front_mut() else { break };
                 if written >= front.len() {

@@ -134,7 +134,7 @@ pub(crate) fn parse_response(
     };
     let spans = FieldSpans::of(buf, parsed.headers);
     let head = buf.split_to(length).freeze();
-    let mut headers = spans.shared_headers(&head).map_err(ResponseHeadError::Invalid)?;
+    let mut headers = spans.shared_headers(&head, 0).map_err(ResponseHeadError::Invalid)?;
     let (framing, mut keep_alive) = response_framing(status, &headers, head_request)?;
     keep_alive &= keeps_alive(&headers, version);
     if matches!(framing, ResponseFraming::Chunked | ResponseFraming::UntilClose) {

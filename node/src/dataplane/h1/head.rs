@@ -12,6 +12,10 @@ use hyper::{Method, Request, StatusCode, Uri, Version};
 /// Header fields a request head may have (hyper's limit too).
 pub(crate) const MAX_HEADERS: usize = 100;
 
+/// Fields a proxied request gains (X-Forwarded-For, -Proto and -Host, and Forwarded): its
+/// header map is made with room for them, so adding them does not grow it.
+const ADDED_BY_THE_PROXY: usize = 4;
+
 /// How a request body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -105,7 +109,7 @@ pub(crate) fn parse_request(
     let head = buf.split_to(length).freeze();
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("target"))?;
-    let headers = fields.shared_headers(&head).map_err(HeadError::Invalid)?;
+    let headers = fields.shared_headers(&head, ADDED_BY_THE_PROXY).map_err(HeadError::Invalid)?;
     // RFC 9112 §3.2: one Host, or the proxy and the backend could see different ones.
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(HeadError::Invalid("Host (more than one)"));
@@ -234,10 +238,14 @@ impl FieldSpans {
         FieldSpans { spans, count }
     }
 
-    /// The fields as a header map whose values share `head`'s bytes; `Err` names what is
-    /// invalid.
-    pub(super) fn shared_headers(&self, head: &Bytes) -> Result<HeaderMap, &'static str> {
-        let mut headers = HeaderMap::with_capacity(self.count);
+    /// The fields as a header map whose values share `head`'s bytes, with room for `spare`
+    /// more; `Err` names what is invalid.
+    pub(super) fn shared_headers(
+        &self,
+        head: &Bytes,
+        spare: usize,
+    ) -> Result<HeaderMap, &'static str> {
+        let mut headers = HeaderMap::with_capacity(self.count + spare);
         for (name, value) in &self.spans[..self.count] {
             let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| "header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))

@@ -16,10 +16,20 @@ use tokio::sync::oneshot;
 /// How much one read may take.
 const READ_SIZE: usize = 16 * 1024;
 
+/// The capacity of a read buffer a connection takes when it has none.
+const BUFFER_SIZE: usize = 4096;
+
+/// How many read buffers a worker keeps for its connections to take.
+const SPARE_BUFFERS: usize = 64;
+
 thread_local! {
     /// Each worker's scratch buffer: a read lands here and only what arrived is kept, so an
     /// idle connection holds no read buffer.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+    /// Read buffers connections gave back between messages. A busy connection takes one
+    /// again instead of allocating a new buffer per message (and sharing it when its head is
+    /// split off), and an idle one holds none.
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The read side of a connection (a client's, or a backend's) and the bytes read but not
@@ -37,8 +47,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         SCRATCH.with_borrow_mut(|scratch| {
             let mut read = ReadBuf::new(scratch);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-            self.buf.extend_from_slice(read.filled());
-            Poll::Ready(Ok(read.filled().len()))
+            let arrived = read.filled();
+            if self.buf.capacity() == 0 && !arrived.is_empty() {
+                self.buf = SPARE
+                    .with_borrow_mut(Vec::pop)
+                    .unwrap_or_else(|| BytesMut::with_capacity(BUFFER_SIZE));
+            }
+            self.buf.extend_from_slice(arrived);
+            Poll::Ready(Ok(arrived.len()))
         })
     }
 
@@ -56,10 +72,19 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    /// Lets go of the buffer's memory when it holds nothing (between requests).
+    /// Gives the buffer back to the worker when it holds nothing (between messages), so an
+    /// idle connection holds none.
     pub(crate) fn release_if_empty(&mut self) {
         if self.buf.is_empty() {
-            self.buf = BytesMut::new();
+            let mut buf = std::mem::take(&mut self.buf);
+            // Only a buffer no message still shares can be used again without allocating.
+            if buf.try_reclaim(BUFFER_SIZE) {
+                SPARE.with_borrow_mut(|spare| {
+                    if spare.len() < SPARE_BUFFERS {
+                        spare.push(buf);
+                    }
+                });
+            }
         }
     }
 }
@@ -178,5 +203,28 @@ mod tests {
         let _ = reader.buf.split_to(16);
         reader.release_if_empty();
         assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_given_back_is_taken_again_once_no_message_shares_it() {
+        async fn filled(bytes: &'static [u8]) -> Reader<&'static [u8]> {
+            let mut reader = Reader { io: bytes, buf: BytesMut::new() };
+            std::future::poll_fn(|cx| reader.poll_fill(cx)).await.expect("read");
+            reader
+        }
+        let mut first = filled(b"abcd").await;
+        let memory = first.buf.as_ptr();
+        drop(first.buf.split_to(4).freeze());
+        first.release_if_empty();
+        assert_eq!(first.buf.capacity(), 0, "an idle connection holds no buffer");
+        let mut second = filled(b"efgh").await;
+        assert_eq!(second.buf.as_ptr(), memory, "the given-back buffer is used again");
+
+        // A head still in use keeps its buffer from being handed out again.
+        let head = second.buf.split_to(4).freeze();
+        second.release_if_empty();
+        let third = filled(b"ijkl").await;
+        assert_ne!(third.buf.as_ptr(), memory);
+        assert_eq!(&head[..], b"efgh");
     }
 }
