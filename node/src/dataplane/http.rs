@@ -90,7 +90,9 @@ where
                 connected + spec.http.header_timeout,
                 sniff_preface(&mut io, &mut read),
             );
+            // Biased: a request there at once is taken without waking the other watchers.
             tokio::select! {
+                biased;
                 sniffed = sniffed => match sniffed {
                     Ok(Some(h2)) => h2,
                     _ => return,
