@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use fulcrum_model::{Listener, Protocol};
 use nix::libc::{SOCK_CLOEXEC, SOCK_NONBLOCK};
 use socket2::{Domain, SockRef, Socket, Type};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -54,7 +55,8 @@ pub(crate) fn start(
                 // SAFETY: the listener owns its descriptor, which stays open and the same
                 // until the `AsyncFd` holding it is dropped.
                 #[allow(unsafe_code)]
-                let registered = unsafe { AsyncFd::register(socket) };
+                let registered =
+                    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
                 match registered {
                     Ok(socket) => accept_loop(socket, listener, shared).await,
                     Err(e) => tracing::error!(listener = %listener.name(), "cannot accept: {e}"),

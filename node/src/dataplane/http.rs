@@ -90,7 +90,8 @@ where
                 connected + spec.http.header_timeout,
                 sniff_preface(&mut io, &mut read),
             );
-            // Biased: a request there at once is taken without waking the other watchers.
+            // Biased: a request there at once is taken without polling (and so registering)
+            // the other watchers.
             tokio::select! {
                 biased;
                 sniffed = sniffed => match sniffed {
@@ -109,7 +110,7 @@ where
         if h2 {
             // Boxed: HTTP/2's connection state is large, and every HTTP/1.1 connection's task
             // would be as large if it were part of it.
-            let io = h1::io::Rewound::new(read.freeze(), io);
+            let io = h1::io::Rewound::new(h1::io::detach(read), io);
             boxed!(serve_h2(io, connection, shared, on_request)).await;
         } else {
             let limits = h1::Limits {

@@ -1,8 +1,10 @@
-//! A client's TCP stream used without the reactor until an operation would block. A short
-//! connection whose request has arrived by the time it is accepted, and whose answer fits
-//! the socket's buffer, is served and closed without ever being registered with epoll: two
-//! `epoll_ctl` calls and tokio's registration saved per connection, as HAProxy's
-//! speculative IO saves them.
+//! A client's TCP stream used without the reactor until an operation would block, as
+//! HAProxy's speculative IO does. A plain HTTP client whose request has arrived by the time
+//! it is accepted, whose answer fits the socket's buffer and that closes after it
+//! (`Connection: close`, HTTP/1.0) is served and closed without ever being registered with
+//! epoll: two `epoll_ctl` calls and tokio's registration saved. A keep-alive client registers
+//! when it waits for its next request, a TLS client when it waits for its second handshake
+//! flight (after one read that finds nothing).
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
@@ -11,6 +13,9 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+/// The most a read on an unregistered stream zeroes of a caller's uninitialised room.
+const DIRECT_READ: usize = 4096;
 
 /// A non-blocking TCP stream, registered with the worker's reactor at its first operation
 /// that would block.
@@ -52,7 +57,7 @@ impl SpeculativeTcp {
     ) -> Result<&mut TcpStream, io::Result<T>> {
         if let SpeculativeTcp::Direct(stream) = self {
             match direct(stream) {
-                // Interrupted calls are left to the reactor, which retries them.
+                // An interrupted call is made again through the reactor.
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -71,9 +76,12 @@ impl AsyncRead for SpeculativeTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // The reads that matter (h1's) bring an initialised buffer, so this rarely zeroes.
+        // Reads into the room already initialised (h1's scratch buffer is), or zeroes at most
+        // DIRECT_READ bytes of it: hyper's and body reads bring uninitialised room.
         let direct = |stream: &mut std::net::TcpStream| {
-            let read = stream.read(buf.initialize_unfilled())?;
+            let initialised = buf.initialized().len() - buf.filled().len();
+            let room = initialised.max(DIRECT_READ.min(buf.remaining()));
+            let read = stream.read(buf.initialize_unfilled_to(room))?;
             buf.advance(read);
             Ok(())
         };

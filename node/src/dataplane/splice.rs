@@ -102,7 +102,7 @@ async fn pump(
             None => {
                 let moved = read(from, &mut buffer).await?;
                 write_all(to, &buffer).await?;
-                if moved == COPY_BUFFER && !pipe_failed {
+                if buffer.len() == buffer.capacity() && !pipe_failed {
                     match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
                         Ok(fds) => pipe = Some(fds),
                         // Out of descriptors: this connection goes on copying.

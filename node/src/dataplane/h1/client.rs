@@ -90,8 +90,6 @@ impl BackendConnection {
         request: Request<ProxyBody>,
         reused: bool,
     ) -> Result<Response<ResponseBody>, SendError> {
-        // The last response is gone by now, so its buffer can serve another.
-        self.reader.release_if_empty();
         let (parts, body) = request.into_parts();
         let head_request = parts.method == Method::HEAD;
         let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
@@ -196,10 +194,12 @@ impl ResponseBody {
             return None;
         }
         self.upload = None;
-        let connection = self.connection.take()?;
-        // Its read buffer stays until the next request: the response's head, which shares
-        // it, is still being answered with.
-        connection.reader.buf.is_empty().then_some(connection)
+        let mut connection = self.connection.take()?;
+        if !connection.reader.buf.is_empty() {
+            return None;
+        }
+        connection.reader.release_if_empty();
+        Some(connection)
     }
 
     fn fail(&mut self, error: ExchangeError) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {

@@ -19,16 +19,17 @@ const READ_SIZE: usize = 16 * 1024;
 /// The capacity of a read buffer a connection takes when it has none.
 const BUFFER_SIZE: usize = 4096;
 
-/// How many read buffers a worker keeps for its connections to take.
-const SPARE_BUFFERS: usize = 64;
+/// How many read buffers a worker keeps for its connections to take, each of at most
+/// [`READ_SIZE`] bytes.
+const SPARE_BUFFERS: usize = 32;
 
 thread_local! {
     /// Each worker's scratch buffer: a read lands here and only what arrived is kept, so an
     /// idle connection holds no read buffer.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
-    /// Read buffers connections gave back between messages. A busy connection takes one
-    /// again instead of allocating a new buffer per message (and sharing it when its head is
-    /// split off), and an idle one holds none.
+    /// Read buffers connections gave back between messages. A busy client connection takes
+    /// one again instead of allocating a new buffer per request (and another to share it when
+    /// its head is split off), and an idle one holds none.
     static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -76,17 +77,32 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// idle connection holds none.
     pub(crate) fn release_if_empty(&mut self) {
         if self.buf.is_empty() {
-            let mut buf = std::mem::take(&mut self.buf);
-            // Only a buffer no message still shares can be used again without allocating.
-            if buf.try_reclaim(BUFFER_SIZE) {
-                SPARE.with_borrow_mut(|spare| {
-                    if spare.len() < SPARE_BUFFERS {
-                        spare.push(buf);
-                    }
-                });
-            }
+            give_back(std::mem::take(&mut self.buf));
         }
     }
+}
+
+/// Keeps an emptied read buffer for the next connection that needs one, if it has room for a
+/// message without allocating (its own room: bytes a message still shares stay that
+/// message's) and is not oversized; drops it otherwise.
+fn give_back(mut buf: BytesMut) {
+    buf.clear();
+    if buf.try_reclaim(BUFFER_SIZE) && buf.capacity() <= READ_SIZE {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
+/// The bytes read so far in their own allocation, exactly their size, for a connection that
+/// keeps them for its whole life (an HTTP/2 preface, a tunnel's first bytes); the read buffer
+/// goes back to the worker.
+pub(crate) fn detach(buf: BytesMut) -> Bytes {
+    let bytes = Bytes::copy_from_slice(&buf);
+    give_back(buf);
+    bytes
 }
 
 /// A connection with bytes already read from it put back in front.
@@ -112,6 +128,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
             let take = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..take]);
             self.prefix.advance(take);
+            if self.prefix.is_empty() {
+                // Lets go of its memory for the rest of the connection.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use self::body::{RequestBody, Returned};
 use self::decoder::{Chunked, Decoder};
 use self::head::{Answering, BodyWrite, Framing, HeadError, RequestHead};
-use self::io::{ClientUpgrade, Reader, Rewound};
+use self::io::{ClientUpgrade, Reader, Rewound, detach};
 use super::answer::error_response;
 use super::boxed::boxed;
 use super::client_clock::ClientClock;
@@ -274,7 +274,8 @@ where
     match reader {
         Some(kept) if keep_alive => Next::Request(kept),
         // The whole request was read and the client sends no more: a plain close.
-        Some(kept) if answering.client_closes && request_read && kept.buf.is_empty() => {
+        Some(mut kept) if answering.client_closes && request_read && kept.buf.is_empty() => {
+            kept.release_if_empty();
             linger(write, None::<Reader<R>>).await;
             Next::Close
         }
@@ -464,7 +465,7 @@ async fn switch_protocols<I>(
     }
     let Reader { io, buf } = reader;
     let joined: Box<dyn io::ClientIo> = Box::new(io.unsplit(write));
-    let _ = switched.send(Rewound::new(buf.freeze(), joined));
+    let _ = switched.send(Rewound::new(detach(buf), joined));
 }
 
 /// Closes the write side and, when the client may still be sending, reads and drops what it
@@ -486,6 +487,8 @@ async fn linger<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         }
     };
     let _ = tokio::time::timeout(LINGER, drained).await;
+    reader.buf.clear();
+    reader.release_if_empty();
 }
 
 async fn write_all_flushed<W: AsyncWrite + Unpin>(
