@@ -23,6 +23,7 @@ use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wai
 use super::shared::Shared;
 use super::speculative::SpeculativeTcp;
 use super::tls::RELOAD_EVERY;
+use super::workers::{Loads, Workers};
 use super::{http, l4};
 
 /// Connections waiting to be accepted.
@@ -34,23 +35,33 @@ const BACKLOG: i32 = 1024;
 pub(crate) fn start(
     spec: &Listener,
     shared: Arc<Shared>,
-    workers: &[Handle],
+    workers: &Workers,
 ) -> Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>), ListenerError> {
     // All sockets are bound before any accepts, so a failure leaves nothing behind.
-    let sockets = workers.iter().map(|_| bind(spec.bind)).collect::<io::Result<Vec<_>>>().map_err(
-        |source| ListenerError::Bind { name: spec.name.clone(), bind: spec.bind, source },
-    )?;
+    let sockets = (workers.handles().iter())
+        .map(|_| bind(spec.bind))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|source| ListenerError::Bind {
+            name: spec.name.clone(),
+            bind: spec.bind,
+            source,
+        })?;
     let runtime = ListenerRuntime::new(spec, &shared.acme)?;
     if spec.protocol == Protocol::Https {
         tokio::spawn(reload_certificates(Arc::clone(&runtime)));
     }
     let accepting = sockets
         .into_iter()
-        .zip(workers)
-        .map(|(socket, worker)| {
+        .enumerate()
+        .map(|(index, socket)| {
             let listener = Arc::clone(&runtime);
             let shared = Arc::clone(&shared);
-            worker.spawn(async move {
+            let balance = Balance {
+                index,
+                handles: Arc::clone(workers.handles()),
+                loads: Arc::clone(workers.loads()),
+            };
+            workers.handles()[index].spawn(async move {
                 // Registered with this worker's reactor, so its connections stay on it.
                 // SAFETY: the listener owns its descriptor, which stays open and the same
                 // until the `AsyncFd` holding it is dropped.
@@ -58,7 +69,7 @@ pub(crate) fn start(
                 let registered =
                     unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
                 match registered {
-                    Ok(socket) => accept_loop(socket, listener, shared).await,
+                    Ok(socket) => accept_loop(socket, listener, shared, balance).await,
                     Err(e) => tracing::error!(listener = %listener.name(), "cannot accept: {e}"),
                 }
             })
@@ -98,10 +109,19 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Where an accept loop's connections may run: its own worker (`index`) or, when that one
+/// holds more than its share, the least loaded.
+struct Balance {
+    index: usize,
+    handles: Arc<[Handle]>,
+    loads: Arc<Loads>,
+}
+
 async fn accept_loop(
     socket: AsyncFd<std::net::TcpListener>,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
+    balance: Balance,
 ) {
     loop {
         // A listener at its limit leaves further clients in the kernel's backlog. Each worker
@@ -126,12 +146,20 @@ async fn accept_loop(
         let Some(admission) = Admission::wait(&listener).await else { break };
         let connection = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
-        listener.connections().spawn(async move {
+        let worker = balance.loads.pick(balance.index);
+        let load = balance.loads.enter(worker);
+        let served = async move {
             // Boxed where it is made: tokio moves a spawned future's whole state into its
             // task's allocation, so what it moves is kept small.
             boxed!(serve(stream, peer, connection, shared)).await;
             drop(admission);
-        });
+            drop(load);
+        };
+        // The socket is registered by the worker that serves it, when it first waits.
+        match balance.handles.get(worker).filter(|_| worker != balance.index) {
+            Some(other) => drop(listener.connections().spawn_on(served, other)),
+            None => drop(listener.connections().spawn(served)),
+        }
     }
     tracing::debug!(listener = %listener.name(), "stopped accepting");
 }

@@ -189,7 +189,7 @@ impl DataPlane {
                 }
                 continue;
             }
-            match accept::start(listener, Arc::clone(&self.shared), self.workers.handles()) {
+            match accept::start(listener, Arc::clone(&self.shared), &self.workers) {
                 Ok((runtime, accepting)) => {
                     tracing::info!(listener = %listener.name, bind = %listener.bind, "listener started");
                     control.listeners.insert(listener.name.clone(), Running { runtime, accepting });

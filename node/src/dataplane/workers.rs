@@ -3,10 +3,14 @@
 //! workers and a connection lives its whole life on one thread. No task is handed between
 //! threads and no thread wakes another, which is what a shared work-stealing runtime spends
 //! most of its time on when connections are short (HAProxy's threads and nginx's workers
-//! are built the same way).
+//! are built the same way). The kernel spreads connections evenly only on average, so a
+//! worker holding more than its share hands a new connection to the least loaded one
+//! (`Loads`), as HAProxy balances its threads by their connection counts.
 
 use std::cell::Cell;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
@@ -26,7 +30,8 @@ pub fn current_index() -> usize {
 /// The running workers; dropping this stops them and every task they run.
 #[derive(Debug)]
 pub struct Workers {
-    handles: Vec<Handle>,
+    handles: Arc<[Handle]>,
+    loads: Arc<Loads>,
     /// Dropping a sender ends its worker's runtime.
     stops: Vec<oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
@@ -35,11 +40,19 @@ pub struct Workers {
 impl Workers {
     /// Starts `count` workers (at least one).
     pub fn start(count: usize) -> io::Result<Workers> {
-        let mut workers = Workers { handles: Vec::new(), stops: Vec::new(), threads: Vec::new() };
-        for index in 0..count.max(1) {
+        let count = count.max(1);
+        // Built in place, so a failure part-way stops and joins the workers already started.
+        let mut workers = Workers {
+            handles: Arc::new([]),
+            loads: Arc::new(Loads::new(count)),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        let mut handles = Vec::new();
+        for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            workers.handles.push(runtime.handle().clone());
+            handles.push(runtime.handle().clone());
             workers.stops.push(stop);
             let thread = std::thread::Builder::new()
                 .name(format!("fulcrum-worker-{index}"))
@@ -49,12 +62,81 @@ impl Workers {
                 })?;
             workers.threads.push(thread);
         }
+        workers.handles = handles.into();
         Ok(workers)
     }
 
     /// One handle per worker, to spawn its tasks.
-    pub fn handles(&self) -> &[Handle] {
+    pub fn handles(&self) -> &Arc<[Handle]> {
         &self.handles
+    }
+
+    /// How many client connections each worker holds.
+    pub(crate) fn loads(&self) -> &Arc<Loads> {
+        &self.loads
+    }
+}
+
+/// How many more connections than the least loaded worker a worker may hold before it hands
+/// new ones over: connections come and go, and a hand-over costs a wake-up of the other
+/// thread, so near-equal counts are left as they are.
+const BALANCE_SLACK: usize = 2;
+
+/// Each worker's count of open client connections.
+#[derive(Debug)]
+pub(crate) struct Loads(Box<[Count]>);
+
+/// One worker's count, on a cache line of its own: each worker writes its own at every
+/// connection, and sharing a line would make the workers fight over it.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Count(AtomicUsize);
+
+impl std::ops::Deref for Count {
+    type Target = AtomicUsize;
+
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
+impl Loads {
+    fn new(workers: usize) -> Loads {
+        Loads((0..workers).map(|_| Count::default()).collect())
+    }
+
+    /// The worker that should serve a connection `accepting` took: itself, unless it holds
+    /// more than [`BALANCE_SLACK`] connections more than the least loaded worker.
+    pub(crate) fn pick(&self, accepting: usize) -> usize {
+        let count = |worker: usize| self.0.get(worker).map_or(0, |c| c.load(Ordering::Relaxed));
+        let least = (0..self.0.len()).min_by_key(|&worker| count(worker)).unwrap_or(accepting);
+        match count(accepting) > count(least) + BALANCE_SLACK {
+            true => least,
+            false => accepting,
+        }
+    }
+
+    /// Counts a connection on `worker` until the returned guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>, worker: usize) -> Load {
+        if let Some(count) = self.0.get(worker) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        Load { loads: Arc::clone(self), worker }
+    }
+}
+
+/// One connection counted on its worker.
+#[derive(Debug)]
+pub(crate) struct Load {
+    loads: Arc<Loads>,
+    worker: usize,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(count) = self.loads.0.get(self.worker) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -70,4 +152,31 @@ impl Drop for Workers {
 /// The number of workers when none is configured: one per available core.
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_well_above_the_least_loaded_hands_connections_over() {
+        let loads = Arc::new(Loads::new(3));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(loads.enter(0));
+        }
+        held.push(loads.enter(1));
+        // 3 against 0 on worker 2: over the slack.
+        assert_eq!(loads.pick(0), 2);
+        // Worker 1 holds 1, within the slack of 0.
+        assert_eq!(loads.pick(1), 1);
+        held.push(loads.enter(2));
+        // 3 against 1: within the slack.
+        assert_eq!(loads.pick(0), 0);
+        held.clear();
+        assert!(
+            loads.0.iter().all(|count| count.load(Ordering::Relaxed) == 0),
+            "guards count down"
+        );
+    }
 }
