@@ -290,6 +290,8 @@ struct Target<'a> {
     route_name: &'a str,
     rewritten: Option<String>,
     sticky: Option<&'a fulcrum_model::StickyCookie>,
+    /// When the request arrived: its backend is chosen as of then (one clock read less).
+    started: Instant,
     /// When the listener's `request_timeout` runs out.
     deadline: tokio::time::Instant,
 }
@@ -369,10 +371,10 @@ async fn route_and_forward(
     {
         let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
         let (key, second) = rate_keys(&key_kind, &client, &request, route_name);
-        let now = Instant::now();
-        let mut decision = limiter.check(key, now);
+        // Counted as of the request's arrival: a clock read less.
+        let mut decision = limiter.check(key, started);
         if let (true, Some(second)) = (decision.allowed, second) {
-            decision = narrower(decision, limiter.check(second, now));
+            decision = narrower(decision, limiter.check(second, started));
         }
         shown = Some(decision);
         if !decision.allowed {
@@ -412,6 +414,7 @@ async fn route_and_forward(
         route_name,
         rewritten,
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
+        started,
         deadline: tokio::time::Instant::now() + spec.http.request_timeout,
     };
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
@@ -446,7 +449,7 @@ async fn forward(
         _ => None,
     };
     let key = PickKey { source_ip: downstream.peer.ip(), hash_key: hash_bytes.as_deref() };
-    let mut attempts = Attempts::new(&selection, &pool_spec, pinned, &key, Instant::now());
+    let mut attempts = Attempts::new(&selection, &pool_spec, pinned, &key, target.started);
     // A body is limited and counted; a request without one pays for neither (an empty body
     // boxes without allocating).
     let request_bytes = (!request_has_no_body(&request)).then(|| Arc::new(RequestBytes::default()));
