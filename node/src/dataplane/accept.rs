@@ -23,7 +23,7 @@ use super::listener::{Admission, Downstream, ListenerError, ListenerRuntime, wai
 use super::shared::Shared;
 use super::speculative::SpeculativeTcp;
 use super::tls::RELOAD_EVERY;
-use super::workers::{Loads, Workers};
+use super::workers::Workers;
 use super::{http, l4};
 
 /// Connections waiting to be accepted.
@@ -56,13 +56,10 @@ pub(crate) fn start(
         .map(|(index, socket)| {
             let listener = Arc::clone(&runtime);
             let shared = Arc::clone(&shared);
-            let balance = Balance {
-                index,
-                handles: Arc::clone(workers.handles()),
-                loads: Arc::clone(workers.loads()),
-            };
+            let balance = Balance { index, handles: Arc::clone(workers.handles()) };
             workers.handles()[index].spawn(async move {
-                // Registered with this worker's reactor, so its connections stay on it.
+                // Registered with this worker's reactor: this worker accepts its share of
+                // the connections (and serves them, unless it holds more than its share).
                 // SAFETY: the listener owns its descriptor, which stays open and the same
                 // until the `AsyncFd` holding it is dropped.
                 #[allow(unsafe_code)]
@@ -110,11 +107,10 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Where an accept loop's connections may run: its own worker (`index`) or, when that one
-/// holds more than its share, the least loaded.
+/// holds more than its share (`Shared::loads`), the least loaded.
 struct Balance {
     index: usize,
     handles: Arc<[Handle]>,
-    loads: Arc<Loads>,
 }
 
 async fn accept_loop(
@@ -144,10 +140,10 @@ async fn accept_loop(
             }
         };
         let Some(admission) = Admission::wait(&listener).await else { break };
+        let worker = shared.loads.pick(balance.index);
+        let load = shared.loads.enter(worker);
         let connection = Arc::clone(&listener);
         let shared = Arc::clone(&shared);
-        let worker = balance.loads.pick(balance.index);
-        let load = balance.loads.enter(worker);
         let served = async move {
             // Boxed where it is made: tokio moves a spawned future's whole state into its
             // task's allocation, so what it moves is kept small.
@@ -155,7 +151,8 @@ async fn accept_loop(
             drop(admission);
             drop(load);
         };
-        // The socket is registered by the worker that serves it, when it first waits.
+        // Not registered with any reactor yet, so the worker that serves it registers it
+        // (L4 at once, HTTP when it first waits).
         match balance.handles.get(worker).filter(|_| worker != balance.index) {
             Some(other) => drop(listener.connections().spawn_on(served, other)),
             None => drop(listener.connections().spawn(served)),

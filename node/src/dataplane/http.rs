@@ -290,7 +290,8 @@ struct Target<'a> {
     route_name: &'a str,
     rewritten: Option<String>,
     sticky: Option<&'a fulcrum_model::StickyCookie>,
-    /// When the request arrived: its backend is chosen as of then (one clock read less).
+    /// When the request began to be handled: its backend is chosen as of then (one clock
+    /// read less).
     started: Instant,
     /// When the listener's `request_timeout` runs out.
     deadline: tokio::time::Instant,
@@ -371,7 +372,7 @@ async fn route_and_forward(
     {
         let Some((key_kind, limiter)) = shared.limiter(policy) else { continue };
         let (key, second) = rate_keys(&key_kind, &client, &request, route_name);
-        // Counted as of the request's arrival: a clock read less.
+        // Counted as of when the request began to be handled: a clock read less.
         let mut decision = limiter.check(key, started);
         if let (true, Some(second)) = (decision.allowed, second) {
             decision = narrower(decision, limiter.check(second, started));
@@ -632,8 +633,12 @@ async fn tunnel(
     let drain = shared.addresses.drain_of(downstream.local_ip());
     // Tracked with the listener's connections, so drains wait for it and then close it, and
     // an idle tunnel is closed like any idle connection.
+    let loads = Arc::clone(&shared.loads);
     listener.connections().spawn(async move {
         let _in_flight = in_flight;
+        // Counted on its worker, which new connections are balanced against: the client's
+        // connection task, which counted it until now, has ended.
+        let _load = loads.enter(super::workers::current_index());
         let (Some(client), Ok(upstream)) =
             tokio::join!(on_client_upgrade.upgraded(), on_backend_upgrade)
         else {

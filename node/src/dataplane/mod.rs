@@ -120,15 +120,17 @@ impl DataPlane {
 
     /// A data plane serving nothing yet, with `count` worker threads (at least one).
     pub fn with_workers(count: usize, signer: CookieSigner) -> io::Result<DataPlane> {
+        let workers = Workers::start(count)?;
         Ok(DataPlane {
-            workers: Workers::start(count)?,
             shared: Arc::new(Shared {
                 pools: ArcSwap::default(),
                 limiters: ArcSwap::default(),
                 signer,
                 addresses: Arc::default(),
                 acme: Arc::default(),
+                loads: Arc::clone(workers.loads()),
             }),
+            workers,
             sealer: None,
             limit_seeder: None,
             control: tokio::sync::Mutex::default(),

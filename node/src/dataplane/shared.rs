@@ -12,6 +12,7 @@ use fulcrum_policy::{CookieSigner, Limiter};
 use super::acme::AcmeMaterial;
 use super::addresses::AddressDrains;
 use super::pool::PoolRuntime;
+use super::workers::Loads;
 
 /// The pools by name, as the data path sees them.
 pub(crate) type PoolMap = HashMap<Name, Arc<PoolRuntime>>;
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     pub addresses: Arc<AddressDrains>,
     /// ACME certificates and challenge answers.
     pub acme: Arc<ArcSwap<AcmeMaterial>>,
+    /// How many client connections and tunnels each worker holds.
+    pub loads: Arc<Loads>,
 }
 
 impl Shared {

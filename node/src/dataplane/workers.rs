@@ -1,11 +1,12 @@
 //! The data plane's worker threads: one single-threaded tokio runtime per thread, each with
 //! its own SO_REUSEPORT socket per listener, so the kernel spreads new connections over the
-//! workers and a connection lives its whole life on one thread. No task is handed between
-//! threads and no thread wakes another, which is what a shared work-stealing runtime spends
-//! most of its time on when connections are short (HAProxy's threads and nginx's workers
-//! are built the same way). The kernel spreads connections evenly only on average, so a
-//! worker holding more than its share hands a new connection to the least loaded one
-//! (`Loads`), as HAProxy balances its threads by their connection counts.
+//! workers and a connection lives its whole life on the thread that serves it. A running
+//! task is never moved between threads and threads do not wake each other per request,
+//! which is what a shared work-stealing runtime spends most of its time on when connections
+//! are short (HAProxy's threads and nginx's workers are built the same way). The kernel
+//! spreads connections evenly only on average, so a worker holding more than its share
+//! hands a new connection, before serving it, to the least loaded one (`Loads`), at the
+//! cost of one wake-up of that thread, as HAProxy balances its threads by connection count.
 
 use std::cell::Cell;
 use std::io;
@@ -82,7 +83,7 @@ impl Workers {
 /// thread, so near-equal counts are left as they are.
 const BALANCE_SLACK: usize = 2;
 
-/// Each worker's count of open client connections.
+/// Each worker's count of open client connections and tunnels.
 #[derive(Debug)]
 pub(crate) struct Loads(Box<[Count]>);
 

@@ -198,6 +198,7 @@ impl ResponseBody {
         if !connection.reader.buf.is_empty() {
             return None;
         }
+        // The response's head may still share the buffer: only its own room goes back.
         connection.reader.release_if_empty();
         Some(connection)
     }

@@ -240,7 +240,7 @@ mod tests {
         let mut second = filled(b"efgh").await;
         assert_eq!(second.buf.as_ptr(), memory, "the given-back buffer is used again");
 
-        // A head still in use keeps its buffer from being handed out again.
+        // A head still in use leaves too little room of the buffer's own to give back.
         let head = second.buf.split_to(4).freeze();
         second.release_if_empty();
         let third = filled(b"ijkl").await;
