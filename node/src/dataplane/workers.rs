@@ -72,7 +72,7 @@ impl Workers {
         &self.handles
     }
 
-    /// How many client connections each worker holds.
+    /// How many client connections and tunnels each worker holds.
     pub(crate) fn loads(&self) -> &Arc<Loads> {
         &self.loads
     }
