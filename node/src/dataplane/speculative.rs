@@ -36,12 +36,12 @@ impl SpeculativeTcp {
 
     /// The stream registered with the current worker's reactor (registering it if need be).
     fn registered(&mut self) -> io::Result<&mut TcpStream> {
-        if let SpeculativeTcp::Direct(_) = self {
-            let SpeculativeTcp::Direct(stream) = std::mem::replace(self, SpeculativeTcp::Failed)
-            else {
-                return Err(io::ErrorKind::NotConnected.into());
-            };
-            *self = SpeculativeTcp::Registered(TcpStream::from_std(stream)?);
+        // Left `Failed` if registering fails: the socket is closed with the error.
+        match std::mem::replace(self, SpeculativeTcp::Failed) {
+            SpeculativeTcp::Direct(stream) => {
+                *self = SpeculativeTcp::Registered(TcpStream::from_std(stream)?);
+            }
+            other => *self = other,
         }
         match self {
             SpeculativeTcp::Registered(stream) => Ok(stream),

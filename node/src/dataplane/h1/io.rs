@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_buffer_given_back_is_taken_again_once_no_message_shares_it() {
+    async fn a_buffer_given_back_is_taken_again_while_it_has_room_of_its_own() {
         async fn filled(bytes: &'static [u8]) -> Reader<&'static [u8]> {
             let mut reader = Reader { io: bytes, buf: BytesMut::new() };
             std::future::poll_fn(|cx| reader.poll_fill(cx)).await.expect("read");
