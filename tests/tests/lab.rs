@@ -148,7 +148,15 @@ fn prober_reports_an_outage_while_a_backend_is_gone() {
     let report = probe.finish().unwrap();
     assert!(report.successes > 0 && report.failures > 0, "{report:?}");
     assert_eq!(report.outages, 1, "{report:?}");
-    assert!(report.failure_kinds.keys().all(|k| k.starts_with("connect")), "{report:?}");
+    // The prober sends one request at a time, so the stop can catch at most one in flight;
+    // every other failure is a refused connection while nothing listens.
+    let cut_in_flight: u64 = report
+        .failure_kinds
+        .iter()
+        .filter(|(kind, _)| !kind.starts_with("connect"))
+        .map(|(_, count)| count)
+        .sum();
+    assert!(cut_in_flight <= 1, "{report:?}");
     // The outage covers the gap (less the prober's own resolution) and not the whole run.
     let outage = Duration::from_millis(report.longest_outage_ms);
     assert!(
