@@ -102,7 +102,6 @@ where
                 () = must_close(&listener, &connection.drain) => return,
             }
         };
-        let service_listener = Arc::clone(&listener);
         let service_clock = Arc::clone(&clock);
         let on_request = move || {
             service_clock.requested();
@@ -118,11 +117,12 @@ where
                 header_timeout: spec.http.header_timeout,
                 keep_alive_timeout: spec.http.keep_alive_timeout,
             };
+            // Borrowed, not cloned per request: both workers would bounce the counts' cache
+            // lines between them.
+            let (listener, shared) = (&listener, &shared);
             let served = h1::serve(io, read, connected, limits, clock, move |request| {
                 on_request();
-                let listener = Arc::clone(&service_listener);
-                let shared = Arc::clone(&shared);
-                async move { handle(request, downstream, &listener, &shared).await }
+                async move { handle(request, downstream, listener, shared).await }
             });
             connection.drive(std::pin::pin!(served), None).await;
         }
@@ -286,6 +286,8 @@ impl Connection {
 
 /// What one request needs to know of where it goes.
 struct Target<'a> {
+    /// The listener's spec as the request found it.
+    listener_spec: &'a fulcrum_model::Listener,
     pool: Arc<PoolRuntime>,
     route_name: &'a str,
     rewritten: Option<String>,
@@ -305,7 +307,7 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let logged = listener
-        .spec()
+        .current_spec()
         .http
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
@@ -359,7 +361,7 @@ async fn route_and_forward(
         &mut rng,
     );
     let route = routed.as_ref().and_then(|r| r.route);
-    let stats = Arc::clone(route.map_or(router.default_stats(), |r| &r.stats));
+    let stats: &RouteStats = route.map_or(router.default_stats(), |r| &r.stats);
     let route_name = route.map_or("(default)", |r| r.spec.name.as_str());
 
     // Rate limits: the listener's (on every request, routed or not), then the route's; the
@@ -386,22 +388,22 @@ async fn route_and_forward(
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
             rate_headers(response.headers_mut(), &decision);
             tracing::debug!(listener = %listener.name(), route = route_name, policy = %policy, client = %downstream.peer.ip(), "429: rate limit");
-            return finish(&stats, started, response);
+            return finish(stats, started, response);
         }
     }
     let Some(routed) = routed else {
         let response = error_response(StatusCode::NOT_FOUND, "no route for this request");
-        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+        return finish(stats, started, with_rate_headers(response, shown.as_ref()));
     };
 
     if body_too_large(&request, spec.http.max_body_bytes) {
         let response = error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+        return finish(stats, started, with_rate_headers(response, shown.as_ref()));
     }
     let Some(pool) = shared.pools.load().get(routed.pool).cloned() else {
         tracing::warn!(listener = %listener.name(), route = route_name, pool = %routed.pool, "503: the route's pool is not configured");
         let response = error_response(StatusCode::SERVICE_UNAVAILABLE, "no such pool");
-        return finish(&stats, started, with_rate_headers(response, shown.as_ref()));
+        return finish(stats, started, with_rate_headers(response, shown.as_ref()));
     };
     let rewritten = routed.route.and_then(|r| {
         let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -411,6 +413,7 @@ async fn route_and_forward(
         }
     });
     let target = Target {
+        listener_spec: &spec,
         pool,
         route_name,
         rewritten,
@@ -421,7 +424,7 @@ async fn route_and_forward(
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
     // The request's deadline bounds each wait in `forward` (one timer per wait, not two).
     let response = forward(request, upgrade, downstream, listener, shared, &target).await;
-    finish(&stats, started, with_rate_headers(response, shown.as_ref()))
+    finish(stats, started, with_rate_headers(response, shown.as_ref()))
 }
 
 async fn forward(
@@ -457,12 +460,12 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let body = match &request_bytes {
         Some(bytes) => {
-            let limit = listener.spec().http.max_body_bytes;
+            let limit = target.listener_spec.http.max_body_bytes;
             CountingRequestBody::wrap(body, limit, Arc::clone(bytes))
         }
         None => http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
     };
-    let trusted = &listener.spec().http.trusted_proxies;
+    let trusted = &target.listener_spec.http.trusted_proxies;
     let hop = Hop {
         h2: pool_spec.upstream == UpstreamProtocol::Http2,
         upgrading: upgrade.is_some(),

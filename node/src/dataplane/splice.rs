@@ -8,7 +8,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -71,27 +71,32 @@ pub(crate) enum Direction {
 }
 
 /// Forwards both ways until both directions have ended; `counted` is told of every chunk.
-/// An error in either direction ends both (dropping the sockets resets what is left).
+/// The caller closes both sockets when this returns: their close sends the last FIN. An
+/// error in either direction ends both (dropping the sockets resets what is left).
 pub(crate) async fn forward(
     client: &TcpStream,
     backend: &TcpStream,
     activity: &Activity,
     counted: &(dyn Fn(Direction, u64) + Sync),
 ) -> io::Result<()> {
+    let one_ended = AtomicBool::new(false);
     tokio::try_join!(
-        pump(client, backend, activity, Direction::ToBackend, counted),
-        pump(backend, client, activity, Direction::ToClient, counted),
+        pump(client, backend, activity, Direction::ToBackend, counted, &one_ended),
+        pump(backend, client, activity, Direction::ToClient, counted, &one_ended),
     )?;
     Ok(())
 }
 
-/// Moves bytes from `from` to `to` until `from` ends, then half-closes `to`.
+/// Moves bytes from `from` to `to` until `from` ends, then half-closes `to`, unless the other
+/// direction (`one_ended`) ended first: then both sockets are closed next, and the close
+/// sends the FIN without a shutdown call of its own (the other side's bytes were all read).
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     activity: &Activity,
     direction: Direction,
     counted: &(dyn Fn(Direction, u64) + Sync),
+    one_ended: &AtomicBool,
 ) -> io::Result<()> {
     // Not zeroed: reads fill its spare capacity (zeroing 32 KiB per connection showed).
     let mut buffer = Vec::with_capacity(COPY_BUFFER);
@@ -121,6 +126,9 @@ async fn pump(
             }
         };
         if moved == 0 {
+            if one_ended.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
             // End of stream: pass the FIN on; the other direction may still be sending.
             return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
@@ -215,14 +223,17 @@ mod tests {
         let moved = std::sync::Mutex::new((0u64, 0u64));
         let activity = Activity::new();
         let proxy = async {
-            forward(&proxy_client, &proxy_backend, &activity, &|direction, n| {
+            let forwarded = forward(&proxy_client, &proxy_backend, &activity, &|direction, n| {
                 let mut moved = moved.lock().expect("lock");
                 match direction {
                     Direction::ToBackend => moved.0 += n,
                     Direction::ToClient => moved.1 += n,
                 }
             })
-            .await
+            .await;
+            // As the L4 path does: the last FIN leaves with the close.
+            drop((proxy_client, proxy_backend));
+            forwarded
         };
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let ends = async {
