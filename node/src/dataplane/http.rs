@@ -117,7 +117,7 @@ where
                 header_timeout: spec.http.header_timeout,
                 keep_alive_timeout: spec.http.keep_alive_timeout,
             };
-            // Borrowed, not cloned per request: both workers would bounce the counts' cache
+            // Borrowed, not cloned per request: the workers would bounce the counts' cache
             // lines between them.
             let (listener, shared) = (&listener, &shared);
             let served = h1::serve(io, read, connected, limits, clock, move |request| {

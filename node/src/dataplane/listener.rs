@@ -141,7 +141,7 @@ impl ListenerRuntime {
     }
 
     /// Its current spec, for a read that ends before the task next waits: no reference count
-    /// is taken (which both workers would contend for), but a guard held across waits would
+    /// is taken (which the workers would contend for), but a guard held across waits would
     /// use up the thread's few cheap ones.
     pub fn current_spec(&self) -> arc_swap::Guard<Arc<Listener>> {
         self.spec.load()
