@@ -303,12 +303,23 @@ impl DataPlane {
     /// `timeout`, closes what remains and reports it. Nothing starts afterwards.
     pub async fn drain(&self, timeout: Duration) -> DrainReport {
         let deadline = deadline_after(timeout);
-        let mut listeners: Vec<_> = {
+        let (mut listeners, accepting): (Vec<_>, Vec<_>) = {
             // Not held while waiting: metrics stay readable during the drain.
             let mut control = self.control.lock().await;
             control.drained = true;
-            control.listeners.values().map(|r| Arc::clone(&r.runtime)).collect()
+            (control.listeners.values_mut())
+                .map(|r| (Arc::clone(&r.runtime), std::mem::take(&mut r.accepting)))
+                .unzip()
         };
+        // The accept loops end before any drain closes its listener's connections: a
+        // connection accepted just before the stop is then already in its listener's
+        // tracker, which the drain waits for, and not spawned after the wait saw none.
+        for listener in &listeners {
+            listener.stop_accepting();
+        }
+        for task in accepting.into_iter().flatten() {
+            let _ = task.await;
+        }
         listeners.extend(fulcrum_policy::lock(&self.retired).iter().cloned());
         tracing::info!(
             listeners = listeners.len(),

@@ -51,17 +51,31 @@ impl Workers {
         };
         let mut handles = Vec::new();
         for index in 0..count {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (stop, stopped) = oneshot::channel::<()>();
-            handles.push(runtime.handle().clone());
-            workers.stops.push(stop);
+            let (started, handle) = std::sync::mpsc::sync_channel::<io::Result<Handle>>(1);
+            // The runtime is built in its thread: one built here would be dropped here if the
+            // thread could not be spawned, and dropping a runtime inside the daemon's panics.
             let thread = std::thread::Builder::new()
                 .name(format!("fulcrum-worker-{index}"))
                 .spawn(move || {
+                    let built = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let runtime = match built {
+                        Ok(runtime) => runtime,
+                        Err(e) => {
+                            let _ = started.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = started.send(Ok(runtime.handle().clone()));
                     WORKER_INDEX.with(|cell| cell.set(Some(index)));
                     let _ = runtime.block_on(stopped);
                 })?;
+            workers.stops.push(stop);
             workers.threads.push(thread);
+            let handle = handle.recv().unwrap_or_else(|_| {
+                Err(io::Error::other("a worker thread ended before its runtime started"))
+            })?;
+            handles.push(handle);
         }
         workers.handles = handles.into();
         Ok(workers)
