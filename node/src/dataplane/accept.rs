@@ -46,7 +46,7 @@ pub(crate) fn start(
             bind: spec.bind,
             source,
         })?;
-    let runtime = ListenerRuntime::new(spec, &shared.acme)?;
+    let runtime = ListenerRuntime::new(spec, &shared.acme, workers.handles().len())?;
     if spec.protocol == Protocol::Https {
         tokio::spawn(reload_certificates(Arc::clone(&runtime)));
     }

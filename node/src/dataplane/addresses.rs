@@ -1,8 +1,9 @@
 //! Draining by local address: when this node hands a VIP over, the connections clients made
 //! to that address close politely (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY, L4 left to
 //! end), and at the handover's deadline they are closed, whatever listener accepted them.
-//! Each address's phases are cancellation tokens a connection takes at its start: waiting
-//! on one costs a connection a few dozen bytes, which matters to ten thousand idle ones.
+//! Each address's phases are cancellation tokens a connection takes at its start (children
+//! per worker, so workers do not share a lock per connection): waiting on one costs a
+//! connection a few dozen bytes, which matters to ten thousand idle ones.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,7 +23,30 @@ pub enum Phase {
 /// The addresses being drained, as signals every connection to one of them holds.
 #[derive(Debug, Default)]
 pub struct AddressDrains {
-    drains: Mutex<HashMap<IpAddr, Drain>>,
+    drains: Mutex<HashMap<IpAddr, AddressDrain>>,
+}
+
+/// One address's drain, and its children per worker: a connection waits on its worker's, so
+/// the workers do not take the same token's lock at every connection.
+#[derive(Debug, Default)]
+struct AddressDrain {
+    whole: Drain,
+    /// Made when a worker first asks; emptied when `whole` gets a fresh token.
+    by_worker: Vec<Option<Drain>>,
+}
+
+impl AddressDrain {
+    fn for_worker(&mut self, index: usize) -> Drain {
+        if self.by_worker.len() <= index {
+            self.by_worker.resize(index + 1, None);
+        }
+        let whole = &self.whole;
+        let drain = self.by_worker[index].get_or_insert_with(|| Drain {
+            polite: whole.polite.child_token(),
+            closed: whole.closed.child_token(),
+        });
+        drain.clone()
+    }
 }
 
 /// One address's drain, as a connection to it sees it.
@@ -49,10 +73,13 @@ impl AddressDrains {
     /// normally; those made before keep the signals not yet given, for a later drain).
     pub fn set(&self, address: IpAddr, phase: Option<Phase>) {
         let mut drains = self.drains.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let drain = drains.entry(address).or_default();
-        let fresh = |token: &mut CancellationToken| {
+        let address_drain = drains.entry(address).or_default();
+        let drain = &mut address_drain.whole;
+        let mut refreshed = false;
+        let mut fresh = |token: &mut CancellationToken| {
             if token.is_cancelled() {
                 *token = CancellationToken::new();
+                refreshed = true;
             }
         };
         match phase {
@@ -69,12 +96,17 @@ impl AddressDrains {
                 fresh(&mut drain.closed);
             }
         }
+        if refreshed {
+            // Connections made from now on take children of the fresh tokens.
+            address_drain.by_worker.clear();
+        }
     }
 
-    /// The drain of `address`, for a connection made to it now.
+    /// The drain of `address`, for a connection made to it now on the calling worker.
     pub fn drain_of(&self, address: IpAddr) -> Drain {
+        let worker = super::workers::current_index();
         let mut drains = self.drains.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        drains.entry(address).or_default().clone()
+        drains.entry(address).or_default().for_worker(worker)
     }
 }
 
@@ -108,6 +140,23 @@ mod tests {
         for drain in [&before, &during, &after] {
             assert!(done(drain.closed()), "a later drain reaches every connection");
         }
+    }
+
+    #[test]
+    fn every_worker_sees_each_phase_and_a_fresh_drain_after_it() {
+        let drains = AddressDrains::default();
+        let mut address = AddressDrain::default();
+        let on = [address.for_worker(0), address.for_worker(3), address.for_worker(3)];
+        address.whole.polite.cancel();
+        assert!(on.iter().all(|d| done(d.polite()) && !done(d.closed())));
+        address.whole.closed.cancel();
+        assert!(on.iter().all(|d| done(d.closed())));
+
+        drains.set(VIP, Some(Phase::Closed));
+        drains.set(VIP, None);
+        let mut lock = drains.drains.lock().expect("lock");
+        let after = lock.get_mut(&VIP).expect("known").for_worker(1);
+        assert!(!done(after.polite()) && !done(after.closed()), "children of the fresh tokens");
     }
 
     #[tokio::test]

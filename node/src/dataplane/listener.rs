@@ -58,6 +58,9 @@ pub struct ListenerRuntime {
     stop_accepting: CancellationToken,
     /// Cancelled to close every connection still open.
     close: CancellationToken,
+    /// Children of `stop_accepting` and `close`, one pair per worker: a connection waits on
+    /// its worker's, so the workers do not take the same token's lock at every connection.
+    by_worker: Box<[WorkerSignals]>,
     /// Client connections admitted and not yet ended, held to `max_connections` on every
     /// worker together.
     admitted: AtomicUsize,
@@ -71,6 +74,13 @@ pub struct ListenerRuntime {
     tls: ArcSwap<Option<TlsState>>,
     /// The cluster's ACME certificates and answers, which its TLS may present.
     acme: Arc<ArcSwap<AcmeMaterial>>,
+}
+
+/// One worker's view of its listener's stop and close.
+#[derive(Debug)]
+struct WorkerSignals {
+    stopping: CancellationToken,
+    closed: CancellationToken,
 }
 
 /// An https listener's certificates and the acceptor presenting them.
@@ -106,19 +116,30 @@ impl TlsState {
 }
 
 impl ListenerRuntime {
-    /// A listener as configured, not accepting yet; fails if its certificates cannot be used.
+    /// A listener as configured, served by `workers` workers, not accepting yet; fails if
+    /// its certificates cannot be used.
     pub(crate) fn new(
         spec: &Listener,
         acme: &Arc<ArcSwap<AcmeMaterial>>,
+        workers: usize,
     ) -> Result<Arc<ListenerRuntime>, ListenerError> {
         let tls = TlsState::load(spec, acme)?;
+        let stop_accepting = CancellationToken::new();
+        let close = CancellationToken::new();
+        let by_worker = (0..workers.max(1))
+            .map(|_| WorkerSignals {
+                stopping: stop_accepting.child_token(),
+                closed: close.child_token(),
+            })
+            .collect();
         let runtime = Arc::new(ListenerRuntime {
             name: spec.name.clone(),
             spec: ArcSwap::from_pointee(spec.clone()),
             stats: TrafficStats::default(),
             connections: TaskTracker::new(),
-            stop_accepting: CancellationToken::new(),
-            close: CancellationToken::new(),
+            stop_accepting,
+            close,
+            by_worker,
             admitted: AtomicUsize::new(0),
             capacity: Notify::new(),
             router: ArcSwap::default(),
@@ -164,7 +185,7 @@ impl ListenerRuntime {
 
     /// Resolves when its connections must close.
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.close.cancelled()
+        self.worker_signals().closed.cancelled()
     }
 
     /// Takes a new configuration of the same socket (same address and protocol). New
@@ -231,7 +252,12 @@ impl ListenerRuntime {
 
     /// Resolves once the listener stops accepting (removed, or the node drains).
     pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.stop_accepting.cancelled()
+        self.worker_signals().stopping.cancelled()
+    }
+
+    /// The calling worker's children of the stop and close tokens (the first off the workers).
+    fn worker_signals(&self) -> &WorkerSignals {
+        &self.by_worker[super::workers::current_index() % self.by_worker.len()]
     }
 
     /// Stops accepting; open connections go on.
