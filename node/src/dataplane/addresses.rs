@@ -2,8 +2,9 @@
 //! to that address close politely (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY, L4 left to
 //! end), and at the handover's deadline they are closed, whatever listener accepted them.
 //! Each address's phases are cancellation tokens a connection takes at its start (children
-//! per worker, so workers do not share a lock per connection): waiting on one costs a
-//! connection a few dozen bytes, which matters to ten thousand idle ones.
+//! per worker, so workers do not take the same token's lock; the map of addresses is one
+//! lock, taken once per connection): waiting on one costs a connection a few dozen bytes,
+//! which matters to ten thousand idle ones.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
