@@ -81,9 +81,11 @@ pub(crate) fn parse_request(
     buf: &mut BytesMut,
     max_head: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut fields);
-    let length = match request.parse(buf) {
+    // Left uninitialised: the parser writes only the fields it finds (initialising all of
+    // them copied 3 KiB per request).
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() > max_head => {
             return Err(HeadError::TooLarge(max_head));
@@ -220,22 +222,19 @@ pub(super) fn span_of(buf: &[u8], piece: &[u8]) -> Range<usize> {
 }
 
 /// Where a parsed head's fields lie in its buffer, kept so the head can be frozen and its
-/// header values share its bytes.
+/// header values share its bytes. As long as the head has fields: an array for the most a
+/// head may have was 3 KiB to fill and move per head.
 pub(super) struct FieldSpans {
-    spans: [(Range<usize>, Range<usize>); MAX_HEADERS],
-    count: usize,
+    spans: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl FieldSpans {
     /// The spans of `fields`, parsed from `buf`.
     pub(super) fn of(buf: &[u8], fields: &[httparse::Header<'_>]) -> Self {
-        let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
-            std::array::from_fn(|_| (0..0, 0..0));
-        let count = fields.len().min(MAX_HEADERS);
-        for (span, field) in spans.iter_mut().zip(fields) {
-            *span = (span_of(buf, field.name.as_bytes()), span_of(buf, field.value));
-        }
-        FieldSpans { spans, count }
+        let spans = (fields.iter().take(MAX_HEADERS))
+            .map(|field| (span_of(buf, field.name.as_bytes()), span_of(buf, field.value)))
+            .collect();
+        FieldSpans { spans }
     }
 
     /// The fields as a header map whose values share `head`'s bytes, with room for `spare`
@@ -245,8 +244,8 @@ impl FieldSpans {
         head: &Bytes,
         spare: usize,
     ) -> Result<HeaderMap, &'static str> {
-        let mut headers = HeaderMap::with_capacity(self.count + spare);
-        for (name, value) in &self.spans[..self.count] {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + spare);
+        for (name, value) in &self.spans {
             let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| "header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
                 .map_err(|_| "header value")?;
