@@ -153,10 +153,16 @@ mod tests {
         address.whole.closed.cancel();
         assert!(on.iter().all(|d| done(d.closed())));
 
+        // A worker that took its children before a finished drain gets fresh ones after it.
+        let on_worker = |drains: &AddressDrains| {
+            let mut lock = drains.drains.lock().expect("lock");
+            lock.entry(VIP).or_default().for_worker(1)
+        };
+        let before = on_worker(&drains);
         drains.set(VIP, Some(Phase::Closed));
+        assert!(done(before.closed()));
         drains.set(VIP, None);
-        let mut lock = drains.drains.lock().expect("lock");
-        let after = lock.get_mut(&VIP).expect("known").for_worker(1);
+        let after = on_worker(&drains);
         assert!(!done(after.polite()) && !done(after.closed()), "children of the fresh tokens");
     }
 

@@ -588,7 +588,8 @@ async fn forward(
 
 /// The 504 of a request not answered within its listener's `request_timeout`.
 fn request_timed_out(listener: &ListenerRuntime, target: &Target<'_>) -> Response<ProxyBody> {
-    let timeout = listener.spec().http.request_timeout;
+    // The timeout the deadline was set from, even if the listener changed since.
+    let timeout = target.listener_spec.http.request_timeout;
     tracing::warn!(listener = %listener.name(), route = target.route_name, pool = %target.pool.name(), ?timeout, "504: request not answered within the listener's request_timeout");
     error_response(StatusCode::GATEWAY_TIMEOUT, "request timed out")
 }
