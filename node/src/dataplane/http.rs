@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -798,14 +798,13 @@ fn forwarding_headers(
     host: Option<&HeaderValue>,
     prior: bool,
 ) {
-    use std::fmt::Write as _;
     let client = peer.ip();
     let proto = if tls { "https" } else { "http" };
     let xff = formatted_value(|value| {
         if prior {
             write_earlier(value, headers, &X_FORWARDED_FOR);
         }
-        let _ = write!(value, "{client}");
+        push_ip(value, client);
     });
     if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR, value);
@@ -824,16 +823,47 @@ fn forwarding_headers(
             write_earlier(value, headers, &header::FORWARDED);
         }
         // RFC 7239: IPv6 addresses are quoted and bracketed.
-        let _ = match client {
-            std::net::IpAddr::V6(ip) => write!(value, "for=\"[{ip}]\";proto={proto}"),
-            std::net::IpAddr::V4(ip) => write!(value, "for={ip};proto={proto}"),
-        };
+        match client {
+            IpAddr::V6(_) => {
+                value.push_str("for=\"[");
+                push_ip(value, client);
+                value.push_str("]\"");
+            }
+            IpAddr::V4(_) => {
+                value.push_str("for=");
+                push_ip(value, client);
+            }
+        }
+        value.push_str(";proto=");
+        value.push_str(proto);
         if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-            let _ = write!(value, ";host=\"{host}\"");
+            value.push_str(";host=\"");
+            value.push_str(host);
+            value.push('"');
         }
     });
     if let Some(value) = forwarded {
         headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Appends `ip` as text. IPv4 digit by digit: through `Display` the two addresses of every
+/// request took about 2,500 instructions (a tenth of a keep-alive request's).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(ip) => {
+            let mut digits = itoa::Buffer::new();
+            for (index, octet) in ip.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+        }
+        IpAddr::V6(ip) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
     }
 }
 
@@ -1157,6 +1187,23 @@ mod tests {
         }
         for host in ["", "a b", "a\",b", "a;b", "a,b", "user@host", "a/b", "a\tb"] {
             assert!(!is_plain_authority(host.as_bytes()), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "198.18.10.1",
+            "9.99.100.0",
+            "2001:db8::1",
+            "::ffff:198.18.0.1",
+        ] {
+            let ip: IpAddr = text.parse().expect("address");
+            let mut out = String::from("x=");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x={ip}"));
         }
     }
 
