@@ -122,7 +122,7 @@ where
             let (listener, shared) = (&listener, &shared);
             let served = h1::serve(io, read, connected, limits, clock, move |request| {
                 on_request();
-                async move { handle(request, downstream, listener, shared).await }
+                handle(request, downstream, listener, shared)
             });
             connection.drive(std::pin::pin!(served), None).await;
         }
@@ -311,7 +311,9 @@ async fn handle(
         .http
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
-    let response = route_and_forward(request, started, downstream, listener, shared).await;
+    // Boxed where it is made, as is `forward`'s: awaiting a nested future moves all of it
+    // (kilobytes) into its caller's, where the box costs an allocation.
+    let response = boxed!(route_and_forward(request, started, downstream, listener, shared)).await;
     if let Some((method, path)) = logged {
         tracing::info!(
             target: "fulcrum::access",
@@ -423,7 +425,7 @@ async fn route_and_forward(
     };
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
     // The request's deadline bounds each wait in `forward` (one timer per wait, not two).
-    let response = forward(request, upgrade, downstream, listener, shared, &target).await;
+    let response = boxed!(forward(request, upgrade, downstream, listener, shared, &target)).await;
     finish(stats, started, with_rate_headers(response, shown.as_ref()))
 }
 
