@@ -7,7 +7,9 @@ use hyper::header::{self, HeaderMap};
 use hyper::http::{request, response};
 use hyper::{Method, Response, StatusCode, Version};
 
-use super::head::{BadLength, FieldSpans, MAX_HEADERS, content_length, field, itoa, keeps_alive};
+use super::head::{
+    BadLength, FieldSpans, Found, MAX_HEADERS, content_length, field, itoa, keeps_alive,
+};
 
 /// The largest response head a backend may send (about hyper's limit, which it replaced:
 /// large Set-Cookie and policy headers exist).
@@ -136,14 +138,17 @@ pub(crate) fn parse_response(
     };
     let spans = FieldSpans::of(buf, parsed.headers);
     let head = buf.split_to(length).freeze();
-    let mut headers = spans.shared_headers(&head, 0).map_err(ResponseHeadError::Invalid)?;
-    let (framing, mut keep_alive) = response_framing(status, &headers, head_request)?;
-    keep_alive &= keeps_alive(&headers, version);
-    if matches!(framing, ResponseFraming::Chunked | ResponseFraming::UntilClose) {
+    let (mut headers, found) =
+        spans.shared_headers(&head, 0).map_err(ResponseHeadError::Invalid)?;
+    let (framing, mut keep_alive) = response_framing(status, &headers, &found, head_request)?;
+    keep_alive &= keeps_alive(&headers, &found, version);
+    if found.content_length
+        && matches!(framing, ResponseFraming::Chunked | ResponseFraming::UntilClose)
+    {
         // The coding decides (RFC 9112 §6.3): a length beside it says nothing true.
         headers.remove(header::CONTENT_LENGTH);
     }
-    if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+    if version == Version::HTTP_10 && found.transfer_encoding {
         // HTTP/1.0 has no transfer codings: faulty framing, not to be trusted further.
         keep_alive = false;
     }
@@ -160,6 +165,7 @@ pub(crate) fn parse_response(
 fn response_framing(
     status: StatusCode,
     headers: &HeaderMap,
+    found: &Found,
     head_request: bool,
 ) -> Result<(ResponseFraming, bool), ResponseHeadError> {
     if head_request
@@ -169,20 +175,23 @@ fn response_framing(
     {
         return Ok((ResponseFraming::Empty, true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if found.transfer_encoding {
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
             .rfind(|c| !c.is_empty());
-        let unambiguous = !headers.contains_key(header::CONTENT_LENGTH);
+        let unambiguous = !found.content_length;
         return Ok(match last {
             Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => {
                 (ResponseFraming::Chunked, unambiguous)
             }
             _ => (ResponseFraming::UntilClose, false),
         });
+    }
+    if !found.content_length {
+        return Ok((ResponseFraming::UntilClose, false));
     }
     match content_length(headers) {
         Ok(None) => Ok((ResponseFraming::UntilClose, false)),

@@ -111,21 +111,24 @@ pub(crate) fn parse_request(
     let head = buf.split_to(length).freeze();
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| HeadError::Invalid("target"))?;
-    let headers = fields.shared_headers(&head, ADDED_BY_THE_PROXY).map_err(HeadError::Invalid)?;
+    let (headers, found) =
+        fields.shared_headers(&head, ADDED_BY_THE_PROXY).map_err(HeadError::Invalid)?;
     // RFC 9112 §3.2: one Host, or the proxy and the backend could see different ones.
-    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+    if found.hosts > 1 {
         return Err(HeadError::Invalid("Host (more than one)"));
     }
-    let framing = framing(&headers, version)?;
-    let keep_alive = keeps_alive(&headers, version);
+    let framing = framing(&headers, &found, version)?;
+    let keep_alive = keeps_alive(&headers, &found, version);
     let expects_continue = version == Version::HTTP_11
+        && found.expect
         && framing != Framing::Empty
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let upgrade = version == Version::HTTP_11
+        && found.upgrade
+        && found.connection
         && framing == Framing::Empty
-        && headers.contains_key(header::UPGRADE)
         && has_token(&headers, header::CONNECTION, "upgrade");
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
@@ -138,7 +141,10 @@ pub(crate) fn parse_request(
 /// The body framing of RFC 9112 §6.3: chunked only as the last coding and never beside a
 /// Content-Length; lengths that disagree or are not plain digits are refused, so no two
 /// readers of the message can see different bodies.
-fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
+fn framing(headers: &HeaderMap, found: &Found, version: Version) -> Result<Framing, HeadError> {
+    if !found.transfer_encoding && !found.content_length {
+        return Ok(Framing::Empty);
+    }
     let mut codings = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
@@ -146,14 +152,14 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> 
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty())
         .peekable();
-    if codings.peek().is_none() && headers.contains_key(header::TRANSFER_ENCODING) {
+    if codings.peek().is_none() && found.transfer_encoding {
         return Err(HeadError::Ambiguous("an empty Transfer-Encoding"));
     }
     if codings.peek().is_some() {
         if version == Version::HTTP_10 {
             return Err(HeadError::Ambiguous("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if found.content_length {
             return Err(HeadError::Ambiguous("both Transfer-Encoding and Content-Length"));
         }
         let codings: Vec<&[u8]> = codings.collect();
@@ -238,24 +244,60 @@ impl FieldSpans {
     }
 
     /// The fields as a header map whose values share `head`'s bytes, with room for `spare`
-    /// more; `Err` names what is invalid.
+    /// more, and which of the fields that frame it it has; `Err` names what is invalid.
     pub(super) fn shared_headers(
         &self,
         head: &Bytes,
         spare: usize,
-    ) -> Result<HeaderMap, &'static str> {
+    ) -> Result<(HeaderMap, Found), &'static str> {
         let mut headers = HeaderMap::with_capacity(self.spans.len() + spare);
+        let mut found = Found::default();
         for (name, value) in &self.spans {
             let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| "header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
                 .map_err(|_| "header value")?;
+            found.note(&name);
             headers.append(name, value);
         }
-        Ok(headers)
+        Ok((headers, found))
     }
 }
 
-pub(super) fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
+/// Which of the fields that frame a message or steer its connection a head has (and how many
+/// Host fields), noted as its map is built: most heads have few of them, and looking each up
+/// in the map costs a hash and a probe.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Found {
+    pub hosts: usize,
+    pub content_length: bool,
+    pub transfer_encoding: bool,
+    pub connection: bool,
+    pub expect: bool,
+    pub upgrade: bool,
+}
+
+impl Found {
+    fn note(&mut self, name: &HeaderName) {
+        if *name == header::HOST {
+            self.hosts += 1;
+        } else if *name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == header::CONNECTION {
+            self.connection = true;
+        } else if *name == header::EXPECT {
+            self.expect = true;
+        } else if *name == header::UPGRADE {
+            self.upgrade = true;
+        }
+    }
+}
+
+pub(super) fn keeps_alive(headers: &HeaderMap, found: &Found, version: Version) -> bool {
+    if !found.connection {
+        return version == Version::HTTP_11;
+    }
     if has_token(headers, header::CONNECTION, "close") {
         return false;
     }
@@ -310,10 +352,31 @@ pub(crate) fn encode_response(
     out: &mut Vec<u8>,
 ) -> (BodyWrite, bool) {
     let mut keep_alive = answering.keep_alive;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // One pass over the fields: the backend's Content-Length and Date are noted on the way.
+    let mut first_length: Option<Option<u64>> = None;
+    let mut dated = false;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            first_length.get_or_insert_with(|| {
+                std::str::from_utf8(value.as_bytes()).ok()?.trim().parse::<u64>().ok()
+            });
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        dated |= name == header::DATE;
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let declared = first_length.flatten();
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -336,22 +399,7 @@ pub(crate) fn encode_response(
             }
         }
     };
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-            || name.as_str() == "keep-alive"
-        {
-            continue;
-        }
-        field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         field(out, b"date", date);
     }
     if let Some(length) = length {
