@@ -421,7 +421,8 @@ async fn route_and_forward(
         rewritten,
         sticky: routed.route.and_then(|r| r.spec.sticky.as_ref()),
         started,
-        deadline: tokio::time::Instant::now() + spec.http.request_timeout,
+        // From when the request began to be handled: a clock read less.
+        deadline: tokio::time::Instant::from_std(started) + spec.http.request_timeout,
     };
     let upgrade = request.extensions_mut().remove::<ClientUpgrade>();
     // The request's deadline bounds each wait in `forward` (one timer per wait, not two).
@@ -523,7 +524,7 @@ async fn forward(
         let sending = std::pin::pin!(client.send(upstream, attempt.in_flight, stats));
         // The pool's response timeout, within what is left of the request's.
         let answer_by =
-            target.deadline.min(tokio::time::Instant::now() + pool_spec.response_timeout);
+            target.deadline.min(tokio::time::Instant::from_std(sent) + pool_spec.response_timeout);
         match tokio::time::timeout_at(answer_by, sending).await {
             Ok(Ok(mut response)) => {
                 // A 5xx counts against the backend like a refused connection.
@@ -902,14 +903,7 @@ impl Rewritten {
     fn of(headers: &HeaderMap) -> Rewritten {
         let mut found = Rewritten::default();
         for name in headers.keys() {
-            if *name == header::CONNECTION
-                || *name == header::TE
-                || *name == header::TRAILER
-                || *name == header::TRANSFER_ENCODING
-                || *name == header::UPGRADE
-                || *name == KEEP_ALIVE
-                || *name == PROXY_CONNECTION
-            {
+            if HOP_BY_HOP.contains(name) {
                 found.hop_by_hop = true;
             } else if *name == header::COOKIE {
                 found.cookies = true;
@@ -927,34 +921,40 @@ impl Rewritten {
 /// Removes the headers meant for one hop only (RFC 9110 §7.6.1), and those the Connection
 /// header names; `TE: trailers` stays, gRPC needs it.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let tokens = |name: HeaderName| {
+        let values = headers.get_all(name).into_iter();
+        values.flat_map(|v| v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii))
+    };
+    let keeps_trailers = tokens(header::TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
+    let listed: Vec<&[u8]> = tokens(header::CONNECTION).filter(|t| !t.is_empty()).collect();
+    // Found in one pass over the names, and only those removed: a removal hashes and probes
+    // even for a name the map lacks.
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let keeps_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
-    });
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in doomed {
         headers.remove(name);
     }
     if keeps_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
+
+/// The hop-by-hop fields of RFC 9110 §7.6.1, and the older ones still seen.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// A backend's response headers made ready for the client: hop-by-hop headers out.
 fn downstream_headers(headers: &mut HeaderMap) {

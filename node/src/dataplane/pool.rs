@@ -159,8 +159,13 @@ impl BackendRuntime {
     }
 
     /// Takes a connection outcome from the data path; returns the ejection period when this
-    /// failure ejected the backend.
-    pub fn record_connect(&self, succeeded: bool, now: Instant) -> Option<Duration> {
+    /// failure ejected the backend. `now` is read only for a failure: the usual success reads
+    /// no clock.
+    pub fn record_connect(
+        &self,
+        succeeded: bool,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<Duration> {
         if succeeded && !self.failing.load(Ordering::Relaxed) {
             return None;
         }
@@ -170,7 +175,7 @@ impl BackendRuntime {
             passive.record_success();
             return None;
         }
-        let period = passive.record_failure(now)?;
+        let period = passive.record_failure(now())?;
         self.ejections.fetch_add(1, Ordering::Relaxed);
         Some(period)
     }
@@ -478,7 +483,7 @@ impl PoolRuntime {
 
     /// A connection to `backend` failed or succeeded; a failure streak ejects it for a while.
     pub fn record_connect(self: &Arc<Self>, backend: &BackendRuntime, succeeded: bool) {
-        let Some(period) = backend.record_connect(succeeded, Instant::now()) else {
+        let Some(period) = backend.record_connect(succeeded, Instant::now) else {
             return;
         };
         tracing::warn!(pool = %self.name, backend = %backend.address, ejected_for = ?period, "backend ejected after consecutive connection failures");
