@@ -213,7 +213,7 @@ impl DataPlane {
         let old_pools = self.shared.pools.load_full();
         let mut retired_pools = fulcrum_policy::lock(&self.retired_pools);
         retired_pools.retain(|p| !p.is_idle());
-        let mut pools = PoolMap::with_capacity(spec.pools.len());
+        let mut pools = PoolMap::with_capacity_and_hasher(spec.pools.len(), Default::default());
         for pool in &spec.pools {
             let runtime = match old_pools.get(&pool.name) {
                 Some(runtime) => {

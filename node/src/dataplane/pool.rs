@@ -7,7 +7,6 @@
 //! [`Selection`] through an `ArcSwap`; every change that alters who may take traffic builds
 //! a new one.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +22,7 @@ use fulcrum_policy::health::next_check_in;
 use fulcrum_policy::{Balancer, Health, Hysteresis, Load, Member, PassiveEjection, lock};
 
 use super::probe::probe;
+use super::shared::FastMap;
 use super::stats::TrafficStats;
 use super::upstream::{self, UpstreamClient};
 
@@ -243,8 +243,8 @@ impl BackendRuntime {
 /// A client per backend of `spec`, reusing those of `kept` (and their pooled connections).
 fn clients_for(
     spec: &Pool,
-    kept: Option<&HashMap<SocketAddr, UpstreamClient>>,
-) -> HashMap<SocketAddr, UpstreamClient> {
+    kept: Option<&FastMap<SocketAddr, UpstreamClient>>,
+) -> FastMap<SocketAddr, UpstreamClient> {
     spec.backends
         .iter()
         .map(|b| {
@@ -289,7 +289,7 @@ pub struct PoolRuntime {
     rebuild: Mutex<()>,
     /// Pooled HTTP connections per backend, one set per worker so a request and the
     /// connection it uses live on the same thread; kept for unchanged backends.
-    clients: Vec<ArcSwap<HashMap<SocketAddr, UpstreamClient>>>,
+    clients: Vec<ArcSwap<FastMap<SocketAddr, UpstreamClient>>>,
     /// Retries allowed: each request adds one, each retry costs [`RETRY_COST`], so retries
     /// stay under a fifth of requests (plus a small reserve) even when every backend fails.
     retry_tokens: AtomicI64,
