@@ -6,12 +6,11 @@
 //! lock, taken once per connection): waiting on one costs a connection a few dozen bytes,
 //! which matters to ten thousand idle ones.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
-
-use super::shared::FastMap;
 
 /// How far the drain of one address has gone; later phases include earlier ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,7 +24,7 @@ pub enum Phase {
 /// The addresses being drained, as signals every connection to one of them holds.
 #[derive(Debug, Default)]
 pub struct AddressDrains {
-    drains: Mutex<FastMap<IpAddr, AddressDrain>>,
+    drains: Mutex<HashMap<IpAddr, AddressDrain>>,
 }
 
 /// One address's drain, and its children per worker: a connection waits on its worker's, so

@@ -926,17 +926,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         values.flat_map(|v| v.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii))
     };
     let keeps_trailers = tokens(header::TE).any(|t| t.eq_ignore_ascii_case(b"trailers"));
-    let listed: Vec<&[u8]> = tokens(header::CONNECTION).filter(|t| !t.is_empty()).collect();
-    // Found in one pass over the names, and only those removed: a removal hashes and probes
-    // even for a name the map lacks.
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
-        })
-        .cloned()
-        .collect();
+    // Only the names present are removed: a removal hashes and probes even for a name the
+    // map lacks. The fixed ones are found in one pass over the names; each name Connection
+    // lists is looked up once (without making a name of it unless present), so a long list
+    // costs a lookup per entry, not one per entry and field.
+    let mut doomed: Vec<HeaderName> =
+        headers.keys().filter(|name| HOP_BY_HOP.contains(name)).cloned().collect();
+    for token in tokens(header::CONNECTION) {
+        let Ok(token) = std::str::from_utf8(token) else { continue };
+        if headers.contains_key(token)
+            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            && !doomed.contains(&name)
+        {
+            doomed.push(name);
+        }
+    }
     for name in doomed {
         headers.remove(name);
     }
@@ -1180,6 +1184,21 @@ mod tests {
         let left: Vec<_> =
             headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or(""))).collect();
         assert_eq!(left, vec!["x-kept: yes", "te: trailers"]);
+    }
+
+    #[test]
+    fn te_trailers_stays_even_when_connection_names_te() {
+        // RFC 9110 §10.1.4: a sender of TE also lists it in Connection.
+        let mut headers = HeaderMap::new();
+        headers.append(header::CONNECTION, HeaderValue::from_static("TE, X-Private, close"));
+        headers.append(header::TE, HeaderValue::from_static("trailers"));
+        headers.append(HeaderName::from_static("x-private"), HeaderValue::from_static("1"));
+        headers.append(header::HOST, HeaderValue::from_static("a.test"));
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> =
+            headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or(""))).collect();
+        left.sort();
+        assert_eq!(left, vec!["host: a.test", "te: trailers"]);
     }
 
     #[test]

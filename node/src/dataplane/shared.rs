@@ -14,10 +14,11 @@ use super::addresses::AddressDrains;
 use super::pool::PoolRuntime;
 use super::workers::Loads;
 
-/// A map the data path looks up per connection or request, keyed by what the cluster's
-/// configuration names (pools, policies, backends, local addresses), never by what a client
-/// chooses: hashed with FxHash, SipHash's defence against chosen keys being needless here
-/// (it was about 2 % of a keep-alive request's instructions).
+/// A map the data path looks up per request, keyed by what the cluster's configuration names
+/// (pools, policies, backends), never by what a client chooses: hashed with FxHash, SipHash's
+/// defence against chosen keys being needless here (it was about 2 % of a keep-alive
+/// request's instructions). Not for local addresses: on a wildcard listener the client
+/// chooses the address it connects to.
 pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// The pools by name, as the data path sees them.

@@ -284,6 +284,11 @@ mod tests {
             "ambiguous framing: read as chunked, the connection not reused"
         );
         assert_eq!(
+            framing_of(&format!("{ok}Transfer-Encoding: chunked\r\nCONTENT-LENGTH: 3\r\n\r\n")),
+            (ResponseFraming::Chunked, false),
+            "names are compared case-blind"
+        );
+        assert_eq!(
             framing_of(&format!("{ok}transfer-encoding: gzip\r\n\r\n")),
             (ResponseFraming::UntilClose, false)
         );

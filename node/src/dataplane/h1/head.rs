@@ -544,6 +544,8 @@ mod tests {
     fn two_hosts_are_refused() {
         let error = parse("GET / HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n").unwrap_err();
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        let error = parse("GET / HTTP/1.1\r\nHost: a.test\r\nHOST: b.test\r\n\r\n").unwrap_err();
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST, "names are compared case-blind");
     }
 
     #[test]
@@ -582,6 +584,7 @@ mod tests {
             ("content-length: 5\r\ncontent-length: 6", 400),
             ("content-length: +5", 400),
             ("content-length: 5\r\ntransfer-encoding: chunked", 400),
+            ("Content-Length: 5\r\nTRANSFER-ENCODING: chunked", 400),
             ("transfer-encoding: chunked, identity", 400),
             ("transfer-encoding: chunked\r\ntransfer-encoding: chunked", 400),
             ("transfer-encoding: gzip, chunked", 501),
@@ -692,6 +695,11 @@ mod tests {
             text, "HTTP/1.1 200 OK\r\ndate: then\r\n\r\n",
             "no length made up, the backend's date kept"
         );
+        // The backend's first Content-Length is the one read, as a lookup would have it.
+        let lengths = [("content-length", "x"), ("content-length", "7")];
+        assert_eq!(encoded(200, &lengths, None, PLAIN).1, BodyWrite::Chunked);
+        let lengths = [("content-length", "7"), ("content-length", "8")];
+        assert_eq!(encoded(200, &lengths, None, PLAIN).1, BodyWrite::Length(7));
         let (text, _, _) = encoded(304, &[("content-length", "10")], None, PLAIN);
         assert_eq!(
             text,
