@@ -15,6 +15,7 @@ mod attempt;
 mod boxed;
 mod client_clock;
 pub mod error;
+mod fast_map;
 mod gate;
 mod h1;
 mod http;

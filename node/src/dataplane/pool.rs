@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use fulcrum_policy::health::next_check_in;
 use fulcrum_policy::{Balancer, Health, Hysteresis, Load, Member, PassiveEjection, lock};
 
+use super::fast_map::FastMap;
 use super::probe::probe;
-use super::shared::FastMap;
 use super::stats::TrafficStats;
 use super::upstream::{self, UpstreamClient};
 

@@ -2,7 +2,6 @@
 //! sticky-cookie signer, the local addresses being drained and the ACME material. Swapped whole by
 //! `DataPlane::apply`, never locked on the data path.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,15 +10,9 @@ use fulcrum_policy::{CookieSigner, Limiter};
 
 use super::acme::AcmeMaterial;
 use super::addresses::AddressDrains;
+use super::fast_map::FastMap;
 use super::pool::PoolRuntime;
 use super::workers::Loads;
-
-/// A map the data path looks up per request, keyed by what the cluster's configuration names
-/// (pools, policies, backends), never by what a client chooses: hashed with FxHash, SipHash's
-/// defence against chosen keys being needless here (it was about 2 % of a keep-alive
-/// request's instructions). Not for local addresses: on a wildcard listener the client
-/// chooses the address it connects to.
-pub(crate) type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// The pools by name, as the data path sees them.
 pub(crate) type PoolMap = FastMap<Name, Arc<PoolRuntime>>;
