@@ -312,7 +312,7 @@ async fn handle(
         .access_log
         .then(|| (request.method().clone(), request.uri().path().to_owned()));
     // Boxed where it is made, as is `forward`'s: awaiting a nested future moves all of it
-    // (kilobytes) into its caller's, where the box costs an allocation.
+    // (kilobytes) into its caller's; the box costs an allocation instead.
     let response = boxed!(route_and_forward(request, started, downstream, listener, shared)).await;
     if let Some((method, path)) = logged {
         tracing::info!(
