@@ -142,27 +142,23 @@ pub(crate) fn parse_request(
 /// Content-Length; lengths that disagree or are not plain digits are refused, so no two
 /// readers of the message can see different bodies.
 fn framing(headers: &HeaderMap, found: &Found, version: Version) -> Result<Framing, HeadError> {
-    if !found.transfer_encoding && !found.content_length {
-        return Ok(Framing::Empty);
-    }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
-        .peekable();
-    if codings.peek().is_none() && found.transfer_encoding {
-        return Err(HeadError::Ambiguous("an empty Transfer-Encoding"));
-    }
-    if codings.peek().is_some() {
+    if found.transfer_encoding {
+        let codings: Vec<&[u8]> = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .collect();
+        if codings.is_empty() {
+            return Err(HeadError::Ambiguous("an empty Transfer-Encoding"));
+        }
         if version == Version::HTTP_10 {
             return Err(HeadError::Ambiguous("Transfer-Encoding in an HTTP/1.0 request"));
         }
         if found.content_length {
             return Err(HeadError::Ambiguous("both Transfer-Encoding and Content-Length"));
         }
-        let codings: Vec<&[u8]> = codings.collect();
         let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
         if !codings.last().is_some_and(chunked) {
             return Err(HeadError::Ambiguous("chunked is not the last transfer coding"));
@@ -176,6 +172,9 @@ fn framing(headers: &HeaderMap, found: &Found, version: Version) -> Result<Frami
             });
         }
         return Ok(Framing::Chunked);
+    }
+    if !found.content_length {
+        return Ok(Framing::Empty);
     }
     Ok(match content_length(headers)? {
         None | Some(0) => Framing::Empty,
