@@ -86,15 +86,14 @@ where
         // A client that has sent nothing yet is closed by a stop or a drain deadline, as an
         // idle one is.
         let h2 = h2 || {
-            let sniffed = tokio::time::timeout_at(
-                connected + spec.http.header_timeout,
-                sniff_preface(&mut io, &mut read),
-            );
             // Biased: a request there at once is taken without polling (and so registering)
-            // the other watchers.
+            // the other watchers. Each future is made in place (see `Connection::drive`).
             tokio::select! {
                 biased;
-                sniffed = sniffed => match sniffed {
+                sniffed = tokio::time::timeout_at(
+                    connected + spec.http.header_timeout,
+                    sniff_preface(&mut io, &mut read),
+                ) => match sniffed {
                     Ok(Some(h2)) => h2,
                     _ => return,
                 },
@@ -120,11 +119,13 @@ where
             // Borrowed, not cloned per request: the workers would bounce the counts' cache
             // lines between them.
             let (listener, shared) = (&listener, &shared);
-            let served = h1::serve(io, read, connected, limits, clock, move |request| {
-                on_request();
-                handle(request, downstream, listener, shared)
-            });
-            connection.drive(std::pin::pin!(served), None).await;
+            // Made in place, as the watchers in `Connection::drive` are.
+            let served =
+                std::pin::pin!(h1::serve(io, read, connected, limits, clock, move |request| {
+                    on_request();
+                    handle(request, downstream, listener, shared)
+                }));
+            connection.drive(served, None).await;
         }
     }
 }
@@ -158,9 +159,10 @@ async fn serve_h2<I>(
             Ok::<_, Infallible>(response)
         })
     });
-    let served = async move {
-        let served = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(served);
+    // Futures made where they are pinned: a local moved into `pin!` would keep a second slot
+    // of its size (hyper's connection state) in the connection's task.
+    let served = std::pin::pin!(async move {
+        let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         let result = tokio::select! {
             result = served.as_mut() => result,
             () = clock.wind_down.fired() => {
@@ -171,8 +173,8 @@ async fn serve_h2<I>(
         if let Err(e) = result {
             tracing::debug!(peer = %downstream.peer, "HTTP/2 connection ended: {e}");
         }
-    };
-    connection.drive(std::pin::pin!(served), Some(&resets)).await;
+    });
+    connection.drive(served, Some(&resets)).await;
 }
 
 /// A body from hyper as the proxy's own body type.
@@ -221,26 +223,6 @@ impl Connection {
         let Connection { listener, drain, downstream, clock } = self;
         let spec = listener.spec();
         let closing = || must_close(listener, drain);
-        // A graceful shutdown closes an HTTP/1.1 connection whose request is not read yet. A
-        // client that connected to a VIP just handed over (its ARP entry not yet updated) would
-        // see that cut, so such a connection is wound down once it has its first request. A
-        // stopping listener winds down at once: a stopping node stops accepting only once
-        // another node holds its VIPs, and a removed listener has no reason to wait.
-        let wind_down = async {
-            tokio::select! {
-                () = listener.stopping() => {}
-                () = async {
-                    drain.polite().await;
-                    clock.first_request.fired().await;
-                } => {}
-            }
-        };
-        let abusive = async {
-            match resets {
-                Some(resets) => resets.abusive().await,
-                None => std::future::pending().await,
-            }
-        };
         /// What ended the connection, if not its protocol.
         enum Ended {
             Idle,
@@ -248,15 +230,35 @@ impl Connection {
             WindDown,
             Closing,
         }
-        let watchers = async {
+        // Each future is made where it is polled: one made beforehand and moved in would keep
+        // a second slot of its size in the connection's state, idle connections included.
+        let mut watchers = std::pin::pin!(async {
             tokio::select! {
                 () = clock.activity.idle_for(spec.idle_timeout) => Ended::Idle,
-                () = abusive => Ended::Abusive,
-                () = wind_down => Ended::WindDown,
+                () = async {
+                    match resets {
+                        Some(resets) => resets.abusive().await,
+                        None => std::future::pending().await,
+                    }
+                } => Ended::Abusive,
+                // A graceful shutdown closes an HTTP/1.1 connection whose request is not read
+                // yet. A client that connected to a VIP just handed over (its ARP entry not yet
+                // updated) would see that cut, so such a connection is wound down once it has
+                // its first request. A stopping listener winds down at once: a stopping node
+                // stops accepting only once another node holds its VIPs, and a removed
+                // listener has no reason to wait.
+                () = async {
+                    tokio::select! {
+                        () = listener.stopping() => {}
+                        () = async {
+                            drain.polite().await;
+                            clock.first_request.fired().await;
+                        } => {}
+                    }
+                } => Ended::WindDown,
                 () = closing() => Ended::Closing,
             }
-        };
-        let mut watchers = std::pin::pin!(watchers);
+        });
         let ended = tokio::select! {
             biased;
             () = served.as_mut() => return,

@@ -32,8 +32,8 @@ impl Signal {
     /// Resolves once the signal is set (at once if it is).
     pub(crate) async fn fired(&self) {
         loop {
-            let notified = self.waiters.notified();
-            let mut notified = std::pin::pin!(notified);
+            // Made in place: `pin!` of a local would keep the future twice in the state.
+            let mut notified = std::pin::pin!(self.waiters.notified());
             // Registered before the flag is read, so a `fire` in between is not missed.
             notified.as_mut().enable();
             if self.is_fired() {
