@@ -119,7 +119,7 @@ where
             // Borrowed, not cloned per request: the workers would bounce the counts' cache
             // lines between them.
             let (listener, shared) = (&listener, &shared);
-            // Made in place, as the watchers in `Connection::drive` are.
+            // Made in place: a local moved into `pin!` keeps a second slot of its size.
             let served =
                 std::pin::pin!(h1::serve(io, read, connected, limits, clock, move |request| {
                     on_request();
@@ -160,7 +160,7 @@ async fn serve_h2<I>(
         })
     });
     // Futures made where they are pinned: a local moved into `pin!` would keep a second slot
-    // of its size (hyper's connection state) in the connection's task.
+    // of its size (hyper's connection state) in the connection's boxed HTTP/2 state.
     let served = std::pin::pin!(async move {
         let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         let result = tokio::select! {
