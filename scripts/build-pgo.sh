@@ -6,14 +6,16 @@
 # Result: target/pgo/fulcrumd; the training's output is in target/pgo/training.log.
 # Needs what the benchmarks need (root; haproxy, nginx-light, wrk, nghttp2-client), and
 # llvm-profdata of rustc's own LLVM version (Debian's llvm-<major>, installed if missing).
-# About 20 minutes on two cores: two release builds of fulcrumd and about 3 minutes of traffic.
+# About 20 minutes on two cores: two release builds of fulcrumd, one of fulcrum-lab when it is
+# not built, and about 3 minutes of traffic.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 profdata=/usr/lib/llvm-$major/bin/llvm-profdata
 if [ ! -x "$profdata" ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "llvm-$major" >/dev/null || {
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "llvm-$major"; } \
+        >/dev/null || {
         echo "build-pgo: llvm-profdata for rustc's LLVM $major is missing and apt-get could not" \
             "install llvm-$major; install it (or LLVM $major's llvm-profdata at $profdata)" >&2
         exit 1
@@ -34,7 +36,15 @@ FULCRUMD=$work/generate/release/fulcrumd RUST_LOG=warn target/release/fulcrum-la
     --runs 1 --duration 3s > "$work/training.log"
 FULCRUMD=$work/generate/release/fulcrumd RUST_LOG=warn target/release/fulcrum-lab bench-l4 \
     --runs 1 --bulk-mib 256 >> "$work/training.log"
-"$profdata" merge -o "$work/fulcrumd.profdata" "$work"/profiles/*.profraw
+# fulcrumd writes its counts when it exits; one the lab had to kill wrote none.
+shopt -s nullglob
+profiles=("$work"/profiles/*.profraw)
+if [ "${#profiles[@]}" -lt 2 ]; then
+    echo "build-pgo: expected a profile from each benchmark's fulcrumd, found ${#profiles[@]}" \
+        "in $work/profiles (see $work/training.log)" >&2
+    exit 1
+fi
+"$profdata" merge -o "$work/fulcrumd.profdata" "${profiles[@]}"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$work/fulcrumd.profdata" cargo build --release --locked \
     -p fulcrum-node --bin fulcrumd --target-dir "$work/use"
 cp "$work/use/release/fulcrumd" "$work/fulcrumd"
