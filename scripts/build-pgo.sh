@@ -36,12 +36,12 @@ FULCRUMD=$work/generate/release/fulcrumd RUST_LOG=warn target/release/fulcrum-la
     --runs 1 --duration 3s > "$work/training.log"
 FULCRUMD=$work/generate/release/fulcrumd RUST_LOG=warn target/release/fulcrum-lab bench-l4 \
     --runs 1 --bulk-mib 256 >> "$work/training.log"
-# fulcrumd writes its counts when it exits; one the lab had to kill wrote none.
+# fulcrumd writes its counts when it exits (runs of one binary merge into one file); a fulcrumd
+# the lab had to kill wrote none.
 shopt -s nullglob
 profiles=("$work"/profiles/*.profraw)
-if [ "${#profiles[@]}" -lt 2 ]; then
-    echo "build-pgo: expected a profile from each benchmark's fulcrumd, found ${#profiles[@]}" \
-        "in $work/profiles (see $work/training.log)" >&2
+if [ "${#profiles[@]}" -eq 0 ]; then
+    echo "build-pgo: the training wrote no profile to $work/profiles (see $work/training.log)" >&2
     exit 1
 fi
 "$profdata" merge -o "$work/fulcrumd.profdata" "${profiles[@]}"
