@@ -1,6 +1,6 @@
 //! Accepting connections: binding a listener's sockets (IP_FREEBIND, so a VIP this node does
-//! not hold yet can be bound; SO_REUSEPORT, one socket per worker; TCP_NODELAY, which
-//! accepted connections inherit), the accept loop with its connection limit, and handing
+//! not hold yet can be bound; SO_REUSEPORT, one socket per worker; TCP_NODELAY and, for HTTP,
+//! delayed ACKs, which accepted connections inherit), the accept loop with its connection limit, and handing
 //! each connection to L4 or L7 by the listener's protocol.
 
 use std::io;
@@ -39,7 +39,7 @@ pub(crate) fn start(
 ) -> Result<(Arc<ListenerRuntime>, Vec<JoinHandle<()>>), ListenerError> {
     // All sockets are bound before any accepts, so a failure leaves nothing behind.
     let sockets = (workers.handles().iter())
-        .map(|_| bind(spec.bind))
+        .map(|_| bind(spec.bind, spec.protocol))
         .collect::<io::Result<Vec<_>>>()
         .map_err(|source| ListenerError::Bind {
             name: spec.name.clone(),
@@ -86,10 +86,10 @@ async fn reload_certificates(listener: Arc<ListenerRuntime>) {
     }
 }
 
-/// A listening socket on `address`, one of a SO_REUSEPORT group (one per worker); the address
-/// need not be local yet (IP_FREEBIND), so every node binds the VIPs and a takeover needs no
-/// rebind.
-fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A listening socket on `address` for `protocol`, one of a SO_REUSEPORT group (one per
+/// worker); the address need not be local yet (IP_FREEBIND), so every node binds the VIPs and
+/// a takeover needs no rebind.
+fn bind(address: SocketAddr, protocol: Protocol) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -103,6 +103,14 @@ fn bind(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(BACKLOG)?;
+    if protocol != Protocol::Tcp {
+        // An HTTP client speaks first and waits for the answer (a TLS one for the server's
+        // flight): without an immediate ACK of its first segment the answer carries the ACK,
+        // a segment less per connection each way through the kernels (HAProxy does the same
+        // in HTTP mode). Accepted connections inherit it. L4 is left alone: a client that
+        // waits for an ACK before sending more (Nagle) would stall on a delayed one.
+        socket.set_tcp_quickack(false)?;
+    }
     Ok(socket.into())
 }
 
@@ -240,5 +248,31 @@ async fn serve_tls(
             tracing::debug!(listener = %listener.name(), %peer, "TLS handshake failed: {e}")
         }
         Err(_) => tracing::debug!(listener = %listener.name(), %peer, "TLS handshake timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a connection accepted by a listener bound for `protocol` starts with quick
+    /// ACKs (an ACK of each segment at once) on.
+    fn accepted_quickack(protocol: Protocol) -> bool {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), protocol).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        SockRef::from(&accepted).tcp_quickack().unwrap()
+    }
+
+    #[test]
+    fn http_connections_delay_the_ack_of_the_request_so_the_answer_carries_it() {
+        assert!(!accepted_quickack(Protocol::Http));
+        assert!(!accepted_quickack(Protocol::Https));
+    }
+
+    #[test]
+    fn tcp_connections_keep_the_kernels_quick_acks() {
+        assert!(accepted_quickack(Protocol::Tcp));
     }
 }
