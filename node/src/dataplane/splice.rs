@@ -3,7 +3,9 @@
 //! switches to splice(2) from the socket into a pipe and from the pipe into the other socket,
 //! so payload bytes no longer enter user space. Short exchanges never pay for a pipe's
 //! creation (HAProxy's `splice-auto` makes the same bet). A direction that reaches end of
-//! stream half-closes its destination and the other direction runs on, as TCP allows.
+//! stream half-closes its destination and the other direction runs on, as TCP allows; when
+//! the end was already in with its last bytes (epoll's RDHUP), those bytes leave with the FIN
+//! in one segment, and the read that would return nothing is skipped.
 
 use std::io;
 use std::net::Shutdown;
@@ -14,6 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use nix::fcntl::{OFlag, SpliceFFlags, splice};
+use nix::libc::{MSG_MORE, MSG_NOSIGNAL, c_int};
+use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -103,10 +107,12 @@ async fn pump(
     let mut pipe = None;
     let mut pipe_failed = false;
     loop {
-        let moved = match &pipe {
+        let (moved, ended) = match &pipe {
             None => {
-                let moved = read(from, &mut buffer).await?;
-                write_all(to, &buffer).await?;
+                let (moved, ended) = read(from, &mut buffer).await?;
+                // Bytes followed by the end wait for the FIN (MSG_MORE), so both leave at once.
+                let more = if ended { MSG_MORE } else { 0 };
+                write_all(to, &buffer, more).await?;
                 if buffer.len() == buffer.capacity() && !pipe_failed {
                     match nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC) {
                         Ok(fds) => pipe = Some(fds),
@@ -117,47 +123,56 @@ async fn pump(
                         }
                     }
                 }
-                moved
+                (moved, ended)
             }
             Some((pipe_out, pipe_in)) => {
                 let moved = fill(from, pipe_in).await?;
                 drain(pipe_out, to, moved).await?;
-                moved
+                (moved, moved == 0)
             }
         };
-        if moved == 0 {
+        if moved > 0 {
+            counted(direction, moved as u64);
+            activity.touch();
+        }
+        if ended {
             if one_ended.swap(true, Ordering::Relaxed) {
                 return Ok(());
             }
             // End of stream: pass the FIN on; the other direction may still be sending.
-            return match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+            return match SockRef::from(to).shutdown(Shutdown::Write) {
                 Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
                 _ => Ok(()),
             };
         }
-        counted(direction, moved as u64);
-        activity.touch();
     }
 }
 
-/// Reads what `from` has into `buffer` (emptied first, filled up to its capacity); 0 at end
-/// of stream.
-async fn read(from: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<usize> {
+/// Reads what `from` has into `buffer` (emptied first, filled up to its capacity): the count
+/// (0 at end of stream) and whether the stream has ended with these bytes. The peer's FIN
+/// was in before this read (RDHUP, from the same epoll event as the bytes) and the read left
+/// room, so it took everything before the FIN: the next read would return 0.
+async fn read(from: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<(usize, bool)> {
     buffer.clear();
     loop {
-        from.readable().await?;
+        let ready = from.ready(Interest::READABLE).await?;
         match from.try_read_buf(buffer) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
+            Err(e) => return Err(e),
+            Ok(0) => return Ok((0, true)),
+            Ok(n) => return Ok((n, ready.is_read_closed() && n < buffer.capacity())),
         }
     }
 }
 
-/// Writes all of `bytes` to `to`.
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes` to `to`, with `flags` (`MSG_MORE` for bytes the FIN follows).
+async fn write_all(to: &TcpStream, mut bytes: &[u8], flags: c_int) -> io::Result<()> {
+    let flags = flags | MSG_NOSIGNAL;
     while !bytes.is_empty() {
         to.writable().await?;
-        match to.try_write(bytes) {
+        let sent =
+            to.try_io(Interest::WRITABLE, || SockRef::from(to).send_with_flags(bytes, flags));
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -252,6 +267,53 @@ mod tests {
         let (result, ()) = tokio::join!(proxy, ends);
         result.expect("forwarding ends cleanly");
         assert_eq!(*moved.lock().expect("lock"), (3_000_000, 29));
+    }
+
+    /// Segments `stream` has received so far (TCP_INFO).
+    #[allow(unsafe_code)]
+    fn segments_in(stream: &TcpStream) -> u32 {
+        use nix::libc::{IPPROTO_TCP, TCP_INFO, getsockopt, socklen_t, tcp_info};
+        use std::os::fd::AsRawFd;
+        // SAFETY: all zeroes is a valid tcp_info (integers only).
+        let mut info: tcp_info = unsafe { std::mem::zeroed() };
+        let mut length = std::mem::size_of::<tcp_info>() as socklen_t;
+        // SAFETY: `info` is writable for `length` bytes, the most the kernel writes.
+        let done = unsafe {
+            getsockopt(
+                stream.as_raw_fd(),
+                IPPROTO_TCP,
+                TCP_INFO,
+                (&raw mut info).cast(),
+                &mut length,
+            )
+        };
+        assert_eq!(done, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        info.tcpi_segs_in
+    }
+
+    #[tokio::test]
+    async fn the_last_bytes_before_the_end_leave_with_the_fin() {
+        let ((mut client, proxy_client), (proxy_backend, mut backend)) = pairs().await;
+        // A greeter: its bytes and its FIN are in before the proxy reads.
+        backend.write_all(b"hello").await.expect("backend writes");
+        backend.shutdown().await.expect("backend closes");
+        let before = segments_in(&client);
+        let activity = Activity::new();
+        let proxy = async {
+            let forwarded = forward(&proxy_client, &proxy_backend, &activity, &|_, _| {}).await;
+            drop((proxy_client, proxy_backend));
+            forwarded
+        };
+        let ends = async {
+            let mut greeting = Vec::new();
+            client.read_to_end(&mut greeting).await.expect("client reads");
+            assert_eq!(greeting, b"hello");
+            // The client sent nothing, so no ACK came either: one segment is bytes and FIN.
+            assert_eq!(segments_in(&client) - before, 1, "the bytes and the FIN in one segment");
+            client.shutdown().await.expect("client closes");
+        };
+        let (result, ()) = tokio::join!(proxy, ends);
+        result.expect("forwarding ends cleanly");
     }
 
     #[tokio::test(start_paused = true)]
