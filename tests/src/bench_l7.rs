@@ -4,7 +4,9 @@
 //! the backend, all in one lab run, with the same lab backend behind them.
 //!
 //! Every proxy gets two threads or workers (the VM has two cores, shared with the client and
-//! the backend), so the ratios matter more than the absolute figures.
+//! the backend), so the ratios matter more than the absolute figures, and every proxy adds
+//! the four forwarding fields fulcrumd always adds (`X-Forwarded-For`, `-Proto`, `-Host` and
+//! `Forwarded`), so each does the same work per request and the backend parses the same.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -288,7 +290,11 @@ fn write_config(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf,
 fn start_haproxy(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess, LabError> {
     let config = format!(
         "global\n    nbthread 2\n    maxconn {maxconn}\n    no strict-limits\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option http-keep-alive\n\n\
-         frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    bind {lb}:{} ssl crt {pem}\n    default_backend web\n\n\
+         frontend web\n    bind {lb}:{}\n    bind {lb}:{} proto h2\n    bind {lb}:{} ssl crt {pem}\n\
+             option forwardfor\n    http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]\n\
+             http-request set-header X-Forwarded-Host %[req.hdr(host)]\n\
+             http-request set-header Forwarded \"for=%[src];proto=%[ssl_fc,iif(https,http)];host=\\\"%[req.hdr(host)]\\\"\"\n\
+             default_backend web\n\n\
          backend web\n    http-reuse always\n    server be {upstream}\n",
         HAPROXY_PORTS.0,
         HAPROXY_PORTS.1,
@@ -315,7 +321,9 @@ fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess,
              upstream web {{ server {upstream}; keepalive 64; }}\n\
              server {{\n        listen {lb}:{};\n        listen {lb}:{} http2;\n        listen {lb}:{} ssl;\n\
                      ssl_certificate {dir}/{CERT_FILE};\n        ssl_certificate_key {dir}/{KEY_FILE};\n        location / {{\n            proxy_pass http://web;\n\
-                     proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n",
+                     proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n\
+                     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n            proxy_set_header X-Forwarded-Proto $scheme;\n\
+                     proxy_set_header X-Forwarded-Host $host;\n            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$host\\\"\";\n        }}\n    }}\n}}\n",
         NGINX_PORTS.0,
         NGINX_PORTS.1,
         NGINX_PORTS.2,
