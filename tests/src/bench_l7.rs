@@ -323,7 +323,7 @@ fn start_nginx(lab: &Lab, lb: &Host, upstream: SocketAddr) -> Result<LabProcess,
                      ssl_certificate {dir}/{CERT_FILE};\n        ssl_certificate_key {dir}/{KEY_FILE};\n        location / {{\n            proxy_pass http://web;\n\
                      proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n            proxy_set_header X-Forwarded-Proto $scheme;\n\
-                     proxy_set_header X-Forwarded-Host $host;\n            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$host\\\"\";\n        }}\n    }}\n}}\n",
+                     proxy_set_header X-Forwarded-Host $http_host;\n            proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$http_host\\\"\";\n        }}\n    }}\n}}\n",
         NGINX_PORTS.0,
         NGINX_PORTS.1,
         NGINX_PORTS.2,

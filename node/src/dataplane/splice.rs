@@ -4,8 +4,9 @@
 //! so payload bytes no longer enter user space. Short exchanges never pay for a pipe's
 //! creation (HAProxy's `splice-auto` makes the same bet). A direction that reaches end of
 //! stream half-closes its destination and the other direction runs on, as TCP allows; when
-//! the end was already in with its last bytes (epoll's RDHUP), those bytes leave with the FIN
-//! in one segment, and the read that would return nothing is skipped.
+//! the end was already in with its last bytes (epoll's RDHUP, confirmed by the read that
+//! returns nothing, made before the bytes are sent), those bytes leave with the FIN in one
+//! segment.
 
 use std::io;
 use std::net::Shutdown;
@@ -149,9 +150,11 @@ async fn pump(
 }
 
 /// Reads what `from` has into `buffer` (emptied first, filled up to its capacity): the count
-/// (0 at end of stream) and whether the stream has ended with these bytes. The peer's FIN
-/// was in before this read (RDHUP, from the same epoll event as the bytes) and the read left
-/// room, so it took everything before the FIN: the next read would return 0.
+/// (0 at end of stream) and whether the stream has ended with these bytes. When the peer's
+/// end was in before the read (RDHUP) and the read left room, the end is most likely next:
+/// one more read into the room confirms it (0) before the bytes are sent, so they can leave
+/// with the FIN. Only confirmed: a read also stops short at urgent data, and a reset shows
+/// as RDHUP too (that read fails, as the next one would have).
 async fn read(from: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<(usize, bool)> {
     buffer.clear();
     loop {
@@ -160,7 +163,15 @@ async fn read(from: &TcpStream, buffer: &mut Vec<u8>) -> io::Result<(usize, bool
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
             Ok(0) => return Ok((0, true)),
-            Ok(n) => return Ok((n, ready.is_read_closed() && n < buffer.capacity())),
+            Ok(n) if ready.is_read_closed() && n < buffer.capacity() => {
+                return match from.try_read_buf(buffer) {
+                    Ok(0) => Ok((n, true)),
+                    Ok(more) => Ok((n + more, false)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((n, false)),
+                    Err(e) => Err(e),
+                };
+            }
+            Ok(n) => return Ok((n, false)),
         }
     }
 }
@@ -297,6 +308,12 @@ mod tests {
         // A greeter: its bytes and its FIN are in before the proxy reads.
         backend.write_all(b"hello").await.expect("backend writes");
         backend.shutdown().await.expect("backend closes");
+        let ended = async {
+            while !proxy_backend.ready(Interest::READABLE).await.expect("ready").is_read_closed() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), ended).await.expect("the FIN arrives");
         let before = segments_in(&client);
         let activity = Activity::new();
         let proxy = async {
