@@ -1,7 +1,7 @@
 //! Accepting connections: binding a listener's sockets (IP_FREEBIND, so a VIP this node does
 //! not hold yet can be bound; SO_REUSEPORT, one socket per worker; TCP_NODELAY and, for HTTP,
-//! delayed ACKs, which accepted connections inherit), the accept loop with its connection limit, and handing
-//! each connection to L4 or L7 by the listener's protocol.
+//! delayed ACKs, which accepted connections inherit), the accept loop with its connection
+//! limit, and handing each connection to L4 or L7 by the listener's protocol.
 
 use std::io;
 use std::net::SocketAddr;
